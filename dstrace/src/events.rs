@@ -1,0 +1,66 @@
+//! Decoding what the kernel side streams on its ring buffer.
+
+use dstrace_common::WaitEvent;
+
+/// A ring buffer record that is not a [`WaitEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRecord {
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a ring buffer record of {} bytes is not a wait ({} bytes)",
+            self.len,
+            size_of::<WaitEvent>()
+        )
+    }
+}
+
+impl std::error::Error for BadRecord {}
+
+/// Decodes one ring buffer record.
+pub fn decode_wait(bytes: &[u8]) -> Result<WaitEvent, BadRecord> {
+    if bytes.len() != size_of::<WaitEvent>() {
+        return Err(BadRecord { len: bytes.len() });
+    }
+    // SAFETY: the length was checked; `WaitEvent` is plain `repr(C)` data valid for
+    // any bit pattern; `read_unaligned` makes no alignment assumption.
+    Ok(unsafe { bytes.as_ptr().cast::<WaitEvent>().read_unaligned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WaitEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"stat");
+        WaitEvent { start_ns: 10, end_ns: 2_000_000_010, tid: 42, tgid: 41, kstack_id: 7, state: 0x102, comm }
+    }
+
+    #[test]
+    fn decodes_its_own_layout() {
+        let event = sample();
+        // SAFETY: viewing a plain `repr(C)` value as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&event as *const WaitEvent).cast::<u8>(), size_of::<WaitEvent>())
+        };
+        assert_eq!(decode_wait(bytes), Ok(event));
+        // Field by field, as the kernel writes them (little endian, repr(C)).
+        assert_eq!(&bytes[0..8], &10u64.to_le_bytes());
+        assert_eq!(&bytes[16..20], &42u32.to_le_bytes());
+        assert_eq!(&bytes[24..28], &7i32.to_le_bytes());
+        assert_eq!(&bytes[32..36], b"stat");
+    }
+
+    #[test]
+    fn rejects_other_sizes() {
+        assert_eq!(decode_wait(&[0; 47]), Err(BadRecord { len: 47 }));
+        assert_eq!(decode_wait(&[0; 49]), Err(BadRecord { len: 49 }));
+        assert!(decode_wait(&[]).unwrap_err().to_string().contains("0 bytes"));
+    }
+}

@@ -1,0 +1,125 @@
+//! What the eBPF side must know about the running kernel, read from its BTF at
+//! start-up: no kernel struct offset is compiled into dstrace.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, BtfType as _, Type};
+
+use crate::preflight::VMLINUX_BTF;
+
+/// Offsets and signatures of the running kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Byte offset of `task_struct.pid`.
+    pub task_pid_offset: u32,
+    /// Byte offset of `task_struct.__state` (`state` before Linux 5.14).
+    pub task_state_offset: u32,
+    /// Whether `sched_switch` passes `prev_state` as an argument (Linux 5.18+).
+    pub sched_switch_has_state_arg: bool,
+}
+
+impl KernelLayout {
+    /// Reads the layout from `/sys/kernel/btf/vmlinux`.
+    pub fn from_running_kernel() -> Result<Self> {
+        let btf = Btf::from_file(VMLINUX_BTF).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err}"))?;
+        Self::from_btf(&btf)
+    }
+
+    /// Reads the layout from parsed BTF.
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
+        let task_pid_offset = member_offset(btf, "task_struct", &["pid"])?;
+        let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
+        // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
+        //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
+        let params = tracepoint_params(btf, "sched_switch")?;
+        Ok(KernelLayout { task_pid_offset, task_state_offset, sched_switch_has_state_arg: params >= 5 })
+    }
+}
+
+/// Byte offset of the first of `names` found in `struct strukt`, looking into
+/// anonymous struct and union members as C does.
+pub fn member_offset(btf: &Btf, strukt: &str, names: &[&str]) -> Result<u32> {
+    let types =
+        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
+    let ty = types
+        .iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    for name in names {
+        if let Some(bits) = find_member(btf, ty, name, 0)? {
+            if bits % 8 != 0 {
+                bail!("{strukt}.{name} is a bit field");
+            }
+            return Ok(bits / 8);
+        }
+    }
+    bail!("BTF: struct {strukt} has no member {}", names.join(" or "))
+}
+
+/// Bit offset of `name` in `ty`, searching anonymous members too.
+fn find_member(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>> {
+    for member in &ty.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        if member_name == name {
+            return Ok(Some(base + member.bit_offset()));
+        }
+        if member_name.is_empty() {
+            let inner = btf.resolve_type_by_id(member.get_type_id().map_err(|err| anyhow!("{err}"))?);
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = inner {
+                if let Some(found) = find_member(btf, &inner, name, base + member.bit_offset())? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Number of parameters of the probe function of a tracepoint, `__data` included,
+/// from its `btf_trace_<name>` typedef.
+pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
+    let typedef = format!("btf_trace_{tracepoint}");
+    let types = btf.resolve_types_by_name(&typedef).map_err(|err| anyhow!("BTF has no {typedef}: {err}"))?;
+    let ty = types.first().ok_or_else(|| anyhow!("BTF has no {typedef}"))?;
+    let mut ty = ty.clone();
+    for _ in 0..4 {
+        ty = match ty {
+            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
+            Type::Typedef(_) | Type::Ptr(_) | Type::Const(_) => {
+                let next = ty
+                    .as_btf_type()
+                    .context("untyped BTF entry")?
+                    .get_type_id()
+                    .map_err(|err| anyhow!("{err}"))?;
+                btf.resolve_type_by_id(next).map_err(|err| anyhow!("{err}"))?
+            }
+            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
+        };
+    }
+    bail!("{typedef}: too many levels of indirection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF, where there is one (every machine dstrace runs on).
+    fn vmlinux() -> Option<Btf> {
+        Btf::from_file(VMLINUX_BTF).ok()
+    }
+
+    #[test]
+    fn reads_task_struct_layout_of_running_kernel() {
+        let Some(btf) = vmlinux() else {
+            assert!(std::env::var_os("CI").is_none(), "{VMLINUX_BTF} is missing on a CI machine");
+            eprintln!("skipped: {VMLINUX_BTF} is missing");
+            return;
+        };
+        let layout = KernelLayout::from_btf(&btf).unwrap();
+        assert!(layout.task_pid_offset > 0 && layout.task_pid_offset < 16384);
+        assert!(layout.task_state_offset < layout.task_pid_offset);
+        assert!(member_offset(&btf, "task_struct", &["no_such_member"]).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! dstrace: which tasks are stuck in uninterruptible sleep (`D`), for how long, and
+//! in which kernel function.
+//!
+//! The modules follow the flow of data (../DESIGN.md):
+//!
+//! * [`preflight`]: what must hold before anything is loaded (privileges, BTF);
+//! * [`kernel_btf`]: `task_struct` offsets and hook signatures of the running kernel;
+//! * [`loader`]: loads the embedded eBPF object with its settings and attaches it;
+//! * [`events`]: decodes what the kernel side streams;
+//! * [`symbols`]: kernel symbols and the choice of the blocking function;
+//! * [`record`]: one D wait as userspace shows it;
+//! * [`output`]: the sinks (text lines, JSON lines);
+//! * [`clock`]: kernel timestamps to wall-clock time;
+//! * [`cli`] and [`run`]: the command line and the `run` command.
+
+pub mod cli;
+pub mod clock;
+pub mod events;
+pub mod kernel_btf;
+pub mod loader;
+pub mod output;
+pub mod preflight;
+pub mod record;
+pub mod run;
+pub mod symbols;

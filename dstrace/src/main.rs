@@ -1,0 +1,20 @@
+//! The `dstrace` binary: parse the command line, run, print one error line on failure.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use dstrace::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => dstrace::run::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dstrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

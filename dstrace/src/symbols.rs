@@ -1,0 +1,315 @@
+//! Kernel symbols, and the choice of the function a task blocked in.
+//!
+//! A stack taken when a task goes to sleep starts with the scheduler and the wait
+//! or lock primitive it slept in (`schedule`, `io_schedule`, `rwsem_down_write_slowpath`,
+//! `folio_wait_bit_common`, ...). What a person wants is the first frame below those:
+//! the kernel function that decided to wait. [`WAIT_PRIMITIVES`] is the one list of
+//! what counts as a primitive.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+
+/// Name patterns of the scheduler, wait and lock primitives: a frame matching one is
+/// never reported as the blocking function.
+///
+/// `Prefix` covers families (`schedule_timeout`, `schedule_preempt_disabled`, ...)
+/// and compiler clones (`__mutex_lock.constprop.0`); `Contains` covers names that
+/// put the family in the middle (`wait_for_completion_killable_timeout`).
+pub const WAIT_PRIMITIVES: &[Pattern] = &[
+    // The scheduler.
+    Pattern::Prefix("__schedule"),
+    Pattern::Prefix("schedule"),
+    Pattern::Prefix("io_schedule"),
+    Pattern::Prefix("preempt_schedule"),
+    Pattern::Prefix("msleep"),
+    Pattern::Prefix("usleep_range"),
+    // Completions and generic waits.
+    Pattern::Contains("wait_for_completion"),
+    Pattern::Prefix("__wait_for_common"),
+    Pattern::Prefix("wait_for_common"),
+    Pattern::Prefix("do_wait_for_common"),
+    Pattern::Exact("wait_woken"),
+    Pattern::Prefix("__wait_rcu_gp"),
+    Pattern::Prefix("wait_rcu_gp"),
+    // Sleeping locks: rwsems, mutexes, rt-mutexes, semaphores, percpu rwsems.
+    Pattern::Prefix("rwsem_down_"),
+    Pattern::Prefix("down_read"),
+    Pattern::Prefix("down_write"),
+    Pattern::Prefix("__down"),
+    Pattern::Exact("down"),
+    Pattern::Prefix("down_killable"),
+    Pattern::Prefix("down_interruptible"),
+    Pattern::Prefix("down_timeout"),
+    Pattern::Prefix("mutex_lock"),
+    Pattern::Prefix("__mutex_lock"),
+    Pattern::Prefix("rt_mutex"),
+    Pattern::Prefix("__rt_mutex"),
+    Pattern::Prefix("rwbase_"),
+    Pattern::Prefix("percpu_rwsem_wait"),
+    Pattern::Prefix("__percpu_down_read"),
+    Pattern::Prefix("percpu_down_"),
+    // Bit waits, page and folio locks, buffer heads.
+    Pattern::Prefix("__wait_on_bit"),
+    Pattern::Prefix("out_of_line_wait_on_bit"),
+    Pattern::Prefix("wait_on_bit"),
+    Pattern::Prefix("bit_wait"),
+    Pattern::Prefix("folio_wait"),
+    Pattern::Prefix("__folio_lock"),
+    Pattern::Prefix("folio_lock"),
+    Pattern::Prefix("wait_on_page"),
+    Pattern::Prefix("__lock_page"),
+    Pattern::Prefix("lock_page"),
+    Pattern::Prefix("__wait_on_buffer"),
+    Pattern::Prefix("wait_on_buffer"),
+    Pattern::Prefix("__lock_buffer"),
+];
+
+/// The tracing machinery a stack taken in the `sched_switch` hook starts with (the
+/// BPF program itself, the trampoline or `bpf_trace_run*`): not part of what the
+/// task was doing, so left out of every stack shown.
+pub const TRACING_FRAMES: &[Pattern] = &[
+    Pattern::Prefix("bpf_prog_"),
+    Pattern::Prefix("bpf_trampoline_"),
+    Pattern::Prefix("bpf_trace_run"),
+    Pattern::Prefix("__bpf_trace_"),
+    Pattern::Prefix("__traceiter_"),
+];
+
+/// A pattern on a symbol name (without its `.constprop.0`-style suffix).
+#[derive(Clone, Copy, Debug)]
+pub enum Pattern {
+    /// The whole name.
+    Exact(&'static str),
+    /// The start of the name.
+    Prefix(&'static str),
+    /// Anywhere in the name.
+    Contains(&'static str),
+}
+
+impl Pattern {
+    fn matches(self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(text) => name == text,
+            Pattern::Prefix(text) => name.starts_with(text),
+            Pattern::Contains(text) => name.contains(text),
+        }
+    }
+}
+
+/// Whether a frame is a scheduler, wait or lock primitive.
+pub fn is_wait_primitive(symbol: &str) -> bool {
+    matches_any(WAIT_PRIMITIVES, symbol)
+}
+
+/// Whether a frame belongs to the tracing machinery ([`TRACING_FRAMES`]).
+pub fn is_tracing_frame(symbol: &str) -> bool {
+    matches_any(TRACING_FRAMES, symbol)
+}
+
+fn matches_any(patterns: &[Pattern], symbol: &str) -> bool {
+    let base = symbol.split_once('.').map_or(symbol, |(base, _)| base);
+    patterns.iter().any(|pattern| pattern.matches(base))
+}
+
+/// The blocking function of a stack (innermost frame first): the first frame that
+/// is not a primitive, or `None` if every frame is one.
+pub fn blocking_function<'a>(frames: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    frames.into_iter().find(|frame| !is_wait_primitive(frame))
+}
+
+/// The kernel's text symbols, from `/proc/kallsyms`, sorted by address.
+pub struct Kallsyms {
+    /// Start addresses, sorted.
+    addrs: Vec<u64>,
+    /// `(start, end)` of each name in `names`, parallel to `addrs`.
+    spans: Vec<(u32, u32)>,
+    /// All names, one after the other: one allocation instead of 100,000.
+    names: String,
+}
+
+impl Kallsyms {
+    /// Reads `/proc/kallsyms`.
+    pub fn from_proc() -> Result<Kallsyms> {
+        let text = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+        Ok(Kallsyms::parse(&text))
+    }
+
+    /// Parses the text of `/proc/kallsyms`, keeping text symbols (`t`, `T`, `w`, `W`).
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut entries: Vec<(u64, &str)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_ascii_whitespace();
+                let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let kind = fields.next()?;
+                let name = fields.next()?;
+                matches!(kind, "t" | "T" | "w" | "W").then_some((addr, name))
+            })
+            .collect();
+        entries.sort_by_key(|&(addr, _)| addr);
+        let mut kallsyms = Kallsyms {
+            addrs: Vec::with_capacity(entries.len()),
+            spans: Vec::with_capacity(entries.len()),
+            names: String::with_capacity(entries.iter().map(|(_, name)| name.len()).sum()),
+        };
+        for (addr, name) in entries {
+            let start = kallsyms.names.len() as u32;
+            kallsyms.names.push_str(name);
+            kallsyms.addrs.push(addr);
+            kallsyms.spans.push((start, kallsyms.names.len() as u32));
+        }
+        kallsyms
+    }
+
+    /// Whether the addresses are hidden (all zero: `kernel.kptr_restrict`, or no
+    /// privilege to see them).
+    pub fn is_hidden(&self) -> bool {
+        self.addrs.last().is_none_or(|&last| last == 0)
+    }
+
+    /// The symbol containing `addr`: the last one that starts at or below it.
+    pub fn resolve(&self, addr: u64) -> Option<&str> {
+        let index = self.addrs.partition_point(|&start| start <= addr).checked_sub(1)?;
+        let (start, end) = self.spans[index];
+        self.names.get(start as usize..end as usize)
+    }
+
+    /// Names of a stack's frames, innermost first, without the leading tracing
+    /// frames; an unknown address shows as hex.
+    pub fn symbolize(&self, ips: impl IntoIterator<Item = u64>) -> Vec<String> {
+        ips.into_iter()
+            .map(|ip| self.resolve(ip).map_or_else(|| format!("{ip:#x}"), str::to_owned))
+            .skip_while(|name| is_tracing_frame(name))
+            .collect()
+    }
+}
+
+/// Symbolized stacks by stack id: a stack id always names the same stack (the
+/// kernel side never lets one be replaced), so each is read and resolved once.
+#[derive(Default)]
+pub struct StackCache {
+    stacks: HashMap<u32, std::rc::Rc<[String]>>,
+}
+
+impl StackCache {
+    /// The stack with this id, from the cache or by `read`.
+    pub fn get_or_insert(
+        &mut self,
+        id: u32,
+        read: impl FnOnce() -> Option<Vec<String>>,
+    ) -> Option<std::rc::Rc<[String]>> {
+        if let Some(stack) = self.stacks.get(&id) {
+            return Some(stack.clone());
+        }
+        let stack: std::rc::Rc<[String]> = read()?.into();
+        self.stacks.insert(id, stack.clone());
+        Some(stack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = "\
+ffffffff81000000 T _text
+ffffffff81010000 T bpf_trace_run4
+ffffffffa0000000 t bpf_prog_4f3af15852a0d987_sched_switch
+ffffffff81100000 T d_alloc_parallel
+ffffffff81100400 t d_wait_lookup
+ffffffff81200000 T __schedule
+ffffffff81200800 T schedule
+ffffffff81300000 D some_data
+ffffffffc0001000 t nfs_file_fsync\t[nfs]
+";
+
+    #[test]
+    fn resolves_addresses_to_the_enclosing_symbol() {
+        let syms = Kallsyms::parse(FIXTURE);
+        assert_eq!(syms.resolve(0xffffffff81100010), Some("d_alloc_parallel"));
+        assert_eq!(syms.resolve(0xffffffff81100400), Some("d_wait_lookup"));
+        assert_eq!(syms.resolve(0xffffffff81200900), Some("schedule"));
+        assert_eq!(syms.resolve(0xffffffffc0001008), Some("nfs_file_fsync"));
+        assert_eq!(syms.resolve(0x1000), None);
+        assert!(!syms.is_hidden());
+        assert_eq!(syms.symbolize([0xffffffff81200001, 0x10]), ["__schedule", "0x10"]);
+        // The hook's own frames are left out, only at the top of the stack.
+        let stack = [0xffffffffa0000010, 0xffffffff81010020, 0xffffffff81200001, 0xffffffff81010020];
+        assert_eq!(syms.symbolize(stack), ["__schedule", "bpf_trace_run4"]);
+    }
+
+    #[test]
+    fn hidden_addresses_are_detected() {
+        let syms = Kallsyms::parse("0000000000000000 T _text\n0000000000000000 T schedule\n");
+        assert!(syms.is_hidden());
+        assert!(Kallsyms::parse("").is_hidden());
+    }
+
+    /// Stacks seen at `sched_switch` on Linux 6.18, innermost frame first.
+    #[test]
+    fn blocking_function_skips_scheduler_and_primitives() {
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        assert_eq!(blocking_function(lookup), Some("d_alloc_parallel"));
+
+        let open = [
+            "__schedule",
+            "schedule",
+            "schedule_preempt_disabled",
+            "rwsem_down_write_slowpath",
+            "down_write",
+            "path_openat",
+            "do_filp_open",
+        ];
+        assert_eq!(blocking_function(open), Some("path_openat"));
+
+        let fsync = [
+            "__schedule",
+            "schedule",
+            "io_schedule",
+            "folio_wait_bit_common",
+            "folio_wait_writeback",
+            "__filemap_fdatawait_range",
+            "file_write_and_wait_range",
+        ];
+        assert_eq!(blocking_function(fsync), Some("__filemap_fdatawait_range"));
+
+        let jbd2 = ["__schedule", "schedule", "jbd2_log_wait_commit", "ext4_sync_file"];
+        assert_eq!(blocking_function(jbd2), Some("jbd2_log_wait_commit"));
+
+        let completion = [
+            "__schedule",
+            "schedule",
+            "schedule_timeout",
+            "__wait_for_common",
+            "wait_for_completion_io",
+            "submit_bio_wait",
+        ];
+        assert_eq!(blocking_function(completion), Some("submit_bio_wait"));
+
+        let mutex = [
+            "__schedule",
+            "schedule_preempt_disabled",
+            "__mutex_lock.constprop.0",
+            "mutex_lock",
+            "fuse_lock_inode",
+        ];
+        assert_eq!(blocking_function(mutex), Some("fuse_lock_inode"));
+
+        let nfs =
+            ["__schedule", "schedule", "rpc_wait_bit_killable", "__wait_on_bit", "out_of_line_wait_on_bit"];
+        assert_eq!(blocking_function(nfs), Some("rpc_wait_bit_killable"));
+
+        assert_eq!(blocking_function(["__schedule", "schedule"]), None);
+    }
+
+    #[test]
+    fn primitives_are_matched_without_clone_suffixes() {
+        assert!(is_wait_primitive("__mutex_lock.constprop.0"));
+        assert!(is_wait_primitive("wait_for_completion_killable_timeout"));
+        assert!(is_wait_primitive("down"));
+        assert!(!is_wait_primitive("download_firmware"));
+        assert!(!is_wait_primitive("d_alloc_parallel"));
+        assert!(!is_wait_primitive("fuse_simple_request"));
+    }
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask`: the one entry point for building, running and testing dstrace.
+//!
+//! Every command first makes sure an eBPF toolchain is there (installing it on a
+//! Debian/Ubuntu machine when it is not; a no-op taking a fraction of a second when
+//! it is), so that a fresh clone needs nothing but cargo.
+
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use xtask::{ebpf, toolchain};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test dstrace", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs, if it is missing (apt packages, bpf-linker).
+    Setup,
+    /// Build the eBPF object and the dstrace binary that embeds it.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build dstrace (release) and run it as root; arguments go to dstrace
+    /// (default: `run`).
+    Run {
+        /// Arguments for dstrace, e.g. `cargo xtask run -- run --min-duration 10ms`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Check formatting and lints, then run every test (unit, CLI, and integration
+    /// tests that load the eBPF object and make real D states; these need root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root()?;
+    let toolchain = toolchain::install().map_err(|err| anyhow::anyhow!("{err}"))?;
+    match cli.command {
+        Cmd::Setup => {
+            eprintln!("xtask: eBPF toolchain: {toolchain}");
+            Ok(())
+        }
+        Cmd::Build { release } => build(&root, release),
+        Cmd::Run { args } => {
+            build(&root, true)?;
+            let binary = root.join("target/release/dstrace");
+            let args = if args.is_empty() { vec!["run".to_owned()] } else { args };
+            let mut cmd = as_root(&binary);
+            cmd.args(&args);
+            let status = cmd.status().with_context(|| format!("cannot start {}", binary.display()))?;
+            if !status.success() {
+                bail!("dstrace exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => test(&root, &args),
+    }
+}
+
+fn build(root: &std::path::Path, release: bool) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--package", "dstrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(cmd)
+}
+
+fn test(root: &std::path::Path, args: &[String]) -> Result<()> {
+    let mut fmt = cargo(root);
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    status(fmt).context("code is not formatted: run `cargo fmt --all`")?;
+
+    let mut clippy = cargo(root);
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    status(clippy)?;
+
+    // The CLI tests run this binary.
+    build(root, false)?;
+
+    let mut test = cargo(root);
+    test.args(["test", "--workspace"]);
+    if !toolchain::is_root() {
+        // Integration tests load BPF programs and mount filesystems: run the test
+        // binaries (not the build) under sudo.
+        eprintln!("xtask: not root: test binaries run under `sudo -E`");
+        test.args(["--config", "target.'cfg(all())'.runner = ['sudo', '-E']"]);
+    }
+    test.args(args);
+    status(test)
+}
+
+fn cargo(root: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn as_root(binary: &std::path::Path) -> Command {
+    if toolchain::is_root() {
+        Command::new(binary)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(binary);
+        cmd
+    }
+}
+
+fn status(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR").context("run this through `cargo xtask`")?;
+    Ok(ebpf::workspace_root(&PathBuf::from(manifest_dir)))
+}
