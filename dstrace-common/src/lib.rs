@@ -57,10 +57,6 @@ pub mod limits {
 
 /// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
 pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
-/// `Config::flags`: the running kernel passes `prev_state` as the fourth argument of
-/// `sched_switch` (Linux 5.18 and later); otherwise it is read at
-/// `Config::task_state_offset`.
-pub const CONFIG_STATE_IN_ARG: u32 = 1 << 1;
 
 /// Settings the kernel side reads, written once into `.rodata` at load time.
 ///
@@ -72,8 +68,8 @@ pub struct Config {
     pub min_duration_ns: u64,
     /// Byte offset of `task_struct.pid` (the thread id).
     pub task_pid_offset: u32,
-    /// Byte offset of `task_struct.__state` (`state` before 5.14); used only
-    /// without [`CONFIG_STATE_IN_ARG`].
+    /// Byte offset of `task_struct.__state` (`state` before 5.14); read only by
+    /// the program for kernels whose `sched_switch` has no `prev_state` (< 5.18).
     pub task_state_offset: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,

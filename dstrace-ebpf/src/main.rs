@@ -30,21 +30,19 @@
 #![allow(internal_features)]
 
 use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd, atomic_xsub},
+    intrinsics::{atomic_xadd, atomic_xsub, AtomicOrdering},
     sync::atomic::AtomicU64,
 };
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, tracing::StackIdContext as _},
+    programs::{tracing::StackIdContext as _, BtfTracePointContext},
 };
 use dstrace_common::{
-    CONFIG_INCLUDE_IDLE, COMM_LEN, Config, Counter, InFlight, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
-    WaitEvent, limits,
+    limits, Config, Counter, InFlight, WaitEvent, COMM_LEN, CONFIG_INCLUDE_IDLE, TASK_NOLOAD,
+    TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -132,7 +130,7 @@ fn record_wait_start(ctx: &BtfTracePointContext, state: u32) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    match INFLIGHT.insert(&tid, &wait, 0) {
+    match INFLIGHT.insert(tid, wait, 0) {
         Ok(()) => {
             // SAFETY: an atomic add on a valid, aligned global; the result is unused,
             // so it is the plain `lock +=` that every BPF kernel accepts.
@@ -168,14 +166,14 @@ fn record_wait_end(ctx: &BtfTracePointContext) {
             return;
         }
     };
-    let Some(wait) = INFLIGHT.get_ptr(&tid) else {
+    let Some(wait) = INFLIGHT.get_ptr(tid) else {
         return;
     };
     // SAFETY: the pointer comes from a successful lookup; the entry is copied out
     // before it is removed, and only this task's switch-in removes it.
     let wait = unsafe { *wait };
     let end_ns = now_ns();
-    if INFLIGHT.remove(&tid).is_ok() {
+    if INFLIGHT.remove(tid).is_ok() {
         // SAFETY: as for the add in `record_wait_start`.
         unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(INFLIGHT_COUNT.as_ptr(), 1) };
     }

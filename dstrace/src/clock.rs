@@ -91,6 +91,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A duration in nanoseconds, saturating (for the kernel side's `u64` fields).
+pub fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A duration for people: `850us`, `12.3ms`, `2.004s`, `4m03s`, `2h05m`.
 pub fn human_duration(ns: u64) -> String {
     match ns {

@@ -9,9 +9,9 @@ use aya::{
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
-use dstrace_common::{names, Config, Counter, CONFIG_INCLUDE_IDLE, CONFIG_STATE_IN_ARG};
+use dstrace_common::{names, Config, Counter, CONFIG_INCLUDE_IDLE};
 
-use crate::kernel_btf::KernelLayout;
+use crate::{clock::duration_ns, kernel_btf::KernelLayout};
 
 /// The eBPF object, built by `dstrace/build.rs` (never empty: the build checks it).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
@@ -88,15 +88,9 @@ impl Tracer {
 
 /// The `CONFIG` global for this kernel and these options.
 pub fn config(layout: &KernelLayout, options: &Options) -> Config {
-    let mut flags = 0;
-    if options.include_idle {
-        flags |= CONFIG_INCLUDE_IDLE;
-    }
-    if layout.sched_switch_has_state_arg {
-        flags |= CONFIG_STATE_IN_ARG;
-    }
+    let flags = if options.include_idle { CONFIG_INCLUDE_IDLE } else { 0 };
     Config {
-        min_duration_ns: u64::try_from(options.min_duration.as_nanos()).unwrap_or(u64::MAX),
+        min_duration_ns: duration_ns(options.min_duration),
         task_pid_offset: layout.task_pid_offset,
         task_state_offset: layout.task_state_offset,
         flags,
@@ -106,4 +100,43 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object has every program and map userspace asks for by name,
+    /// and the sections that hold the globals.
+    #[test]
+    fn object_has_every_name_userspace_uses() {
+        let object = aya_obj::Object::parse(OBJECT).unwrap();
+        for program in [names::PROG_SCHED_SWITCH, names::PROG_SCHED_SWITCH_PRE518] {
+            assert!(object.programs.contains_key(program), "no program {program}");
+        }
+        for map in names::MAPS {
+            assert!(object.maps.contains_key(map), "no map {map}");
+        }
+        // CONFIG lives in .rodata, INFLIGHT_COUNT in .bss.
+        for section in [".rodata", ".bss"] {
+            assert!(object.maps.contains_key(section), "no {section} section");
+        }
+        assert!(
+            object.license.to_bytes().ends_with(b"GPL"),
+            "the probe helpers need a GPL-compatible license"
+        );
+    }
+
+    #[test]
+    fn config_carries_layout_and_options() {
+        let layout =
+            KernelLayout { task_pid_offset: 2000, task_state_offset: 24, sched_switch_has_state_arg: true };
+        let options = Options { min_duration: Duration::from_millis(5), include_idle: true };
+        let config = config(&layout, &options);
+        assert_eq!(config.min_duration_ns, 5_000_000);
+        assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
+        assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
+        let options = Options { include_idle: false, ..options };
+        assert_eq!(super::config(&layout, &options).flags, 0);
+    }
 }

@@ -65,17 +65,26 @@ impl<W: Write> Printer<W> {
         Printer { out, format }
     }
 
-    /// The column header (text only).
-    pub fn header(&mut self) -> io::Result<()> {
-        if let Format::Text { .. } = self.format {
-            writeln!(
+    /// The first output once tracing is live: the column header for text, a
+    /// `start` record for JSON.
+    pub fn header(&mut self, program: &str, min_duration_ns: u64) -> io::Result<()> {
+        match self.format {
+            Format::Text { .. } => writeln!(
                 self.out,
                 "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  BLOCKED IN",
                 "TIME", "PID/TID", "COMM", "STATE", "DURATION"
-            )?;
-            self.out.flush()?;
+            )?,
+            Format::Json => {
+                let record = serde_json::json!({
+                    "type": "start",
+                    "program": program,
+                    "min_duration_ns": min_duration_ns,
+                });
+                serde_json::to_writer(&mut self.out, &record)?;
+                writeln!(self.out)?;
+            }
         }
-        Ok(())
+        self.out.flush()
     }
 
     /// One completed wait.

@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     cli::RunArgs,
-    clock::Clock,
+    clock::{duration_ns, Clock},
     events::decode_wait,
     loader::{Options, Tracer},
     output::{drops_text, Format, Printer, Summary},
@@ -95,7 +95,7 @@ async fn trace(args: &RunArgs) -> Result<()> {
     };
     let summary = Summary {
         shown: sink.shown,
-        min_duration_ns: u64::try_from(args.min_duration.as_nanos()).unwrap_or(u64::MAX),
+        min_duration_ns: duration_ns(args.min_duration),
         counters: tracer.counters()?,
         bad_records: sink.bad_records,
     };
@@ -124,7 +124,7 @@ async fn stream<W: Write>(
     drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drops_seen = 0u64;
 
-    sink.printer.header()?;
+    sink.printer.header(tracer.program, duration_ns(args.min_duration))?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,

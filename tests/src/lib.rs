@@ -1,1 +1,195 @@
-//! Test support.
+//! Support for dstrace's integration and CLI tests.
+//!
+//! The tests run the real `dstrace` binary (built by `cargo xtask test` before the
+//! tests) against the real kernel, and make real D states with [`fuse::FuseMount`].
+//! Tests that need root fail loudly in CI (`CI` set) and skip with a printed reason
+//! elsewhere, through [`require_root`].
+// Test code: a panic with its message is how a failure is reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fuse;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+/// The `dstrace` binary under test: `$DSTRACE_BIN`, or the one next to the test
+/// executable's directory (`target/<profile>/dstrace`).
+pub fn dstrace_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("DSTRACE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/dstrace
+    let bin = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("dstrace"));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "the dstrace binary is not built: run `cargo xtask test`, or `cargo build -p dstrace` first"
+        ),
+    }
+}
+
+/// Whether this process is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True when the test may go on as root. Without root it panics in CI, where
+/// every test must run, and returns false with a printed reason elsewhere.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{test} needs root, and CI must run it: run the tests as root");
+    eprintln!("skipped {test}: needs root (run `cargo xtask test`, which uses sudo)");
+    false
+}
+
+/// A running `dstrace`, its standard output read line by line.
+pub struct Dstrace {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dstrace {
+    /// Starts `dstrace` with these arguments.
+    pub fn spawn(args: &[&str]) -> Dstrace {
+        let mut child = Command::new(dstrace_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("dstrace starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Dstrace { child, lines, seen: Vec::new() }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a line satisfies `pred` and returns it; panics after `timeout`
+    /// or if dstrace ends first.
+    pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_until(timeout, |seen| seen.last().is_some_and(|line| pred(line)));
+        self.seen.last().cloned().unwrap_or_default()
+    }
+
+    /// Waits until every line printed so far satisfies `done`; panics after
+    /// `timeout` or if dstrace ends first.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "dstrace did not print what was expected within {timeout:?}; got:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait();
+                    panic!(
+                        "dstrace ended ({status:?}) before printing what was expected; got:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and returns the exit status and every line printed.
+    pub fn interrupt(self) -> (ExitStatus, Vec<String>) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        self.finish()
+    }
+
+    /// Waits for dstrace to end by itself (for a bounded time) and returns its exit
+    /// status and every line printed.
+    pub fn finish(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "dstrace did not end within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut lines = std::mem::take(&mut self.seen);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+}
+
+impl Drop for Dstrace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Child processes killed and reaped on drop, so that a failing test leaves none.
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Children {
+    /// Starts a command and keeps it.
+    pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+        let pid = child.id();
+        self.0.push(child);
+        pid
+    }
+
+    /// Waits for every child to end, within `timeout`.
+    pub fn wait_all(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for child in &mut self.0 {
+            while child.try_wait().expect("waitpid").is_none() {
+                assert!(Instant::now() < deadline, "child {} did not end within {timeout:?}", child.id());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Parses JSON lines, panicking with the line on error.
+pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
+        .collect()
+}

@@ -92,12 +92,23 @@ fn build(root: &std::path::Path, release: bool) -> Result<()> {
 }
 
 fn test(root: &std::path::Path, args: &[String]) -> Result<()> {
+    let ebpf_manifest = root.join("dstrace-ebpf/Cargo.toml");
     let mut fmt = cargo(root);
     fmt.args(["fmt", "--all", "--", "--check"]);
     status(fmt).context("code is not formatted: run `cargo fmt --all`")?;
+    let mut fmt = cargo(root);
+    fmt.arg("fmt").arg("--manifest-path").arg(&ebpf_manifest).args(["--", "--check"]);
+    status(fmt).context("the eBPF crate is not formatted: run `cargo fmt` in dstrace-ebpf")?;
 
     let mut clippy = cargo(root);
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    status(clippy)?;
+    // The eBPF crate is linted for the host: clippy checks without linking, and
+    // RUSTC_BOOTSTRAP lets a stable clippy accept its nightly features.
+    let mut clippy = cargo(root);
+    clippy.arg("clippy").arg("--manifest-path").arg(&ebpf_manifest).arg("--locked");
+    clippy.arg("--target-dir").arg(root.join("target/ebpf-clippy"));
+    clippy.args(["--", "-D", "warnings"]).env("RUSTC_BOOTSTRAP", "1");
     status(clippy)?;
 
     // The CLI tests run this binary.

@@ -1,0 +1,213 @@
+//! A minimal FUSE server that can stop answering: real D states on demand.
+//!
+//! It speaks just enough of the FUSE protocol (include/uapi/linux/fuse.h) over
+//! `/dev/fuse` to be mounted: it answers `INIT` and `GETATTR` of the root, and holds
+//! every `LOOKUP` while its gate is closed, then answers `ENOENT`. A task that looks
+//! a name up while the gate is closed waits for the answer in `request_wait_answer`;
+//! every other task looking up the same name waits for the first one in
+//! `d_alloc_parallel`, in `TASK_UNINTERRUPTIBLE`: the pile-up of a dead NFS or FUSE
+//! server (../shared/TOOLCHAIN.md).
+//!
+//! The mount lives under the system's temporary directory, never in the
+//! repository, and [`FuseMount`]'s `Drop` always undoes it: it opens the gate and
+//! detaches the mount (`umount -l`), which ends the connection and fails whatever
+//! is still pending. If the test process dies, the kernel closes `/dev/fuse`,
+//! which aborts the connection too.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{self, Read, Write},
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+};
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_FORGET: u32 = 2;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_INIT: u32 = 26;
+const FUSE_INTERRUPT: u32 = 36;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_BATCH_FORGET: u32 = 42;
+const FUSE_ROOT_ID: u64 = 1;
+const IN_HEADER_LEN: usize = 40;
+
+/// Whether `LOOKUP` requests are answered.
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap_or_else(|poison| poison.into_inner()) = open;
+        self.changed.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|poison| poison.into_inner());
+        while !*open {
+            open = self.changed.wait(open).unwrap_or_else(|poison| poison.into_inner());
+        }
+    }
+}
+
+/// A mounted test filesystem served by a thread of this process.
+pub struct FuseMount {
+    dir: PathBuf,
+    gate: Arc<Gate>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl FuseMount {
+    /// Mounts a new filesystem on a fresh directory under the temporary directory,
+    /// with its gate open.
+    pub fn new(name: &str) -> io::Result<FuseMount> {
+        let dir = std::env::temp_dir().join(format!("dstrace-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let dev = File::options().read(true).write(true).open("/dev/fuse")?;
+        let options = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+        mount(&dir, &options)?;
+        let gate = Arc::new(Gate { open: Mutex::new(true), changed: Condvar::new() });
+        let server_gate = gate.clone();
+        let server = std::thread::Builder::new().name("fuse-server".into()).spawn(move || {
+            // The server ends when the connection does (unmount or abort).
+            let _ = serve(dev, &server_gate);
+        })?;
+        Ok(FuseMount { dir, gate, server: Some(server) })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops answering lookups (the server "goes away").
+    pub fn hold(&self) {
+        self.gate.set(false);
+    }
+
+    /// Answers held and future lookups again.
+    pub fn release(&self) {
+        self.gate.set(true);
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        self.release();
+        if let Ok(path) = CString::new(self.dir.as_os_str().as_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn mount(dir: &Path, options: &str) -> io::Result<()> {
+    let target = CString::new(dir.as_os_str().as_bytes())?;
+    let source = CString::new("dstrace-test")?;
+    let fstype = CString::new("fuse.dstrace-test")?;
+    let data = CString::new(options)?;
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads requests until the connection ends; each lookup runs on a thread of its
+/// own so that a held one does not stop the others.
+fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
+    let dev = Arc::new(dev);
+    let mut buf = vec![0u8; 1 << 20 | 4096];
+    loop {
+        let len = match (&*dev).read(&mut buf) {
+            Ok(len) => len,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue, // interrupted request
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err), // ENODEV: unmounted or aborted
+        };
+        if len < IN_HEADER_LEN {
+            continue;
+        }
+        let opcode = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+        let unique = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+        let nodeid = u64::from_le_bytes(buf[16..24].try_into().unwrap_or_default());
+        match opcode {
+            FUSE_INIT => reply(&dev, unique, 0, &init_out())?,
+            FUSE_GETATTR if nodeid == FUSE_ROOT_ID => reply(&dev, unique, 0, &root_attr_out())?,
+            FUSE_LOOKUP => {
+                let (dev, gate) = (dev.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    gate.wait_open();
+                    let _ = reply(&dev, unique, -libc::ENOENT, &[]);
+                });
+            }
+            FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT => {} // no reply expected
+            FUSE_DESTROY => return reply(&dev, unique, 0, &[]),
+            _ => reply(&dev, unique, -libc::ENOSYS, &[])?,
+        }
+    }
+}
+
+/// Writes one reply: `fuse_out_header` then the payload.
+fn reply(dev: &File, unique: u64, error: i32, payload: &[u8]) -> io::Result<()> {
+    let len = 16 + payload.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&error.to_le_bytes());
+    out.extend_from_slice(&unique.to_le_bytes());
+    out.extend_from_slice(payload);
+    match { dev }.write(&out) {
+        Ok(_) => Ok(()),
+        // The request was interrupted or the connection is gone.
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// `fuse_init_out` for protocol 7.31: no optional feature asked for.
+fn init_out() -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&7u32.to_le_bytes()); // major
+    out.extend_from_slice(&31u32.to_le_bytes()); // minor
+    out.extend_from_slice(&(128u32 << 10).to_le_bytes()); // max_readahead
+    out.extend_from_slice(&0u32.to_le_bytes()); // flags
+    out.extend_from_slice(&16u16.to_le_bytes()); // max_background
+    out.extend_from_slice(&12u16.to_le_bytes()); // congestion_threshold
+    out.extend_from_slice(&(128u32 << 10).to_le_bytes()); // max_write
+    out.extend_from_slice(&1u32.to_le_bytes()); // time_gran
+    out.resize(64, 0); // max_pages, map_alignment, flags2, unused: zero
+    out
+}
+
+/// `fuse_attr_out` of the root directory.
+fn root_attr_out() -> Vec<u8> {
+    let mut out = Vec::with_capacity(104);
+    out.extend_from_slice(&1u64.to_le_bytes()); // attr_valid (s)
+    out.extend_from_slice(&0u32.to_le_bytes()); // attr_valid_nsec
+    out.extend_from_slice(&0u32.to_le_bytes()); // dummy
+    out.extend_from_slice(&FUSE_ROOT_ID.to_le_bytes()); // ino
+    out.extend_from_slice(&[0u8; 8 * 5]); // size, blocks, atime, mtime, ctime
+    out.extend_from_slice(&[0u8; 4 * 3]); // atimensec, mtimensec, ctimensec
+    out.extend_from_slice(&(libc::S_IFDIR | 0o755).to_le_bytes()); // mode
+    out.extend_from_slice(&2u32.to_le_bytes()); // nlink
+    out.resize(104, 0); // uid, gid, rdev, blksize, flags
+    out
+}

@@ -1,0 +1,68 @@
+//! The command line as a user meets it: help, bad flags, missing privileges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use dstrace_tests::{dstrace_bin, is_root};
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("dstrace runs");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let (code, stdout, _) = output(Command::new(dstrace_bin()).arg("--help"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("uninterruptible sleep"), "{stdout}");
+    assert!(stdout.contains("run"), "{stdout}");
+
+    let (code, stdout, _) = output(Command::new(dstrace_bin()).args(["run", "--help"]));
+    assert_eq!(code, 0);
+    for option in ["--min-duration", "--duration", "--include-idle", "--json", "--stacks", "Examples:"] {
+        assert!(stdout.contains(option), "`run --help` lacks {option}:\n{stdout}");
+    }
+}
+
+#[test]
+fn bad_flag_is_a_usage_error() {
+    let (code, stdout, stderr) = output(Command::new(dstrace_bin()).args(["run", "--bogus"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.starts_with("error: unexpected argument '--bogus'"), "{stderr}");
+
+    let (code, _, stderr) = output(Command::new(dstrace_bin()).args(["run", "--min-duration", "soon"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--min-duration") && stderr.contains("examples: 500us"), "{stderr}");
+}
+
+#[test]
+fn no_command_shows_usage() {
+    let (code, _, stderr) = output(&mut Command::new(dstrace_bin()));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("Usage: dstrace"), "{stderr}");
+}
+
+/// Without privileges `run` names what is missing on one line and exits non-zero.
+#[test]
+fn run_without_privileges_says_what_is_missing() {
+    let mut cmd = Command::new(dstrace_bin());
+    cmd.args(["run", "--duration", "1s"]);
+    if is_root() {
+        // Drop to nobody: setuid away from root clears every capability.
+        cmd.uid(65534).gid(65534);
+    }
+    let (code, stdout, stderr) = output(&mut cmd);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("dstrace: error: permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+}
