@@ -27,36 +27,81 @@ pub mod names {
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     /// The same for kernels before 5.18, whose `sched_switch` has no `prev_state`.
     pub const PROG_SCHED_SWITCH_PRE518: &str = "sched_switch_pre518";
+    /// The `tp_btf/sched_waking` program: names the waker of a task in D.
+    pub const PROG_SCHED_WAKING: &str = "sched_waking";
+    /// A `tp_btf/sched_switch` program that does nothing: the floor of the
+    /// benchmarks (`cargo xtask bench`), never attached by `dstrace run`.
+    pub const PROG_SCHED_SWITCH_EMPTY: &str = "sched_switch_empty";
     /// Tasks in D now: tid -> [`crate::InFlight`].
     pub const MAP_INFLIGHT: &str = "INFLIGHT";
-    /// Kernel stacks, by the id stored in records.
+    /// Kernel (and user) stacks, by the id stored in records.
     pub const MAP_STACKS: &str = "STACKS";
     /// Completed waits above the threshold, streamed as [`crate::WaitEvent`].
     pub const MAP_EVENTS: &str = "EVENTS";
     /// Per-CPU counters indexed by [`crate::Counter`].
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// Completed waits aggregated in the kernel: [`crate::AggKey`] -> [`crate::AggValue`].
+    pub const MAP_AGG: &str = "AGG";
+    /// One zeroed [`crate::AggValue`], the initial value of new `AGG` entries.
+    pub const MAP_AGG_ZERO: &str = "AGG_ZERO";
+    /// Filter sets (`--pid`, `--tid`, `--cgroup`, `--comm`): a key present = wanted.
+    pub const MAP_FILTER_TGIDS: &str = "FILTER_TGIDS";
+    /// See [`MAP_FILTER_TGIDS`].
+    pub const MAP_FILTER_TIDS: &str = "FILTER_TIDS";
+    /// See [`MAP_FILTER_TGIDS`].
+    pub const MAP_FILTER_CGROUPS: &str = "FILTER_CGROUPS";
+    /// See [`MAP_FILTER_TGIDS`].
+    pub const MAP_FILTER_COMMS: &str = "FILTER_COMMS";
     /// The [`crate::Config`] global, set at load time.
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     /// Number of entries in `INFLIGHT` (an upper bound), a `.bss` global that lets
-    /// `sched_switch` skip the map lookup while no task is in D.
+    /// the hooks skip the map lookup while no task is in D.
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 4] = [MAP_INFLIGHT, MAP_STACKS, MAP_EVENTS, MAP_COUNTERS];
+    pub const MAPS: [&str; 10] = [
+        MAP_INFLIGHT,
+        MAP_STACKS,
+        MAP_EVENTS,
+        MAP_COUNTERS,
+        MAP_AGG,
+        MAP_AGG_ZERO,
+        MAP_FILTER_TGIDS,
+        MAP_FILTER_TIDS,
+        MAP_FILTER_CGROUPS,
+        MAP_FILTER_COMMS,
+    ];
+    /// Every program the object must define.
+    pub const PROGRAMS: [&str; 4] =
+        [PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_PRE518, PROG_SCHED_WAKING, PROG_SCHED_SWITCH_EMPTY];
 }
 
 /// Capacity of the maps; userspace and the kernel side agree through these.
 pub mod limits {
     /// Tasks that can be tracked in D at once.
     pub const INFLIGHT_ENTRIES: u32 = 32_768;
-    /// Distinct kernel stacks kept.
+    /// Distinct stacks kept (each entry holds 127 frames: about 1 KiB).
     pub const STACK_ENTRIES: u32 = 8_192;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
-    pub const EVENTS_BYTES: u32 = 1 << 20;
+    pub const EVENTS_BYTES: u32 = 1 << 21;
+    /// Distinct aggregation keys.
+    pub const AGG_ENTRIES: u32 = 10_240;
+    /// Entries of each filter set.
+    pub const FILTER_ENTRIES: u32 = 64;
 }
 
 /// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
 pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
+/// `Config::flags`: also record the user stack of each wait.
+pub const CONFIG_USER_STACKS: u32 = 1 << 1;
+/// `Config::flags`: only tasks whose tgid is in `FILTER_TGIDS`.
+pub const CONFIG_FILTER_TGID: u32 = 1 << 2;
+/// `Config::flags`: only tasks whose tid is in `FILTER_TIDS`.
+pub const CONFIG_FILTER_TID: u32 = 1 << 3;
+/// `Config::flags`: only tasks whose cgroup (v2 id) is in `FILTER_CGROUPS`.
+pub const CONFIG_FILTER_CGROUP: u32 = 1 << 4;
+/// `Config::flags`: only tasks whose comm is in `FILTER_COMMS`.
+pub const CONFIG_FILTER_COMM: u32 = 1 << 5;
 
 /// Settings the kernel side reads, written once into `.rodata` at load time.
 ///
@@ -64,7 +109,8 @@ pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Waits shorter than this are not streamed on the ring buffer.
+    /// Waits shorter than this are not streamed on the ring buffer (they are
+    /// still aggregated).
     pub min_duration_ns: u64,
     /// Byte offset of `task_struct.pid` (the thread id).
     pub task_pid_offset: u32,
@@ -84,59 +130,203 @@ impl Config {
         Config { min_duration_ns: u64::MAX, task_pid_offset: 0, task_state_offset: 0, flags: 0, _pad: 0 };
 }
 
-/// A task in D now: the value of `INFLIGHT`, keyed by tid.
+/// Who woke a task out of D (set by `sched_waking`; zero until then).
+///
+/// A wake-up from interrupt context names whatever task the interrupt came in on
+/// (often the idle task, tid 0), as offwaketime does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waker {
+    /// When the wake-up happened (`bpf_ktime_get_ns`); 0 = not woken yet.
+    pub at_ns: u64,
+    /// The waker's thread id.
+    pub tid: u32,
+    /// The waker's thread group id.
+    pub tgid: u32,
+    /// The waker's kernel stack in `STACKS`, or a negative errno.
+    pub kstack_id: i32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The waker's `comm`.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Waker>() == 40);
+
+/// What a wait is on: filled by the attribution hooks (mount, file, lock, RPC);
+/// `kind == CAUSE_NONE` until they exist or when none applies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// `CAUSE_*`.
+    pub kind: u32,
+    /// Kind-specific flags (e.g. the lock kind of `lock:contention_begin`).
+    pub flags: u32,
+    /// The identity of the cause within its kind (a lock address, a request id).
+    pub key: u64,
+    /// Device number (`s_dev`) of the filesystem concerned, or 0.
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Inode number concerned, or 0.
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<Cause>() == 32);
+
+/// [`Cause::kind`]: nothing known.
+pub const CAUSE_NONE: u32 = 0;
+
+impl Cause {
+    /// No cause known.
+    pub const NONE: Cause = Cause { kind: CAUSE_NONE, flags: 0, key: 0, dev: 0, _pad: 0, ino: 0 };
+}
+
+/// A task in D now: the value of `INFLIGHT`, keyed by tid; also the body of a
+/// completed wait ([`WaitEvent`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InFlight {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the task was switched out.
     pub start_ns: u64,
+    /// The task's cgroup v2 id.
+    pub cgroup_id: u64,
     /// Thread group id (the pid of `ps`).
     pub tgid: u32,
-    /// Id in `STACKS`, or a negative errno when the stack was lost.
+    /// Id of the kernel stack in `STACKS`, or a negative errno when it was lost.
     pub kstack_id: i32,
+    /// Id of the user stack in `STACKS`, a negative errno, or [`NO_STACK`] when
+    /// user stacks are not recorded.
+    pub ustack_id: i32,
     /// The task state it slept in (`TASK_*` bits).
     pub state: u32,
-    /// Explicit padding.
-    pub _pad: u32,
     /// `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// Who woke it, once woken.
+    pub waker: Waker,
+    /// What it waits on.
+    pub cause: Cause,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 120);
+
+/// A stack id that means "not recorded" (distinct from every negative errno).
+pub const NO_STACK: i32 = i32::MIN;
 
 /// A completed D wait, as streamed on `EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitEvent {
-    /// When the task entered D (`bpf_ktime_get_ns()`).
-    pub start_ns: u64,
+    /// The wait as it was recorded, waker and cause included.
+    pub wait: InFlight,
     /// When the task ran again.
     pub end_ns: u64,
     /// Thread id.
     pub tid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<WaitEvent>() == 136);
+
+/// The key of in-kernel aggregation: completed waits with the same process,
+/// command, kernel stack and cause are counted together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AggKey {
     /// Thread group id.
     pub tgid: u32,
-    /// Id in `STACKS`, or a negative errno when the stack was lost.
+    /// Kernel stack id (negative when lost).
     pub kstack_id: i32,
-    /// The task state it slept in (`TASK_*` bits).
-    pub state: u32,
-    /// `comm`, NUL-padded.
+    /// `comm`.
     pub comm: [u8; COMM_LEN],
+    /// [`Cause::kind`].
+    pub cause_kind: u32,
+    /// [`Cause::dev`].
+    pub cause_dev: u32,
+    /// [`Cause::key`].
+    pub cause_key: u64,
 }
-const _: () = assert!(core::mem::size_of::<WaitEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<AggKey>() == 40);
 
-impl WaitEvent {
-    /// Builds the record of a wait that ended at `end_ns`.
+impl AggKey {
+    /// The key a wait is aggregated under.
     #[inline(always)]
-    pub fn completed(tid: u32, wait: &InFlight, end_ns: u64) -> Self {
-        WaitEvent {
-            start_ns: wait.start_ns,
-            end_ns,
-            tid,
+    pub fn of(wait: &InFlight) -> AggKey {
+        AggKey {
             tgid: wait.tgid,
             kstack_id: wait.kstack_id,
-            state: wait.state,
             comm: wait.comm,
+            cause_kind: wait.cause.kind,
+            cause_dev: wait.cause.dev,
+            cause_key: wait.cause.key,
         }
+    }
+}
+
+/// Log2 buckets of [`AggValue::hist`].
+pub const HIST_BUCKETS: usize = 32;
+
+/// Completed waits of one [`AggKey`]: counters only ever grow, so userspace takes
+/// differences between two reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AggValue {
+    /// Number of waits.
+    pub count: u64,
+    /// Sum of their durations, in nanoseconds.
+    pub total_ns: u64,
+    /// The longest, in nanoseconds.
+    pub max_ns: u64,
+    /// Waits by duration: bucket `i` counts durations `d` (microseconds) with
+    /// `2^i <= d < 2^(i+1)`; bucket 0 also takes `d < 1 us`, the last everything
+    /// longer (see [`hist_bucket`]).
+    pub hist: [u64; HIST_BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<AggValue>() == 24 + 8 * HIST_BUCKETS);
+
+/// The histogram bucket of a duration in nanoseconds: floor(log2(microseconds)),
+/// clamped to the buckets. Branch-free enough for the verifier: a fixed binary
+/// search over the bits, no loop.
+#[inline(always)]
+pub fn hist_bucket(duration_ns: u64) -> usize {
+    let mut us = duration_ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    let mut log = 0usize;
+    if us >= 1 << 32 {
+        us >>= 32;
+        log += 32;
+    }
+    if us >= 1 << 16 {
+        us >>= 16;
+        log += 16;
+    }
+    if us >= 1 << 8 {
+        us >>= 8;
+        log += 8;
+    }
+    if us >= 1 << 4 {
+        us >>= 4;
+        log += 4;
+    }
+    if us >= 1 << 2 {
+        us >>= 2;
+        log += 2;
+    }
+    if us >= 1 << 1 {
+        log += 1;
+    }
+    if log >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        log
+    }
+}
+
+/// The lower bound, in nanoseconds, of histogram bucket `i`.
+pub const fn hist_bucket_floor_ns(bucket: usize) -> u64 {
+    if bucket == 0 {
+        0
+    } else {
+        (1u64 << bucket) * 1000
     }
 }
 
@@ -161,11 +351,15 @@ pub enum Counter {
     DropStackLost = 5,
     /// Drop: a read of kernel memory failed.
     DropReadFailed = 6,
+    /// Drop: `AGG` was full, a completed wait was not aggregated.
+    DropAggFull = 7,
+    /// Waits whose waker was recorded.
+    WaitsWoken = 8,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -175,11 +369,20 @@ impl Counter {
         Counter::DropRingFull,
         Counter::DropStackLost,
         Counter::DropReadFailed,
+        Counter::DropAggFull,
+        Counter::WaitsWoken,
     ];
 
     /// Whether this counter counts lost data.
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= Counter::DropInflightFull as u32
+        matches!(
+            self,
+            Counter::DropInflightFull
+                | Counter::DropRingFull
+                | Counter::DropStackLost
+                | Counter::DropReadFailed
+                | Counter::DropAggFull
+        )
     }
 
     /// A short name, for output.
@@ -192,7 +395,39 @@ impl Counter {
             Counter::DropRingFull => "ring_buffer_full",
             Counter::DropStackLost => "stack_lost",
             Counter::DropReadFailed => "kernel_read_failed",
+            Counter::DropAggFull => "aggregation_map_full",
+            Counter::WaitsWoken => "waits_woken",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_log2_of_microseconds() {
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(999), 0);
+        assert_eq!(hist_bucket(1_000), 0);
+        assert_eq!(hist_bucket(2_000), 1);
+        assert_eq!(hist_bucket(3_999), 1);
+        assert_eq!(hist_bucket(1_000_000), 9); // 1 ms = 1000 us, 2^9 = 512
+        assert_eq!(hist_bucket(2_000_000_000), 20); // 2 s
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+        for bucket in 1..HIST_BUCKETS {
+            let floor = hist_bucket_floor_ns(bucket);
+            assert_eq!(hist_bucket(floor), bucket);
+            assert_eq!(hist_bucket(floor - 1000), bucket - 1);
+        }
+    }
+
+    #[test]
+    fn every_counter_is_listed_once_in_index_order() {
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
+        assert_eq!(Counter::ALL.len(), Counter::COUNT as usize);
     }
 }
 
@@ -205,4 +440,8 @@ mod user {
     unsafe impl aya::Pod for super::InFlight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WaitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AggKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AggValue {}
 }

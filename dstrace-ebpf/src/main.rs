@@ -5,20 +5,25 @@
 //! is tracked in D the switch-in side costs one load of `INFLIGHT_COUNT`.
 //!
 //! * switch-out of a task entering `TASK_UNINTERRUPTIBLE` (not preempted; `TASK_IDLE`
-//!   only when asked): its kernel stack goes to `STACKS`, its start time and identity
-//!   to `INFLIGHT` under its tid;
-//! * switch-in of a tracked task: the wait is over; it is removed from `INFLIGHT` and,
-//!   when it lasted at least `CONFIG.min_duration_ns`, streamed on `EVENTS`.
+//!   only when asked; only wanted tasks when filters are set): its kernel stack goes
+//!   to `STACKS`, its identity and start time to `INFLIGHT` under its tid;
+//! * `sched_waking` of a tracked task: the waker (tid, comm, kernel stack) is noted in
+//!   its `INFLIGHT` entry;
+//! * switch-in of a tracked task: the wait is over. It is aggregated in `AGG` (count,
+//!   total, max, log2 histogram by process, command, stack and cause), removed from
+//!   `INFLIGHT` and, when it lasted at least `CONFIG.min_duration_ns`, streamed on
+//!   `EVENTS`.
 //!
 //! Every failure increments a per-CPU counter in `COUNTERS` (see
 //! `dstrace_common::Counter`); nothing is lost silently. No kernel struct offset is
 //! compiled in: `task_struct` offsets arrive in `CONFIG`, read by userspace from the
 //! running kernel's BTF.
 //!
-//! Hook: `tp_btf/sched_switch`, `trace_sched_switch()` in `kernel/sched/core.c`
-//! (`__schedule`). BTF-enabled tracepoints exist since Linux 5.5 and the ring buffer
-//! since 5.8, the oldest kernel this object loads on. `sched_switch` takes
-//! `prev_state` as its fourth argument since 5.18 (commit fa2c3254d7cf); the
+//! Hooks: `tp_btf/sched_switch` (`trace_sched_switch()` in `__schedule`,
+//! kernel/sched/core.c) and `tp_btf/sched_waking` (`trace_sched_waking()` in
+//! `try_to_wake_up`, same file). BTF-enabled tracepoints exist since Linux 5.5 and the
+//! ring buffer since 5.8, the oldest kernel this object loads on. `sched_switch`
+//! takes `prev_state` as its fourth argument since 5.18 (commit fa2c3254d7cf); the
 //! `sched_switch_pre518` variant reads it from `task_struct` instead and userspace
 //! loads whichever fits the running kernel.
 #![no_std]
@@ -35,14 +40,19 @@ use core::{
 };
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext as _, BtfTracePointContext},
 };
 use dstrace_common::{
-    limits, Config, Counter, InFlight, WaitEvent, COMM_LEN, CONFIG_INCLUDE_IDLE, TASK_NOLOAD,
-    TASK_UNINTERRUPTIBLE,
+    hist_bucket, limits, AggKey, AggValue, Cause, Config, Counter, InFlight, WaitEvent, Waker, COMM_LEN,
+    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE,
+    CONFIG_USER_STACKS, NO_STACK, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -65,6 +75,25 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+#[map(name = "AGG")]
+static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
+
+/// A zeroed value to create `AGG` entries from (too large for the BPF stack).
+#[map(name = "AGG_ZERO")]
+static AGG_ZERO: Array<AggValue> = Array::with_max_entries(1, 0);
+
+#[map(name = "FILTER_TGIDS")]
+static FILTER_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
+
+#[map(name = "FILTER_TIDS")]
+static FILTER_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
+
+#[map(name = "FILTER_CGROUPS")]
+static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
+
+#[map(name = "FILTER_COMMS")]
+static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
+
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`, Linux 5.18 and later.
 #[btf_tracepoint(function = "sched_switch")]
@@ -85,16 +114,53 @@ pub fn sched_switch_pre518(ctx: BtfTracePointContext) -> u32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 1 == 0 {
         let prev: *const u8 = ctx.arg(1);
-        let offset = config_u32(&CONFIG.task_state_offset);
         // `state` was a `long` before 5.14 and is an `unsigned int` since; the low
         // 32 bits hold every `TASK_*` bit on a little-endian machine either way.
-        // SAFETY: a read of kernel memory through the probe helper, which checks it.
-        match unsafe { bpf_probe_read_kernel(prev.wrapping_add(offset as usize).cast::<u32>()) } {
-            Ok(state) => on_switch_out(&ctx, state),
-            Err(_) => count(Counter::DropReadFailed),
+        match read_u32(prev, config_u32(&CONFIG.task_state_offset)) {
+            Some(state) => on_switch_out(&ctx, state),
+            None => count(Counter::DropReadFailed),
         }
     }
     on_switch_in(&ctx);
+    0
+}
+
+/// Does nothing: attached beside `sched_switch` by the benchmarks, it measures the
+/// cost of being called at all (the floor).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+/// `sched_waking(struct task_struct *p)`: the current task (or interrupt) wakes
+/// `p`; if `p` is tracked in D, note who woke it.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
+    if inflight_is_empty() {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let Some(tid) = read_u32(task, config_u32(&CONFIG.task_pid_offset)) else {
+        count(Counter::DropReadFailed);
+        return 0;
+    };
+    let Some(wait) = INFLIGHT.get_ptr_mut(tid) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let kstack_id = stack_id(&ctx, 0);
+    let waker = Waker {
+        at_ns: now_ns(),
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        kstack_id,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    // SAFETY: a pointer from a successful lookup; the task is asleep, so nothing
+    // else writes its entry now.
+    unsafe { (*wait).waker = waker };
+    count(Counter::WaitsWoken);
     0
 }
 
@@ -104,31 +170,38 @@ fn on_switch_out(ctx: &BtfTracePointContext, state: u32) {
     if state & TASK_UNINTERRUPTIBLE == 0 {
         return;
     }
-    if state & TASK_NOLOAD != 0 && config_u32(&CONFIG.flags) & CONFIG_INCLUDE_IDLE == 0 {
+    let flags = config_u32(&CONFIG.flags);
+    if state & TASK_NOLOAD != 0 && flags & CONFIG_INCLUDE_IDLE == 0 {
         return;
     }
-    record_wait_start(ctx, state);
+    record_wait_start(ctx, state, flags);
 }
 
 /// The slow path of a switch-out: the current task enters D.
 #[inline(always)]
-fn record_wait_start(ctx: &BtfTracePointContext, state: u32) {
+fn record_wait_start(ctx: &BtfTracePointContext, state: u32, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let kstack_id = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            count(Counter::DropStackLost);
-            err
-        }
-    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: the helper takes no argument.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !wanted(flags, tid, tgid, cgroup_id, &comm) {
+        return;
+    }
+    let kstack_id = stack_id(ctx, 0);
+    let ustack_id =
+        if flags & CONFIG_USER_STACKS != 0 { stack_id(ctx, u64::from(BPF_F_USER_STACK)) } else { NO_STACK };
     let wait = InFlight {
         start_ns: now_ns(),
-        tgid: (pid_tgid >> 32) as u32,
+        cgroup_id,
+        tgid,
         kstack_id,
+        ustack_id,
         state,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm,
+        waker: Waker { at_ns: 0, tid: 0, tgid: 0, kstack_id: NO_STACK, _pad: 0, comm: [0; COMM_LEN] },
+        cause: Cause::NONE,
     };
     match INFLIGHT.insert(tid, wait, 0) {
         Ok(()) => {
@@ -141,13 +214,19 @@ fn record_wait_start(ctx: &BtfTracePointContext, state: u32) {
     }
 }
 
+/// Whether the filters (`--pid`, `--tid`, `--cgroup`, `--comm`) let this task in.
+#[inline(always)]
+fn wanted(flags: u32, tid: u32, tgid: u32, cgroup_id: u64, comm: &[u8; COMM_LEN]) -> bool {
+    (flags & CONFIG_FILTER_TGID == 0 || FILTER_TGIDS.get_ptr(tgid).is_some())
+        && (flags & CONFIG_FILTER_TID == 0 || FILTER_TIDS.get_ptr(tid).is_some())
+        && (flags & CONFIG_FILTER_CGROUP == 0 || FILTER_CGROUPS.get_ptr(cgroup_id).is_some())
+        && (flags & CONFIG_FILTER_COMM == 0 || FILTER_COMMS.get_ptr(comm).is_some())
+}
+
 /// `next` is switched in: if it was tracked in D, its wait is over.
 #[inline(always)]
 fn on_switch_in(ctx: &BtfTracePointContext) {
-    // A plain aligned load (always atomic on BPF): LLVM's BPF backend cannot select
-    // an `AtomicLoad` for the generic CPU.
-    // SAFETY: a valid, aligned global.
-    if unsafe { core::ptr::read_volatile(INFLIGHT_COUNT.as_ptr()) } == 0 {
+    if inflight_is_empty() {
         return;
     }
     record_wait_end(ctx);
@@ -157,38 +236,100 @@ fn on_switch_in(ctx: &BtfTracePointContext) {
 #[inline(always)]
 fn record_wait_end(ctx: &BtfTracePointContext) {
     let next: *const u8 = ctx.arg(2);
-    let offset = config_u32(&CONFIG.task_pid_offset);
-    // SAFETY: a read of kernel memory through the probe helper, which checks it.
-    let tid = match unsafe { bpf_probe_read_kernel(next.wrapping_add(offset as usize).cast::<u32>()) } {
-        Ok(tid) => tid,
-        Err(_) => {
-            count(Counter::DropReadFailed);
-            return;
-        }
+    let Some(tid) = read_u32(next, config_u32(&CONFIG.task_pid_offset)) else {
+        count(Counter::DropReadFailed);
+        return;
     };
     let Some(wait) = INFLIGHT.get_ptr(tid) else {
         return;
     };
-    // SAFETY: the pointer comes from a successful lookup; the entry is copied out
-    // before it is removed, and only this task's switch-in removes it.
-    let wait = unsafe { *wait };
     let end_ns = now_ns();
+    // SAFETY: a pointer from a successful lookup; only this task's switch-in
+    // removes the entry, and it is read before the removal below.
+    let wait = unsafe { &*wait };
+    let duration_ns = end_ns.wrapping_sub(wait.start_ns);
+    aggregate(wait, duration_ns);
+    if duration_ns >= config_u64(&CONFIG.min_duration_ns) {
+        match EVENTS.reserve::<WaitEvent>(0) {
+            Some(mut entry) => {
+                entry.write(WaitEvent { wait: *wait, end_ns, tid, _pad: 0 });
+                entry.submit(0);
+                count(Counter::WaitsStreamed);
+            }
+            None => count(Counter::DropRingFull),
+        }
+    }
+    count(Counter::WaitsEnded);
     if INFLIGHT.remove(tid).is_ok() {
         // SAFETY: as for the add in `record_wait_start`.
         unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(INFLIGHT_COUNT.as_ptr(), 1) };
     }
-    count(Counter::WaitsEnded);
-    if end_ns.wrapping_sub(wait.start_ns) < config_u64(&CONFIG.min_duration_ns) {
-        return;
-    }
-    match EVENTS.reserve::<WaitEvent>(0) {
-        Some(mut entry) => {
-            entry.write(WaitEvent::completed(tid, &wait, end_ns));
-            entry.submit(0);
-            count(Counter::WaitsStreamed);
+}
+
+/// Adds a completed wait to its `AGG` entry, creating the entry if needed.
+#[inline(always)]
+fn aggregate(wait: &InFlight, duration_ns: u64) {
+    let key = AggKey::of(wait);
+    let value = match AGG.get_ptr_mut(key) {
+        Some(value) => value,
+        None => {
+            let Some(zero) = AGG_ZERO.get(0) else { return };
+            // BPF_NOEXIST: another CPU may have created it meanwhile; either way the
+            // lookup below finds the one entry.
+            let _ = AGG.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+            match AGG.get_ptr_mut(key) {
+                Some(value) => value,
+                None => {
+                    count(Counter::DropAggFull);
+                    return;
+                }
+            }
         }
-        None => count(Counter::DropRingFull),
+    };
+    let bucket = hist_bucket(duration_ns);
+    // SAFETY: `value` points into a live map entry; the adds are atomic because
+    // several CPUs can end waits of the same key at once. `max_ns` is a plain
+    // read-compare-write: a concurrent larger value can be lost, never a smaller
+    // one recorded.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).count, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).total_ns, duration_ns);
+        if bucket < dstrace_common::HIST_BUCKETS {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).hist[bucket], 1);
+        }
+        if duration_ns > (*value).max_ns {
+            (*value).max_ns = duration_ns;
+        }
     }
+}
+
+/// Whether no task is tracked in D (the fast path of both hooks).
+#[inline(always)]
+fn inflight_is_empty() -> bool {
+    // A plain aligned load (always atomic on BPF): LLVM's BPF backend cannot select
+    // an `AtomicLoad` for the generic CPU.
+    // SAFETY: a valid, aligned global.
+    unsafe { core::ptr::read_volatile(INFLIGHT_COUNT.as_ptr()) == 0 }
+}
+
+/// The id of the current stack in `STACKS` (kernel, or user with
+/// `BPF_F_USER_STACK`), or a negative errno, counted as a drop.
+#[inline(always)]
+fn stack_id(ctx: &BtfTracePointContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(Counter::DropStackLost);
+            err
+        }
+    }
+}
+
+/// Reads a `u32` at `offset` bytes into a kernel object.
+#[inline(always)]
+fn read_u32(base: *const u8, offset: u32) -> Option<u32> {
+    // SAFETY: a read of kernel memory through the probe helper, which checks it.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u32>()) }.ok()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of every timestamp in the records.
@@ -203,7 +344,7 @@ fn now_ns() -> u64 {
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU array slot: only this CPU writes it, and programs do not
-        // nest on one CPU for this hook.
+        // nest on one CPU for these hooks.
         unsafe { *slot += 1 };
     }
 }

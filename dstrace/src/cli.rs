@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::loader::{Capacity, Filters};
+
 /// Finds tasks stuck in uninterruptible sleep (the `D` of `ps`): for how long, and in
 /// which kernel function.
 ///
@@ -23,17 +25,19 @@ pub struct Cli {
 pub enum Command {
     /// Trace D waits live: print each wait as it ends, until Ctrl-C.
     ///
-    /// Each line is one completed wait of at least --min-duration: when it ended,
-    /// pid/tid, command, how long the task was in D, and the kernel function it
-    /// blocked in (the first frame below the scheduler and the lock and wait
-    /// primitives). Idle kernel threads (TASK_IDLE) are left out unless
-    /// --include-idle is given. A summary with the counters, drops included, is
-    /// printed at the end.
+    /// First the tasks already in D (from /proc), then one line per completed wait
+    /// of at least --min-duration: when it ended, pid/tid, command, the kind of
+    /// sleep, how long, the kernel function it blocked in (the first frame below
+    /// the scheduler and the lock and wait primitives) and who woke it. Idle kernel
+    /// threads (TASK_IDLE) are left out unless --include-idle is given. At the end:
+    /// blocked time by process and function (every wait, short ones included), the
+    /// tasks still in D, and the counters, drops included.
     ///
     /// Examples:
     ///   sudo dstrace run
     ///   sudo dstrace run --min-duration 100ms --stacks
     ///   sudo dstrace run --duration 30s --json > waits.ndjson
+    ///   sudo dstrace run --comm nova-compute --pid 4242,4243
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
 }
@@ -60,6 +64,89 @@ pub struct RunArgs {
     /// Print one JSON object per line (NDJSON) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Only these processes (thread group ids); repeat or separate with commas.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+
+    /// Only these threads; repeat or separate with commas.
+    #[arg(long, value_name = "TID", value_delimiter = ',')]
+    pub tid: Vec<u32>,
+
+    /// Only tasks with this command name (as in `ps -o comm`, at most 15
+    /// characters are compared); repeat for several.
+    #[arg(long, value_name = "COMM")]
+    pub comm: Vec<String>,
+
+    /// Only tasks in this cgroup (v2): a path such as system.slice/nfs.service or
+    /// /sys/fs/cgroup/..., or a cgroup id; repeat for several.
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup: Vec<String>,
+
+    /// Also record user stacks (shown as addresses: symbolizing them would read
+    /// /proc/PID/maps of a task in D, which can hang).
+    #[arg(long)]
+    pub user_stacks: bool,
+
+    /// Tasks the kernel side tracks in D at once; more are counted as drops.
+    #[arg(long, value_name = "N", default_value_t = dstrace_common::limits::INFLIGHT_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tasks: u32,
+
+    /// Size of the ring buffer of completed waits, in KiB (a power of two, at least
+    /// the page size); waits that do not fit are counted as drops.
+    #[arg(long, value_name = "KIB", default_value_t = dstrace_common::limits::EVENTS_BYTES / 1024,
+          value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+}
+
+/// Parses `--ring-buffer-kib`: a power of two, at least one page, at most 1 GiB.
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text.parse().map_err(|_| format!("{text:?} is not a number of KiB"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page_kib = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) / 1024) as u32;
+    if !kib.is_power_of_two() || kib < page_kib || kib > 1 << 20 {
+        return Err(format!(
+            "{kib} KiB: the ring buffer takes a power of two from {page_kib} to 1048576 KiB"
+        ));
+    }
+    Ok(kib)
+}
+
+/// Where cgroup v2 is mounted.
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+impl RunArgs {
+    /// The map sizes asked for.
+    pub fn capacity(&self) -> Capacity {
+        Capacity { tasks: self.max_tasks, ring_buffer_bytes: self.ring_buffer_kib * 1024 }
+    }
+
+    /// The task filters, cgroup paths resolved to ids.
+    pub fn filters(&self) -> anyhow::Result<Filters> {
+        let cgroups = self.cgroup.iter().map(|cgroup| cgroup_id(cgroup)).collect::<anyhow::Result<_>>()?;
+        Ok(Filters { tgids: self.pid.clone(), tids: self.tid.clone(), cgroups, comms: self.comm.clone() })
+    }
+}
+
+/// A cgroup v2 id: a number as is, or the inode number of a cgroup directory
+/// (cgroupfs, never a filesystem under diagnosis).
+pub fn cgroup_id(cgroup: &str) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(id) = cgroup.parse() {
+        return Ok(id);
+    }
+    let path = if cgroup.starts_with('/') {
+        std::path::PathBuf::from(cgroup)
+    } else {
+        std::path::Path::new(CGROUP2_ROOT).join(cgroup)
+    };
+    if !path.starts_with(CGROUP2_ROOT) {
+        anyhow::bail!("--cgroup {cgroup}: not under {CGROUP2_ROOT}; give a cgroup v2 path or id");
+    }
+    let meta = std::fs::metadata(&path)
+        .map_err(|err| anyhow::anyhow!("--cgroup {cgroup}: {}: {err}", path.display()))?;
+    Ok(meta.ino())
 }
 
 /// Parses durations such as `1ms`, `250us`, `2s`, `1m30s`, or a bare `0`.
@@ -86,5 +173,14 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(parse_ring_kib("2048"), Ok(2048));
+        assert_eq!(parse_ring_kib("4"), Ok(4));
+        assert!(parse_ring_kib("3").unwrap_err().contains("power of two"));
+        assert!(parse_ring_kib("1").is_err());
+        assert!(parse_ring_kib("lots").is_err());
     }
 }

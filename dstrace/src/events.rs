@@ -34,12 +34,25 @@ pub fn decode_wait(bytes: &[u8]) -> Result<WaitEvent, BadRecord> {
 
 #[cfg(test)]
 mod tests {
+    use dstrace_common::{Cause, InFlight, Waker, NO_STACK};
+
     use super::*;
 
     fn sample() -> WaitEvent {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"stat");
-        WaitEvent { start_ns: 10, end_ns: 2_000_000_010, tid: 42, tgid: 41, kstack_id: 7, state: 0x102, comm }
+        let wait = InFlight {
+            start_ns: 10,
+            cgroup_id: 77,
+            tgid: 41,
+            kstack_id: 7,
+            ustack_id: NO_STACK,
+            state: 0x102,
+            comm,
+            waker: Waker { at_ns: 5, tid: 3, tgid: 3, kstack_id: 8, _pad: 0, comm },
+            cause: Cause::NONE,
+        };
+        WaitEvent { wait, end_ns: 2_000_000_010, tid: 42, _pad: 0 }
     }
 
     #[test]
@@ -51,16 +64,19 @@ mod tests {
         };
         assert_eq!(decode_wait(bytes), Ok(event));
         // Field by field, as the kernel writes them (little endian, repr(C)).
-        assert_eq!(&bytes[0..8], &10u64.to_le_bytes());
-        assert_eq!(&bytes[16..20], &42u32.to_le_bytes());
-        assert_eq!(&bytes[24..28], &7i32.to_le_bytes());
-        assert_eq!(&bytes[32..36], b"stat");
+        assert_eq!(&bytes[0..8], &10u64.to_le_bytes()); // start_ns
+        assert_eq!(&bytes[8..16], &77u64.to_le_bytes()); // cgroup_id
+        assert_eq!(&bytes[16..20], &41u32.to_le_bytes()); // tgid
+        assert_eq!(&bytes[20..24], &7i32.to_le_bytes()); // kstack_id
+        assert_eq!(&bytes[32..36], b"stat"); // comm
+        assert_eq!(&bytes[120..128], &2_000_000_010u64.to_le_bytes()); // end_ns
+        assert_eq!(&bytes[128..132], &42u32.to_le_bytes()); // tid
     }
 
     #[test]
     fn rejects_other_sizes() {
-        assert_eq!(decode_wait(&[0; 47]), Err(BadRecord { len: 47 }));
-        assert_eq!(decode_wait(&[0; 49]), Err(BadRecord { len: 49 }));
+        assert_eq!(decode_wait(&[0; 135]), Err(BadRecord { len: 135 }));
+        assert_eq!(decode_wait(&[0; 137]), Err(BadRecord { len: 137 }));
         assert!(decode_wait(&[]).unwrap_err().to_string().contains("0 bytes"));
     }
 }

@@ -7,12 +7,15 @@
 //! * [`kernel_btf`]: `task_struct` offsets and hook signatures of the running kernel;
 //! * [`loader`]: loads the embedded eBPF object with its settings and attaches it;
 //! * [`events`]: decodes what the kernel side streams;
+//! * [`procfs`]: tasks in D now, read from /proc without hanging;
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
-//! * [`record`]: one D wait as userspace shows it;
+//! * [`record`]: one D wait as userspace shows it, ongoing or completed;
+//! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
 //! * [`output`]: the sinks (text lines, JSON lines);
 //! * [`clock`]: kernel timestamps to wall-clock time;
 //! * [`cli`] and [`run`]: the command line and the `run` command.
 
+pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod events;
@@ -20,6 +23,7 @@ pub mod kernel_btf;
 pub mod loader;
 pub mod output;
 pub mod preflight;
+pub mod procfs;
 pub mod record;
 pub mod run;
 pub mod symbols;

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::BtfTracePoint,
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Pod,
 };
-use dstrace_common::{names, Config, Counter, CONFIG_INCLUDE_IDLE};
+use dstrace_common::{
+    limits, names, AggKey, AggValue, Config, Counter, InFlight, COMM_LEN, CONFIG_FILTER_CGROUP,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_USER_STACKS,
+};
 
 use crate::{clock::duration_ns, kernel_btf::KernelLayout};
 
@@ -17,12 +20,72 @@ use crate::{clock::duration_ns, kernel_btf::KernelLayout};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
 
 /// What the kernel side should record.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Completed waits shorter than this are counted but not streamed.
+    /// Completed waits shorter than this are aggregated but not streamed.
     pub min_duration: Duration,
     /// Also record `TASK_IDLE` waits.
     pub include_idle: bool,
+    /// Also record user stacks.
+    pub user_stacks: bool,
+    /// Which tasks to record; empty filters let every task in.
+    pub filters: Filters,
+    /// Sizes of the kernel side's maps.
+    pub capacity: Capacity,
+}
+
+/// Sizes of the kernel side's maps: what it can hold before it counts drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Tasks tracked in D at once (`INFLIGHT`).
+    pub tasks: u32,
+    /// Bytes of the ring buffer of completed waits (`EVENTS`): a power of two, at
+    /// least a page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity { tasks: limits::INFLIGHT_ENTRIES, ring_buffer_bytes: limits::EVENTS_BYTES }
+    }
+}
+
+/// Task filters applied in the kernel, before a wait costs anything: a task is
+/// recorded when it matches every non-empty set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Thread group ids (`--pid`).
+    pub tgids: Vec<u32>,
+    /// Thread ids (`--tid`).
+    pub tids: Vec<u32>,
+    /// cgroup v2 ids (`--cgroup`).
+    pub cgroups: Vec<u64>,
+    /// Command names (`--comm`), at most 15 bytes each as the kernel keeps them.
+    pub comms: Vec<String>,
+}
+
+impl Filters {
+    /// The `CONFIG_FILTER_*` bits of the non-empty sets.
+    pub fn flags(&self) -> u32 {
+        [
+            (!self.tgids.is_empty(), CONFIG_FILTER_TGID),
+            (!self.tids.is_empty(), CONFIG_FILTER_TID),
+            (!self.cgroups.is_empty(), CONFIG_FILTER_CGROUP),
+            (!self.comms.is_empty(), CONFIG_FILTER_COMM),
+        ]
+        .into_iter()
+        .filter(|&(set, _)| set)
+        .fold(0, |flags, (_, bit)| flags | bit)
+    }
+}
+
+/// A command name as the kernel's `comm`: cut to 15 bytes, NUL-padded.
+pub fn comm_key(comm: &str) -> [u8; COMM_LEN] {
+    let mut key = [0u8; COMM_LEN];
+    let bytes = comm.as_bytes();
+    let len = bytes.len().min(COMM_LEN - 1);
+    key[..len].copy_from_slice(&bytes[..len]);
+    key
 }
 
 /// The loaded and attached programs, and the maps userspace reads.
@@ -37,6 +100,10 @@ pub struct Tracer {
     pub stacks: StackTraceMap<MapData>,
     /// Per-CPU counters, indexed by [`Counter`].
     pub counters: PerCpuArray<MapData, u64>,
+    /// Tasks in D now, by tid.
+    pub inflight: HashMap<MapData, u32, InFlight>,
+    /// Completed waits aggregated in the kernel.
+    pub agg: HashMap<MapData, AggKey, AggValue>,
 }
 
 impl Tracer {
@@ -48,25 +115,25 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
+            .map_max_entries(names::MAP_INFLIGHT, options.capacity.tasks)
+            .map_max_entries(names::MAP_EVENTS, options.capacity.ring_buffer_bytes)
             .load(OBJECT)
             .context("cannot load the eBPF object")?;
+        fill_filters(&mut ebpf, &options.filters)?;
 
         let program = if layout.sched_switch_has_state_arg {
             names::PROG_SCHED_SWITCH
         } else {
             names::PROG_SCHED_SWITCH_PRE518
         };
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
-            .try_into()?;
-        prog.load("sched_switch", &btf)
-            .with_context(|| format!("the kernel refused the program {program}"))?;
-        prog.attach().context("cannot attach to the sched_switch tracepoint")?;
+        attach(&mut ebpf, &btf, program, "sched_switch")?;
+        attach(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
 
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, names::MAP_STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)?;
-        Ok(Tracer { ebpf, program, stacks, counters })
+        let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
+        let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
+        Ok(Tracer { ebpf, program, stacks, counters, inflight, agg })
     }
 
     /// Takes the ring buffer of completed waits (once) for a reader that owns it.
@@ -84,11 +151,60 @@ impl Tracer {
             })
             .collect()
     }
+
+    /// Tasks in D now, as the kernel side tracks them (tid, wait).
+    pub fn inflight(&self) -> Vec<(u32, InFlight)> {
+        // An entry removed while iterating ends that key's read: skip it.
+        self.inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The aggregation map as it is now (its counters only grow).
+    pub fn aggregates(&self) -> Vec<(AggKey, AggValue)> {
+        self.agg.iter().filter_map(Result::ok).collect()
+    }
+}
+
+/// Loads and attaches a `tp_btf` program of the object.
+fn attach(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+        .try_into()?;
+    prog.load(tracepoint, btf).with_context(|| format!("the kernel refused the program {program}"))?;
+    prog.attach().with_context(|| format!("cannot attach to the {tracepoint} tracepoint"))?;
+    Ok(())
+}
+
+/// Writes the filter sets into their maps.
+fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
+    fill(ebpf, names::MAP_FILTER_TGIDS, &filters.tgids, "--pid")?;
+    fill(ebpf, names::MAP_FILTER_TIDS, &filters.tids, "--tid")?;
+    fill(ebpf, names::MAP_FILTER_CGROUPS, &filters.cgroups, "--cgroup")?;
+    let comms: Vec<[u8; COMM_LEN]> = filters.comms.iter().map(|comm| comm_key(comm)).collect();
+    fill(ebpf, names::MAP_FILTER_COMMS, &comms, "--comm")
+}
+
+fn fill<K: Pod>(ebpf: &mut Ebpf, map: &str, keys: &[K], flag: &str) -> Result<()> {
+    if keys.len() > limits::FILTER_ENTRIES as usize {
+        anyhow::bail!("at most {} values of {flag}", limits::FILTER_ENTRIES);
+    }
+    let mut set: HashMap<_, K, u8> =
+        HashMap::try_from(ebpf.map_mut(map).ok_or_else(|| anyhow!("the eBPF object has no map {map}"))?)?;
+    for key in keys {
+        set.insert(key, 1, 0).with_context(|| format!("cannot set the {flag} filter"))?;
+    }
+    Ok(())
 }
 
 /// The `CONFIG` global for this kernel and these options.
 pub fn config(layout: &KernelLayout, options: &Options) -> Config {
-    let flags = if options.include_idle { CONFIG_INCLUDE_IDLE } else { 0 };
+    let mut flags = options.filters.flags();
+    if options.include_idle {
+        flags |= CONFIG_INCLUDE_IDLE;
+    }
+    if options.user_stacks {
+        flags |= CONFIG_USER_STACKS;
+    }
     Config {
         min_duration_ns: duration_ns(options.min_duration),
         task_pid_offset: layout.task_pid_offset,
@@ -111,7 +227,7 @@ mod tests {
     #[test]
     fn object_has_every_name_userspace_uses() {
         let object = aya_obj::Object::parse(OBJECT).unwrap();
-        for program in [names::PROG_SCHED_SWITCH, names::PROG_SCHED_SWITCH_PRE518] {
+        for program in names::PROGRAMS {
             assert!(object.programs.contains_key(program), "no program {program}");
         }
         for map in names::MAPS {
@@ -131,12 +247,33 @@ mod tests {
     fn config_carries_layout_and_options() {
         let layout =
             KernelLayout { task_pid_offset: 2000, task_state_offset: 24, sched_switch_has_state_arg: true };
-        let options = Options { min_duration: Duration::from_millis(5), include_idle: true };
+        let options =
+            Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };
         let config = config(&layout, &options);
         assert_eq!(config.min_duration_ns, 5_000_000);
         assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
         assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
         let options = Options { include_idle: false, ..options };
         assert_eq!(super::config(&layout, &options).flags, 0);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn filter_flags_follow_the_sets() {
+        assert_eq!(Filters::default().flags(), 0);
+        let filters = Filters { tgids: vec![1], comms: vec!["x".into()], ..Filters::default() };
+        assert_eq!(filters.flags(), CONFIG_FILTER_TGID | CONFIG_FILTER_COMM);
+    }
+
+    #[test]
+    fn comm_keys_are_cut_like_the_kernel_does() {
+        assert_eq!(&comm_key("stat")[..5], b"stat\0");
+        let long = comm_key("a-very-long-command-name");
+        assert_eq!(&long[..15], b"a-very-long-com");
+        assert_eq!(long[15], 0);
     }
 }

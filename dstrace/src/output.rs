@@ -13,14 +13,18 @@ use dstrace_common::Counter;
 use serde::Serialize;
 
 use crate::{
+    aggregate::Group,
     clock::{human_duration, local_time_of_day, rfc3339_utc},
-    record::Wait,
+    record::{Source, Wait, WakerInfo},
 };
+
+/// How many groups the text summary lists.
+const TEXT_GROUPS: usize = 20;
 
 /// How waits are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// Aligned columns; with `stacks`, the kernel stack under each wait.
+    /// Aligned columns; with `stacks`, the kernel stacks under each wait.
     Text {
         /// Print whole stacks.
         stacks: bool,
@@ -40,6 +44,10 @@ pub struct Summary {
     pub counters: Vec<(Counter, u64)>,
     /// Records userspace could not decode.
     pub bad_records: u64,
+    /// Every completed wait (of any length), grouped, largest total first.
+    pub groups: Vec<Group>,
+    /// Waits still going on at the end.
+    pub ongoing: Vec<Wait>,
 }
 
 impl Summary {
@@ -69,11 +77,7 @@ impl<W: Write> Printer<W> {
     /// `start` record for JSON.
     pub fn header(&mut self, program: &str, min_duration_ns: u64) -> io::Result<()> {
         match self.format {
-            Format::Text { .. } => writeln!(
-                self.out,
-                "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  BLOCKED IN",
-                "TIME", "PID/TID", "COMM", "STATE", "DURATION"
-            )?,
+            Format::Text { .. } => self.column_header()?,
             Format::Json => {
                 let record = serde_json::json!({
                     "type": "start",
@@ -87,66 +91,163 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
-    /// One completed wait.
+    fn column_header(&mut self) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  WOKEN BY",
+            "TIME", "PID/TID", "COMM", "STATE", "DURATION", "BLOCKED IN"
+        )
+    }
+
+    /// A titled list of ongoing waits (text), or one record each (JSON).
+    pub fn ongoing(&mut self, title: &str, waits: &[Wait]) -> io::Result<()> {
+        if waits.is_empty() {
+            return Ok(());
+        }
+        if let Format::Text { .. } = self.format {
+            writeln!(self.out, "{title}")?;
+        }
+        for wait in waits {
+            self.wait(wait)?;
+        }
+        if let Format::Text { .. } = self.format {
+            writeln!(self.out)?;
+        }
+        self.out.flush()
+    }
+
+    /// One wait: completed, or still going on.
     pub fn wait(&mut self, wait: &Wait) -> io::Result<()> {
         match self.format {
-            Format::Text { stacks } => {
-                let blocked_in = wait.blocked_in.as_deref().unwrap_or("?");
-                writeln!(
-                    self.out,
-                    "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {}",
-                    local_time_of_day(wait.end),
-                    format!("{}/{}", wait.pid, wait.tid),
-                    escape(&wait.comm),
-                    wait.state.name(),
-                    human_duration(wait.duration_ns),
-                    escape(blocked_in)
-                )?;
-                if stacks {
-                    for frame in wait.stack.iter() {
-                        writeln!(self.out, "    {}", escape(frame))?;
-                    }
-                    if wait.stack.is_empty() {
-                        writeln!(self.out, "    (stack lost)")?;
-                    }
-                }
-            }
+            Format::Text { stacks } => self.text_wait(wait, stacks)?,
             Format::Json => {
-                let record = JsonWait {
-                    r#type: "wait",
-                    start: rfc3339_utc(wait.start),
-                    end: rfc3339_utc(wait.end),
-                    duration_ns: wait.duration_ns,
-                    pid: wait.pid,
-                    tid: wait.tid,
-                    comm: &wait.comm,
-                    state: wait.state.name(),
-                    blocked_in: wait.blocked_in.as_deref(),
-                    stack: &wait.stack,
-                };
-                serde_json::to_writer(&mut self.out, &record)?;
+                serde_json::to_writer(&mut self.out, &JsonWait::of(wait))?;
                 writeln!(self.out)?;
             }
         }
         self.out.flush()
     }
 
+    fn text_wait(&mut self, wait: &Wait, stacks: bool) -> io::Result<()> {
+        // Completed: when it ended, and how long it lasted. Ongoing: since when,
+        // and for how long so far (`+`: still growing; `>=`: a lower bound from /proc).
+        let time = if wait.is_ongoing() { wait.start } else { wait.end };
+        let time = time.map_or_else(|| "-".to_owned(), local_time_of_day);
+        let duration = match (wait.is_ongoing(), wait.source) {
+            (false, _) => human_duration(wait.duration_ns),
+            (true, Source::Traced) => format!("{}+", human_duration(wait.duration_ns)),
+            (true, Source::Proc) if wait.start.is_none() => "?".to_owned(),
+            (true, Source::Proc) => format!(">={}", human_duration(wait.duration_ns)),
+        };
+        let waker = wait.waker.as_ref().map_or_else(|| "-".to_owned(), waker_name);
+        writeln!(
+            self.out,
+            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  {}",
+            time,
+            format!("{}/{}", wait.pid, wait.tid),
+            escape(&wait.comm),
+            wait.state.name(),
+            duration,
+            escape(wait.blocked_in.as_deref().unwrap_or("?")),
+            escape(&waker),
+        )?;
+        if stacks {
+            self.text_stack(&wait.stack)?;
+            if !wait.user_stack.is_empty() {
+                writeln!(self.out, "    -- user stack")?;
+                self.text_stack(&wait.user_stack)?;
+            }
+            if let Some(waker) = &wait.waker {
+                writeln!(self.out, "    -- woken by {}", escape(&waker_name(waker)))?;
+                self.text_stack(&waker.stack)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn text_stack(&mut self, stack: &[String]) -> io::Result<()> {
+        if stack.is_empty() {
+            return writeln!(self.out, "    (stack lost)");
+        }
+        for frame in stack {
+            writeln!(self.out, "    {}", escape(frame))?;
+        }
+        Ok(())
+    }
+
     /// The end-of-run summary.
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         match self.format {
-            Format::Text { .. } => writeln!(self.out, "{}", summary_line(summary))?,
+            Format::Text { .. } => {
+                if !summary.groups.is_empty() {
+                    writeln!(self.out)?;
+                    writeln!(self.out, "Blocked time by process and function (every completed wait):")?;
+                    writeln!(
+                        self.out,
+                        "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
+                        "PID", "COMM", "BLOCKED IN", "COUNT", "TOTAL", "MAX", "P99<="
+                    )?;
+                    for group in summary.groups.iter().take(TEXT_GROUPS) {
+                        writeln!(
+                            self.out,
+                            "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
+                            group.pid,
+                            escape(&group.comm),
+                            escape(&group.blocked_in),
+                            group.totals.count,
+                            human_duration(group.totals.total_ns),
+                            human_duration(group.totals.max_ns),
+                            human_duration(group.totals.quantile_ns(0.99)),
+                        )?;
+                    }
+                    if summary.groups.len() > TEXT_GROUPS {
+                        writeln!(
+                            self.out,
+                            "  ... {} more (--json lists all)",
+                            summary.groups.len() - TEXT_GROUPS
+                        )?;
+                    }
+                }
+                if !summary.ongoing.is_empty() {
+                    writeln!(self.out)?;
+                    writeln!(self.out, "Still in D:")?;
+                    self.column_header()?;
+                    for wait in &summary.ongoing {
+                        self.text_wait(wait, false)?;
+                    }
+                }
+                writeln!(self.out, "{}", summary_line(summary))?;
+            }
             Format::Json => {
                 let counters: serde_json::Map<String, serde_json::Value> = summary
                     .counters
                     .iter()
                     .map(|&(counter, n)| (counter.name().to_owned(), n.into()))
                     .collect();
+                let groups: Vec<serde_json::Value> = summary
+                    .groups
+                    .iter()
+                    .map(|group| {
+                        serde_json::json!({
+                            "pid": group.pid,
+                            "comm": group.comm,
+                            "blocked_in": group.blocked_in,
+                            "count": group.totals.count,
+                            "total_ns": group.totals.total_ns,
+                            "max_ns": group.totals.max_ns,
+                            "hist_log2_us": group.totals.hist,
+                        })
+                    })
+                    .collect();
+                let ongoing: Vec<JsonWait<'_>> = summary.ongoing.iter().map(JsonWait::of).collect();
                 let record = serde_json::json!({
                     "type": "summary",
                     "shown": summary.shown,
                     "min_duration_ns": summary.min_duration_ns,
                     "counters": counters,
                     "bad_records": summary.bad_records,
+                    "groups": groups,
+                    "ongoing": ongoing,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
                 writeln!(self.out)?;
@@ -156,18 +257,70 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// `comm[tid]`, with `[interrupt]` for a wake-up from the idle task.
+fn waker_name(waker: &WakerInfo) -> String {
+    if waker.tid == 0 {
+        format!("{}[interrupt]", waker.comm)
+    } else {
+        format!("{}[{}]", waker.comm, waker.tid)
+    }
+}
+
 #[derive(Serialize)]
 struct JsonWait<'a> {
+    /// `wait` (completed) or `ongoing`.
     r#type: &'static str,
-    start: String,
-    end: String,
+    start: Option<String>,
+    end: Option<String>,
     duration_ns: u64,
     pid: u32,
     tid: u32,
     comm: &'a str,
+    cgroup_id: u64,
     state: &'static str,
     blocked_in: Option<&'a str>,
     stack: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    user_stack: &'a [String],
+    waker: Option<JsonWaker<'a>>,
+    source: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonWaker<'a> {
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    stack: &'a [String],
+}
+
+impl<'a> JsonWait<'a> {
+    fn of(wait: &'a Wait) -> JsonWait<'a> {
+        JsonWait {
+            r#type: if wait.is_ongoing() { "ongoing" } else { "wait" },
+            start: wait.start.map(rfc3339_utc),
+            end: wait.end.map(rfc3339_utc),
+            duration_ns: wait.duration_ns,
+            pid: wait.pid,
+            tid: wait.tid,
+            comm: &wait.comm,
+            cgroup_id: wait.cgroup_id,
+            state: wait.state.name(),
+            blocked_in: wait.blocked_in.as_deref(),
+            stack: &wait.stack,
+            user_stack: &wait.user_stack,
+            waker: wait.waker.as_ref().map(|waker| JsonWaker {
+                pid: waker.pid,
+                tid: waker.tid,
+                comm: &waker.comm,
+                stack: &waker.stack,
+            }),
+            source: match wait.source {
+                Source::Traced => "traced",
+                Source::Proc => "proc",
+            },
+        }
+    }
 }
 
 /// The summary as one line of text.
@@ -222,15 +375,35 @@ mod tests {
 
     fn wait(comm: &str) -> Wait {
         Wait {
-            start: UNIX_EPOCH + Duration::from_secs(100),
-            end: UNIX_EPOCH + Duration::from_secs(102),
+            start: Some(UNIX_EPOCH + Duration::from_secs(100)),
+            end: Some(UNIX_EPOCH + Duration::from_secs(102)),
             duration_ns: 2_000_000_000,
             tid: 11,
             pid: 10,
             comm: comm.to_owned(),
+            cgroup_id: 1234,
             state: TaskState::Killable,
             blocked_in: Some("d_alloc_parallel".to_owned()),
             stack: ["__schedule", "d_alloc_parallel"].map(String::from).into(),
+            user_stack: [].into(),
+            waker: Some(WakerInfo {
+                tid: 9,
+                pid: 9,
+                comm: "fuse-server".into(),
+                stack: ["try_to_wake_up", "fuse_dev_write"].map(String::from).into(),
+            }),
+            source: Source::Traced,
+        }
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            shown: 3,
+            min_duration_ns: 1_000_000,
+            counters: Counter::ALL.iter().map(|&c| (c, 0)).collect(),
+            bad_records: 0,
+            groups: Vec::new(),
+            ongoing: Vec::new(),
         }
     }
 
@@ -245,8 +418,10 @@ mod tests {
         let text = printed(Format::Text { stacks: true }, |p| p.wait(&wait("stat")).unwrap());
         let first = text.lines().next().unwrap();
         assert!(first.contains("10/11") && first.contains("stat") && first.contains("D+killable"), "{first}");
-        assert!(first.ends_with("2.000s  d_alloc_parallel"), "{first}");
+        assert!(first.contains("2.000s  d_alloc_parallel"), "{first}");
+        assert!(first.ends_with("fuse-server[9]"), "{first}");
         assert_eq!(text.lines().nth(1), Some("    __schedule"));
+        assert!(text.contains("    -- woken by fuse-server[9]\n    try_to_wake_up\n"), "{text}");
     }
 
     #[test]
@@ -267,16 +442,30 @@ mod tests {
         assert_eq!(value["blocked_in"], "d_alloc_parallel");
         assert_eq!(value["start"], "1970-01-01T00:01:40.000000Z");
         assert_eq!(value["stack"][1], "d_alloc_parallel");
+        assert_eq!(value["type"], "wait");
+        assert_eq!(value["waker"]["comm"], "fuse-server");
+        assert_eq!(value["cgroup_id"], 1234);
+        assert!(value.get("user_stack").is_none(), "empty user stacks are left out");
+    }
+
+    #[test]
+    fn ongoing_waits_say_so() {
+        let mut ongoing = wait("df");
+        ongoing.end = None;
+        let text = printed(Format::Text { stacks: false }, |p| p.wait(&ongoing).unwrap());
+        assert!(text.contains("2.000s+"), "{text}");
+        ongoing.source = Source::Proc;
+        let text = printed(Format::Text { stacks: false }, |p| p.wait(&ongoing).unwrap());
+        assert!(text.contains(">=2.000s"), "{text}");
+        let json = printed(Format::Json, |p| p.wait(&ongoing).unwrap());
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!((value["type"].as_str(), value["end"].as_str()), (Some("ongoing"), None));
+        assert_eq!(value["source"], "proc");
     }
 
     #[test]
     fn summary_shows_drops() {
-        let mut summary = Summary {
-            shown: 3,
-            min_duration_ns: 1_000_000,
-            counters: Counter::ALL.iter().map(|&c| (c, 0)).collect(),
-            bad_records: 0,
-        };
+        let mut summary = summary();
         assert!(summary_line(&summary).ends_with("drops: none"));
         summary.counters[Counter::DropRingFull as usize].1 = 5;
         assert!(summary_line(&summary).ends_with("drops: ring_buffer_full=5"), "{}", summary_line(&summary));

@@ -1,19 +1,30 @@
-//! One D wait as dstrace shows it: who, when, how long, where.
+//! One D wait as dstrace shows it: who, when, how long, where, woken by whom.
+//!
+//! Everything dstrace prints is a grouping of these records. A wait still going on
+//! (a task in D now) is a record too, with no end and a duration that grows; one
+//! seen only in `/proc` (it began before tracing, or BPF is unavailable) says so in
+//! [`Wait::source`].
 
 use std::time::SystemTime;
 
-use dstrace_common::{WaitEvent, COMM_LEN, TASK_NOLOAD, TASK_WAKEKILL};
+use aya::maps::{MapData, StackTraceMap};
+use dstrace_common::{InFlight, WaitEvent, COMM_LEN, NO_STACK, TASK_NOLOAD, TASK_WAKEKILL};
 
-use crate::clock::Clock;
+use crate::{
+    clock::Clock,
+    procfs::ProcTask,
+    symbols::{blocking_function, Stack, Stacks},
+};
 
-/// A completed D wait.
+/// A D wait, ongoing or completed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wait {
-    /// When the task entered D.
-    pub start: SystemTime,
-    /// When it ran again.
-    pub end: SystemTime,
-    /// How long it was off the CPU, in nanoseconds.
+    /// When the task entered D (for a wait seen only in `/proc`: when it last ran,
+    /// so the wait began at or after this; `None` when unknown).
+    pub start: Option<SystemTime>,
+    /// When it ran again; `None` while it is still in D.
+    pub end: Option<SystemTime>,
+    /// How long it has been in D, in nanoseconds (so far, for an ongoing wait).
     pub duration_ns: u64,
     /// Thread id.
     pub tid: u32,
@@ -21,13 +32,42 @@ pub struct Wait {
     pub pid: u32,
     /// Command name, as the kernel has it (any bytes; the sinks escape them).
     pub comm: String,
-    /// The state it slept in: `D` (`TASK_UNINTERRUPTIBLE`), `D+K` (`TASK_KILLABLE`),
-    /// `D+I` (`TASK_IDLE`).
+    /// The task's cgroup v2 id (0 when unknown).
+    pub cgroup_id: u64,
+    /// The kind of sleep.
     pub state: TaskState,
     /// The kernel function it blocked in, when the stack is known.
     pub blocked_in: Option<String>,
     /// The kernel stack, innermost frame first (empty when lost).
-    pub stack: std::rc::Rc<[String]>,
+    pub stack: Stack,
+    /// The user stack as addresses, when asked for (`--user-stacks`).
+    pub user_stack: Stack,
+    /// Who woke it, when known.
+    pub waker: Option<WakerInfo>,
+    /// Where the record comes from.
+    pub source: Source,
+}
+
+/// Who woke a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakerInfo {
+    /// The waker's thread id (0: the idle task, i.e. an interrupt on an idle CPU).
+    pub tid: u32,
+    /// The waker's process id.
+    pub pid: u32,
+    /// The waker's command name.
+    pub comm: String,
+    /// The waker's kernel stack.
+    pub stack: Stack,
+}
+
+/// Where a [`Wait`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Traced by the eBPF programs from its start.
+    Traced,
+    /// Seen in `/proc`: it began before tracing did (or nothing is traced).
+    Proc,
 }
 
 /// The kind of uninterruptible sleep.
@@ -69,28 +109,98 @@ pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
+/// What turns kernel records into [`Wait`]s: the stacks and the clock.
+pub struct Resolver<'a> {
+    /// Symbols and resolved stacks.
+    pub stacks: &'a mut Stacks,
+    /// The kernel side's stack map.
+    pub stack_map: &'a StackTraceMap<MapData>,
+    /// Monotonic to wall-clock time.
+    pub clock: &'a Clock,
+}
+
 impl Wait {
-    /// Builds a wait from its kernel record, its symbolized stack and the clock.
-    pub fn from_event(event: &WaitEvent, stack: std::rc::Rc<[String]>, clock: &Clock) -> Wait {
-        let blocked_in =
-            crate::symbols::blocking_function(stack.iter().map(String::as_str)).map(str::to_owned);
+    /// A completed wait from its ring buffer record.
+    pub fn completed(event: &WaitEvent, resolver: &mut Resolver<'_>) -> Wait {
+        let mut wait = Wait::traced(event.tid, &event.wait, event.end_ns, resolver);
+        wait.end = Some(resolver.clock.wall(event.end_ns));
+        wait
+    }
+
+    /// A wait still going on at `now_ns`, from its `INFLIGHT` entry.
+    pub fn ongoing(tid: u32, wait: &InFlight, now_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
+        Wait::traced(tid, wait, now_ns, resolver)
+    }
+
+    fn traced(tid: u32, wait: &InFlight, until_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
+        let stack = resolver.stacks.kernel(resolver.stack_map, wait.kstack_id);
+        let user_stack = match wait.ustack_id {
+            NO_STACK => Stack::from([]),
+            id => resolver.stacks.user(resolver.stack_map, id),
+        };
+        let waker = (wait.waker.at_ns != 0).then(|| WakerInfo {
+            tid: wait.waker.tid,
+            pid: wait.waker.tgid,
+            comm: comm_string(&wait.waker.comm),
+            stack: resolver.stacks.kernel(resolver.stack_map, wait.waker.kstack_id),
+        });
         Wait {
-            start: clock.wall(event.start_ns),
-            end: clock.wall(event.end_ns),
-            duration_ns: event.end_ns.saturating_sub(event.start_ns),
-            tid: event.tid,
-            pid: event.tgid,
-            comm: comm_string(&event.comm),
-            state: TaskState::from_bits(event.state),
-            blocked_in,
+            start: Some(resolver.clock.wall(wait.start_ns)),
+            end: None,
+            duration_ns: until_ns.saturating_sub(wait.start_ns),
+            tid,
+            pid: wait.tgid,
+            comm: comm_string(&wait.comm),
+            cgroup_id: wait.cgroup_id,
+            state: TaskState::from_bits(wait.state),
+            blocked_in: blocking_of(&stack),
             stack,
+            user_stack,
+            waker,
+            source: Source::Traced,
         }
     }
+
+    /// A task in D now as `/proc` shows it, at `now_ns` (CLOCK_MONOTONIC).
+    ///
+    /// `/proc` does not say when the wait began; the task's last run
+    /// (`se.exec_start`, on the scheduler clock, which counts from boot like
+    /// CLOCK_MONOTONIC) bounds it: the wait is at least this old.
+    pub fn from_proc(task: &ProcTask, now_ns: u64, clock: &Clock) -> Wait {
+        let stack: Stack = task.stack.clone().unwrap_or_default().into();
+        let blocked_in = blocking_of(&stack).or_else(|| task.wchan.clone());
+        let since = task.last_ran_ns.filter(|&ran| ran <= now_ns);
+        Wait {
+            start: since.map(|ran| clock.wall(ran)),
+            end: None,
+            duration_ns: since.map_or(0, |ran| now_ns - ran),
+            tid: task.tid,
+            pid: task.pid,
+            comm: task.comm.clone(),
+            cgroup_id: 0,
+            state: if task.state == 'I' { TaskState::Idle } else { TaskState::Uninterruptible },
+            blocked_in,
+            stack,
+            user_stack: Stack::from([]),
+            waker: None,
+            source: Source::Proc,
+        }
+    }
+
+    /// Whether the wait is still going on.
+    pub fn is_ongoing(&self) -> bool {
+        self.end.is_none()
+    }
+}
+
+fn blocking_of(stack: &Stack) -> Option<String> {
+    blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::Syscall;
 
     #[test]
     fn states() {
@@ -107,23 +217,32 @@ mod tests {
     }
 
     #[test]
-    fn from_event_picks_the_blocking_function() {
-        let mut comm = [0u8; COMM_LEN];
-        comm[..2].copy_from_slice(b"df");
-        let event = WaitEvent {
-            start_ns: 1_000,
-            end_ns: 2_000_001_000,
+    fn proc_task_becomes_an_ongoing_wait_with_a_lower_bound_age() {
+        let task = ProcTask {
+            pid: 6,
             tid: 7,
-            tgid: 6,
-            kstack_id: 1,
-            state: 0x2,
-            comm,
+            comm: "df".into(),
+            state: 'D',
+            ppid: 1,
+            kernel_thread: false,
+            wchan: Some("rpc_wait_bit_killable".into()),
+            stack: Some(vec!["__schedule".into(), "schedule".into(), "rpc_wait_bit_killable".into()]),
+            syscall: Some(Syscall::NotInSyscall),
+            last_ran_ns: Some(1_000_000_000),
         };
-        let stack: std::rc::Rc<[String]> =
-            ["__schedule", "schedule", "d_alloc_parallel"].map(String::from).into();
-        let wait = Wait::from_event(&event, stack, &Clock::with_offset(0));
-        assert_eq!(wait.duration_ns, 2_000_000_000);
-        assert_eq!((wait.pid, wait.tid, wait.comm.as_str()), (6, 7, "df"));
-        assert_eq!(wait.blocked_in.as_deref(), Some("d_alloc_parallel"));
+        let wait = Wait::from_proc(&task, 5_000_000_000, &Clock::with_offset(0));
+        assert!(wait.is_ongoing());
+        assert_eq!(wait.duration_ns, 4_000_000_000);
+        assert_eq!(wait.blocked_in.as_deref(), Some("rpc_wait_bit_killable"));
+        assert_eq!(wait.source, Source::Proc);
+
+        let unknown = ProcTask { stack: None, last_ran_ns: None, ..task };
+        let wait = Wait::from_proc(&unknown, 5_000_000_000, &Clock::with_offset(0));
+        assert_eq!((wait.start, wait.duration_ns), (None, 0));
+        assert_eq!(
+            wait.blocked_in.as_deref(),
+            Some("rpc_wait_bit_killable"),
+            "wchan stands in for the stack"
+        );
     }
 }

@@ -1,12 +1,15 @@
-//! `dstrace run`: load, attach, and print each completed D wait until told to stop.
+//! `dstrace run`: load, attach, list the tasks already in D, then print each
+//! completed D wait until told to stop, and a summary at the end.
 
 use std::{
+    collections::HashSet,
     io::{self, Write},
+    path::Path,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -14,14 +17,15 @@ use tokio::{
 };
 
 use crate::{
+    aggregate::{group, Aggregator},
     cli::RunArgs,
-    clock::{duration_ns, Clock},
+    clock::{duration_ns, monotonic_ns, Clock},
     events::decode_wait,
-    loader::{Options, Tracer},
+    loader::{Filters, Options, Tracer},
     output::{drops_text, Format, Printer, Summary},
-    preflight,
-    record::Wait,
-    symbols::{Kallsyms, StackCache},
+    preflight, procfs,
+    record::{Resolver, Wait},
+    symbols::{blocking_function, Kallsyms, Stacks},
 };
 
 /// How often the drop counters are checked while running.
@@ -30,15 +34,21 @@ const DROP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs `dstrace run` to completion.
 pub fn run(args: &RunArgs) -> Result<()> {
     preflight::check()?;
+    let options = Options {
+        min_duration: args.min_duration,
+        include_idle: args.include_idle,
+        user_stacks: args.user_stacks,
+        filters: args.filters()?,
+        capacity: args.capacity(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(trace(args))
+    runtime.block_on(trace(args, &options))
 }
 
 /// Where waits go, with what they need to be resolved.
 struct Sink<W: Write> {
     printer: Printer<W>,
-    kallsyms: Kallsyms,
-    stacks: StackCache,
+    stacks: Stacks,
     clock: Clock,
     shown: u64,
     bad_records: u64,
@@ -46,30 +56,21 @@ struct Sink<W: Write> {
 
 impl<W: Write> Sink<W> {
     /// Handles one ring buffer record.
-    fn record(&mut self, bytes: &[u8], stack_map: &StackTraceMap<MapData>) -> io::Result<()> {
-        let event = match decode_wait(bytes) {
-            Ok(event) => event,
-            Err(_) => {
-                self.bad_records += 1;
-                return Ok(());
-            }
+    fn record(&mut self, bytes: &[u8], tracer: &Tracer) -> io::Result<()> {
+        let Ok(event) = decode_wait(bytes) else {
+            self.bad_records += 1;
+            return Ok(());
         };
-        let kallsyms = &self.kallsyms;
-        let stack = u32::try_from(event.kstack_id).ok().and_then(|id| {
-            self.stacks.get_or_insert(id, || {
-                let trace = stack_map.get(&id, 0).ok()?;
-                Some(kallsyms.symbolize(trace.frames().iter().map(|frame| frame.ip)))
-            })
-        });
-        let wait = Wait::from_event(&event, stack.unwrap_or_else(|| Vec::new().into()), &self.clock);
+        let mut resolver =
+            Resolver { stacks: &mut self.stacks, stack_map: &tracer.stacks, clock: &self.clock };
+        let wait = Wait::completed(&event, &mut resolver);
         self.shown += 1;
         self.printer.wait(&wait)
     }
 }
 
-async fn trace(args: &RunArgs) -> Result<()> {
-    let options = Options { min_duration: args.min_duration, include_idle: args.include_idle };
-    let mut tracer = Tracer::load(&options)?;
+async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
+    let mut tracer = Tracer::load(options)?;
     let events = tracer.take_events()?;
     let kallsyms = Kallsyms::from_proc()?;
     if kallsyms.is_hidden() {
@@ -81,23 +82,46 @@ async fn trace(args: &RunArgs) -> Result<()> {
     let format = if args.json { Format::Json } else { Format::Text { stacks: args.stacks } };
     let mut sink = Sink {
         printer: Printer::new(io::stdout().lock(), format),
-        kallsyms,
-        stacks: StackCache::default(),
+        stacks: Stacks::new(kallsyms),
         clock: Clock::now(),
         shown: 0,
         bad_records: 0,
     };
-    let outcome = stream(args, &tracer, events, &mut sink).await;
+    let min_duration_ns = duration_ns(args.min_duration);
+    let outcome = stream(args, options, &tracer, events, &mut sink).await;
     let finished = match outcome {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         Err(err) => Err(err),
     };
+
+    let now_ns = monotonic_ns();
+    let mut resolver = Resolver { stacks: &mut sink.stacks, stack_map: &tracer.stacks, clock: &sink.clock };
+    let mut ongoing: Vec<Wait> = tracer
+        .inflight()
+        .iter()
+        .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver))
+        .filter(|wait| wait.duration_ns >= min_duration_ns)
+        .collect();
+    // Waits that began before tracing and still go on are only in /proc.
+    let traced: HashSet<u32> = ongoing.iter().map(|wait| wait.tid).collect();
+    ongoing
+        .extend(waits_in_proc(options, &sink.clock).into_iter().filter(|wait| !traced.contains(&wait.tid)));
+    ongoing.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+
+    let entries = Aggregator::default().delta(tracer.aggregates());
+    let stacks = &mut sink.stacks;
+    let groups = group(&entries, |id| {
+        let stack = stacks.kernel(&tracer.stacks, id);
+        blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
+    });
     let summary = Summary {
         shown: sink.shown,
-        min_duration_ns: duration_ns(args.min_duration),
+        min_duration_ns,
         counters: tracer.counters()?,
         bad_records: sink.bad_records,
+        groups,
+        ongoing,
     };
     match sink.printer.summary(&summary) {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
@@ -106,9 +130,37 @@ async fn trace(args: &RunArgs) -> Result<()> {
     finished.context("cannot write to standard output")
 }
 
-/// Streams waits until Ctrl-C, SIGTERM or the end of `--duration`.
+/// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
+/// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
+fn waits_in_proc(options: &Options, clock: &Clock) -> Vec<Wait> {
+    let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
+    let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
+    let now_ns = monotonic_ns();
+    let filters = &options.filters;
+    tasks
+        .iter()
+        .filter(|task| task.pid != std::process::id())
+        .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
+        .map(|task| Wait::from_proc(task, now_ns, clock))
+        .collect()
+}
+
+/// Whether a task seen in `/proc` passes the pid, tid and comm filters.
+fn proc_task_wanted(filters: &Filters, pid: u32, tid: u32, comm: &str) -> bool {
+    (filters.tgids.is_empty() || filters.tgids.contains(&pid))
+        && (filters.tids.is_empty() || filters.tids.contains(&tid))
+        && (filters.comms.is_empty()
+            || filters
+                .comms
+                .iter()
+                .any(|wanted| crate::loader::comm_key(wanted) == crate::loader::comm_key(comm)))
+}
+
+/// Lists the tasks already in D, then streams waits until Ctrl-C, SIGTERM or the
+/// end of `--duration`.
 async fn stream<W: Write>(
     args: &RunArgs,
+    options: &Options,
     tracer: &Tracer,
     events: RingBuf<MapData>,
     sink: &mut Sink<W>,
@@ -124,6 +176,8 @@ async fn stream<W: Write>(
     drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drops_seen = 0u64;
 
+    let already = waits_in_proc(options, &sink.clock);
+    sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
     sink.printer.header(tracer.program, duration_ns(args.min_duration))?;
     loop {
         tokio::select! {
@@ -135,23 +189,19 @@ async fn stream<W: Write>(
             }
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), &tracer.stacks, sink)?;
+                drain(guard.get_inner_mut(), tracer, sink)?;
                 guard.clear_ready();
             }
         }
     }
     // What arrived between the last wake-up and the stop.
-    drain(ring.get_mut(), &tracer.stacks, sink)
+    drain(ring.get_mut(), tracer, sink)
 }
 
 /// Handles every record waiting in the ring buffer.
-fn drain<W: Write>(
-    ring: &mut RingBuf<MapData>,
-    stack_map: &StackTraceMap<MapData>,
-    sink: &mut Sink<W>,
-) -> io::Result<()> {
+fn drain<W: Write>(ring: &mut RingBuf<MapData>, tracer: &Tracer, sink: &mut Sink<W>) -> io::Result<()> {
     while let Some(item) = ring.next() {
-        sink.record(&item, stack_map)?;
+        sink.record(&item, tracer)?;
     }
     Ok(())
 }
@@ -162,7 +212,14 @@ fn report_new_drops(tracer: &Tracer, seen: u64) -> u64 {
     let Ok(counters) = tracer.counters() else { return seen };
     let total: u64 = counters.iter().filter(|(counter, _)| counter.is_drop()).map(|&(_, n)| n).sum();
     if total > seen {
-        let summary = Summary { shown: 0, min_duration_ns: 0, counters, bad_records: 0 };
+        let summary = Summary {
+            shown: 0,
+            min_duration_ns: 0,
+            counters,
+            bad_records: 0,
+            groups: Vec::new(),
+            ongoing: Vec::new(),
+        };
         eprintln!("dstrace: warning: the kernel side lost data{}", drops_text(&summary));
     }
     total
@@ -172,5 +229,25 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_tasks_are_filtered_like_the_kernel_side() {
+        let none = Filters::default();
+        assert!(proc_task_wanted(&none, 1, 2, "a"));
+        let pids = Filters { tgids: vec![1], ..Filters::default() };
+        assert!(proc_task_wanted(&pids, 1, 2, "a"));
+        assert!(!proc_task_wanted(&pids, 3, 3, "a"));
+        let comms = Filters { comms: vec!["a-very-long-command-name".into()], ..Filters::default() };
+        assert!(
+            proc_task_wanted(&comms, 1, 1, "a-very-long-com"),
+            "comm is cut to 15 bytes as the kernel does"
+        );
+        assert!(!proc_task_wanted(&comms, 1, 1, "other"));
     }
 }

@@ -6,7 +6,9 @@
 //! the kernel function that decided to wait. [`WAIT_PRIMITIVES`] is the one list of
 //! what counts as a primitive.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, rc::Rc};
+
+use aya::maps::{MapData, StackTraceMap};
 
 use anyhow::{Context as _, Result};
 
@@ -185,27 +187,60 @@ impl Kallsyms {
     }
 }
 
-/// Symbolized stacks by stack id: a stack id always names the same stack (the
-/// kernel side never lets one be replaced), so each is read and resolved once.
-#[derive(Default)]
-pub struct StackCache {
-    stacks: HashMap<u32, std::rc::Rc<[String]>>,
+/// A symbolized stack, innermost frame first; shared, since many waits have the
+/// same one.
+pub type Stack = Rc<[String]>;
+
+/// Kernel symbols and the stacks resolved so far, by stack id: an id always names
+/// the same stack (the kernel side never lets one be replaced), so each is read
+/// from the map and resolved once.
+pub struct Stacks {
+    kallsyms: Kallsyms,
+    kernel: HashMap<i32, Stack>,
+    user: HashMap<i32, Stack>,
 }
 
-impl StackCache {
-    /// The stack with this id, from the cache or by `read`.
-    pub fn get_or_insert(
-        &mut self,
-        id: u32,
-        read: impl FnOnce() -> Option<Vec<String>>,
-    ) -> Option<std::rc::Rc<[String]>> {
-        if let Some(stack) = self.stacks.get(&id) {
-            return Some(stack.clone());
-        }
-        let stack: std::rc::Rc<[String]> = read()?.into();
-        self.stacks.insert(id, stack.clone());
-        Some(stack)
+impl Stacks {
+    /// Resolves with these symbols.
+    pub fn new(kallsyms: Kallsyms) -> Stacks {
+        Stacks { kallsyms, kernel: HashMap::new(), user: HashMap::new() }
     }
+
+    /// The kernel stack `id` of `map`, symbolized; empty when the id is an error
+    /// (the stack was lost, and counted so) or the map no longer has it.
+    pub fn kernel(&mut self, map: &StackTraceMap<MapData>, id: i32) -> Stack {
+        self.kernel_with(id, || read_ips(map, id))
+    }
+
+    /// The user stack `id` of `map`, as hex addresses: symbolizing it would read
+    /// `/proc/PID/maps` of a task in D, which can hang.
+    pub fn user(&mut self, map: &StackTraceMap<MapData>, id: i32) -> Stack {
+        if let Some(stack) = self.user.get(&id) {
+            return stack.clone();
+        }
+        let stack: Stack =
+            read_ips(map, id).unwrap_or_default().iter().map(|ip| format!("{ip:#x}")).collect();
+        self.user.insert(id, stack.clone());
+        stack
+    }
+
+    /// As [`Stacks::kernel`], with the instruction pointers from `read`.
+    pub fn kernel_with(&mut self, id: i32, read: impl FnOnce() -> Option<Vec<u64>>) -> Stack {
+        if let Some(stack) = self.kernel.get(&id) {
+            return stack.clone();
+        }
+        let Some(ips) = read() else { return Stack::from([]) };
+        let stack: Stack = self.kallsyms.symbolize(ips).into();
+        self.kernel.insert(id, stack.clone());
+        stack
+    }
+}
+
+/// The instruction pointers of stack `id`, if it is one.
+fn read_ips(map: &StackTraceMap<MapData>, id: i32) -> Option<Vec<u64>> {
+    let id = u32::try_from(id).ok()?;
+    let trace = map.get(&id, 0).ok()?;
+    Some(trace.frames().iter().map(|frame| frame.ip).collect())
 }
 
 #[cfg(test)]
@@ -237,6 +272,16 @@ ffffffffc0001000 t nfs_file_fsync\t[nfs]
         // The hook's own frames are left out, only at the top of the stack.
         let stack = [0xffffffffa0000010, 0xffffffff81010020, 0xffffffff81200001, 0xffffffff81010020];
         assert_eq!(syms.symbolize(stack), ["__schedule", "bpf_trace_run4"]);
+    }
+
+    #[test]
+    fn stacks_are_resolved_once_per_id() {
+        let mut stacks = Stacks::new(Kallsyms::parse(FIXTURE));
+        let first = stacks.kernel_with(3, || Some(vec![0xffffffff81200001, 0xffffffff81100010]));
+        assert_eq!(&*first, ["__schedule", "d_alloc_parallel"]);
+        let again = stacks.kernel_with(3, || panic!("read twice"));
+        assert!(Rc::ptr_eq(&first, &again));
+        assert!(stacks.kernel_with(-14, || None).is_empty());
     }
 
     #[test]

@@ -186,6 +186,60 @@ impl Drop for Children {
     }
 }
 
+/// Tasks piled up in D behind a FUSE server that stopped answering.
+///
+/// The first task to look the name up waits for the server in S
+/// (`request_wait_answer`); the next `stuck.len()` wait for it in D
+/// (`d_alloc_parallel`). Release the mount to let them all go.
+pub struct Pileup {
+    /// The task that waits for the server (in S).
+    pub owner: u32,
+    /// The tasks in D behind it.
+    pub stuck: Vec<u32>,
+    /// All of them, killed on drop.
+    pub children: Children,
+}
+
+impl Pileup {
+    /// Holds the mount and starts `n` + 1 `stat` processes on a missing name.
+    pub fn start(mount: &fuse::FuseMount, n: usize) -> Pileup {
+        let target = mount.path().join("missing");
+        mount.hold();
+        let mut children = Children::default();
+        let owner = children.spawn(Command::new("stat").arg(&target));
+        wait_for_state(owner, 'S', Duration::from_secs(10));
+        let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
+        for &pid in &stuck {
+            wait_for_state(pid, 'D', Duration::from_secs(10));
+        }
+        eprintln!("lookup owner: pid {owner}; piled up behind it in D: {stuck:?}");
+        Pileup { owner, stuck, children }
+    }
+}
+
+/// The state letter of a task (`/proc/PID/stat`), if it exists.
+pub fn task_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
+/// Waits until a task is in `state` and blocked in FUSE or the dcache (not still
+/// starting up); panics after `timeout`.
+pub fn wait_for_state(pid: u32, state: char, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let in_place = wchan.contains("fuse")
+            || wchan.contains("request_wait_answer")
+            || wchan.contains("d_alloc_parallel");
+        if task_state(pid) == Some(state) && in_place {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} not in {state} within {timeout:?} (wchan {wchan:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Parses JSON lines, panicking with the line on error.
 pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
     lines

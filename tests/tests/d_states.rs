@@ -6,12 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Dstrace, Pileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -38,23 +37,18 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
         return;
     }
     let mount = FuseMount::new("pileup").expect("mount the test filesystem");
-    let target = mount.path().join("missing");
 
     let mut dstrace = Dstrace::spawn(&["run", "--json", "--min-duration", "200ms", "--duration", "60s"]);
     dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
 
     // The server goes away; the first lookup waits for its answer, the others
     // pile up behind it in D.
-    mount.hold();
-    let mut children = Children::default();
-    let first = children.spawn(Command::new("stat").arg(&target));
-    sleep(Duration::from_millis(300));
-    let stuck: Vec<u32> = (0..3).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
-    eprintln!("lookup owner: pid {first}; piled up behind it: {stuck:?}");
+    let mut pileup = Pileup::start(&mount, 3);
+    let (first, stuck) = (pileup.owner, pileup.stuck.clone());
     let held_at = Instant::now();
     sleep(HOLD);
     mount.release();
-    children.wait_all(Duration::from_secs(10));
+    pileup.children.wait_all(Duration::from_secs(10));
     let held = held_at.elapsed();
 
     dstrace.wait_until(Duration::from_secs(10), |seen| {
@@ -85,12 +79,32 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
         eprintln!("stuck pid {pid}: {} {duration:?} in {blocked_in}", wait["state"]);
         assert!(wait["stack"].as_array().is_some_and(|s| s.iter().any(|f| f == "__schedule")));
         assert!(wait["state"].as_str().is_some_and(|s| s.starts_with('D')));
+        // The lookup owner, answered, wakes those waiting for its dentry.
+        assert_eq!(wait["waker"]["tid"], first, "pid {pid} was woken by {}", wait["waker"]);
+        assert_eq!(wait["waker"]["comm"], "stat");
+        assert!(wait["waker"]["stack"].as_array().is_some_and(|s| !s.is_empty()), "no waker stack");
     }
     // The first task waits for the server's answer in S (interruptible), not in D.
     assert!(waits(&records).all(|w| w["pid"] != first), "the first lookup is not a D wait");
 
     let summary = records.last().unwrap();
     assert!(summary["counters"]["waits_ended"].as_u64().unwrap() >= stuck.len() as u64);
+    // The in-kernel aggregation counted them too.
+    for pid in &stuck {
+        let group = summary["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
+            .unwrap_or_else(|| panic!("no group for pid {pid}: {}", summary["groups"]));
+        // Woken, a waiter looks the name up again and may wait a second, short time.
+        let count = group["count"].as_u64().unwrap();
+        assert!(count >= 1);
+        assert!(group["max_ns"].as_u64().unwrap() >= (HOLD - Duration::from_millis(500)).as_nanos() as u64);
+        assert!(group["total_ns"].as_u64().unwrap() >= group["max_ns"].as_u64().unwrap());
+        let hist: u64 = group["hist_log2_us"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(hist, count, "the histogram counts every wait once");
+    }
     assert_eq!(summary["counters"]["ring_buffer_full"], 0);
     assert_eq!(summary["counters"]["inflight_map_full"], 0);
 }
