@@ -1,0 +1,216 @@
+//! The D-wait engine against real D states: waits that began before tracing,
+//! ongoing waits whose age grows, filters, and drops made on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::Write as _,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use dstrace::{
+    clock::monotonic_ns,
+    loader::{Filters, Options, Tracer},
+};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, wait_for_state, Children, Dstrace, Pileup};
+use serde_json::Value;
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn is_start(line: &str) -> bool {
+    line.contains(r#""type":"start""#)
+}
+
+/// Every record with `"type": kind`.
+fn of_type<'a>(records: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+    records.iter().filter(move |r| r["type"] == kind)
+}
+
+#[test]
+fn waits_that_began_before_tracing_are_listed_at_once() {
+    if !require_root("waits_that_began_before_tracing_are_listed_at_once") {
+        return;
+    }
+    let mount = FuseMount::new("before").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 2);
+    sleep(Duration::from_secs(1));
+
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--duration", "60s"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    mount.release();
+    let (status, lines) = dstrace.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+
+    // The listing comes before the start record.
+    let start = records.iter().position(|r| r["type"] == "start").unwrap();
+    for pid in &pileup.stuck {
+        let wait = records[..start]
+            .iter()
+            .find(|r| r["type"] == "ongoing" && r["pid"] == *pid)
+            .unwrap_or_else(|| panic!("pid {pid} in D before tracing is not listed: {lines:#?}"));
+        assert_eq!(wait["source"], "proc");
+        assert_eq!(wait["comm"], "stat");
+        assert_eq!(wait["blocked_in"], "d_alloc_parallel", "{wait}");
+        // In D for about a second already; /proc gives a lower bound.
+        let age = Duration::from_nanos(wait["duration_ns"].as_u64().unwrap());
+        assert!(age >= Duration::from_millis(800) && age < Duration::from_secs(30), "age {age:?}");
+    }
+    assert!(records[..start].iter().all(|r| r["pid"] != pileup.owner), "the owner sleeps in S, not D");
+}
+
+/// Through the library: a wait in progress is in `INFLIGHT`, and its age grows.
+#[test]
+fn an_ongoing_wait_is_tracked_and_its_age_grows() {
+    if !require_root("an_ongoing_wait_is_tracked_and_its_age_grows") {
+        return;
+    }
+    let mount = FuseMount::new("ongoing").expect("mount the test filesystem");
+    let options = Options {
+        filters: Filters { comms: vec!["stat".into()], ..Filters::default() },
+        ..Options::default()
+    };
+    let tracer = Tracer::load(&options).expect("load the eBPF programs");
+    let pileup = Pileup::start(&mount, 1);
+    let pid = pileup.stuck[0];
+
+    let find = || tracer.inflight().into_iter().find(|(tid, _)| *tid == pid).map(|(_, wait)| wait);
+    let first = find().unwrap_or_else(|| panic!("pid {pid} is in D but not tracked"));
+    let first_age = monotonic_ns() - first.start_ns;
+    sleep(Duration::from_millis(600));
+    let second = find().expect("still in D");
+    let second_age = monotonic_ns() - second.start_ns;
+    assert_eq!(first.start_ns, second.start_ns, "the same wait");
+    assert!(second_age >= first_age + 500_000_000, "age went from {first_age} ns to {second_age} ns");
+    assert_eq!(first.tgid, pid);
+    assert!(first.kstack_id >= 0, "its kernel stack was recorded");
+    assert_eq!(first.waker.at_ns, 0, "not woken yet");
+
+    mount.release();
+    drop(pileup);
+    // Once it ran again it is no longer in progress.
+    sleep(Duration::from_millis(300));
+    assert!(find().is_none(), "pid {pid} still tracked after its wait ended");
+}
+
+/// A process that waits on its stdin, then `exec`s `stat path`: its pid is known
+/// before it blocks, so a filter can name it.
+struct Gated(Child);
+
+impl Gated {
+    fn spawn(path: &std::path::Path) -> Gated {
+        let child = Command::new("sh")
+            .args(["-c", r#"read go; exec stat "$0""#])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        Gated(child)
+    }
+
+    fn go(&mut self) {
+        self.0.stdin.take().expect("stdin").write_all(b"go\n").expect("write");
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn filters_cut_what_they_say() {
+    if !require_root("filters_cut_what_they_say") {
+        return;
+    }
+    let mount = FuseMount::new("filters").expect("mount the test filesystem");
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut owner = Children::default();
+    let owner_pid = owner.spawn(Command::new("stat").arg(&target));
+    wait_for_state(owner_pid, 'S', Duration::from_secs(10));
+    let mut wanted = Gated::spawn(&target);
+    let mut unwanted = Gated::spawn(&target);
+
+    let pid_arg = wanted.pid().to_string();
+    let mut by_pid = Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--pid", &pid_arg]);
+    by_pid.wait_for_line(START_TIMEOUT, is_start);
+    let mut by_comm = Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--comm", "stat"]);
+    by_comm.wait_for_line(START_TIMEOUT, is_start);
+
+    wanted.go();
+    unwanted.go();
+    wait_for_state(wanted.pid(), 'D', Duration::from_secs(10));
+    wait_for_state(unwanted.pid(), 'D', Duration::from_secs(10));
+    sleep(Duration::from_millis(500));
+    mount.release();
+    for gated in [&mut wanted, &mut unwanted] {
+        gated.0.wait().expect("stat ends");
+    }
+    let wanted = wanted.pid();
+    let unwanted = unwanted.pid();
+    let seen =
+        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
+    by_pid.wait_until(Duration::from_secs(10), seen(wanted));
+    by_comm.wait_until(Duration::from_secs(10), |lines| seen(wanted)(lines) && seen(unwanted)(lines));
+
+    let (_, lines) = by_pid.interrupt();
+    let records = json_lines(&lines);
+    let waits: Vec<&Value> = of_type(&records, "wait").collect();
+    assert!(waits.iter().any(|r| r["pid"] == wanted), "--pid {wanted} left its wait out: {lines:#?}");
+    assert!(waits.iter().all(|r| r["pid"] == wanted), "--pid {wanted} let other waits in: {waits:#?}");
+    let summary = records.last().unwrap();
+    assert!(summary["groups"].as_array().unwrap().iter().all(|g| g["pid"] == wanted), "{summary}");
+
+    let (_, lines) = by_comm.interrupt();
+    let records = json_lines(&lines);
+    let waits: Vec<&Value> = of_type(&records, "wait").collect();
+    assert!(waits.iter().all(|r| r["comm"] == "stat"), "--comm stat let others in: {waits:#?}");
+    for pid in [wanted, unwanted] {
+        assert!(waits.iter().any(|r| r["pid"] == pid), "--comm stat left pid {pid} out");
+    }
+}
+
+/// A kernel map made full on purpose: the waits that did not fit are counted and
+/// shown, not lost silently.
+#[test]
+fn a_full_task_map_shows_its_drops() {
+    if !require_root("a_full_task_map_shows_its_drops") {
+        return;
+    }
+    let mount = FuseMount::new("full").expect("mount the test filesystem");
+    // Room for one task in D; three pile up (and the machine's own D waits).
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--max-tasks", "1"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    let pileup = Pileup::start(&mount, 3);
+    sleep(Duration::from_millis(300));
+    mount.release();
+    drop(pileup);
+    let (status, lines) = dstrace.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let dropped = summary["counters"]["inflight_map_full"].as_u64().unwrap();
+    assert!(dropped >= 2, "3 tasks in D, room for 1, yet {dropped} dropped: {summary}");
+
+    // The capacity is what was asked for: the same run with room for all drops none.
+    let mut roomy = Dstrace::spawn(&["run", "--json", "--comm", "stat"]);
+    roomy.wait_for_line(START_TIMEOUT, is_start);
+    let pileup = Pileup::start(&mount, 3);
+    sleep(Duration::from_millis(300));
+    mount.release();
+    drop(pileup);
+    let (_, lines) = roomy.interrupt();
+    let records = json_lines(&lines);
+    assert_eq!(records.last().unwrap()["counters"]["inflight_map_full"], 0);
+}
