@@ -32,6 +32,8 @@ pub mod names {
     /// A `tp_btf/sched_switch` program that does nothing: the floor of the
     /// benchmarks (`cargo xtask bench`), never attached by `dstrace run`.
     pub const PROG_SCHED_SWITCH_EMPTY: &str = "sched_switch_empty";
+    /// The same for `sched_waking`.
+    pub const PROG_SCHED_WAKING_EMPTY: &str = "sched_waking_empty";
     /// Tasks in D now: tid -> [`crate::InFlight`].
     pub const MAP_INFLIGHT: &str = "INFLIGHT";
     /// Kernel (and user) stacks, by the id stored in records.
@@ -72,8 +74,13 @@ pub mod names {
         MAP_FILTER_COMMS,
     ];
     /// Every program the object must define.
-    pub const PROGRAMS: [&str; 4] =
-        [PROG_SCHED_SWITCH, PROG_SCHED_SWITCH_PRE518, PROG_SCHED_WAKING, PROG_SCHED_SWITCH_EMPTY];
+    pub const PROGRAMS: [&str; 5] = [
+        PROG_SCHED_SWITCH,
+        PROG_SCHED_SWITCH_PRE518,
+        PROG_SCHED_WAKING,
+        PROG_SCHED_SWITCH_EMPTY,
+        PROG_SCHED_WAKING_EMPTY,
+    ];
 }
 
 /// Capacity of the maps; userspace and the kernel side agree through these.

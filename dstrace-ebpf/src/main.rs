@@ -132,6 +132,12 @@ pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Does nothing: the floor of `sched_waking` in the benchmarks.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking_empty(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 /// `sched_waking(struct task_struct *p)`: the current task (or interrupt) wakes
 /// `p`; if `p` is tracked in D, note who woke it.
 #[btf_tracepoint(function = "sched_waking")]

@@ -109,6 +109,14 @@ pub struct Tracer {
 impl Tracer {
     /// Loads the object, configured for the running kernel, and attaches it.
     pub fn load(options: &Options) -> Result<Tracer> {
+        Tracer::load_with_floors(options, None)
+    }
+
+    /// As [`Tracer::load`], and also attaches the empty `sched_switch` and
+    /// `sched_waking` programs, the floors the benchmarks compare with (the cost of
+    /// being called at all), before or after the real ones: programs on one hook run
+    /// in the order they were attached, and the first pays for the cold caches.
+    pub fn load_with_floors(options: &Options, floors: Option<FloorOrder>) -> Result<Tracer> {
         let layout = KernelLayout::from_running_kernel()?;
         let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
         let config = config(&layout, options);
@@ -126,14 +134,37 @@ impl Tracer {
         } else {
             names::PROG_SCHED_SWITCH_PRE518
         };
+        let attach_floors = |ebpf: &mut Ebpf| -> Result<()> {
+            attach(ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
+            attach(ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
+        };
+        if floors == Some(FloorOrder::First) {
+            attach_floors(&mut ebpf)?;
+        }
         attach(&mut ebpf, &btf, program, "sched_switch")?;
         attach(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        if floors == Some(FloorOrder::Last) {
+            attach_floors(&mut ebpf)?;
+        }
 
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, names::MAP_STACKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)?;
         let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
         Ok(Tracer { ebpf, program, stacks, counters, inflight, agg })
+    }
+
+    /// Total run time and run count of a loaded program, as the kernel accounts them
+    /// while BPF statistics are enabled (`BPF_ENABLE_STATS`, or the
+    /// `kernel.bpf_stats_enabled` sysctl); zero otherwise.
+    pub fn program_stats(&self, program: &str) -> Result<ProgramStats> {
+        let info = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+            .info()
+            .with_context(|| format!("no information on the program {program}"))?;
+        Ok(ProgramStats { run_time_ns: duration_ns(info.run_time()), run_count: info.run_count() })
     }
 
     /// Takes the ring buffer of completed waits (once) for a reader that owns it.
@@ -161,6 +192,43 @@ impl Tracer {
     /// The aggregation map as it is now (its counters only grow).
     pub fn aggregates(&self) -> Vec<(AggKey, AggValue)> {
         self.agg.iter().filter_map(Result::ok).collect()
+    }
+}
+
+/// Where the benchmarks' empty programs go among the programs of a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorOrder {
+    /// Attached before the real programs: they run first.
+    First,
+    /// Attached after the real programs: they run last.
+    Last,
+}
+
+/// Run time and count of a program, from the kernel's BPF statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Total time spent in the program, in nanoseconds.
+    pub run_time_ns: u64,
+    /// Number of runs.
+    pub run_count: u64,
+}
+
+impl ProgramStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &ProgramStats) -> ProgramStats {
+        ProgramStats {
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+            run_count: self.run_count.saturating_sub(earlier.run_count),
+        }
+    }
+
+    /// Mean nanoseconds per run (0 without runs).
+    pub fn ns_per_run(&self) -> f64 {
+        if self.run_count == 0 {
+            0.0
+        } else {
+            self.run_time_ns as f64 / self.run_count as f64
+        }
     }
 }
 

@@ -45,6 +45,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure what dstrace's eBPF programs cost (kernel BPF statistics, beside an
+    /// empty program on the same hook) and write BENCHMARKS.md. Needs root.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&root, &args),
+        Cmd::Bench => {
+            let mut build = cargo(&root);
+            build.args(["build", "--release", "--package", "dstrace-tests", "--bin", "dstrace-bench"]);
+            status(build)?;
+            let mut bench = as_root(&root.join("target/release/dstrace-bench"));
+            bench.arg(root.join("BENCHMARKS.md"));
+            status(bench)
+        }
     }
 }
 

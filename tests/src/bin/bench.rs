@@ -1,0 +1,258 @@
+//! `dstrace-bench`, run by `cargo xtask bench`: what dstrace's eBPF programs cost.
+//!
+//! Wall-clock timings of context switches are noisy on these machines; the kernel's
+//! own accounting is steady. With BPF statistics enabled (`BPF_ENABLE_STATS`, which
+//! lasts as long as its file descriptor and changes no sysctl), the kernel sums each
+//! program's run time and run count. dstrace's `sched_switch` and `sched_waking` are
+//! each attached beside an empty program on the same tracepoint, so both see exactly
+//! the same events: the empty one is the floor, the cost of being called at all.
+//!
+//! Loads, each repeated and reported as the median over the repetitions:
+//! * switch-heavy: two threads ping-pong a byte over a socket pair (every exchange
+//!   puts a task to sleep in S and wakes it): switches that do not enter D;
+//! * D-heavy: write and fsync a small file in a loop: the writer sleeps in D on
+//!   every fsync, and so do the kernel threads doing the I/O.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use dstrace::{
+    clock::rfc3339_utc,
+    loader::{FloorOrder, Options, ProgramStats, Tracer},
+};
+use dstrace_common::{names, Counter};
+
+/// Repetitions of each load.
+const ROUNDS: usize = 5;
+/// Round trips of the switch-heavy load, per repetition.
+const PING_PONGS: usize = 50_000;
+/// fsyncs of the D-heavy load, per repetition.
+const FSYNCS: usize = 300;
+
+/// One repetition's figures for one program.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    stats: ProgramStats,
+}
+
+struct PhaseResult {
+    load: &'static str,
+    /// Whether the empty programs ran before or after dstrace's.
+    order: &'static str,
+    /// (program, median ns/run, runs in the median repetition)
+    programs: Vec<(&'static str, f64, u64)>,
+    /// D waits started per repetition (median).
+    waits_started: u64,
+    /// Wall time of the whole phase.
+    seconds: f64,
+}
+
+fn main() -> Result<()> {
+    let output = std::env::args().nth(1).map(PathBuf::from);
+    dstrace::preflight::check()?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF statistics")?;
+    let dir = fsync_dir();
+    let mut results = Vec::new();
+    for order in [FloorOrder::Last, FloorOrder::First] {
+        let tracer = Tracer::load_with_floors(&Options::default(), Some(order))?;
+        let programs = [
+            tracer.program,
+            names::PROG_SCHED_SWITCH_EMPTY,
+            names::PROG_SCHED_WAKING,
+            names::PROG_SCHED_WAKING_EMPTY,
+        ];
+        let order = match order {
+            FloorOrder::Last => "floors run after",
+            FloorOrder::First => "floors run before",
+        };
+        results.push(phase(&tracer, &programs, "switch-heavy (socket ping-pong)", order, ping_pong));
+        results.push(phase(&tracer, &programs, "D-heavy (write + fsync)", order, || fsync_loop(&dir)));
+    }
+    let report = report(&results);
+    print!("{report}");
+    if let Some(path) = output {
+        std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("dstrace-bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn phase(
+    tracer: &Tracer,
+    programs: &[&'static str],
+    load: &'static str,
+    order: &'static str,
+    run: impl Fn() -> Result<()>,
+) -> PhaseResult {
+    let started = Instant::now();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); programs.len()];
+    let mut waits = Vec::new();
+    for _ in 0..ROUNDS {
+        let before: Vec<ProgramStats> = programs.iter().map(|p| tracer.program_stats(p).unwrap()).collect();
+        let waits_before = counter(tracer, Counter::WaitsStarted);
+        run().expect("the load runs");
+        for (i, program) in programs.iter().enumerate() {
+            let after = tracer.program_stats(program).unwrap();
+            samples[i].push(Sample { stats: after.since(&before[i]) });
+        }
+        waits.push(counter(tracer, Counter::WaitsStarted) - waits_before);
+    }
+    let programs = programs
+        .iter()
+        .zip(samples)
+        .map(|(program, mut samples)| {
+            samples.sort_by(|a, b| a.stats.ns_per_run().total_cmp(&b.stats.ns_per_run()));
+            let median = samples[samples.len() / 2];
+            (*program, median.stats.ns_per_run(), median.stats.run_count)
+        })
+        .collect();
+    waits.sort_unstable();
+    PhaseResult {
+        load,
+        order,
+        programs,
+        waits_started: waits[waits.len() / 2],
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn counter(tracer: &Tracer, which: Counter) -> u64 {
+    tracer.counters().unwrap().into_iter().find(|(c, _)| *c == which).map_or(0, |(_, n)| n)
+}
+
+/// Two threads exchange a byte `PING_PONGS` times.
+fn ping_pong() -> Result<()> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        for _ in 0..PING_PONGS {
+            b.read_exact(&mut byte)?;
+            b.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let mut byte = [7u8; 1];
+    for _ in 0..PING_PONGS {
+        a.write_all(&byte)?;
+        a.read_exact(&mut byte)?;
+    }
+    echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    Ok(())
+}
+
+/// A directory on a disk-backed filesystem, where fsync waits for the device.
+fn fsync_dir() -> PathBuf {
+    for dir in ["/var/tmp", "/tmp"] {
+        if Path::new(dir).is_dir() {
+            return PathBuf::from(dir);
+        }
+    }
+    std::env::temp_dir()
+}
+
+/// Writes and fsyncs a small file `FSYNCS` times.
+fn fsync_loop(dir: &Path) -> Result<()> {
+    let path = dir.join(format!("dstrace-bench-{}", std::process::id()));
+    let mut file = File::create(&path)?;
+    let block = [0x5au8; 4096];
+    for _ in 0..FSYNCS {
+        file.write_all(&block)?;
+        file.sync_all()?;
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
+fn report(results: &[PhaseResult]) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    out.push_str("# BENCHMARKS\n\n");
+    out.push_str("Written by `cargo xtask bench` (tests/src/bin/bench.rs); do not edit by hand.\n\n");
+    out.push_str(&format!(
+        "- date: {}\n- kernel: {}\n- machine: {cpus} CPUs, {cpu}\n\n",
+        rfc3339_utc(SystemTime::now()),
+        kernel.trim()
+    ));
+    out.push_str(
+        "## Cost of the eBPF programs per invocation\n\n\
+         Method: BPF statistics (`BPF_ENABLE_STATS`: the kernel sums each program's run time and \
+         run count; no sysctl is changed). dstrace's `sched_switch` is attached beside an empty \
+         program on the same tracepoint, so both run on exactly the same context switches; the \
+         empty one is the floor (the cost of being called at all, timing included). Each load \
+         runs 5 times; the figures are the medians. `sched_waking` runs on every wake-up, beside its \
+         own empty program. Programs on one hook run in the order they were attached and the first \
+         pays for cold caches, so every load is measured twice: empty programs attached after \
+         dstrace's, then before.\n\n",
+    );
+    out.push_str("| load | order | program | runs | ns per run | vs floor |\n|---|---|---|---:|---:|---:|\n");
+    for result in results {
+        let floor_of =
+            |floor: &str| result.programs.iter().find(|(p, _, _)| *p == floor).map_or(0.0, |(_, ns, _)| *ns);
+        for (program, ns, runs) in &result.programs {
+            let floor = if program.starts_with("sched_waking") {
+                floor_of(names::PROG_SCHED_WAKING_EMPTY)
+            } else {
+                floor_of(names::PROG_SCHED_SWITCH_EMPTY)
+            };
+            let versus = if floor == 0.0 { "-".to_owned() } else { format!("{:.2}x", ns / floor) };
+            out.push_str(&format!(
+                "| {} | {} | `{program}` | {runs} | {ns:.1} | {versus} |\n",
+                result.load, result.order
+            ));
+        }
+        out.push_str(&format!(
+            "| {} | {} | (D waits started per repetition: {}; {:.1} s in all) | | | |\n",
+            result.load, result.order, result.waits_started, result.seconds
+        ));
+    }
+    out.push_str("\n### Order-balanced\n\nThe mean of the two orders, which cancels who runs first.\n\n");
+    out.push_str("| load | program | ns per run | floor ns per run | vs floor |\n|---|---|---:|---:|---:|\n");
+    let loads: Vec<&str> = results.iter().map(|r| r.load).fold(Vec::new(), |mut loads, load| {
+        if !loads.contains(&load) {
+            loads.push(load);
+        }
+        loads
+    });
+    for load in loads {
+        let mean = |program: &str| {
+            let values: Vec<f64> = results
+                .iter()
+                .filter(|r| r.load == load)
+                .filter_map(|r| r.programs.iter().find(|(p, _, _)| *p == program).map(|(_, ns, _)| *ns))
+                .collect();
+            values.iter().sum::<f64>() / values.len().max(1) as f64
+        };
+        for (program, floor) in [
+            (results[0].programs[0].0, names::PROG_SCHED_SWITCH_EMPTY),
+            (names::PROG_SCHED_WAKING, names::PROG_SCHED_WAKING_EMPTY),
+        ] {
+            let (ns, floor_ns) = (mean(program), mean(floor));
+            out.push_str(&format!(
+                "| {load} | `{program}` | {ns:.1} | {floor_ns:.1} | {:.2}x |\n",
+                ns / floor_ns.max(f64::MIN_POSITIVE)
+            ));
+        }
+    }
+    out.push_str(
+        "\nGoal (issue 3): `sched_switch` within 1.5x of the floor for switches that do not enter D \
+         (the switch-heavy load). The D-heavy figures are averages over every switch of the load, \
+         a third of which put a task in D and take its kernel stack (and the waker's).\n",
+    );
+    out
+}
