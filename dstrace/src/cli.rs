@@ -113,9 +113,6 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
-/// Where cgroup v2 is mounted.
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
-
 impl RunArgs {
     /// The map sizes asked for.
     pub fn capacity(&self) -> Capacity {
@@ -129,20 +126,21 @@ impl RunArgs {
     }
 }
 
-/// A cgroup v2 id: a number as is, or the inode number of a cgroup directory
-/// (cgroupfs, never a filesystem under diagnosis).
+/// A cgroup v2 id: a number as is, or the inode number of a cgroup directory given
+/// by its path, absolute or relative to where cgroup v2 is mounted (cgroupfs is
+/// never a filesystem under diagnosis, so it may be looked at).
 pub fn cgroup_id(cgroup: &str) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(id) = cgroup.parse() {
         return Ok(id);
     }
-    let path = if cgroup.starts_with('/') {
-        std::path::PathBuf::from(cgroup)
-    } else {
-        std::path::Path::new(CGROUP2_ROOT).join(cgroup)
+    let mounts = crate::mounts::read()?;
+    let Some(root) = crate::mounts::cgroup2_root(&mounts) else {
+        anyhow::bail!("--cgroup {cgroup}: cgroup v2 is not mounted; give a cgroup id instead");
     };
-    if !path.starts_with(CGROUP2_ROOT) {
-        anyhow::bail!("--cgroup {cgroup}: not under {CGROUP2_ROOT}; give a cgroup v2 path or id");
+    let path = if cgroup.starts_with('/') { std::path::PathBuf::from(cgroup) } else { root.join(cgroup) };
+    if !path.starts_with(root) {
+        anyhow::bail!("--cgroup {cgroup}: not under {}, where cgroup v2 is mounted", root.display());
     }
     let meta = std::fs::metadata(&path)
         .map_err(|err| anyhow::anyhow!("--cgroup {cgroup}: {}: {err}", path.display()))?;

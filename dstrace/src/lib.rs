@@ -5,6 +5,7 @@
 //!
 //! * [`preflight`]: what must hold before anything is loaded (privileges, BTF);
 //! * [`kernel_btf`]: `task_struct` offsets and hook signatures of the running kernel;
+//! * [`mounts`]: the mount table, from /proc/self/mountinfo;
 //! * [`loader`]: loads the embedded eBPF object with its settings and attaches it;
 //! * [`events`]: decodes what the kernel side streams;
 //! * [`procfs`]: tasks in D now, read from /proc without hanging;
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod events;
 pub mod kernel_btf;
 pub mod loader;
+pub mod mounts;
 pub mod output;
 pub mod preflight;
 pub mod procfs;

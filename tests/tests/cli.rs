@@ -66,3 +66,17 @@ fn run_without_privileges_says_what_is_missing() {
         "{stderr}"
     );
 }
+
+/// A bad filter value is one line naming the flag, not a panic or a trace.
+#[test]
+fn bad_cgroup_is_one_line() {
+    if !dstrace_tests::require_root("bad_cgroup_is_one_line") {
+        return;
+    }
+    let (code, stdout, stderr) =
+        output(Command::new(dstrace_bin()).args(["run", "--cgroup", "no/such/cgroup", "--duration", "1s"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("dstrace: error: --cgroup no/such/cgroup:"), "{stderr}");
+}

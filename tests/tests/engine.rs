@@ -214,3 +214,97 @@ fn a_full_task_map_shows_its_drops() {
     let records = json_lines(&lines);
     assert_eq!(records.last().unwrap()["counters"]["inflight_map_full"], 0);
 }
+
+/// A cgroup v2 directory made for a test, removed on drop (once its tasks are gone).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let mounts = dstrace::mounts::read().unwrap();
+        let root = dstrace::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+        let dir = root.join(format!("dstrace-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a cgroup");
+        TestCgroup(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move a task into the cgroup");
+    }
+
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `--cgroup` keeps one cgroup's tasks; `--tid` one thread, here with its user stack.
+#[test]
+fn cgroup_and_tid_filters_and_user_stacks() {
+    if !require_root("cgroup_and_tid_filters_and_user_stacks") {
+        return;
+    }
+    let mount = FuseMount::new("cgroup").expect("mount the test filesystem");
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut owner = Children::default();
+    let owner_pid = owner.spawn(Command::new("stat").arg(&target));
+    wait_for_state(owner_pid, 'S', Duration::from_secs(10));
+    let mut inside = Gated::spawn(&target);
+    let mut outside = Gated::spawn(&target);
+    let cgroup = TestCgroup::new("filter");
+    cgroup.add(inside.pid());
+
+    let cgroup_arg = cgroup.0.display().to_string();
+    let mut by_cgroup =
+        Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--cgroup", &cgroup_arg]);
+    by_cgroup.wait_for_line(START_TIMEOUT, is_start);
+    let tid_arg = outside.pid().to_string();
+    let mut by_tid =
+        Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--tid", &tid_arg, "--user-stacks"]);
+    by_tid.wait_for_line(START_TIMEOUT, is_start);
+
+    inside.go();
+    outside.go();
+    wait_for_state(inside.pid(), 'D', Duration::from_secs(10));
+    wait_for_state(outside.pid(), 'D', Duration::from_secs(10));
+    sleep(Duration::from_millis(500));
+    mount.release();
+    for gated in [&mut inside, &mut outside] {
+        gated.0.wait().expect("stat ends");
+    }
+    let (inside, outside) = (inside.pid(), outside.pid());
+    let seen =
+        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
+    by_cgroup.wait_until(Duration::from_secs(10), seen(inside));
+    by_tid.wait_until(Duration::from_secs(10), seen(outside));
+
+    let (_, lines) = by_cgroup.interrupt();
+    let records = json_lines(&lines);
+    let waits: Vec<&Value> = of_type(&records, "wait").collect();
+    assert!(waits.iter().all(|r| r["pid"] == inside), "--cgroup let other tasks in: {waits:#?}");
+    let wait = waits.iter().find(|r| r["pid"] == inside).unwrap();
+    assert_eq!(wait["cgroup_id"], cgroup.id(), "the record names the task's cgroup");
+
+    let (_, lines) = by_tid.interrupt();
+    let records = json_lines(&lines);
+    let waits: Vec<&Value> = of_type(&records, "wait").collect();
+    assert!(waits.iter().all(|r| r["tid"] == outside), "--tid let other threads in: {waits:#?}");
+    let wait = waits.iter().find(|r| r["tid"] == outside).unwrap();
+    let user_stack = wait["user_stack"].as_array().expect("a user stack with --user-stacks");
+    assert!(
+        user_stack.iter().all(|frame| frame.as_str().is_some_and(|f| f.starts_with("0x")))
+            && !user_stack.is_empty(),
+        "user stack {user_stack:?}"
+    );
+}
