@@ -10,7 +10,7 @@
 pub mod fuse;
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
@@ -203,11 +203,7 @@ pub struct Pileup {
 impl Pileup {
     /// Holds the mount and starts `n` + 1 `stat` processes on a missing name.
     pub fn start(mount: &fuse::FuseMount, n: usize) -> Pileup {
-        let target = mount.path().join("missing");
-        mount.hold();
-        let mut children = Children::default();
-        let owner = children.spawn(Command::new("stat").arg(&target));
-        wait_for_state(owner, 'S', Duration::from_secs(10));
+        let (target, owner, mut children) = hold_with_owner(mount);
         let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
         for &pid in &stuck {
             wait_for_state(pid, 'D', Duration::from_secs(10));
@@ -217,10 +213,84 @@ impl Pileup {
     }
 }
 
+/// Holds the mount and starts the task that waits for the server (in S), which
+/// every later lookup of the same name piles up behind: returns the name, the
+/// owner's pid and the owner.
+fn hold_with_owner(mount: &fuse::FuseMount) -> (PathBuf, u32, Children) {
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut children = Children::default();
+    let owner = children.spawn(Command::new("stat").arg(&target));
+    wait_for_state(owner, 'S', Duration::from_secs(10));
+    (target, owner, children)
+}
+
+/// Tasks that pile up in D behind a held FUSE mount when told to, so that their
+/// pids are known before they block (a filter can name them): each is a shell
+/// waiting on its stdin that then `exec`s `stat` (same pid, comm `stat`).
+pub struct GatedPileup {
+    /// The task that waits for the server (in S).
+    pub owner: u32,
+    _owner: Children,
+    gated: Vec<Child>,
+}
+
+impl GatedPileup {
+    /// Holds the mount, starts the owner and `n` gated tasks, not yet blocked.
+    pub fn prepare(mount: &fuse::FuseMount, n: usize) -> GatedPileup {
+        let (target, owner, owner_child) = hold_with_owner(mount);
+        let gated = (0..n)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", r#"read go; exec stat "$0""#])
+                    .arg(&target)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn sh")
+            })
+            .collect();
+        GatedPileup { owner, _owner: owner_child, gated }
+    }
+
+    /// The gated tasks' pids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.gated.iter().map(Child::id).collect()
+    }
+
+    /// Lets every gated task go and waits until each is in D.
+    pub fn block(&mut self) {
+        for child in &mut self.gated {
+            child.stdin.take().expect("stdin").write_all(b"go\n").expect("write");
+        }
+        for pid in self.pids() {
+            wait_for_state(pid, 'D', Duration::from_secs(10));
+        }
+    }
+
+    /// Releases the mount and waits for every gated task to end.
+    pub fn release(&mut self, mount: &fuse::FuseMount) {
+        mount.release();
+        for child in &mut self.gated {
+            child.wait().expect("stat ends");
+        }
+    }
+}
+
+impl Drop for GatedPileup {
+    fn drop(&mut self) {
+        for child in &mut self.gated {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The state letter of a task (`/proc/PID/stat`), if it exists.
 pub fn task_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+    dstrace::procfs::parse_stat(&stat).map(|stat| stat.state)
 }
 
 /// Waits until a task is in `state` and blocked in FUSE or the dcache (not still

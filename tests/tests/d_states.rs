@@ -22,13 +22,11 @@ fn waits(records: &[Value]) -> impl Iterator<Item = &Value> {
     records.iter().filter(|r| r["type"] == "wait")
 }
 
-/// Whether `pid` is a kernel thread (a child of kthreadd, or kthreadd itself).
+/// Whether `pid` is a kernel thread (`PF_KTHREAD` in its flags).
 fn is_kernel_thread(pid: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // Fields after the command's closing parenthesis: state, ppid, ...
-    let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-    let ppid: u64 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(1);
-    pid == 2 || ppid == 2
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    dstrace::procfs::parse_stat(&stat).is_some_and(|stat| stat.flags & PF_KTHREAD != 0)
 }
 
 #[test]

@@ -2,18 +2,13 @@
 //! ongoing waits whose age grows, filters, and drops made on purpose.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::Write as _,
-    process::{Child, Command, Stdio},
-    thread::sleep,
-    time::Duration,
-};
+use std::{thread::sleep, time::Duration};
 
 use dstrace::{
     clock::monotonic_ns,
     loader::{Filters, Options, Tracer},
 };
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, wait_for_state, Children, Dstrace, Pileup};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Dstrace, GatedPileup, Pileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -94,70 +89,24 @@ fn an_ongoing_wait_is_tracked_and_its_age_grows() {
     assert!(find().is_none(), "pid {pid} still tracked after its wait ended");
 }
 
-/// A process that waits on its stdin, then `exec`s `stat path`: its pid is known
-/// before it blocks, so a filter can name it.
-struct Gated(Child);
-
-impl Gated {
-    fn spawn(path: &std::path::Path) -> Gated {
-        let child = Command::new("sh")
-            .args(["-c", r#"read go; exec stat "$0""#])
-            .arg(path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sh");
-        Gated(child)
-    }
-
-    fn go(&mut self) {
-        self.0.stdin.take().expect("stdin").write_all(b"go\n").expect("write");
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn filters_cut_what_they_say() {
     if !require_root("filters_cut_what_they_say") {
         return;
     }
     let mount = FuseMount::new("filters").expect("mount the test filesystem");
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut owner = Children::default();
-    let owner_pid = owner.spawn(Command::new("stat").arg(&target));
-    wait_for_state(owner_pid, 'S', Duration::from_secs(10));
-    let mut wanted = Gated::spawn(&target);
-    let mut unwanted = Gated::spawn(&target);
+    let mut pileup = GatedPileup::prepare(&mount, 2);
+    let [wanted, unwanted] = pileup.pids()[..] else { unreachable!() };
 
-    let pid_arg = wanted.pid().to_string();
+    let pid_arg = wanted.to_string();
     let mut by_pid = Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--pid", &pid_arg]);
     by_pid.wait_for_line(START_TIMEOUT, is_start);
     let mut by_comm = Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--comm", "stat"]);
     by_comm.wait_for_line(START_TIMEOUT, is_start);
 
-    wanted.go();
-    unwanted.go();
-    wait_for_state(wanted.pid(), 'D', Duration::from_secs(10));
-    wait_for_state(unwanted.pid(), 'D', Duration::from_secs(10));
+    pileup.block();
     sleep(Duration::from_millis(500));
-    mount.release();
-    for gated in [&mut wanted, &mut unwanted] {
-        gated.0.wait().expect("stat ends");
-    }
-    let wanted = wanted.pid();
-    let unwanted = unwanted.pid();
+    pileup.release(&mount);
     let seen =
         |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
     by_pid.wait_until(Duration::from_secs(10), seen(wanted));
@@ -255,35 +204,23 @@ fn cgroup_and_tid_filters_and_user_stacks() {
         return;
     }
     let mount = FuseMount::new("cgroup").expect("mount the test filesystem");
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut owner = Children::default();
-    let owner_pid = owner.spawn(Command::new("stat").arg(&target));
-    wait_for_state(owner_pid, 'S', Duration::from_secs(10));
-    let mut inside = Gated::spawn(&target);
-    let mut outside = Gated::spawn(&target);
+    let mut pileup = GatedPileup::prepare(&mount, 2);
+    let [inside, outside] = pileup.pids()[..] else { unreachable!() };
     let cgroup = TestCgroup::new("filter");
-    cgroup.add(inside.pid());
+    cgroup.add(inside);
 
     let cgroup_arg = cgroup.0.display().to_string();
     let mut by_cgroup =
         Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--cgroup", &cgroup_arg]);
     by_cgroup.wait_for_line(START_TIMEOUT, is_start);
-    let tid_arg = outside.pid().to_string();
+    let tid_arg = outside.to_string();
     let mut by_tid =
         Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--tid", &tid_arg, "--user-stacks"]);
     by_tid.wait_for_line(START_TIMEOUT, is_start);
 
-    inside.go();
-    outside.go();
-    wait_for_state(inside.pid(), 'D', Duration::from_secs(10));
-    wait_for_state(outside.pid(), 'D', Duration::from_secs(10));
+    pileup.block();
     sleep(Duration::from_millis(500));
-    mount.release();
-    for gated in [&mut inside, &mut outside] {
-        gated.0.wait().expect("stat ends");
-    }
-    let (inside, outside) = (inside.pid(), outside.pid());
+    pileup.release(&mount);
     let seen =
         |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
     by_cgroup.wait_until(Duration::from_secs(10), seen(inside));
