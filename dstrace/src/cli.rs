@@ -53,6 +53,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Every this long (e.g. 10s), also print blocked time by process and function
+    /// for the last interval, from the in-kernel aggregation; default: only at the end.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
     /// Also trace TASK_IDLE waits (idle kernel threads, not counted in the load).
     #[arg(long)]
     pub include_idle: bool,

@@ -7,6 +7,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write},
+    time::SystemTime,
 };
 
 use dstrace_common::Counter;
@@ -175,6 +176,60 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    /// Completed waits of the last interval, grouped (`--interval`).
+    pub fn interval(&mut self, end: SystemTime, seconds: f64, groups: &[Group]) -> io::Result<()> {
+        match self.format {
+            Format::Text { .. } => {
+                writeln!(
+                    self.out,
+                    "-- {} blocked time in the last {seconds:.1}s, by process and function:",
+                    local_time_of_day(end)
+                )?;
+                if groups.is_empty() {
+                    writeln!(self.out, "  (no D wait ended)")?;
+                } else {
+                    self.groups_table(groups)?;
+                }
+            }
+            Format::Json => {
+                let record = serde_json::json!({
+                    "type": "interval",
+                    "end": rfc3339_utc(end),
+                    "seconds": seconds,
+                    "groups": json_groups(groups),
+                });
+                serde_json::to_writer(&mut self.out, &record)?;
+                writeln!(self.out)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn groups_table(&mut self, groups: &[Group]) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
+            "PID", "COMM", "BLOCKED IN", "COUNT", "TOTAL", "MAX", "P99<="
+        )?;
+        for group in groups.iter().take(TEXT_GROUPS) {
+            writeln!(
+                self.out,
+                "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
+                group.pid,
+                escape(&group.comm),
+                escape(&group.blocked_in),
+                group.totals.count,
+                human_duration(group.totals.total_ns),
+                human_duration(group.totals.max_ns),
+                human_duration(group.totals.quantile_ns(0.99)),
+            )?;
+        }
+        if groups.len() > TEXT_GROUPS {
+            writeln!(self.out, "  ... {} more (--json lists all)", groups.len() - TEXT_GROUPS)?;
+        }
+        Ok(())
+    }
+
     /// The end-of-run summary.
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         match self.format {
@@ -182,31 +237,7 @@ impl<W: Write> Printer<W> {
                 if !summary.groups.is_empty() {
                     writeln!(self.out)?;
                     writeln!(self.out, "Blocked time by process and function (every completed wait):")?;
-                    writeln!(
-                        self.out,
-                        "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
-                        "PID", "COMM", "BLOCKED IN", "COUNT", "TOTAL", "MAX", "P99<="
-                    )?;
-                    for group in summary.groups.iter().take(TEXT_GROUPS) {
-                        writeln!(
-                            self.out,
-                            "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
-                            group.pid,
-                            escape(&group.comm),
-                            escape(&group.blocked_in),
-                            group.totals.count,
-                            human_duration(group.totals.total_ns),
-                            human_duration(group.totals.max_ns),
-                            human_duration(group.totals.quantile_ns(0.99)),
-                        )?;
-                    }
-                    if summary.groups.len() > TEXT_GROUPS {
-                        writeln!(
-                            self.out,
-                            "  ... {} more (--json lists all)",
-                            summary.groups.len() - TEXT_GROUPS
-                        )?;
-                    }
+                    self.groups_table(&summary.groups)?;
                 }
                 if !summary.ongoing.is_empty() {
                     writeln!(self.out)?;
@@ -224,21 +255,7 @@ impl<W: Write> Printer<W> {
                     .iter()
                     .map(|&(counter, n)| (counter.name().to_owned(), n.into()))
                     .collect();
-                let groups: Vec<serde_json::Value> = summary
-                    .groups
-                    .iter()
-                    .map(|group| {
-                        serde_json::json!({
-                            "pid": group.pid,
-                            "comm": group.comm,
-                            "blocked_in": group.blocked_in,
-                            "count": group.totals.count,
-                            "total_ns": group.totals.total_ns,
-                            "max_ns": group.totals.max_ns,
-                            "hist_log2_us": group.totals.hist,
-                        })
-                    })
-                    .collect();
+                let groups = json_groups(&summary.groups);
                 let ongoing: Vec<JsonWait<'_>> = summary.ongoing.iter().map(JsonWait::of).collect();
                 let record = serde_json::json!({
                     "type": "summary",
@@ -255,6 +272,24 @@ impl<W: Write> Printer<W> {
         }
         self.out.flush()
     }
+}
+
+/// Groups as JSON values.
+fn json_groups(groups: &[Group]) -> Vec<serde_json::Value> {
+    groups
+        .iter()
+        .map(|group| {
+            serde_json::json!({
+                "pid": group.pid,
+                "comm": group.comm,
+                "blocked_in": group.blocked_in,
+                "count": group.totals.count,
+                "total_ns": group.totals.total_ns,
+                "max_ns": group.totals.max_ns,
+                "hist_log2_us": group.totals.hist,
+            })
+        })
+        .collect()
 }
 
 /// `comm[tid]`, with `[interrupt]` for a wake-up from the idle task.

@@ -16,8 +16,10 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+use dstrace_common::AggKey;
+
 use crate::{
-    aggregate::{group, Aggregator},
+    aggregate::{group, Aggregator, Group, Totals},
     cli::RunArgs,
     clock::{duration_ns, monotonic_ns, Clock},
     events::decode_wait,
@@ -109,12 +111,8 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         .extend(waits_in_proc(options, &sink.clock).into_iter().filter(|wait| !traced.contains(&wait.tid)));
     ongoing.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
 
-    let entries = Aggregator::default().delta(tracer.aggregates());
-    let stacks = &mut sink.stacks;
-    let groups = group(&entries, |id| {
-        let stack = stacks.kernel(&tracer.stacks, id);
-        blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
-    });
+    // The kernel's counters started at zero: one full read is the whole run.
+    let groups = grouped(&Aggregator::default().delta(tracer.aggregates()), &tracer, &mut sink.stacks);
     let summary = Summary {
         shown: sink.shown,
         min_duration_ns,
@@ -175,6 +173,13 @@ async fn stream<W: Write>(
     let mut drop_check = tokio::time::interval(DROP_CHECK_INTERVAL);
     drop_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drops_seen = 0u64;
+    let mut interval = args.interval.filter(|d| !d.is_zero()).map(|period| {
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    });
+    let mut interval_aggregator = Aggregator::default();
+    let mut interval_start = Instant::now();
 
     let already = waits_in_proc(options, &sink.clock);
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
@@ -186,6 +191,12 @@ async fn stream<W: Write>(
             _ = sleep_until(deadline) => break,
             _ = drop_check.tick() => {
                 drops_seen = report_new_drops(tracer, drops_seen);
+            }
+            _ = next_tick(interval.as_mut()) => {
+                let groups = grouped(&interval_aggregator.delta(tracer.aggregates()), tracer, &mut sink.stacks);
+                let seconds = interval_start.elapsed().as_secs_f64();
+                interval_start = Instant::now();
+                sink.printer.interval(std::time::SystemTime::now(), seconds, &groups)?;
             }
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
@@ -223,6 +234,24 @@ fn report_new_drops(tracer: &Tracer, seen: u64) -> u64 {
         eprintln!("dstrace: warning: the kernel side lost data{}", drops_text(&summary));
     }
     total
+}
+
+/// Aggregated entries grouped by process and blocking function.
+fn grouped(entries: &[(AggKey, Totals)], tracer: &Tracer, stacks: &mut Stacks) -> Vec<Group> {
+    group(entries, |id| {
+        let stack = stacks.kernel(&tracer.stacks, id);
+        blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
+    })
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -95,7 +95,7 @@ impl Dstrace {
 
     /// Waits until every line printed so far satisfies `done`; panics after
     /// `timeout` or if dstrace ends first.
-    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[String]) -> bool) {
+    pub fn wait_until(&mut self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -245,3 +245,61 @@ fn cgroup_and_tid_filters_and_user_stacks() {
         "user stack {user_stack:?}"
     );
 }
+
+/// `--interval` drains the in-kernel aggregation on an interval: each interval
+/// reports the waits that ended in it.
+#[test]
+fn interval_reports_drain_the_aggregation() {
+    if !require_root("interval_reports_drain_the_aggregation") {
+        return;
+    }
+    let mount = FuseMount::new("interval").expect("mount the test filesystem");
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--interval", "1s"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    let pileup = Pileup::start(&mount, 2);
+    sleep(Duration::from_millis(300));
+    mount.release();
+    let stuck = pileup.stuck.clone();
+    drop(pileup);
+    // Until an interval report names every stuck pid, then one more interval, so
+    // that a waiter's short second wait (it looks the name up again) is in too.
+    let intervals = |lines: &[String]| lines.iter().filter(|l| l.contains(r#""type":"interval""#)).count();
+    let reported = |lines: &[String]| {
+        stuck.iter().all(|pid| {
+            lines
+                .iter()
+                .any(|l| l.contains(r#""type":"interval""#) && l.contains(&format!(r#""pid":{pid},"#)))
+        })
+    };
+    let mut seen_at = None;
+    dstrace.wait_until(Duration::from_secs(10), |lines| {
+        if seen_at.is_none() && reported(lines) {
+            seen_at = Some(intervals(lines));
+        }
+        seen_at.is_some_and(|n| intervals(lines) > n)
+    });
+    let (_, lines) = dstrace.interrupt();
+    let records = json_lines(&lines);
+    let reports: Vec<&Value> = of_type(&records, "interval").collect();
+    for pid in &stuck {
+        let counted: u64 = reports
+            .iter()
+            .flat_map(|r| r["groups"].as_array().unwrap())
+            .filter(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum();
+        let total = records.last().unwrap()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum::<u64>();
+        assert!(counted >= 1, "pid {pid} in no interval report: {reports:#?}");
+        assert_eq!(counted, total, "intervals and the whole run disagree for pid {pid}");
+    }
+    for report in &reports {
+        let seconds = report["seconds"].as_f64().unwrap();
+        assert!(seconds > 0.5 && seconds < 5.0, "an interval of {seconds} s");
+    }
+}
