@@ -54,6 +54,11 @@ pub mod names {
     pub const MAP_FILTER_CGROUPS: &str = "FILTER_CGROUPS";
     /// See [`MAP_FILTER_TGIDS`].
     pub const MAP_FILTER_COMMS: &str = "FILTER_COMMS";
+    /// Syscall number -> which arguments name a path and a file descriptor
+    /// ([`crate::syscall_args`]), written by userspace for the running architecture.
+    pub const MAP_SYSCALL_ARGS: &str = "SYSCALL_ARGS";
+    /// Per-CPU scratch space where a wait record is built (too large for the stack).
+    pub const MAP_SCRATCH: &str = "SCRATCH";
     /// The [`crate::Config`] global, set at load time.
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     /// Number of entries in `INFLIGHT` (an upper bound), a `.bss` global that lets
@@ -61,7 +66,9 @@ pub mod names {
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 10] = [
+    pub const MAPS: [&str; 12] = [
+        MAP_SYSCALL_ARGS,
+        MAP_SCRATCH,
         MAP_INFLIGHT,
         MAP_STACKS,
         MAP_EVENTS,
@@ -95,6 +102,8 @@ pub mod limits {
     pub const AGG_ENTRIES: u32 = 10_240;
     /// Entries of each filter set.
     pub const FILTER_ENTRIES: u32 = 64;
+    /// Syscall numbers described in `SYSCALL_ARGS`.
+    pub const SYSCALLS: u32 = 1024;
 }
 
 /// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
@@ -109,6 +118,87 @@ pub const CONFIG_FILTER_TID: u32 = 1 << 3;
 pub const CONFIG_FILTER_CGROUP: u32 = 1 << 4;
 /// `Config::flags`: only tasks whose comm is in `FILTER_COMMS`.
 pub const CONFIG_FILTER_COMM: u32 = 1 << 5;
+
+/// `Config::flags`: `Config::offsets` are set: record what the syscall in
+/// progress names (Linux 5.18+ program only: it needs `bpf_task_pt_regs`).
+pub const CONFIG_SYSCALL_TARGET: u32 = 1 << 6;
+
+/// Byte offsets of the kernel fields the kernel side reads to learn what a task's
+/// syscall names, all from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `pt_regs` field holding the syscall number (`orig_ax` on x86-64).
+    pub regs_syscall_nr: u32,
+    /// `pt_regs` fields holding the six syscall arguments.
+    pub regs_args: [u32; 6],
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+
+impl Offsets {
+    /// All zero: unknown.
+    pub const UNSET: Offsets = Offsets {
+        regs_syscall_nr: 0,
+        regs_args: [0; 6],
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        inode_sb: 0,
+        inode_ino: 0,
+        sb_dev: 0,
+        _pad: 0,
+    };
+}
+
+/// A `SYSCALL_ARGS` entry: which argument (0-5) of a syscall is a path and which a
+/// file descriptor. Each is stored plus one, so that 0 (a syscall not described)
+/// means neither.
+pub const fn syscall_args(path_arg: Option<u8>, fd_arg: Option<u8>) -> u8 {
+    let path = match path_arg {
+        Some(i) => (i & 0x7) + 1,
+        None => 0,
+    };
+    let fd = match fd_arg {
+        Some(i) => (i & 0x7) + 1,
+        None => 0,
+    };
+    path | (fd << 4)
+}
+
+/// The path and fd argument indexes of a [`syscall_args`] entry.
+#[inline(always)]
+pub const fn syscall_arg_indexes(entry: u8) -> (Option<u8>, Option<u8>) {
+    (arg_index(entry & 0xf), arg_index(entry >> 4))
+}
+
+#[inline(always)]
+const fn arg_index(stored: u8) -> Option<u8> {
+    if stored == 0 {
+        None
+    } else {
+        Some(stored - 1)
+    }
+}
 
 /// Settings the kernel side reads, written once into `.rodata` at load time.
 ///
@@ -128,13 +218,21 @@ pub struct Config {
     pub flags: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Offsets for [`CONFIG_SYSCALL_TARGET`].
+    pub offsets: Offsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
-    pub const UNSET: Config =
-        Config { min_duration_ns: u64::MAX, task_pid_offset: 0, task_state_offset: 0, flags: 0, _pad: 0 };
+    pub const UNSET: Config = Config {
+        min_duration_ns: u64::MAX,
+        task_pid_offset: 0,
+        task_state_offset: 0,
+        flags: 0,
+        _pad: 0,
+        offsets: Offsets::UNSET,
+    };
 }
 
 /// Who woke a task out of D (set by `sched_waking`; zero until then).
@@ -187,6 +285,34 @@ impl Cause {
     pub const NONE: Cause = Cause { kind: CAUSE_NONE, flags: 0, key: 0, dev: 0, _pad: 0, ino: 0 };
 }
 
+/// Bytes of a path kept from a syscall argument.
+pub const PATH_LEN: usize = 128;
+
+/// What the syscall in progress names, read when the task enters D.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The syscall number, or -1 when unknown (not recorded, or not in a syscall).
+    pub syscall: i32,
+    /// Its file descriptor argument, or -1.
+    pub fd: i32,
+    /// Device number (`s_dev`, kernel encoding) of that file's filesystem, or 0.
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Inode number of that file, or 0.
+    pub ino: u64,
+    /// Its path argument as the task passed it (maybe relative), NUL-terminated;
+    /// empty when none or unreadable.
+    pub path: [u8; PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Target>() == 24 + PATH_LEN);
+
+impl Target {
+    /// Nothing known.
+    pub const NONE: Target = Target { syscall: -1, fd: -1, dev: 0, _pad: 0, ino: 0, path: [0; PATH_LEN] };
+}
+
 /// A task in D now: the value of `INFLIGHT`, keyed by tid; also the body of a
 /// completed wait ([`WaitEvent`]).
 #[repr(C)]
@@ -211,8 +337,10 @@ pub struct InFlight {
     pub waker: Waker,
     /// What it waits on.
     pub cause: Cause,
+    /// What its syscall names.
+    pub target: Target,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 120);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 120 + 24 + PATH_LEN);
 
 /// A stack id that means "not recorded" (distinct from every negative errno).
 pub const NO_STACK: i32 = i32::MIN;
@@ -230,7 +358,7 @@ pub struct WaitEvent {
     /// Explicit padding.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<WaitEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<WaitEvent>() == core::mem::size_of::<InFlight>() + 16);
 
 /// The key of in-kernel aggregation: completed waits with the same process,
 /// command, kernel stack and cause are counted together.
@@ -427,6 +555,16 @@ mod tests {
             assert_eq!(hist_bucket(floor), bucket);
             assert_eq!(hist_bucket(floor - 1000), bucket - 1);
         }
+    }
+
+    #[test]
+    fn syscall_arg_entries_round_trip() {
+        for path in [None, Some(0), Some(1), Some(5)] {
+            for fd in [None, Some(0), Some(4)] {
+                assert_eq!(syscall_arg_indexes(syscall_args(path, fd)), (path, fd));
+            }
+        }
+        assert_eq!(syscall_arg_indexes(0), (None, None));
     }
 
     #[test]

@@ -42,17 +42,19 @@ use core::{
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_user_str,
+        generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext as _, BtfTracePointContext},
 };
 use dstrace_common::{
-    hist_bucket, limits, AggKey, AggValue, Cause, Config, Counter, InFlight, WaitEvent, Waker, COMM_LEN,
-    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE,
-    CONFIG_USER_STACKS, NO_STACK, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, InFlight, Target,
+    WaitEvent, Waker, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID,
+    CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, NO_STACK, PATH_LEN,
+    TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -78,6 +80,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map(name = "AGG")]
 static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
 
+/// Syscall number -> `dstrace_common::syscall_args` (path and fd argument indexes).
+#[map(name = "SYSCALL_ARGS")]
+static SYSCALL_ARGS: Array<u8> = Array::with_max_entries(limits::SYSCALLS, 0);
+
+/// Where a wait record is built before it is inserted (too large for the stack).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+
 /// A zeroed value to create `AGG` entries from (too large for the BPF stack).
 #[map(name = "AGG_ZERO")]
 static AGG_ZERO: Array<AggValue> = Array::with_max_entries(1, 0);
@@ -101,7 +111,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 1 == 0 {
         let prev_state: u64 = ctx.arg(3);
-        on_switch_out(&ctx, prev_state as u32);
+        on_switch_out::<true>(&ctx, prev_state as u32);
     }
     on_switch_in(&ctx);
     0
@@ -117,7 +127,7 @@ pub fn sched_switch_pre518(ctx: BtfTracePointContext) -> u32 {
         // `state` was a `long` before 5.14 and is an `unsigned int` since; the low
         // 32 bits hold every `TASK_*` bit on a little-endian machine either way.
         match read_u32(prev, config_u32(&CONFIG.task_state_offset)) {
-            Some(state) => on_switch_out(&ctx, state),
+            Some(state) => on_switch_out::<false>(&ctx, state),
             None => count(Counter::DropReadFailed),
         }
     }
@@ -170,9 +180,11 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `prev` (the current task) is switched out in `state`.
+/// `prev` (the current task) is switched out in `state`. `TARGETS`: whether the
+/// program may record the syscall target (`bpf_task_pt_regs` exists since 5.15, so
+/// only the 5.18+ program has it: the other never contains the call).
 #[inline(always)]
-fn on_switch_out(ctx: &BtfTracePointContext, state: u32) {
+fn on_switch_out<const TARGETS: bool>(ctx: &BtfTracePointContext, state: u32) {
     if state & TASK_UNINTERRUPTIBLE == 0 {
         return;
     }
@@ -180,12 +192,12 @@ fn on_switch_out(ctx: &BtfTracePointContext, state: u32) {
     if state & TASK_NOLOAD != 0 && flags & CONFIG_INCLUDE_IDLE == 0 {
         return;
     }
-    record_wait_start(ctx, state, flags);
+    record_wait_start::<TARGETS>(ctx, state, flags);
 }
 
 /// The slow path of a switch-out: the current task enters D.
 #[inline(always)]
-fn record_wait_start(ctx: &BtfTracePointContext, state: u32, flags: u32) {
+fn record_wait_start<const TARGETS: bool>(ctx: &BtfTracePointContext, state: u32, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
@@ -195,21 +207,32 @@ fn record_wait_start(ctx: &BtfTracePointContext, state: u32, flags: u32) {
     if !wanted(flags, tid, tgid, cgroup_id, &comm) {
         return;
     }
-    let kstack_id = stack_id(ctx, 0);
-    let ustack_id =
+    let Some(wait) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+    let wait = unsafe { &mut *wait };
+    wait.start_ns = now_ns();
+    wait.cgroup_id = cgroup_id;
+    wait.tgid = tgid;
+    wait.kstack_id = stack_id(ctx, 0);
+    wait.ustack_id =
         if flags & CONFIG_USER_STACKS != 0 { stack_id(ctx, u64::from(BPF_F_USER_STACK)) } else { NO_STACK };
-    let wait = InFlight {
-        start_ns: now_ns(),
-        cgroup_id,
-        tgid,
-        kstack_id,
-        ustack_id,
-        state,
-        comm,
-        waker: Waker { at_ns: 0, tid: 0, tgid: 0, kstack_id: NO_STACK, _pad: 0, comm: [0; COMM_LEN] },
-        cause: Cause::NONE,
-    };
-    match INFLIGHT.insert(tid, wait, 0) {
+    wait.state = state;
+    wait.comm = comm;
+    wait.waker = Waker { at_ns: 0, tid: 0, tgid: 0, kstack_id: NO_STACK, _pad: 0, comm: [0; COMM_LEN] };
+    wait.cause = Cause::NONE;
+    wait.target.syscall = -1;
+    wait.target.fd = -1;
+    wait.target.dev = 0;
+    wait.target.ino = 0;
+    wait.target.path[0] = 0;
+    if TARGETS && flags & CONFIG_SYSCALL_TARGET != 0 {
+        record_target(&mut wait.target);
+    }
+    // By reference: the record stays in the scratch map; a copy would go through
+    // the 512-byte BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = INFLIGHT.insert(tid, &*wait, 0);
+    match inserted {
         Ok(()) => {
             // SAFETY: an atomic add on a valid, aligned global; the result is unused,
             // so it is the plain `lock +=` that every BPF kernel accepts.
@@ -218,6 +241,86 @@ fn record_wait_start(ctx: &BtfTracePointContext, state: u32, flags: u32) {
         }
         Err(_) => count(Counter::DropInflightFull),
     }
+}
+
+/// Notes what the current task's syscall names: its file descriptor argument (and
+/// that file's device and inode) and its path argument.
+#[inline(always)]
+fn record_target(target: &mut Target) {
+    let offsets = &CONFIG.offsets;
+    // SAFETY: the helpers take the current task, a trusted BTF pointer.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return;
+    }
+    let Some(nr) = read_u64(regs, config_u32(&offsets.regs_syscall_nr)) else { return };
+    let nr = nr as i64;
+    if nr < 0 || nr >= i64::from(limits::SYSCALLS) {
+        return;
+    }
+    target.syscall = nr as i32;
+    let Some(&args) = SYSCALL_ARGS.get(nr as u32) else { return };
+    let (path_arg, fd_arg) = syscall_arg_indexes(args);
+    if let Some(fd) = arg(regs, fd_arg) {
+        let fd = fd as i32;
+        target.fd = fd;
+        if fd >= 0 {
+            if let Some((dev, ino)) = file_of(fd as u32) {
+                target.dev = dev;
+                target.ino = ino;
+            }
+        }
+    }
+    if let Some(path) = arg(regs, path_arg) {
+        // SAFETY: a read of the current task's memory through the helper, which
+        // never faults and stops at the end of the buffer.
+        unsafe {
+            bpf_probe_read_user_str(
+                target.path.as_mut_ptr().cast(),
+                PATH_LEN as u32,
+                path as *const core::ffi::c_void,
+            )
+        };
+    }
+}
+
+/// Syscall argument `index` (0-5) from the saved user registers; `None` for no
+/// argument or a failed read.
+#[inline(always)]
+fn arg(regs: *const u8, index: Option<u8>) -> Option<u64> {
+    let offsets = &CONFIG.offsets.regs_args;
+    let offset = match index? {
+        0 => config_u32(&offsets[0]),
+        1 => config_u32(&offsets[1]),
+        2 => config_u32(&offsets[2]),
+        3 => config_u32(&offsets[3]),
+        4 => config_u32(&offsets[4]),
+        5 => config_u32(&offsets[5]),
+        _ => return None,
+    };
+    read_u64(regs, offset)
+}
+
+/// Device and inode of the current task's file descriptor `fd`:
+/// `current->files->fdt->fd[fd]->f_inode->{i_sb->s_dev, i_ino}`.
+#[inline(always)]
+fn file_of(fd: u32) -> Option<(u32, u64)> {
+    let offsets = &CONFIG.offsets;
+    // SAFETY: the helper takes no argument.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let files = read_ptr(task, config_u32(&offsets.task_files))?;
+    let fdt = read_ptr(files, config_u32(&offsets.files_fdt))?;
+    let max_fds = read_u32(fdt, config_u32(&offsets.fdt_max_fds))?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds = read_ptr(fdt, config_u32(&offsets.fdt_fd))?;
+    let file = read_ptr(fds, fd * 8)?;
+    let inode = read_ptr(file, config_u32(&offsets.file_inode))?;
+    let sb = read_ptr(inode, config_u32(&offsets.inode_sb))?;
+    let dev = read_u32(sb, config_u32(&offsets.sb_dev))?;
+    let ino = read_u64(inode, config_u32(&offsets.inode_ino))?;
+    Some((dev, ino))
 }
 
 /// Whether the filters (`--pid`, `--tid`, `--cgroup`, `--comm`) let this task in.
@@ -258,7 +361,16 @@ fn record_wait_end(ctx: &BtfTracePointContext) {
     if duration_ns >= config_u64(&CONFIG.min_duration_ns) {
         match EVENTS.reserve::<WaitEvent>(0) {
             Some(mut entry) => {
-                entry.write(WaitEvent { wait: *wait, end_ns, tid, _pad: 0 });
+                let event = entry.as_mut_ptr();
+                // SAFETY: a reserved ring buffer entry of the right size; every field
+                // is written before it is submitted. Copied field by field from the
+                // map entry, never through the (too small) stack.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(wait, &raw mut (*event).wait, 1);
+                    (*event).end_ns = end_ns;
+                    (*event).tid = tid;
+                    (*event)._pad = 0;
+                }
                 entry.submit(0);
                 count(Counter::WaitsStreamed);
             }
@@ -336,6 +448,19 @@ fn stack_id(ctx: &BtfTracePointContext, flags: u64) -> i32 {
 fn read_u32(base: *const u8, offset: u32) -> Option<u32> {
     // SAFETY: a read of kernel memory through the probe helper, which checks it.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u32>()) }.ok()
+}
+
+/// Reads a `u64` at `offset` bytes into a kernel object.
+#[inline(always)]
+fn read_u64(base: *const u8, offset: u32) -> Option<u64> {
+    // SAFETY: as in `read_u32`.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u64>()) }.ok()
+}
+
+/// Reads a non-null pointer at `offset` bytes into a kernel object.
+#[inline(always)]
+fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    read_u64(base, offset).filter(|&ptr| ptr != 0).map(|ptr| ptr as *const u8)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of every timestamp in the records.

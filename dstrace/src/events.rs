@@ -34,7 +34,7 @@ pub fn decode_wait(bytes: &[u8]) -> Result<WaitEvent, BadRecord> {
 
 #[cfg(test)]
 mod tests {
-    use dstrace_common::{Cause, InFlight, Waker, NO_STACK};
+    use dstrace_common::{Cause, InFlight, Target, Waker, NO_STACK};
 
     use super::*;
 
@@ -51,6 +51,7 @@ mod tests {
             comm,
             waker: Waker { at_ns: 5, tid: 3, tgid: 3, kstack_id: 8, _pad: 0, comm },
             cause: Cause::NONE,
+            target: Target::NONE,
         };
         WaitEvent { wait, end_ns: 2_000_000_010, tid: 42, _pad: 0 }
     }
@@ -69,14 +70,16 @@ mod tests {
         assert_eq!(&bytes[16..20], &41u32.to_le_bytes()); // tgid
         assert_eq!(&bytes[20..24], &7i32.to_le_bytes()); // kstack_id
         assert_eq!(&bytes[32..36], b"stat"); // comm
-        assert_eq!(&bytes[120..128], &2_000_000_010u64.to_le_bytes()); // end_ns
-        assert_eq!(&bytes[128..132], &42u32.to_le_bytes()); // tid
+        let end = size_of::<InFlight>();
+        assert_eq!(&bytes[end..end + 8], &2_000_000_010u64.to_le_bytes()); // end_ns
+        assert_eq!(&bytes[end + 8..end + 12], &42u32.to_le_bytes()); // tid
     }
 
     #[test]
     fn rejects_other_sizes() {
-        assert_eq!(decode_wait(&[0; 135]), Err(BadRecord { len: 135 }));
-        assert_eq!(decode_wait(&[0; 137]), Err(BadRecord { len: 137 }));
+        let size = size_of::<WaitEvent>();
+        assert_eq!(decode_wait(&vec![0; size - 1]), Err(BadRecord { len: size - 1 }));
+        assert_eq!(decode_wait(&vec![0; size + 1]), Err(BadRecord { len: size + 1 }));
         assert!(decode_wait(&[]).unwrap_err().to_string().contains("0 bytes"));
     }
 }

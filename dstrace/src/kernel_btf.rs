@@ -4,10 +4,12 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, BtfType as _, Type};
 
+use dstrace_common::Offsets;
+
 use crate::preflight::VMLINUX_BTF;
 
 /// Offsets and signatures of the running kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelLayout {
     /// Byte offset of `task_struct.pid`.
     pub task_pid_offset: u32,
@@ -15,6 +17,8 @@ pub struct KernelLayout {
     pub task_state_offset: u32,
     /// Whether `sched_switch` passes `prev_state` as an argument (Linux 5.18+).
     pub sched_switch_has_state_arg: bool,
+    /// Offsets to read what a syscall names, or why they are unknown.
+    pub target_offsets: Result<Offsets, String>,
 }
 
 impl KernelLayout {
@@ -31,7 +35,49 @@ impl KernelLayout {
         // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
         //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
         let params = tracepoint_params(btf, "sched_switch")?;
-        Ok(KernelLayout { task_pid_offset, task_state_offset, sched_switch_has_state_arg: params >= 5 })
+        Ok(KernelLayout {
+            task_pid_offset,
+            task_state_offset,
+            sched_switch_has_state_arg: params >= 5,
+            target_offsets: target_offsets(btf).map_err(|err| format!("{err:#}")),
+        })
+    }
+}
+
+/// The offsets the kernel side needs to read a task's syscall and the file behind a
+/// file descriptor, for this machine's architecture.
+pub fn target_offsets(btf: &Btf) -> Result<Offsets> {
+    let (regs_syscall_nr, regs_args) = syscall_registers(btf)?;
+    Ok(Offsets {
+        regs_syscall_nr,
+        regs_args,
+        task_files: member_offset(btf, "task_struct", &["files"])?,
+        files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
+        fdt_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
+        fdt_fd: member_offset(btf, "fdtable", &["fd"])?,
+        file_inode: member_offset(btf, "file", &["f_inode"])?,
+        inode_sb: member_offset(btf, "inode", &["i_sb"])?,
+        inode_ino: member_offset(btf, "inode", &["i_ino"])?,
+        sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
+        _pad: 0,
+    })
+}
+
+/// Where `struct pt_regs` keeps the syscall number and its six arguments.
+fn syscall_registers(btf: &Btf) -> Result<(u32, [u32; 6])> {
+    let field = |name: &str| member_offset(btf, "pt_regs", &[name]);
+    match std::env::consts::ARCH {
+        "x86_64" => Ok((
+            field("orig_ax")?,
+            [field("di")?, field("si")?, field("dx")?, field("r10")?, field("r8")?, field("r9")?],
+        )),
+        "aarch64" => {
+            // The first argument is also in orig_x0; regs[0] is overwritten by the
+            // return value only when the syscall returns.
+            let regs = field("regs")?;
+            Ok((field("syscallno")?, [0, 1, 2, 3, 4, 5].map(|i| regs + 8 * i)))
+        }
+        arch => bail!("reading syscall arguments is not supported on {arch}"),
     }
 }
 
@@ -121,5 +167,7 @@ mod tests {
         assert!(layout.task_pid_offset > 0 && layout.task_pid_offset < 16384);
         assert!(layout.task_state_offset < layout.task_pid_offset);
         assert!(member_offset(&btf, "task_struct", &["no_such_member"]).is_err());
+        let offsets = layout.target_offsets.unwrap();
+        assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
     }
 }

@@ -10,6 +10,7 @@
 //! * [`events`]: decodes what the kernel side streams;
 //! * [`procfs`]: tasks in D now, read from /proc without hanging;
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
+//! * [`syscalls`] and [`attribution`]: which syscall, mount and file a wait concerns;
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
 //! * [`output`]: the sinks (text lines, JSON lines);
@@ -17,6 +18,7 @@
 //! * [`cli`] and [`run`]: the command line and the `run` command.
 
 pub mod aggregate;
+pub mod attribution;
 pub mod cli;
 pub mod clock;
 pub mod events;
@@ -29,3 +31,4 @@ pub mod procfs;
 pub mod record;
 pub mod run;
 pub mod symbols;
+pub mod syscalls;

@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use dstrace_common::{
-    limits, names, AggKey, AggValue, Config, Counter, InFlight, COMM_LEN, CONFIG_FILTER_CGROUP,
-    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_USER_STACKS,
+    limits, names, syscall_args, AggKey, AggValue, Config, Counter, InFlight, COMM_LEN, CONFIG_FILTER_CGROUP,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_SYSCALL_TARGET,
+    CONFIG_USER_STACKS,
 };
 
-use crate::{clock::duration_ns, kernel_btf::KernelLayout};
+use crate::{clock::duration_ns, kernel_btf::KernelLayout, syscalls};
 
 /// The eBPF object, built by `dstrace/build.rs` (never empty: the build checks it).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
@@ -96,6 +97,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Name of the `sched_switch` variant in use.
     pub program: &'static str,
+    /// What this kernel lacks and dstrace therefore does not record, one line each.
+    pub skipped: Vec<String>,
     /// Kernel stacks by id.
     pub stacks: StackTraceMap<MapData>,
     /// Per-CPU counters, indexed by [`Counter`].
@@ -119,7 +122,18 @@ impl Tracer {
     pub fn load_with_floors(options: &Options, floors: Option<FloorOrder>) -> Result<Tracer> {
         let layout = KernelLayout::from_running_kernel()?;
         let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
-        let config = config(&layout, options);
+        let mut skipped = Vec::new();
+        let mut config = config(&layout, options);
+        match (&layout.target_offsets, layout.sched_switch_has_state_arg) {
+            (Ok(offsets), true) => {
+                config.flags |= CONFIG_SYSCALL_TARGET;
+                config.offsets = *offsets;
+            }
+            (Err(why), _) => skipped.push(format!("mount and file of each wait: {why}")),
+            (Ok(_), false) => {
+                skipped.push("mount and file of each wait: needs Linux 5.18 or later".to_owned())
+            }
+        }
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
@@ -128,6 +142,7 @@ impl Tracer {
             .load(OBJECT)
             .context("cannot load the eBPF object")?;
         fill_filters(&mut ebpf, &options.filters)?;
+        fill_syscall_args(&mut ebpf)?;
 
         let program = if layout.sched_switch_has_state_arg {
             names::PROG_SCHED_SWITCH
@@ -151,7 +166,7 @@ impl Tracer {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)?;
         let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
-        Ok(Tracer { ebpf, program, stacks, counters, inflight, agg })
+        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg })
     }
 
     /// Total run time and run count of a loaded program, as the kernel accounts them
@@ -243,6 +258,18 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result
     Ok(())
 }
 
+/// Describes the syscalls whose arguments name a file (`crate::syscalls`).
+fn fill_syscall_args(ebpf: &mut Ebpf) -> Result<()> {
+    let map = names::MAP_SYSCALL_ARGS;
+    let mut args: Array<_, u8> =
+        Array::try_from(ebpf.map_mut(map).ok_or_else(|| anyhow!("the eBPF object has no map {map}"))?)?;
+    for syscall in syscalls::TABLE {
+        args.set(syscall.nr, syscall_args(syscall.path_arg, syscall.fd_arg), 0)
+            .with_context(|| format!("cannot describe the syscall {}", syscall.name))?;
+    }
+    Ok(())
+}
+
 /// Writes the filter sets into their maps.
 fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
     fill(ebpf, names::MAP_FILTER_TGIDS, &filters.tgids, "--pid")?;
@@ -279,6 +306,7 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
         task_state_offset: layout.task_state_offset,
         flags,
         _pad: 0,
+        offsets: dstrace_common::Offsets::UNSET,
     }
 }
 
@@ -313,8 +341,12 @@ mod tests {
 
     #[test]
     fn config_carries_layout_and_options() {
-        let layout =
-            KernelLayout { task_pid_offset: 2000, task_state_offset: 24, sched_switch_has_state_arg: true };
+        let layout = KernelLayout {
+            task_pid_offset: 2000,
+            task_state_offset: 24,
+            sched_switch_has_state_arg: true,
+            target_offsets: Err("not in this test".into()),
+        };
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };
         let config = config(&layout, &options);

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::{
     aggregate::Group,
+    attribution::Attribution,
     clock::{human_duration, local_time_of_day, rfc3339_utc},
     record::{Source, Wait, WakerInfo},
 };
@@ -95,8 +96,8 @@ impl<W: Write> Printer<W> {
     fn column_header(&mut self) -> io::Result<()> {
         writeln!(
             self.out,
-            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  WOKEN BY",
-            "TIME", "PID/TID", "COMM", "STATE", "DURATION", "BLOCKED IN"
+            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  {:<20}  ON",
+            "TIME", "PID/TID", "COMM", "STATE", "DURATION", "BLOCKED IN", "WOKEN BY"
         )
     }
 
@@ -143,7 +144,7 @@ impl<W: Write> Printer<W> {
         let waker = wait.waker.as_ref().map_or_else(|| "-".to_owned(), waker_name);
         writeln!(
             self.out,
-            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  {}",
+            "{:<15}  {:<15}  {:<16}  {:<10}  {:>9}  {:<28}  {:<20}  {}",
             time,
             format!("{}/{}", wait.pid, wait.tid),
             escape(&wait.comm),
@@ -151,6 +152,7 @@ impl<W: Write> Printer<W> {
             duration,
             escape(wait.blocked_in.as_deref().unwrap_or("?")),
             escape(&waker),
+            escape(&on_text(&wait.on)),
         )?;
         if stacks {
             self.text_stack(&wait.stack)?;
@@ -274,6 +276,37 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// Where a wait is, for people: `fuse.sshfs /mnt/x: /mnt/x/file (statx)`; `-`
+/// when nothing is known.
+fn on_text(on: &Attribution) -> String {
+    let mut text = String::new();
+    if let Some(mount) = &on.mount {
+        let _ = write!(text, "{} {}", mount.fs_type, mount.mount_point.display());
+    }
+    if let Some(file) = &on.file {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        match (&file.path, file.inode) {
+            (Some(path), _) => text.push_str(path),
+            (None, Some(inode)) => {
+                let _ = write!(text, "inode {inode}");
+            }
+            (None, None) => text.push('?'),
+        }
+    }
+    if let Some(syscall) = on.syscall {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        let _ = write!(text, "({syscall})");
+    }
+    if text.is_empty() {
+        text.push('-');
+    }
+    text
+}
+
 /// Groups as JSON values.
 fn json_groups(groups: &[Group]) -> Vec<serde_json::Value> {
     groups
@@ -292,10 +325,11 @@ fn json_groups(groups: &[Group]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `comm[tid]`, with `[interrupt]` for a wake-up from the idle task.
+/// `comm[tid]`; `irq(comm[tid])` for a wake-up from interrupt context, which
+/// names whatever task the interrupt came in on.
 fn waker_name(waker: &WakerInfo) -> String {
-    if waker.tid == 0 {
-        format!("{}[interrupt]", waker.comm)
+    if waker.interrupt {
+        format!("irq({}[{}])", waker.comm, waker.tid)
     } else {
         format!("{}[{}]", waker.comm, waker.tid)
     }
@@ -318,7 +352,25 @@ struct JsonWait<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     user_stack: &'a [String],
     waker: Option<JsonWaker<'a>>,
+    syscall: Option<&'static str>,
+    mount: Option<JsonMount<'a>>,
+    file: Option<JsonFile<'a>>,
     source: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonMount<'a> {
+    mountpoint: std::borrow::Cow<'a, str>,
+    fstype: &'a str,
+    source: &'a str,
+    /// `major:minor`.
+    dev: String,
+}
+
+#[derive(Serialize)]
+struct JsonFile<'a> {
+    path: Option<&'a str>,
+    inode: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -326,6 +378,8 @@ struct JsonWaker<'a> {
     pid: u32,
     tid: u32,
     comm: &'a str,
+    /// Woken from interrupt context: the task named is only the one interrupted.
+    interrupt: bool,
     stack: &'a [String],
 }
 
@@ -348,8 +402,21 @@ impl<'a> JsonWait<'a> {
                 pid: waker.pid,
                 tid: waker.tid,
                 comm: &waker.comm,
+                interrupt: waker.interrupt,
                 stack: &waker.stack,
             }),
+            syscall: wait.on.syscall,
+            mount: wait.on.mount.as_ref().map(|mount| JsonMount {
+                mountpoint: mount.mount_point.to_string_lossy(),
+                fstype: &mount.fs_type,
+                source: &mount.source,
+                dev: format!("{}:{}", mount.dev.0, mount.dev.1),
+            }),
+            file: wait
+                .on
+                .file
+                .as_ref()
+                .map(|file| JsonFile { path: file.path.as_deref(), inode: file.inode }),
             source: match wait.source {
                 Source::Traced => "traced",
                 Source::Proc => "proc",
@@ -425,8 +492,20 @@ mod tests {
                 tid: 9,
                 pid: 9,
                 comm: "fuse-server".into(),
+                interrupt: false,
                 stack: ["try_to_wake_up", "fuse_dev_write"].map(String::from).into(),
             }),
+            on: Attribution {
+                syscall: Some("statx"),
+                mount: crate::mounts::parse(
+                    "92 22 0:55 / /tmp/fuse rw - fuse.dstrace-test dstrace-test rw\n",
+                )
+                .pop(),
+                file: Some(crate::attribution::FileRef {
+                    path: Some("/tmp/fuse/missing".into()),
+                    inode: None,
+                }),
+            },
             source: Source::Traced,
         }
     }
@@ -454,7 +533,8 @@ mod tests {
         let first = text.lines().next().unwrap();
         assert!(first.contains("10/11") && first.contains("stat") && first.contains("D+killable"), "{first}");
         assert!(first.contains("2.000s  d_alloc_parallel"), "{first}");
-        assert!(first.ends_with("fuse-server[9]"), "{first}");
+        assert!(first.contains("fuse-server[9]"), "{first}");
+        assert!(first.ends_with("fuse.dstrace-test /tmp/fuse: /tmp/fuse/missing (statx)"), "{first}");
         assert_eq!(text.lines().nth(1), Some("    __schedule"));
         assert!(text.contains("    -- woken by fuse-server[9]\n    try_to_wake_up\n"), "{text}");
     }
@@ -481,6 +561,11 @@ mod tests {
         assert_eq!(value["waker"]["comm"], "fuse-server");
         assert_eq!(value["cgroup_id"], 1234);
         assert!(value.get("user_stack").is_none(), "empty user stacks are left out");
+        assert_eq!(value["mount"]["mountpoint"], "/tmp/fuse");
+        assert_eq!(value["mount"]["fstype"], "fuse.dstrace-test");
+        assert_eq!(value["mount"]["dev"], "0:55");
+        assert_eq!(value["file"]["path"], "/tmp/fuse/missing");
+        assert_eq!(value["syscall"], "statx");
     }
 
     #[test]

@@ -11,9 +11,10 @@ use aya::maps::{MapData, StackTraceMap};
 use dstrace_common::{InFlight, WaitEvent, COMM_LEN, NO_STACK, TASK_NOLOAD, TASK_WAKEKILL};
 
 use crate::{
+    attribution::{attribute, attribute_proc, Attribution, MountTable},
     clock::Clock,
-    procfs::ProcTask,
-    symbols::{blocking_function, Stack, Stacks},
+    procfs::{ProcTask, Syscall},
+    symbols::{blocking_function, is_interrupt_frame, Stack, Stacks},
 };
 
 /// A D wait, ongoing or completed.
@@ -44,6 +45,8 @@ pub struct Wait {
     pub user_stack: Stack,
     /// Who woke it, when known.
     pub waker: Option<WakerInfo>,
+    /// Which syscall, mount and file it concerns.
+    pub on: Attribution,
     /// Where the record comes from.
     pub source: Source,
 }
@@ -57,6 +60,9 @@ pub struct WakerInfo {
     pub pid: u32,
     /// The waker's command name.
     pub comm: String,
+    /// Whether the wake-up came from interrupt context (then the task named is
+    /// only the one the interrupt came in on).
+    pub interrupt: bool,
     /// The waker's kernel stack.
     pub stack: Stack,
 }
@@ -117,6 +123,8 @@ pub struct Resolver<'a> {
     pub stack_map: &'a StackTraceMap<MapData>,
     /// Monotonic to wall-clock time.
     pub clock: &'a Clock,
+    /// The mount table.
+    pub mounts: &'a mut MountTable,
 }
 
 impl Wait {
@@ -138,11 +146,15 @@ impl Wait {
             NO_STACK => Stack::from([]),
             id => resolver.stacks.user(resolver.stack_map, id),
         };
-        let waker = (wait.waker.at_ns != 0).then(|| WakerInfo {
-            tid: wait.waker.tid,
-            pid: wait.waker.tgid,
-            comm: comm_string(&wait.waker.comm),
-            stack: resolver.stacks.kernel(resolver.stack_map, wait.waker.kstack_id),
+        let waker = (wait.waker.at_ns != 0).then(|| {
+            let stack = resolver.stacks.kernel(resolver.stack_map, wait.waker.kstack_id);
+            WakerInfo {
+                tid: wait.waker.tid,
+                pid: wait.waker.tgid,
+                comm: comm_string(&wait.waker.comm),
+                interrupt: wait.waker.tid == 0 || stack.iter().any(|frame| is_interrupt_frame(frame)),
+                stack,
+            }
         });
         Wait {
             start: Some(resolver.clock.wall(wait.start_ns)),
@@ -157,6 +169,7 @@ impl Wait {
             stack,
             user_stack,
             waker,
+            on: attribute(wait.tgid, &wait.target, resolver.mounts),
             source: Source::Traced,
         }
     }
@@ -166,7 +179,7 @@ impl Wait {
     /// `/proc` does not say when the wait began; the task's last run
     /// (`se.exec_start`, on the scheduler clock, which counts from boot like
     /// CLOCK_MONOTONIC) bounds it: the wait is at least this old.
-    pub fn from_proc(task: &ProcTask, now_ns: u64, clock: &Clock) -> Wait {
+    pub fn from_proc(task: &ProcTask, now_ns: u64, clock: &Clock, mounts: &mut MountTable) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
         let blocked_in = blocking_of(&stack).or_else(|| task.wchan.clone());
         let since = task.last_ran_ns.filter(|&ran| ran <= now_ns);
@@ -183,6 +196,10 @@ impl Wait {
             stack,
             user_stack: Stack::from([]),
             waker: None,
+            on: match task.syscall {
+                Some(Syscall::Blocked { nr, args }) => attribute_proc(task.pid, nr, &args, mounts),
+                _ => Attribution::default(),
+            },
             source: Source::Proc,
         }
     }
@@ -200,7 +217,6 @@ fn blocking_of(stack: &Stack) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::Syscall;
 
     #[test]
     fn states() {
@@ -230,14 +246,15 @@ mod tests {
             syscall: Some(Syscall::NotInSyscall),
             last_ran_ns: Some(1_000_000_000),
         };
-        let wait = Wait::from_proc(&task, 5_000_000_000, &Clock::with_offset(0));
+        let mut mounts = MountTable::of(Vec::new());
+        let wait = Wait::from_proc(&task, 5_000_000_000, &Clock::with_offset(0), &mut mounts);
         assert!(wait.is_ongoing());
         assert_eq!(wait.duration_ns, 4_000_000_000);
         assert_eq!(wait.blocked_in.as_deref(), Some("rpc_wait_bit_killable"));
         assert_eq!(wait.source, Source::Proc);
 
         let unknown = ProcTask { stack: None, last_ran_ns: None, ..task };
-        let wait = Wait::from_proc(&unknown, 5_000_000_000, &Clock::with_offset(0));
+        let wait = Wait::from_proc(&unknown, 5_000_000_000, &Clock::with_offset(0), &mut mounts);
         assert_eq!((wait.start, wait.duration_ns), (None, 0));
         assert_eq!(
             wait.blocked_in.as_deref(),

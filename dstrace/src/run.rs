@@ -20,6 +20,7 @@ use dstrace_common::AggKey;
 
 use crate::{
     aggregate::{group, Aggregator, Group, Totals},
+    attribution::MountTable,
     cli::RunArgs,
     clock::{duration_ns, monotonic_ns, Clock},
     events::decode_wait,
@@ -51,6 +52,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 struct Sink<W: Write> {
     printer: Printer<W>,
     stacks: Stacks,
+    mounts: MountTable,
     clock: Clock,
     shown: u64,
     bad_records: u64,
@@ -63,8 +65,12 @@ impl<W: Write> Sink<W> {
             self.bad_records += 1;
             return Ok(());
         };
-        let mut resolver =
-            Resolver { stacks: &mut self.stacks, stack_map: &tracer.stacks, clock: &self.clock };
+        let mut resolver = Resolver {
+            stacks: &mut self.stacks,
+            stack_map: &tracer.stacks,
+            clock: &self.clock,
+            mounts: &mut self.mounts,
+        };
         let wait = Wait::completed(&event, &mut resolver);
         self.shown += 1;
         self.printer.wait(&wait)
@@ -85,6 +91,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     let mut sink = Sink {
         printer: Printer::new(io::stdout().lock(), format),
         stacks: Stacks::new(kallsyms),
+        mounts: MountTable::read(),
         clock: Clock::now(),
         shown: 0,
         bad_records: 0,
@@ -98,7 +105,12 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     };
 
     let now_ns = monotonic_ns();
-    let mut resolver = Resolver { stacks: &mut sink.stacks, stack_map: &tracer.stacks, clock: &sink.clock };
+    let mut resolver = Resolver {
+        stacks: &mut sink.stacks,
+        stack_map: &tracer.stacks,
+        clock: &sink.clock,
+        mounts: &mut sink.mounts,
+    };
     let mut ongoing: Vec<Wait> = tracer
         .inflight()
         .iter()
@@ -107,8 +119,11 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         .collect();
     // Waits that began before tracing and still go on are only in /proc.
     let traced: HashSet<u32> = ongoing.iter().map(|wait| wait.tid).collect();
-    ongoing
-        .extend(waits_in_proc(options, &sink.clock).into_iter().filter(|wait| !traced.contains(&wait.tid)));
+    ongoing.extend(
+        waits_in_proc(options, &sink.clock, &mut sink.mounts)
+            .into_iter()
+            .filter(|wait| !traced.contains(&wait.tid)),
+    );
     ongoing.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
 
     // The kernel's counters started at zero: one full read is the whole run.
@@ -130,7 +145,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(options: &Options, clock: &Clock) -> Vec<Wait> {
+fn waits_in_proc(options: &Options, clock: &Clock, mounts: &mut MountTable) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
     let now_ns = monotonic_ns();
@@ -139,7 +154,7 @@ fn waits_in_proc(options: &Options, clock: &Clock) -> Vec<Wait> {
         .iter()
         .filter(|task| task.pid != std::process::id())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, now_ns, clock))
+        .map(|task| Wait::from_proc(task, now_ns, clock, mounts))
         .collect()
 }
 
@@ -181,7 +196,7 @@ async fn stream<W: Write>(
     let mut interval_aggregator = Aggregator::default();
     let mut interval_start = Instant::now();
 
-    let already = waits_in_proc(options, &sink.clock);
+    let already = waits_in_proc(options, &sink.clock, &mut sink.mounts);
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
     sink.printer.header(tracer.program, duration_ns(args.min_duration))?;
     loop {

@@ -78,6 +78,24 @@ pub const TRACING_FRAMES: &[Pattern] = &[
     Pattern::Prefix("__traceiter_"),
 ];
 
+/// Frames that only run in interrupt context (hard or soft): a wake-up with one of
+/// them on the waker's stack came from an interrupt.
+pub const INTERRUPT_FRAMES: &[Pattern] = &[
+    Pattern::Prefix("asm_common_interrupt"),
+    Pattern::Prefix("asm_sysvec_"),
+    Pattern::Prefix("sysvec_"),
+    Pattern::Prefix("common_interrupt"),
+    Pattern::Prefix("irq_exit"),
+    Pattern::Prefix("__irq_exit"),
+    Pattern::Prefix("handle_softirqs"),
+    Pattern::Prefix("__do_softirq"),
+    Pattern::Prefix("do_softirq"),
+    Pattern::Prefix("handle_irq_event"),
+    Pattern::Prefix("__handle_irq_event"),
+    Pattern::Prefix("el1_interrupt"),
+    Pattern::Prefix("el0_interrupt"),
+];
+
 /// A pattern on a symbol name (without its `.constprop.0`-style suffix).
 #[derive(Clone, Copy, Debug)]
 pub enum Pattern {
@@ -107,6 +125,11 @@ pub fn is_wait_primitive(symbol: &str) -> bool {
 /// Whether a frame belongs to the tracing machinery ([`TRACING_FRAMES`]).
 pub fn is_tracing_frame(symbol: &str) -> bool {
     matches_any(TRACING_FRAMES, symbol)
+}
+
+/// Whether a frame runs only in interrupt context ([`INTERRUPT_FRAMES`]).
+pub fn is_interrupt_frame(symbol: &str) -> bool {
+    matches_any(INTERRUPT_FRAMES, symbol)
 }
 
 fn matches_any(patterns: &[Pattern], symbol: &str) -> bool {
@@ -346,6 +369,13 @@ ffffffffc0001000 t nfs_file_fsync\t[nfs]
         assert_eq!(blocking_function(nfs), Some("rpc_wait_bit_killable"));
 
         assert_eq!(blocking_function(["__schedule", "schedule"]), None);
+    }
+
+    #[test]
+    fn interrupt_frames() {
+        assert!(is_interrupt_frame("handle_softirqs"));
+        assert!(is_interrupt_frame("asm_sysvec_apic_timer_interrupt"));
+        assert!(!is_interrupt_frame("fuse_dev_do_write"));
     }
 
     #[test]

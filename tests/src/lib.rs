@@ -178,10 +178,15 @@ impl Children {
 }
 
 impl Drop for Children {
+    /// Kills and reaps every child, waiting 10 s at most: a task stuck in D
+    /// ignores SIGKILL, and a test must not hang on it (release its mount first).
     fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
         for child in &mut self.0 {
             let _ = child.kill();
-            let _ = child.wait();
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -191,7 +196,10 @@ impl Drop for Children {
 /// The first task to look the name up waits for the server in S
 /// (`request_wait_answer`); the next `stuck.len()` wait for it in D
 /// (`d_alloc_parallel`). Release the mount to let them all go.
-pub struct Pileup {
+/// Dropping it releases the mount before ending the tasks (a task in D cannot
+/// be killed).
+pub struct Pileup<'m> {
+    mount: &'m fuse::FuseMount,
     /// The task that waits for the server (in S).
     pub owner: u32,
     /// The tasks in D behind it.
@@ -200,16 +208,22 @@ pub struct Pileup {
     pub children: Children,
 }
 
-impl Pileup {
+impl<'m> Pileup<'m> {
     /// Holds the mount and starts `n` + 1 `stat` processes on a missing name.
-    pub fn start(mount: &fuse::FuseMount, n: usize) -> Pileup {
+    pub fn start(mount: &'m fuse::FuseMount, n: usize) -> Pileup<'m> {
         let (target, owner, mut children) = hold_with_owner(mount);
         let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
         for &pid in &stuck {
             wait_for_state(pid, 'D', Duration::from_secs(10));
         }
         eprintln!("lookup owner: pid {owner}; piled up behind it in D: {stuck:?}");
-        Pileup { owner, stuck, children }
+        Pileup { mount, owner, stuck, children }
+    }
+}
+
+impl Drop for Pileup<'_> {
+    fn drop(&mut self) {
+        self.mount.release();
     }
 }
 
@@ -228,16 +242,18 @@ fn hold_with_owner(mount: &fuse::FuseMount) -> (PathBuf, u32, Children) {
 /// Tasks that pile up in D behind a held FUSE mount when told to, so that their
 /// pids are known before they block (a filter can name them): each is a shell
 /// waiting on its stdin that then `exec`s `stat` (same pid, comm `stat`).
-pub struct GatedPileup {
+/// Dropping it releases the mount before ending the tasks.
+pub struct GatedPileup<'m> {
+    mount: &'m fuse::FuseMount,
     /// The task that waits for the server (in S).
     pub owner: u32,
     _owner: Children,
     gated: Vec<Child>,
 }
 
-impl GatedPileup {
+impl<'m> GatedPileup<'m> {
     /// Holds the mount, starts the owner and `n` gated tasks, not yet blocked.
-    pub fn prepare(mount: &fuse::FuseMount, n: usize) -> GatedPileup {
+    pub fn prepare(mount: &'m fuse::FuseMount, n: usize) -> GatedPileup<'m> {
         let (target, owner, owner_child) = hold_with_owner(mount);
         let gated = (0..n)
             .map(|_| {
@@ -251,7 +267,7 @@ impl GatedPileup {
                     .expect("spawn sh")
             })
             .collect();
-        GatedPileup { owner, _owner: owner_child, gated }
+        GatedPileup { mount, owner, _owner: owner_child, gated }
     }
 
     /// The gated tasks' pids.
@@ -270,16 +286,17 @@ impl GatedPileup {
     }
 
     /// Releases the mount and waits for every gated task to end.
-    pub fn release(&mut self, mount: &fuse::FuseMount) {
-        mount.release();
+    pub fn release(&mut self) {
+        self.mount.release();
         for child in &mut self.gated {
             child.wait().expect("stat ends");
         }
     }
 }
 
-impl Drop for GatedPileup {
+impl Drop for GatedPileup<'_> {
     fn drop(&mut self) {
+        self.mount.release();
         for child in &mut self.gated {
             let _ = child.kill();
             let _ = child.wait();

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Dstrace, Pileup};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -74,7 +74,16 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
             "pid {pid} blocked in {blocked_in:?}; stack: {}",
             wait["stack"]
         );
-        eprintln!("stuck pid {pid}: {} {duration:?} in {blocked_in}", wait["state"]);
+        eprintln!("stuck pid {pid}: {} {duration:?} in {blocked_in} on {}", wait["state"], wait["mount"]);
+        // Attributed to the dead mount and the file looked up, from the syscall.
+        assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap(), "{wait}");
+        assert_eq!(wait["mount"]["fstype"], "fuse.dstrace-test");
+        assert_eq!(wait["file"]["path"], mount.path().join("missing").to_str().unwrap());
+        assert!(
+            ["statx", "newfstatat", "lstat", "stat"].contains(&wait["syscall"].as_str().unwrap_or_default()),
+            "syscall {}",
+            wait["syscall"]
+        );
         assert!(wait["stack"].as_array().is_some_and(|s| s.iter().any(|f| f == "__schedule")));
         assert!(wait["state"].as_str().is_some_and(|s| s.starts_with('D')));
         // The lookup owner, answered, wakes those waiting for its dentry.
@@ -134,4 +143,82 @@ fn idle_kernel_threads_are_left_out_unless_asked() {
     let default = run(&[]);
     let leaked: Vec<&Value> = waits(&default).filter(|w| w["state"] == "D+idle").collect();
     assert!(leaked.is_empty(), "idle waits reported without --include-idle: {leaked:?}");
+}
+
+/// A wait in `fsync` is attributed to the file's mount and inode, from the file
+/// descriptor the task passed.
+#[test]
+fn fsync_waits_name_the_mount_and_inode() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !require_root("fsync_waits_name_the_mount_and_inode") {
+        return;
+    }
+    let dir = ["/var/tmp", "/tmp"].into_iter().find(|d| std::path::Path::new(d).is_dir()).unwrap();
+    let path = std::path::Path::new(dir).join(format!("dstrace-test-fsync-{}", std::process::id()));
+    std::fs::write(&path, b"").unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    let dev = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
+
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--min-duration", "0", "--comm", "dd"]);
+    dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    let mut writers = Children::default();
+    for _ in 0..5 {
+        let of = format!("of={}", path.display());
+        writers.spawn(
+            std::process::Command::new("dd")
+                .args(["if=/dev/zero", &of, "bs=64k", "count=16"])
+                .arg("conv=fsync,notrunc"),
+        );
+        writers.wait_all(Duration::from_secs(30));
+    }
+    let (_, lines) = dstrace.interrupt();
+    let _ = std::fs::remove_file(&path);
+    let records = json_lines(&lines);
+    let fsyncs: Vec<&Value> = waits(&records).filter(|w| w["syscall"] == "fsync").collect();
+    assert!(!fsyncs.is_empty(), "no D wait in fsync: {lines:#?}");
+    for wait in fsyncs {
+        assert_eq!(wait["file"]["inode"], meta.ino(), "{wait}");
+        assert_eq!(wait["mount"]["dev"], dev.as_str(), "{wait}");
+    }
+}
+
+/// dstrace itself never touches a dead mount: while tasks are stuck behind one, a
+/// second dstrace watching the first sees it never wait on FUSE or the dcache, and
+/// the first lists the stuck tasks and ends on time.
+#[test]
+fn dstrace_never_blocks_on_a_dead_mount() {
+    if !require_root("dstrace_never_blocks_on_a_dead_mount") {
+        return;
+    }
+    let mount = FuseMount::new("dead").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 2);
+    let mut watcher = Dstrace::spawn(&["run", "--json", "--min-duration", "0", "--comm", "dstrace"]);
+    watcher.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+
+    let started = Instant::now();
+    let (status, lines) = Dstrace::spawn(&["run", "--json", "--duration", "2s"]).finish();
+    assert!(status.success(), "dstrace failed beside a dead mount: {status}");
+    assert!(started.elapsed() < Duration::from_secs(20), "dstrace took {:?}", started.elapsed());
+    let records = json_lines(&lines);
+    for pid in &pileup.stuck {
+        assert!(
+            records.iter().any(|r| r["type"] == "ongoing" && r["pid"] == *pid),
+            "stuck pid {pid} not listed beside the dead mount"
+        );
+    }
+
+    let (_, lines) = watcher.interrupt();
+    let records = json_lines(&lines);
+    let mount_point = mount.path().to_str().unwrap();
+    for wait in waits(&records) {
+        let blocked_in = wait["blocked_in"].as_str().unwrap_or_default();
+        let stack = wait["stack"].to_string();
+        assert!(
+            !stack.contains("fuse")
+                && blocked_in != "d_alloc_parallel"
+                && wait["mount"]["mountpoint"] != mount_point,
+            "dstrace waited on the dead mount: {wait}"
+        );
+    }
+    drop(pileup);
 }

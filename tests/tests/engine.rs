@@ -106,7 +106,7 @@ fn filters_cut_what_they_say() {
 
     pileup.block();
     sleep(Duration::from_millis(500));
-    pileup.release(&mount);
+    pileup.release();
     let seen =
         |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
     by_pid.wait_until(Duration::from_secs(10), seen(wanted));
@@ -220,7 +220,7 @@ fn cgroup_and_tid_filters_and_user_stacks() {
 
     pileup.block();
     sleep(Duration::from_millis(500));
-    pileup.release(&mount);
+    pileup.release();
     let seen =
         |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
     by_cgroup.wait_until(Duration::from_secs(10), seen(inside));
