@@ -54,6 +54,12 @@ pub mod names {
     pub const MAP_FILTER_CGROUPS: &str = "FILTER_CGROUPS";
     /// See [`MAP_FILTER_TGIDS`].
     pub const MAP_FILTER_COMMS: &str = "FILTER_COMMS";
+    /// The `tp_btf/contention_begin` program: a task is about to wait for a kernel lock.
+    pub const PROG_CONTENTION_BEGIN: &str = "contention_begin";
+    /// The `tp_btf/contention_end` program: it got the lock (or gave up).
+    pub const PROG_CONTENTION_END: &str = "contention_end";
+    /// Tasks waiting for a kernel lock now: tid -> [`crate::Cause`].
+    pub const MAP_CONTENDING: &str = "CONTENDING";
     /// Syscall number -> which arguments name a path and a file descriptor
     /// ([`crate::syscall_args`]), written by userspace for the running architecture.
     pub const MAP_SYSCALL_ARGS: &str = "SYSCALL_ARGS";
@@ -66,7 +72,8 @@ pub mod names {
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 12] = [
+    pub const MAPS: [&str; 13] = [
+        MAP_CONTENDING,
         MAP_SYSCALL_ARGS,
         MAP_SCRATCH,
         MAP_INFLIGHT,
@@ -81,7 +88,9 @@ pub mod names {
         MAP_FILTER_COMMS,
     ];
     /// Every program the object must define.
-    pub const PROGRAMS: [&str; 5] = [
+    pub const PROGRAMS: [&str; 7] = [
+        PROG_CONTENTION_BEGIN,
+        PROG_CONTENTION_END,
         PROG_SCHED_SWITCH,
         PROG_SCHED_SWITCH_PRE518,
         PROG_SCHED_WAKING,
@@ -102,6 +111,8 @@ pub mod limits {
     pub const AGG_ENTRIES: u32 = 10_240;
     /// Entries of each filter set.
     pub const FILTER_ENTRIES: u32 = 64;
+    /// Tasks waiting for a kernel lock at once.
+    pub const CONTENDING_ENTRIES: u32 = 8_192;
     /// Syscall numbers described in `SYSCALL_ARGS`.
     pub const SYSCALLS: u32 = 1024;
 }
@@ -122,6 +133,69 @@ pub const CONFIG_FILTER_COMM: u32 = 1 << 5;
 /// `Config::flags`: `Config::offsets` are set: record what the syscall in
 /// progress names (Linux 5.18+ program only: it needs `bpf_task_pt_regs`).
 pub const CONFIG_SYSCALL_TARGET: u32 = 1 << 6;
+
+/// `Config::flags`: `Config::locks` are set: the lock contention programs name
+/// the lock's owner and, for an inode's `i_rwsem`, the inode.
+pub const CONFIG_LOCK_OWNERS: u32 = 1 << 7;
+
+/// Byte offsets for the lock contention programs, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOffsets {
+    /// `rw_semaphore.owner`.
+    pub rwsem_owner: u32,
+    /// `mutex.owner`.
+    pub mutex_owner: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `inode.i_rwsem`.
+    pub inode_rwsem: u32,
+    /// `super_block.s_root`.
+    pub sb_root: u32,
+    /// `dentry.d_sb`.
+    pub dentry_sb: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LockOffsets>() == 32);
+
+impl LockOffsets {
+    /// All zero: unknown.
+    pub const UNSET: LockOffsets = LockOffsets {
+        rwsem_owner: 0,
+        mutex_owner: 0,
+        task_tgid: 0,
+        task_comm: 0,
+        inode_rwsem: 0,
+        sb_root: 0,
+        dentry_sb: 0,
+        _pad: 0,
+    };
+}
+
+/// `lock:contention_begin` flags (include/trace/events/lock.h): a spinning wait.
+pub const LCB_F_SPIN: u32 = 1 << 0;
+/// A read (shared) acquisition.
+pub const LCB_F_READ: u32 = 1 << 1;
+/// A write (exclusive) acquisition.
+pub const LCB_F_WRITE: u32 = 1 << 2;
+/// An rt-mutex.
+pub const LCB_F_RT: u32 = 1 << 3;
+/// A percpu rwsem.
+pub const LCB_F_PERCPU: u32 = 1 << 4;
+/// A mutex.
+pub const LCB_F_MUTEX: u32 = 1 << 5;
+
+/// [`Cause::flags`] bit (above the `LCB_F_*` bits): the lock is an inode's
+/// `i_rwsem`; `Cause::dev` and `Cause::ino` name the inode.
+pub const CAUSE_INODE_RWSEM: u32 = 1 << 16;
+/// [`Cause::flags`] bit: the owner was read (`Cause::holder_*` are set).
+pub const CAUSE_HOLDER_KNOWN: u32 = 1 << 17;
+/// [`Cause::flags`] bit: the rwsem is held for reading; the holder named is only
+/// the last reader to take it (a hint).
+pub const CAUSE_HOLDER_READER_HINT: u32 = 1 << 18;
 
 /// Byte offsets of the kernel fields the kernel side reads to learn what a task's
 /// syscall names, all from the running kernel's BTF.
@@ -220,8 +294,10 @@ pub struct Config {
     pub _pad: u32,
     /// Offsets for [`CONFIG_SYSCALL_TARGET`].
     pub offsets: Offsets,
+    /// Offsets for [`CONFIG_LOCK_OWNERS`].
+    pub locks: LockOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -232,6 +308,7 @@ impl Config {
         flags: 0,
         _pad: 0,
         offsets: Offsets::UNSET,
+        locks: LockOffsets::UNSET,
     };
 }
 
@@ -257,32 +334,51 @@ pub struct Waker {
 }
 const _: () = assert!(core::mem::size_of::<Waker>() == 40);
 
-/// What a wait is on: filled by the attribution hooks (mount, file, lock, RPC);
-/// `kind == CAUSE_NONE` until they exist or when none applies.
+/// What a wait is on: filled by the attribution hooks (a kernel lock, ...);
+/// `kind == CAUSE_NONE` when none applies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cause {
     /// `CAUSE_*`.
     pub kind: u32,
-    /// Kind-specific flags (e.g. the lock kind of `lock:contention_begin`).
+    /// Kind-specific flags: for a lock the `LCB_F_*` bits of `lock:contention_begin`
+    /// and the `CAUSE_*` bits above them.
     pub flags: u32,
     /// The identity of the cause within its kind (a lock address, a request id).
     pub key: u64,
     /// Device number (`s_dev`) of the filesystem concerned, or 0.
     pub dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The holder's thread id (a lock's owner when it began to wait), or 0.
+    pub holder_tid: u32,
     /// Inode number concerned, or 0.
     pub ino: u64,
+    /// The holder's thread group id, or 0.
+    pub holder_tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The holder's `comm`.
+    pub holder_comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<Cause>() == 32);
+const _: () = assert!(core::mem::size_of::<Cause>() == 56);
 
 /// [`Cause::kind`]: nothing known.
 pub const CAUSE_NONE: u32 = 0;
+/// [`Cause::kind`]: a kernel lock (`lock:contention_begin`); `key` is its address.
+pub const CAUSE_LOCK: u32 = 1;
 
 impl Cause {
     /// No cause known.
-    pub const NONE: Cause = Cause { kind: CAUSE_NONE, flags: 0, key: 0, dev: 0, _pad: 0, ino: 0 };
+    pub const NONE: Cause = Cause {
+        kind: CAUSE_NONE,
+        flags: 0,
+        key: 0,
+        dev: 0,
+        holder_tid: 0,
+        ino: 0,
+        holder_tgid: 0,
+        _pad: 0,
+        holder_comm: [0; COMM_LEN],
+    };
 }
 
 /// Bytes of a path kept from a syscall argument.
@@ -340,7 +436,7 @@ pub struct InFlight {
     /// What its syscall names.
     pub target: Target,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 120 + 24 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 144 + 24 + PATH_LEN);
 
 /// A stack id that means "not recorded" (distinct from every negative errno).
 pub const NO_STACK: i32 = i32::MIN;
@@ -490,11 +586,13 @@ pub enum Counter {
     DropAggFull = 7,
     /// Waits whose waker was recorded.
     WaitsWoken = 8,
+    /// Drop: `CONTENDING` was full, a lock wait was not attributed.
+    DropLockMapFull = 9,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -506,6 +604,7 @@ impl Counter {
         Counter::DropReadFailed,
         Counter::DropAggFull,
         Counter::WaitsWoken,
+        Counter::DropLockMapFull,
     ];
 
     /// Whether this counter counts lost data.
@@ -517,6 +616,7 @@ impl Counter {
                 | Counter::DropStackLost
                 | Counter::DropReadFailed
                 | Counter::DropAggFull
+                | Counter::DropLockMapFull
         )
     }
 
@@ -532,6 +632,7 @@ impl Counter {
             Counter::DropReadFailed => "kernel_read_failed",
             Counter::DropAggFull => "aggregation_map_full",
             Counter::WaitsWoken => "waits_woken",
+            Counter::DropLockMapFull => "lock_map_full",
         }
     }
 }

@@ -52,9 +52,10 @@ use aya_ebpf::{
 };
 use dstrace_common::{
     hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, InFlight, Target,
-    WaitEvent, Waker, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID,
-    CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, NO_STACK, PATH_LEN,
-    TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    WaitEvent, Waker, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN,
+    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE,
+    CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ,
+    LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -79,6 +80,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map(name = "AGG")]
 static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
+
+/// Tasks waiting for a kernel lock now, and which (`contention_begin`/`_end`).
+#[map(name = "CONTENDING")]
+static CONTENDING: HashMap<u32, Cause> = HashMap::with_max_entries(limits::CONTENDING_ENTRIES, 0);
 
 /// Syscall number -> `dstrace_common::syscall_args` (path and fd argument indexes).
 #[map(name = "SYSCALL_ARGS")]
@@ -180,6 +185,98 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// `contention_begin(void *lock, unsigned int flags)` (include/trace/events/lock.h,
+/// Linux 5.19+): the current task is about to wait for a kernel lock. Spinning
+/// waits are left out (they never sleep); for the others the lock, its kind, its
+/// owner and, for an inode's `i_rwsem`, the inode are noted until the wait ends.
+#[btf_tracepoint(function = "contention_begin")]
+pub fn contention_begin(ctx: BtfTracePointContext) -> u32 {
+    let flags: u64 = ctx.arg(1);
+    let flags = flags as u32;
+    if flags & LCB_F_SPIN != 0 {
+        return 0;
+    }
+    let lock: *const u8 = ctx.arg(0);
+    let mut cause = Cause::NONE;
+    cause.kind = CAUSE_LOCK;
+    cause.flags = flags;
+    cause.key = lock as u64;
+    if config_u32(&CONFIG.flags) & CONFIG_LOCK_OWNERS != 0 {
+        lock_details(lock, &mut cause);
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if CONTENDING.insert(tid, cause, 0).is_err() {
+        count(Counter::DropLockMapFull);
+    }
+    0
+}
+
+/// `contention_end(void *lock, int ret)`: the wait for the lock is over.
+#[btf_tracepoint(function = "contention_end")]
+pub fn contention_end(_ctx: BtfTracePointContext) -> u32 {
+    let _ = CONTENDING.remove(bpf_get_current_pid_tgid() as u32);
+    0
+}
+
+/// The owner of a mutex or rwsem (its `owner` word: a `task_struct` pointer with
+/// flags in the low bits; for a reader-owned rwsem only the last reader, a hint),
+/// and the inode whose `i_rwsem` it is, if it is one: `sb->s_root->d_sb == sb`
+/// for the superblock of the would-be inode holds only for a real inode.
+#[inline(always)]
+fn lock_details(lock: *const u8, cause: &mut Cause) {
+    let locks = &CONFIG.locks;
+    let flags = cause.flags;
+    let rwsem =
+        flags & (LCB_F_READ | LCB_F_WRITE) != 0 && flags & (LCB_F_RT | LCB_F_PERCPU | LCB_F_MUTEX) == 0;
+    let owner_offset = if flags & LCB_F_MUTEX != 0 {
+        Some(config_u32(&locks.mutex_owner))
+    } else if rwsem {
+        Some(config_u32(&locks.rwsem_owner))
+    } else {
+        None
+    };
+    if let Some(owner) = owner_offset.and_then(|offset| read_u64(lock, offset)) {
+        let task = (owner & !7) as *const u8;
+        if !task.is_null() {
+            if let (Some(tid), Some(tgid)) = (
+                read_u32(task, config_u32(&CONFIG.task_pid_offset)),
+                read_u32(task, config_u32(&locks.task_tgid)),
+            ) {
+                cause.holder_tid = tid;
+                cause.holder_tgid = tgid;
+                // SAFETY: a read of kernel memory through the probe helper.
+                if let Ok(comm) = unsafe {
+                    bpf_probe_read_kernel(
+                        task.wrapping_add(config_u32(&locks.task_comm) as usize).cast::<[u8; COMM_LEN]>(),
+                    )
+                } {
+                    cause.holder_comm = comm;
+                }
+                cause.flags |= CAUSE_HOLDER_KNOWN;
+                if rwsem && owner & 1 != 0 {
+                    cause.flags |= CAUSE_HOLDER_READER_HINT;
+                }
+            }
+        }
+    }
+    if rwsem {
+        let inode = lock.wrapping_sub(config_u32(&locks.inode_rwsem) as usize);
+        let offsets = &CONFIG.offsets;
+        let Some(sb) = read_ptr(inode, config_u32(&offsets.inode_sb)) else { return };
+        let Some(root) = read_ptr(sb, config_u32(&locks.sb_root)) else { return };
+        if read_ptr(root, config_u32(&locks.dentry_sb)) != Some(sb) {
+            return;
+        }
+        if let (Some(dev), Some(ino)) =
+            (read_u32(sb, config_u32(&offsets.sb_dev)), read_u64(inode, config_u32(&offsets.inode_ino)))
+        {
+            cause.dev = dev;
+            cause.ino = ino;
+            cause.flags |= CAUSE_INODE_RWSEM;
+        }
+    }
+}
+
 /// `prev` (the current task) is switched out in `state`. `TARGETS`: whether the
 /// program may record the syscall target (`bpf_task_pt_regs` exists since 5.15, so
 /// only the 5.18+ program has it: the other never contains the call).
@@ -219,7 +316,12 @@ fn record_wait_start<const TARGETS: bool>(ctx: &BtfTracePointContext, state: u32
     wait.state = state;
     wait.comm = comm;
     wait.waker = Waker { at_ns: 0, tid: 0, tgid: 0, kstack_id: NO_STACK, _pad: 0, comm: [0; COMM_LEN] };
-    wait.cause = Cause::NONE;
+    wait.cause = match CONTENDING.get_ptr(tid) {
+        // SAFETY: a pointer from a successful lookup of this task's own entry,
+        // which only this task's contention hooks change, and it is running here.
+        Some(cause) => unsafe { *cause },
+        None => Cause::NONE,
+    };
     wait.target.syscall = -1;
     wait.target.fd = -1;
     wait.target.dev = 0;

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, BtfType as _, Type};
 
-use dstrace_common::Offsets;
+use dstrace_common::{LockOffsets, Offsets};
 
 use crate::preflight::VMLINUX_BTF;
 
@@ -19,6 +19,10 @@ pub struct KernelLayout {
     pub sched_switch_has_state_arg: bool,
     /// Offsets to read what a syscall names, or why they are unknown.
     pub target_offsets: Result<Offsets, String>,
+    /// Offsets to name a lock's owner and inode, or why they are unknown.
+    pub lock_offsets: Result<LockOffsets, String>,
+    /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
+    pub has_lock_tracepoints: bool,
 }
 
 impl KernelLayout {
@@ -40,8 +44,27 @@ impl KernelLayout {
             task_state_offset,
             sched_switch_has_state_arg: params >= 5,
             target_offsets: target_offsets(btf).map_err(|err| format!("{err:#}")),
+            lock_offsets: lock_offsets(btf).map_err(|err| format!("{err:#}")),
+            has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
+                && tracepoint_params(btf, "contention_end").is_ok(),
         })
     }
+}
+
+/// The offsets the lock contention programs need to name an owner and an inode.
+pub fn lock_offsets(btf: &Btf) -> Result<LockOffsets> {
+    Ok(LockOffsets {
+        rwsem_owner: member_offset(btf, "rw_semaphore", &["owner"])?,
+        // PREEMPT_RT mutexes are rt-mutexes, whose owner is elsewhere: then only
+        // rwsem owners are read.
+        mutex_owner: member_offset(btf, "mutex", &["owner"]).unwrap_or(u32::MAX),
+        task_tgid: member_offset(btf, "task_struct", &["tgid"])?,
+        task_comm: member_offset(btf, "task_struct", &["comm"])?,
+        inode_rwsem: member_offset(btf, "inode", &["i_rwsem"])?,
+        sb_root: member_offset(btf, "super_block", &["s_root"])?,
+        dentry_sb: member_offset(btf, "dentry", &["d_sb"])?,
+        _pad: 0,
+    })
 }
 
 /// The offsets the kernel side needs to read a task's syscall and the file behind a
@@ -167,6 +190,7 @@ mod tests {
         assert!(layout.task_pid_offset > 0 && layout.task_pid_offset < 16384);
         assert!(layout.task_state_offset < layout.task_pid_offset);
         assert!(member_offset(&btf, "task_struct", &["no_such_member"]).is_err());
+        assert!(layout.lock_offsets.is_ok() && layout.has_lock_tracepoints, "Linux 6.18 has both");
         let offsets = layout.target_offsets.unwrap();
         assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
     }

@@ -11,8 +11,8 @@ use aya::{
 };
 use dstrace_common::{
     limits, names, syscall_args, AggKey, AggValue, Config, Counter, InFlight, COMM_LEN, CONFIG_FILTER_CGROUP,
-    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_SYSCALL_TARGET,
-    CONFIG_USER_STACKS,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS,
+    CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
 };
 
 use crate::{clock::duration_ns, kernel_btf::KernelLayout, syscalls};
@@ -134,6 +134,23 @@ impl Tracer {
                 skipped.push("mount and file of each wait: needs Linux 5.18 or later".to_owned())
             }
         }
+        let locks = match (&layout.lock_offsets, &layout.target_offsets, layout.has_lock_tracepoints) {
+            (_, _, false) => {
+                skipped
+                    .push("kernel locks: the lock:contention_begin tracepoint needs Linux 5.19".to_owned());
+                false
+            }
+            (Ok(locks), Ok(offsets), true) => {
+                config.flags |= CONFIG_LOCK_OWNERS;
+                config.locks = *locks;
+                config.offsets = *offsets;
+                true
+            }
+            (Err(why), _, true) | (_, Err(why), true) => {
+                skipped.push(format!("owners of kernel locks: {why}"));
+                true
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
@@ -158,6 +175,10 @@ impl Tracer {
         }
         attach(&mut ebpf, &btf, program, "sched_switch")?;
         attach(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        if locks {
+            attach(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
+            attach(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
+        }
         if floors == Some(FloorOrder::Last) {
             attach_floors(&mut ebpf)?;
         }
@@ -307,6 +328,7 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
         flags,
         _pad: 0,
         offsets: dstrace_common::Offsets::UNSET,
+        locks: dstrace_common::LockOffsets::UNSET,
     }
 }
 
@@ -346,6 +368,8 @@ mod tests {
             task_state_offset: 24,
             sched_switch_has_state_arg: true,
             target_offsets: Err("not in this test".into()),
+            lock_offsets: Err("not in this test".into()),
+            has_lock_tracepoints: false,
         };
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };

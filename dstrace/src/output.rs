@@ -17,6 +17,7 @@ use crate::{
     aggregate::Group,
     attribution::Attribution,
     clock::{human_duration, local_time_of_day, rfc3339_utc},
+    record::LockInfo,
     record::{Source, Wait, WakerInfo},
 };
 
@@ -152,7 +153,7 @@ impl<W: Write> Printer<W> {
             duration,
             escape(wait.blocked_in.as_deref().unwrap_or("?")),
             escape(&waker),
-            escape(&on_text(&wait.on)),
+            escape(&on_text(&wait.on, wait.lock.as_ref())),
         )?;
         if stacks {
             self.text_stack(&wait.stack)?;
@@ -276,9 +277,9 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// Where a wait is, for people: `fuse.sshfs /mnt/x: /mnt/x/file (statx)`; `-`
-/// when nothing is known.
-fn on_text(on: &Attribution) -> String {
+/// Where a wait is, for people: `fuse.sshfs /mnt/x: /mnt/x/file (statx)`, then
+/// the lock it waits for and its holder; `-` when nothing is known.
+fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
     let mut text = String::new();
     if let Some(mount) = &on.mount {
         let _ = write!(text, "{} {}", mount.fs_type, mount.mount_point.display());
@@ -300,6 +301,27 @@ fn on_text(on: &Attribution) -> String {
             text.push(' ');
         }
         let _ = write!(text, "({syscall})");
+    }
+    if let Some(lock) = lock {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        let _ = write!(text, "waits for {}", lock.name());
+        if let Some(holder) = &lock.holder {
+            let _ = write!(text, " held by {}[{}]", holder.comm, holder.tid);
+            if holder.reader_hint {
+                text.push_str(" (a reader)");
+            }
+            match (holder.state, &holder.function) {
+                (Some(state), Some(function)) => {
+                    let _ = write!(text, " ({state} in {function})");
+                }
+                (Some(state), None) => {
+                    let _ = write!(text, " ({state})");
+                }
+                (None, _) => text.push_str(" (gone)"),
+            }
+        }
     }
     if text.is_empty() {
         text.push('-');
@@ -355,7 +377,37 @@ struct JsonWait<'a> {
     syscall: Option<&'static str>,
     mount: Option<JsonMount<'a>>,
     file: Option<JsonFile<'a>>,
+    lock: Option<JsonLock<'a>>,
     source: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonLock<'a> {
+    kind: &'static str,
+    /// Hex, as the kernel prints addresses.
+    addr: String,
+    name: String,
+    inode: Option<JsonInode>,
+    holder: Option<JsonHolder<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonInode {
+    dev: String,
+    ino: u64,
+}
+
+#[derive(Serialize)]
+struct JsonHolder<'a> {
+    tid: u32,
+    pid: u32,
+    comm: &'a str,
+    /// The rwsem is held for reading and this is only the last reader.
+    reader_hint: bool,
+    /// Its state letter now, null if it is gone.
+    state: Option<String>,
+    /// Where it is blocked now.
+    function: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -417,6 +469,22 @@ impl<'a> JsonWait<'a> {
                 .file
                 .as_ref()
                 .map(|file| JsonFile { path: file.path.as_deref(), inode: file.inode }),
+            lock: wait.lock.as_ref().map(|lock| JsonLock {
+                kind: lock.kind,
+                addr: format!("{:#x}", lock.addr),
+                name: lock.name(),
+                inode: lock
+                    .inode
+                    .map(|((major, minor), ino)| JsonInode { dev: format!("{major}:{minor}"), ino }),
+                holder: lock.holder.as_ref().map(|holder| JsonHolder {
+                    tid: holder.tid,
+                    pid: holder.pid,
+                    comm: &holder.comm,
+                    reader_hint: holder.reader_hint,
+                    state: holder.state.map(String::from),
+                    function: holder.function.as_deref(),
+                }),
+            }),
             source: match wait.source {
                 Source::Traced => "traced",
                 Source::Proc => "proc",
@@ -506,6 +574,7 @@ mod tests {
                     inode: None,
                 }),
             },
+            lock: None,
             source: Source::Traced,
         }
     }

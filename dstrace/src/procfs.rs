@@ -116,6 +116,13 @@ pub fn tasks_in_states(proc_root: &Path, states: &[char]) -> io::Result<Vec<Proc
     Ok(tasks)
 }
 
+/// One thread of `proc_root`, in whatever state, if it exists.
+pub fn task(proc_root: &Path, pid: u32, tid: u32) -> Option<ProcTask> {
+    let dir = proc_root.join(pid.to_string()).join("task").join(tid.to_string());
+    let stat = parse_stat(&read_text(&dir.join("stat")).ok()?)?;
+    read_task(&dir, pid, tid, &[stat.state])
+}
+
 /// A directory entry named by a decimal number (`/proc/self` and the like are not).
 fn numeric_name(name: &std::ffi::OsStr) -> Option<u32> {
     let name = name.to_str()?;

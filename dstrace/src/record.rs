@@ -8,12 +8,16 @@
 use std::time::SystemTime;
 
 use aya::maps::{MapData, StackTraceMap};
-use dstrace_common::{InFlight, WaitEvent, COMM_LEN, NO_STACK, TASK_NOLOAD, TASK_WAKEKILL};
+use dstrace_common::{
+    Cause, InFlight, WaitEvent, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK,
+    COMM_LEN, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE, NO_STACK, TASK_NOLOAD,
+    TASK_WAKEKILL,
+};
 
 use crate::{
-    attribution::{attribute, attribute_proc, Attribution, MountTable},
+    attribution::{attribute, attribute_proc, kernel_dev, Attribution, MountTable},
     clock::Clock,
-    procfs::{ProcTask, Syscall},
+    procfs::{self, ProcTask, Syscall},
     symbols::{blocking_function, is_interrupt_frame, Stack, Stacks},
 };
 
@@ -47,6 +51,8 @@ pub struct Wait {
     pub waker: Option<WakerInfo>,
     /// Which syscall, mount and file it concerns.
     pub on: Attribution,
+    /// The kernel lock it waits for, when it waits for one.
+    pub lock: Option<LockInfo>,
     /// Where the record comes from.
     pub source: Source,
 }
@@ -65,6 +71,85 @@ pub struct WakerInfo {
     pub interrupt: bool,
     /// The waker's kernel stack.
     pub stack: Stack,
+}
+
+/// A kernel lock a task waits for (`lock:contention_begin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    /// `mutex`, `rwsem-write`, `rwsem-read`, `rt-mutex`, `percpu-rwsem` or `lock`.
+    pub kind: &'static str,
+    /// Its address.
+    pub addr: u64,
+    /// For an inode's `i_rwsem`: the inode's device (`major:minor`) and number.
+    pub inode: Option<((u32, u32), u64)>,
+    /// Who held it when the wait began, when known.
+    pub holder: Option<Holder>,
+}
+
+impl LockInfo {
+    /// What the lock is, for people: `i_rwsem of inode 1 (0:55)`, or its kind and
+    /// address.
+    pub fn name(&self) -> String {
+        match self.inode {
+            Some(((major, minor), ino)) => format!("i_rwsem of inode {ino} ({major}:{minor})"),
+            None => format!("{} {:#x}", self.kind, self.addr),
+        }
+    }
+}
+
+/// The task holding a lock, and what it is doing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Its thread id.
+    pub tid: u32,
+    /// Its process id.
+    pub pid: u32,
+    /// Its command name.
+    pub comm: String,
+    /// For a rwsem held for reading: only the last reader to take it (a hint).
+    pub reader_hint: bool,
+    /// Its state letter now (`/proc`), if it still exists.
+    pub state: Option<char>,
+    /// Where it is blocked now (`/proc` stack or wchan), if it is.
+    pub function: Option<String>,
+}
+
+/// The lock of a recorded cause, its holder looked up in `/proc` now.
+pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
+    if cause.kind != CAUSE_LOCK {
+        return None;
+    }
+    let flags = cause.flags;
+    let kind = if flags & LCB_F_MUTEX != 0 {
+        "mutex"
+    } else if flags & LCB_F_RT != 0 {
+        "rt-mutex"
+    } else if flags & LCB_F_PERCPU != 0 {
+        "percpu-rwsem"
+    } else if flags & LCB_F_WRITE != 0 {
+        "rwsem-write"
+    } else if flags & LCB_F_READ != 0 {
+        "rwsem-read"
+    } else {
+        "lock"
+    };
+    let inode = (flags & CAUSE_INODE_RWSEM != 0).then(|| (kernel_dev(cause.dev), cause.ino));
+    let holder = (flags & CAUSE_HOLDER_KNOWN != 0).then(|| {
+        let now = procfs::task(std::path::Path::new("/proc"), cause.holder_tgid, cause.holder_tid);
+        let function = now.as_ref().and_then(|task| {
+            let stack: Stack = task.stack.clone().unwrap_or_default().into();
+            blocking_of(&stack).or_else(|| task.wchan.clone())
+        });
+        Holder {
+            tid: cause.holder_tid,
+            pid: cause.holder_tgid,
+            comm: comm_string(&cause.holder_comm),
+            reader_hint: flags & CAUSE_HOLDER_READER_HINT != 0,
+            state: now.map(|task| task.state),
+            function,
+        }
+    });
+    Some(LockInfo { kind, addr: cause.key, inode, holder })
 }
 
 /// Where a [`Wait`] comes from.
@@ -169,7 +254,8 @@ impl Wait {
             stack,
             user_stack,
             waker,
-            on: attribute(wait.tgid, &wait.target, resolver.mounts),
+            on: attribute_with_lock(wait, resolver.mounts),
+            lock: lock_info(&wait.cause),
             source: Source::Traced,
         }
     }
@@ -200,6 +286,7 @@ impl Wait {
                 Some(Syscall::Blocked { nr, args }) => attribute_proc(task.pid, nr, &args, mounts),
                 _ => Attribution::default(),
             },
+            lock: None,
             source: Source::Proc,
         }
     }
@@ -208,6 +295,16 @@ impl Wait {
     pub fn is_ongoing(&self) -> bool {
         self.end.is_none()
     }
+}
+
+/// The syscall's attribution; the mount of the inode whose lock it waits for when
+/// the syscall names none.
+fn attribute_with_lock(wait: &InFlight, mounts: &mut MountTable) -> Attribution {
+    let mut on = attribute(wait.tgid, &wait.target, mounts);
+    if on.mount.is_none() && wait.cause.kind == CAUSE_LOCK && wait.cause.flags & CAUSE_INODE_RWSEM != 0 {
+        on.mount = mounts.by_dev(wait.cause.dev);
+    }
+    on
 }
 
 fn blocking_of(stack: &Stack) -> Option<String> {
@@ -230,6 +327,30 @@ mod tests {
         assert_eq!(comm_string(b"stat\0\0\0\0\0\0\0\0\0\0\0\0"), "stat");
         assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
         assert_eq!(comm_string(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn lock_causes_are_named() {
+        let mut cause = Cause::NONE;
+        assert_eq!(lock_info(&cause), None);
+        cause.kind = CAUSE_LOCK;
+        cause.key = 0xffff_8880_1234_5678;
+        cause.flags = LCB_F_MUTEX;
+        let lock = lock_info(&cause).unwrap();
+        assert_eq!((lock.kind, lock.holder.clone()), ("mutex", None));
+        assert_eq!(lock.name(), "mutex 0xffff888012345678");
+
+        cause.flags = LCB_F_WRITE | CAUSE_INODE_RWSEM | CAUSE_HOLDER_KNOWN;
+        cause.dev = 55;
+        cause.ino = 1;
+        cause.holder_tid = u32::MAX; // no such task: state and function unknown
+        cause.holder_tgid = u32::MAX;
+        cause.holder_comm[..5].copy_from_slice(b"touch");
+        let lock = lock_info(&cause).unwrap();
+        assert_eq!(lock.kind, "rwsem-write");
+        assert_eq!(lock.name(), "i_rwsem of inode 1 (0:55)");
+        let holder = lock.holder.unwrap();
+        assert_eq!((holder.comm.as_str(), holder.state, holder.reader_hint), ("touch", None, false));
     }
 
     #[test]

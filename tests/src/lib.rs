@@ -313,16 +313,24 @@ pub fn task_state(pid: u32) -> Option<char> {
 /// Waits until a task is in `state` and blocked in FUSE or the dcache (not still
 /// starting up); panics after `timeout`.
 pub fn wait_for_state(pid: u32, state: char, timeout: Duration) {
+    wait_until_proc(pid, timeout, |now, wchan| {
+        now == state
+            && (wchan.contains("fuse")
+                || wchan.contains("request_wait_answer")
+                || wchan.contains("d_alloc_parallel"))
+    });
+}
+
+/// Polls a task's state letter and `wchan` until `ok(state, wchan)`; panics after
+/// `timeout`.
+pub fn wait_until_proc(pid: u32, timeout: Duration, ok: impl Fn(char, &str) -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
         let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-        let in_place = wchan.contains("fuse")
-            || wchan.contains("request_wait_answer")
-            || wchan.contains("d_alloc_parallel");
-        if task_state(pid) == Some(state) && in_place {
+        if task_state(pid).is_some_and(|state| ok(state, &wchan)) {
             return;
         }
-        assert!(Instant::now() < deadline, "pid {pid} not in {state} within {timeout:?} (wchan {wchan:?})");
+        assert!(Instant::now() < deadline, "pid {pid} not there within {timeout:?} (wchan {wchan:?})");
         std::thread::sleep(Duration::from_millis(10));
     }
 }

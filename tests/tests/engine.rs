@@ -8,7 +8,9 @@ use dstrace::{
     clock::monotonic_ns,
     loader::{Filters, Options, Tracer},
 };
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Dstrace, GatedPileup, Pileup};
+use dstrace_tests::{
+    fuse::FuseMount, json_lines, require_root, wait_until_proc, Children, Dstrace, GatedPileup, Pileup,
+};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -302,4 +304,55 @@ fn interval_reports_drain_the_aggregation() {
         let seconds = report["seconds"].as_f64().unwrap();
         assert!(seconds > 0.5 && seconds < 5.0, "an interval of {seconds} s");
     }
+}
+
+/// Creating files in a directory whose FUSE server stopped answering: the first
+/// `touch` holds the directory's `i_rwsem` while it waits for the server; the next
+/// waits for that lock in D. dstrace names the lock (the directory inode's
+/// `i_rwsem`), its holder and what the holder is doing.
+#[test]
+fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
+    if !require_root("a_kernel_lock_wait_names_the_lock_and_its_holder") {
+        return;
+    }
+    let mount = FuseMount::new("rwsem").expect("mount the test filesystem");
+    let mounts = dstrace::mounts::read().unwrap();
+    let fuse = mounts.iter().find(|m| m.mount_point == mount.path()).expect("the test mount is listed");
+    let dev = format!("{}:{}", fuse.dev.0, fuse.dev.1);
+
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "touch", "--min-duration", "0"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    mount.hold();
+    let mut children = Children::default();
+    let holder = children.spawn(std::process::Command::new("touch").arg(mount.path().join("new1")));
+    wait_until_proc(holder, Duration::from_secs(10), |state, wchan: &str| {
+        state == 'S' && (wchan.contains("fuse") || wchan.contains("request_wait"))
+    });
+    let waiter = children.spawn(std::process::Command::new("touch").arg(mount.path().join("new2")));
+    wait_until_proc(waiter, Duration::from_secs(10), |state, _| state == 'D');
+    sleep(Duration::from_millis(300));
+
+    // Stopped while the waiter still waits: the summary lists it as ongoing, its
+    // holder seen as it is now.
+    let (_, lines) = dstrace.interrupt();
+    mount.release();
+    children.wait_all(Duration::from_secs(10));
+    let records = json_lines(&lines);
+    let summary = records.last().unwrap();
+    let wait = summary["ongoing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["tid"] == waiter)
+        .unwrap_or_else(|| panic!("the waiter {waiter} is not among the ongoing waits: {summary}"));
+    let lock = &wait["lock"];
+    assert_eq!(lock["kind"], "rwsem-write", "{wait}");
+    assert_eq!(lock["inode"]["dev"], dev.as_str(), "the lock is an inode of the FUSE mount: {lock}");
+    assert_eq!(lock["inode"]["ino"], 1, "the FUSE root directory: {lock}");
+    assert_eq!(lock["holder"]["tid"], holder, "{lock}");
+    assert_eq!(lock["holder"]["comm"], "touch");
+    assert_eq!(lock["holder"]["state"], "S", "the holder waits for the server, interruptibly: {lock}");
+    let function = lock["holder"]["function"].as_str().unwrap_or_default();
+    assert!(function.contains("fuse") || function.contains("request_wait"), "holder in {function}");
+    assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap());
 }
