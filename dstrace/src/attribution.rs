@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use dstrace_common::Target;
 
 use crate::{
+    file_locks::{self, FileLock},
     mounts::{self, Mount},
     syscalls::{self, AT_FDCWD},
 };
@@ -36,7 +37,13 @@ pub struct Attribution {
     pub mount: Option<Mount>,
     /// The file concerned.
     pub file: Option<FileRef>,
+    /// For a wait to lock that file (`flock`, `fcntl`): the file locks others hold
+    /// on it now (`/proc/locks`).
+    pub file_locks: Vec<FileLock>,
 }
+
+/// Syscalls that wait for a file lock.
+const LOCKING_SYSCALLS: [&str; 2] = ["flock", "fcntl"];
 
 /// The mount table, read again when a device number is not in it.
 pub struct MountTable {
@@ -124,7 +131,13 @@ pub fn attribute(pid: u32, target: &Target, table: &mut MountTable) -> Attributi
     }
     .or_else(|| (target.dev != 0).then(|| table.by_dev(target.dev)).flatten());
     let file = (path.is_some() || inode.is_some()).then_some(FileRef { path, inode });
-    Attribution { syscall: Some(syscall.name), mount, file }
+    let file_locks = match inode {
+        Some(ino) if LOCKING_SYSCALLS.contains(&syscall.name) => {
+            file_locks::holders(&file_locks::read(), kernel_dev(target.dev), ino, pid)
+        }
+        _ => Vec::new(),
+    };
+    Attribution { syscall: Some(syscall.name), mount, file, file_locks }
 }
 
 /// Attributes the wait of a task seen in `/proc` (it began before tracing): its
@@ -139,16 +152,22 @@ pub fn attribute_proc(pid: u32, nr: i64, args: &[u64; 6], table: &mut MountTable
     let (Some(fd), None) = (fd, syscall.path_arg) else {
         return Attribution { syscall: Some(syscall.name), ..Attribution::default() };
     };
-    let mount = fdinfo_mnt_id(pid, fd).and_then(|id| table.by_id(id));
-    let path = fd_link(pid, fd);
-    let file = path.map(|path| FileRef { path: Some(path), inode: None });
-    Attribution { syscall: Some(syscall.name), mount, file }
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let mount = fdinfo_field(&fdinfo, "mnt_id:").and_then(|id| table.by_id(id as u32));
+    let inode = fdinfo_field(&fdinfo, "ino:");
+    let file_locks = match (&mount, inode) {
+        (Some(mount), Some(ino)) if LOCKING_SYSCALLS.contains(&syscall.name) => {
+            file_locks::holders(&file_locks::read(), mount.dev, ino, pid)
+        }
+        _ => Vec::new(),
+    };
+    let file = Some(FileRef { path: fd_link(pid, fd), inode });
+    Attribution { syscall: Some(syscall.name), mount, file, file_locks }
 }
 
-/// The `mnt_id:` line of `/proc/PID/fdinfo/FD`.
-fn fdinfo_mnt_id(pid: u32, fd: i32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    text.lines().find_map(|line| line.strip_prefix("mnt_id:")).and_then(|id| id.trim().parse().ok())
+/// A numeric field of a `/proc/PID/fdinfo/FD` text (`mnt_id:`, `ino:`).
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| line.strip_prefix(name)).and_then(|value| value.trim().parse().ok())
 }
 
 /// The path argument, when the task passed one.

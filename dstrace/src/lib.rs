@@ -11,6 +11,7 @@
 //! * [`procfs`]: tasks in D now, read from /proc without hanging;
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
 //! * [`syscalls`] and [`attribution`]: which syscall, mount and file a wait concerns;
+//! * [`file_locks`]: who holds the file lock a task waits for (/proc/locks);
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
 //! * [`output`]: the sinks (text lines, JSON lines);
@@ -22,6 +23,7 @@ pub mod attribution;
 pub mod cli;
 pub mod clock;
 pub mod events;
+pub mod file_locks;
 pub mod kernel_btf;
 pub mod loader;
 pub mod mounts;

@@ -302,6 +302,15 @@ fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
         }
         let _ = write!(text, "({syscall})");
     }
+    for held in &on.file_locks {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        let _ = write!(text, "file locked ({} {})", held.kind, held.access);
+        if let Some(pid) = held.pid {
+            let _ = write!(text, " by pid {pid}");
+        }
+    }
     if let Some(lock) = lock {
         if !text.is_empty() {
             text.push_str("; ");
@@ -378,7 +387,19 @@ struct JsonWait<'a> {
     mount: Option<JsonMount<'a>>,
     file: Option<JsonFile<'a>>,
     lock: Option<JsonLock<'a>>,
+    /// File locks others hold on the file it waits to lock.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    file_locks: Vec<JsonFileLock<'a>>,
     source: &'static str,
+}
+
+#[derive(Serialize)]
+struct JsonFileLock<'a> {
+    kind: &'a str,
+    access: &'a str,
+    pid: Option<u32>,
+    start: u64,
+    end: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -485,6 +506,18 @@ impl<'a> JsonWait<'a> {
                     function: holder.function.as_deref(),
                 }),
             }),
+            file_locks: wait
+                .on
+                .file_locks
+                .iter()
+                .map(|lock| JsonFileLock {
+                    kind: &lock.kind,
+                    access: &lock.access,
+                    pid: lock.pid,
+                    start: lock.range.0,
+                    end: lock.range.1,
+                })
+                .collect(),
             source: match wait.source {
                 Source::Traced => "traced",
                 Source::Proc => "proc",
@@ -573,6 +606,7 @@ mod tests {
                     path: Some("/tmp/fuse/missing".into()),
                     inode: None,
                 }),
+                file_locks: Vec::new(),
             },
             lock: None,
             source: Source::Traced,
