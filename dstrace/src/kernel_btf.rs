@@ -23,6 +23,9 @@ pub struct KernelLayout {
     pub lock_offsets: Result<LockOffsets, String>,
     /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
     pub has_lock_tracepoints: bool,
+    /// Whether the kernel has the `sunrpc` tracepoints (built in, or the module's
+    /// BTF is loaded).
+    pub has_sunrpc: bool,
 }
 
 impl KernelLayout {
@@ -47,6 +50,8 @@ impl KernelLayout {
             lock_offsets: lock_offsets(btf).map_err(|err| format!("{err:#}")),
             has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
                 && tracepoint_params(btf, "contention_end").is_ok(),
+            has_sunrpc: tracepoint_params(btf, "rpc_task_begin").is_ok()
+                || std::path::Path::new("/sys/kernel/btf/sunrpc").exists(),
         })
     }
 }

@@ -12,6 +12,7 @@
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
 //! * [`syscalls`] and [`attribution`]: which syscall, mount and file a wait concerns;
 //! * [`file_locks`]: who holds the file lock a task waits for (/proc/locks);
+//! * [`chain`]: from a task in D to the lock, its holder, the mount and the server;
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
 //! * [`output`]: the sinks (text lines, JSON lines);
@@ -20,6 +21,7 @@
 
 pub mod aggregate;
 pub mod attribution;
+pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod events;

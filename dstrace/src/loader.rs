@@ -151,6 +151,13 @@ impl Tracer {
                 true
             }
         };
+        skipped.push(if layout.has_sunrpc {
+            "NFS and sunrpc RPCs: the sunrpc tracepoints exist here, but attributing waits to RPCs is \
+             not implemented yet (NFS waits are attributed to their mount and file)"
+                .to_owned()
+        } else {
+            "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (no NFS client loaded)".to_owned()
+        });
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
@@ -370,6 +377,7 @@ mod tests {
             target_offsets: Err("not in this test".into()),
             lock_offsets: Err("not in this test".into()),
             has_lock_tracepoints: false,
+            has_sunrpc: false,
         };
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::{
     aggregate::Group,
     attribution::Attribution,
+    chain::{self, Link},
     clock::{human_duration, local_time_of_day, rfc3339_utc},
     record::LockInfo,
     record::{Source, Wait, WakerInfo},
@@ -77,15 +78,17 @@ impl<W: Write> Printer<W> {
     }
 
     /// The first output once tracing is live: the column header for text, a
-    /// `start` record for JSON.
-    pub fn header(&mut self, program: &str, min_duration_ns: u64) -> io::Result<()> {
+    /// `start` record for JSON (with what this kernel cannot record).
+    pub fn header(&mut self, program: &str, min_duration_ns: u64, skipped: &[String]) -> io::Result<()> {
         match self.format {
+            // Text: run prints what is skipped on standard error, as notes.
             Format::Text { .. } => self.column_header()?,
             Format::Json => {
                 let record = serde_json::json!({
                     "type": "start",
                     "program": program,
                     "min_duration_ns": min_duration_ns,
+                    "skipped": skipped,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
                 writeln!(self.out)?;
@@ -165,6 +168,9 @@ impl<W: Write> Printer<W> {
                 writeln!(self.out, "    -- woken by {}", escape(&waker_name(waker)))?;
                 self.text_stack(&waker.stack)?;
             }
+        }
+        if wait.chain.len() > 1 {
+            writeln!(self.out, "    chain: {}", escape(&chain::text(&wait.chain)))?;
         }
         Ok(())
     }
@@ -387,6 +393,9 @@ struct JsonWait<'a> {
     mount: Option<JsonMount<'a>>,
     file: Option<JsonFile<'a>>,
     lock: Option<JsonLock<'a>>,
+    /// The wait chain (waits still going on).
+    #[serde(skip_serializing_if = "<[Link]>::is_empty")]
+    chain: &'a [Link],
     /// File locks others hold on the file it waits to lock.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     file_locks: Vec<JsonFileLock<'a>>,
@@ -506,6 +515,7 @@ impl<'a> JsonWait<'a> {
                     function: holder.function.as_deref(),
                 }),
             }),
+            chain: &wait.chain,
             file_locks: wait
                 .on
                 .file_locks
@@ -609,6 +619,7 @@ mod tests {
                 file_locks: Vec::new(),
             },
             lock: None,
+            chain: Vec::new(),
             source: Source::Traced,
         }
     }

@@ -53,6 +53,9 @@ pub struct Wait {
     pub on: Attribution,
     /// The kernel lock it waits for, when it waits for one.
     pub lock: Option<LockInfo>,
+    /// The wait chain, for waits still going on (see [`crate::chain`]); empty
+    /// otherwise.
+    pub chain: Vec<crate::chain::Link>,
     /// Where the record comes from.
     pub source: Source,
 }
@@ -256,6 +259,7 @@ impl Wait {
             waker,
             on: attribute_with_lock(wait, resolver.mounts),
             lock: lock_info(&wait.cause),
+            chain: Vec::new(),
             source: Source::Traced,
         }
     }
@@ -287,8 +291,15 @@ impl Wait {
                 _ => Attribution::default(),
             },
             lock: None,
+            chain: Vec::new(),
             source: Source::Proc,
         }
+    }
+
+    /// Works out the wait chain (for a wait still going on).
+    pub fn with_chain(mut self) -> Wait {
+        self.chain = crate::chain::chain(&self);
+        self
     }
 
     /// Whether the wait is still going on.

@@ -114,7 +114,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     let mut ongoing: Vec<Wait> = tracer
         .inflight()
         .iter()
-        .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver))
+        .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain())
         .filter(|wait| wait.duration_ns >= min_duration_ns)
         .collect();
     // Waits that began before tracing and still go on are only in /proc.
@@ -154,7 +154,7 @@ fn waits_in_proc(options: &Options, clock: &Clock, mounts: &mut MountTable) -> V
         .iter()
         .filter(|task| task.pid != std::process::id())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, now_ns, clock, mounts))
+        .map(|task| Wait::from_proc(task, now_ns, clock, mounts).with_chain())
         .collect()
 }
 
@@ -198,7 +198,12 @@ async fn stream<W: Write>(
 
     let already = waits_in_proc(options, &sink.clock, &mut sink.mounts);
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
-    sink.printer.header(tracer.program, duration_ns(args.min_duration))?;
+    if !args.json {
+        for what in &tracer.skipped {
+            eprintln!("dstrace: not recorded on this kernel: {what}");
+        }
+    }
+    sink.printer.header(tracer.program, duration_ns(args.min_duration), &tracer.skipped)?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,

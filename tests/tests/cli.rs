@@ -80,3 +80,25 @@ fn bad_cgroup_is_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("dstrace: error: --cgroup no/such/cgroup:"), "{stderr}");
 }
+
+/// What this kernel lacks is skipped and said, never a failure: here, no NFS client.
+#[test]
+fn missing_kernel_features_are_reported_as_skipped() {
+    if !dstrace_tests::require_root("missing_kernel_features_are_reported_as_skipped") {
+        return;
+    }
+    let has_sunrpc = std::path::Path::new("/sys/kernel/btf/sunrpc").exists();
+    let (code, stdout, stderr) =
+        output(Command::new(dstrace_bin()).args(["run", "--json", "--duration", "1s"]));
+    assert_eq!(code, 0, "{stderr}");
+    let start: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(start["type"], "start");
+    let skipped = start["skipped"].as_array().unwrap();
+    let nfs = skipped.iter().filter_map(|s| s.as_str()).find(|s| s.starts_with("NFS and sunrpc"));
+    let nfs = nfs.unwrap_or_else(|| panic!("NFS not reported: {skipped:?}"));
+    if !has_sunrpc {
+        assert!(nfs.contains("no sunrpc tracepoints"), "{nfs}");
+    }
+    let (_, _, stderr) = output(Command::new(dstrace_bin()).args(["run", "--duration", "1s"]));
+    assert!(stderr.contains("dstrace: not recorded on this kernel: NFS and sunrpc"), "{stderr}");
+}

@@ -355,4 +355,18 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     let function = lock["holder"]["function"].as_str().unwrap_or_default();
     assert!(function.contains("fuse") || function.contains("request_wait"), "holder in {function}");
     assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap());
+
+    // The chain: waiter -> lock -> holder -> mount -> the FUSE daemon (this test
+    // process serves the mount).
+    let chain = wait["chain"].as_array().unwrap_or_else(|| panic!("no chain: {wait}"));
+    let kinds: Vec<&str> = chain.iter().map(|link| link["link"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[..4], ["task", "lock", "task", "mount"], "{chain:#?}");
+    assert_eq!(chain[0]["tid"], waiter);
+    assert_eq!(chain[2]["tid"], holder);
+    assert_eq!(chain[3]["fstype"], "fuse.dstrace-test");
+    assert!(
+        chain[4..].iter().any(|link| link["link"] == "fuse_daemon" && link["pid"] == std::process::id()),
+        "the chain does not end at the FUSE daemon (pid {}): {chain:#?}",
+        std::process::id()
+    );
 }

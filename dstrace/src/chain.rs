@@ -1,0 +1,256 @@
+//! The wait chain: from a task in D to the lock it waits for, to the lock's holder
+//! and what that one does, to the mount, to the server or daemon at the end, with
+//! the state of each link. What an engineer in an incident otherwise rebuilds by
+//! hand from `ps`, `/proc/PID/stack`, `/proc/locks` and `lsof`.
+//!
+//! Everything here comes from the record and from `/proc` and `/sys/fs/fuse`
+//! (files the kernel answers itself); nothing under a diagnosed mount is touched.
+
+use std::path::Path;
+
+use crate::{
+    procfs,
+    record::{TaskState, Wait},
+    symbols::blocking_function,
+};
+
+/// One link of a chain (in JSON: an object whose `link` names the kind).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "link", rename_all = "snake_case")]
+pub enum Link {
+    /// A task and what it does now.
+    Task {
+        /// Thread id.
+        tid: u32,
+        /// Process id.
+        pid: u32,
+        /// Command name.
+        comm: String,
+        /// State letter (`D`, `S`, `T`, ...), `None` once it is gone.
+        state: Option<char>,
+        /// Where it is blocked, if it is.
+        function: Option<String>,
+    },
+    /// A kernel lock (by its name, e.g. `i_rwsem of inode 1 (0:55)`).
+    Lock {
+        /// What the lock is.
+        name: String,
+    },
+    /// A file lock someone holds on the file.
+    FileLock {
+        /// `POSIX`, `FLOCK`, ...
+        kind: String,
+    },
+    /// The mount it all happens on.
+    Mount {
+        /// Mount point.
+        mountpoint: String,
+        /// Filesystem type.
+        fstype: String,
+        /// Source (`server:/export`, FUSE daemon name, device).
+        source: String,
+    },
+    /// A FUSE daemon: a process with `/dev/fuse` open (on a machine with several
+    /// FUSE daemons, each is listed).
+    FuseDaemon {
+        /// Its process id.
+        pid: u32,
+        /// Its command name.
+        comm: String,
+        /// Its state letter now (`T`: stopped).
+        state: Option<char>,
+        /// Requests of this mount's connection waiting for an answer
+        /// (`/sys/fs/fuse/connections/N/waiting`), when fusectl is mounted.
+        waiting: Option<u64>,
+    },
+    /// The NFS server of the mount.
+    NfsServer {
+        /// Its address (`addr=` of the mount options, or the host of the source).
+        address: String,
+    },
+}
+
+/// The chain of a wait: the waiting task first.
+pub fn chain(wait: &Wait) -> Vec<Link> {
+    let mut links = vec![Link::Task {
+        tid: wait.tid,
+        pid: wait.pid,
+        comm: wait.comm.clone(),
+        state: Some(if wait.state == TaskState::Idle { 'I' } else { 'D' }),
+        function: wait.blocked_in.clone(),
+    }];
+    if let Some(lock) = &wait.lock {
+        links.push(Link::Lock { name: lock.name() });
+        if let Some(holder) = &lock.holder {
+            links.push(Link::Task {
+                tid: holder.tid,
+                pid: holder.pid,
+                comm: holder.comm.clone(),
+                state: holder.state,
+                function: holder.function.clone(),
+            });
+        }
+    }
+    for held in &wait.on.file_locks {
+        links.push(Link::FileLock { kind: held.kind.clone() });
+        if let Some(pid) = held.pid {
+            links.push(task_now(pid, pid));
+        }
+    }
+    if let Some(mount) = &wait.on.mount {
+        links.push(Link::Mount {
+            mountpoint: mount.mount_point.to_string_lossy().into_owned(),
+            fstype: mount.fs_type.clone(),
+            source: mount.source.clone(),
+        });
+        if mount.fs_type == "fuse" || mount.fs_type.starts_with("fuse.") || mount.fs_type == "fuseblk" {
+            let waiting = fuse_waiting(mount.dev.1);
+            links.extend(
+                fuse_daemons(Path::new("/proc")).into_iter().map(|(pid, comm, state)| Link::FuseDaemon {
+                    pid,
+                    comm,
+                    state,
+                    waiting,
+                }),
+            );
+        } else if mount.fs_type.starts_with("nfs") {
+            if let Some(address) = nfs_server(&mount.super_options, &mount.source) {
+                links.push(Link::NfsServer { address });
+            }
+        }
+    }
+    links
+}
+
+/// A task as `/proc` shows it now.
+fn task_now(pid: u32, tid: u32) -> Link {
+    let task = procfs::task(Path::new("/proc"), pid, tid);
+    Link::Task {
+        tid,
+        pid,
+        comm: task.as_ref().map(|t| t.comm.clone()).unwrap_or_default(),
+        state: task.as_ref().map(|t| t.state),
+        function: task.and_then(|t| {
+            t.stack
+                .as_ref()
+                .and_then(|stack| blocking_function(stack.iter().map(String::as_str)).map(str::to_owned))
+                .or(t.wchan)
+        }),
+    }
+}
+
+/// Processes with `/dev/fuse` open, with their command and state: `readlink` of
+/// `/proc/PID/fd/*`, which the kernel answers from its own records.
+pub fn fuse_daemons(proc_root: &Path) -> Vec<(u32, String, Option<char>)> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let mut daemons: Vec<(u32, String, Option<char>)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new("/dev/fuse"))
+                })
+            })
+        })
+        .map(|pid| {
+            let task = procfs::task(proc_root, pid, pid);
+            (pid, task.as_ref().map(|t| t.comm.clone()).unwrap_or_default(), task.map(|t| t.state))
+        })
+        .collect();
+    daemons.sort();
+    daemons
+}
+
+/// Requests waiting on the FUSE connection of a mount (its device minor), when the
+/// fusectl filesystem is mounted.
+fn fuse_waiting(minor: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/fs/fuse/connections/{minor}/waiting")).ok()?.trim().parse().ok()
+}
+
+/// The NFS server of a mount: `addr=` in its options, or the host of its source.
+pub fn nfs_server(super_options: &str, source: &str) -> Option<String> {
+    super_options
+        .split(',')
+        .find_map(|option| option.strip_prefix("addr="))
+        .map(str::to_owned)
+        .or_else(|| source.rsplit_once(":/").map(|(host, _)| host.to_owned()))
+}
+
+/// The chain as one line: `stat[7] D in d_alloc_parallel -> i_rwsem of ... -> ...`.
+pub fn text(links: &[Link]) -> String {
+    links
+        .iter()
+        .map(|link| match link {
+            Link::Task { tid, comm, state, function, .. } => {
+                let mut text = format!("{comm}[{tid}]");
+                match (state, function) {
+                    (Some(state), Some(function)) => text.push_str(&format!(" {state} in {function}")),
+                    (Some(state), None) => text.push_str(&format!(" {state}")),
+                    (None, _) => text.push_str(" (gone)"),
+                }
+                text
+            }
+            Link::Lock { name } => name.clone(),
+            Link::FileLock { kind } => format!("{kind} file lock"),
+            Link::Mount { mountpoint, fstype, source } => format!("{fstype} {mountpoint} ({source})"),
+            Link::FuseDaemon { pid, comm, state, waiting } => {
+                let mut text = format!("FUSE daemon {comm}[{pid}]");
+                match state {
+                    Some('T') => text.push_str(" STOPPED"),
+                    Some(state) => text.push_str(&format!(" {state}")),
+                    None => text.push_str(" (gone)"),
+                }
+                if let Some(waiting) = waiting {
+                    text.push_str(&format!(", {waiting} requests waiting"));
+                }
+                text
+            }
+            Link::NfsServer { address } => format!("NFS server {address}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfs_servers() {
+        assert_eq!(
+            nfs_server("rw,vers=4.2,addr=10.0.0.5,clientaddr=10.0.0.9", "x:/y"),
+            Some("10.0.0.5".into())
+        );
+        assert_eq!(nfs_server("rw", "fileserver:/export"), Some("fileserver".into()));
+        assert_eq!(nfs_server("rw", "/dev/sda1"), None);
+    }
+
+    #[test]
+    fn chains_read_as_one_line() {
+        let links = vec![
+            Link::Task {
+                tid: 7,
+                pid: 7,
+                comm: "touch".into(),
+                state: Some('D'),
+                function: Some("path_openat".into()),
+            },
+            Link::Lock { name: "i_rwsem of inode 1 (0:55)".into() },
+            Link::Task { tid: 6, pid: 6, comm: "touch".into(), state: Some('S'), function: None },
+            Link::Mount { mountpoint: "/mnt/x".into(), fstype: "fuse.sshfs".into(), source: "sshfs".into() },
+            Link::FuseDaemon { pid: 5, comm: "sshfs".into(), state: Some('T'), waiting: Some(3) },
+        ];
+        assert_eq!(
+            text(&links),
+            "touch[7] D in path_openat -> i_rwsem of inode 1 (0:55) -> touch[6] S -> fuse.sshfs /mnt/x (sshfs) \
+             -> FUSE daemon sshfs[5] STOPPED, 3 requests waiting"
+        );
+    }
+
+    #[test]
+    fn this_process_is_no_fuse_daemon() {
+        let daemons = fuse_daemons(Path::new("/proc"));
+        assert!(daemons.iter().all(|(pid, _, _)| *pid != std::process::id()));
+    }
+}
