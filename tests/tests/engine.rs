@@ -370,3 +370,42 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
         std::process::id()
     );
 }
+
+/// Lookups of two names in a directory of a FUSE mount without parallel directory
+/// operations: the first holds the directory's FUSE mutex while it waits for the
+/// server; the second waits for that mutex in D. dstrace names the mutex's owner.
+#[test]
+fn a_mutex_wait_names_its_owner() {
+    if !require_root("a_mutex_wait_names_its_owner") {
+        return;
+    }
+    let mount = FuseMount::new("mutex").expect("mount the test filesystem");
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    mount.hold();
+    let mut children = Children::default();
+    let owner = children.spawn(std::process::Command::new("stat").arg(mount.path().join("a")));
+    wait_until_proc(owner, Duration::from_secs(10), |state, wchan: &str| {
+        state == 'S' && (wchan.contains("fuse") || wchan.contains("request_wait"))
+    });
+    let waiter = children.spawn(std::process::Command::new("stat").arg(mount.path().join("b")));
+    wait_until_proc(waiter, Duration::from_secs(10), |state, _| state == 'D');
+    sleep(Duration::from_millis(300));
+    let (_, lines) = dstrace.interrupt();
+    mount.release();
+    children.wait_all(Duration::from_secs(10));
+
+    let records = json_lines(&lines);
+    let summary = records.last().unwrap();
+    let wait = summary["ongoing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["tid"] == waiter)
+        .unwrap_or_else(|| panic!("the waiter {waiter} is not among the ongoing waits: {summary}"));
+    let lock = &wait["lock"];
+    assert_eq!(lock["kind"], "mutex", "{wait}");
+    assert_eq!(lock["holder"]["tid"], owner, "{lock}");
+    assert_eq!(lock["holder"]["comm"], "stat");
+    assert!(lock["inode"].is_null(), "a FUSE inode's mutex is not its i_rwsem: {lock}");
+}
