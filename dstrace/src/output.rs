@@ -14,7 +14,7 @@ use dstrace_common::Counter;
 use serde::Serialize;
 
 use crate::{
-    aggregate::Group,
+    aggregate::{CauseGroup, Group},
     attribution::Attribution,
     chain::{self, Link},
     clock::{human_duration, local_time_of_day, rfc3339_utc},
@@ -52,6 +52,10 @@ pub struct Summary {
     pub groups: Vec<Group>,
     /// Waits still going on at the end.
     pub ongoing: Vec<Wait>,
+    /// Waits (streamed and ongoing) by mount.
+    pub by_mount: Vec<CauseGroup>,
+    /// Waits (streamed and ongoing) by kernel lock.
+    pub by_lock: Vec<CauseGroup>,
 }
 
 impl Summary {
@@ -214,6 +218,33 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
+    fn cause_table(&mut self, title: &str, what: &str, groups: &[CauseGroup]) -> io::Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        writeln!(self.out)?;
+        writeln!(self.out, "{title} (waits shown and waits still in D):")?;
+        writeln!(
+            self.out,
+            "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {}",
+            what, "IN D NOW", "OLDEST", "DONE", "TOTAL", "MAX", "WHAT / HELD BY"
+        )?;
+        for group in groups.iter().take(TEXT_GROUPS) {
+            writeln!(
+                self.out,
+                "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {}",
+                escape(&group.key),
+                group.ongoing,
+                human_duration(group.oldest_ns),
+                group.completed.count,
+                human_duration(group.completed.total_ns),
+                human_duration(group.completed.max_ns),
+                escape(&group.detail),
+            )?;
+        }
+        Ok(())
+    }
+
     fn groups_table(&mut self, groups: &[Group]) -> io::Result<()> {
         writeln!(
             self.out,
@@ -248,6 +279,8 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "Blocked time by process and function (every completed wait):")?;
                     self.groups_table(&summary.groups)?;
                 }
+                self.cause_table("Waits by mount", "MOUNT", &summary.by_mount)?;
+                self.cause_table("Waits by kernel lock", "LOCK", &summary.by_lock)?;
                 if !summary.ongoing.is_empty() {
                     writeln!(self.out)?;
                     writeln!(self.out, "Still in D:")?;
@@ -266,6 +299,23 @@ impl<W: Write> Printer<W> {
                     .collect();
                 let groups = json_groups(&summary.groups);
                 let ongoing: Vec<JsonWait<'_>> = summary.ongoing.iter().map(JsonWait::of).collect();
+                let causes = |groups: &[CauseGroup], key: &str| -> Vec<serde_json::Value> {
+                    groups
+                        .iter()
+                        .map(|group| {
+                            serde_json::json!({
+                                key: group.key,
+                                "detail": group.detail,
+                                "ongoing": group.ongoing,
+                                "oldest_ns": group.oldest_ns,
+                                "count": group.completed.count,
+                                "total_ns": group.completed.total_ns,
+                                "max_ns": group.completed.max_ns,
+                                "pids": group.pids,
+                            })
+                        })
+                        .collect()
+                };
                 let record = serde_json::json!({
                     "type": "summary",
                     "shown": summary.shown,
@@ -273,6 +323,8 @@ impl<W: Write> Printer<W> {
                     "counters": counters,
                     "bad_records": summary.bad_records,
                     "groups": groups,
+                    "by_mount": causes(&summary.by_mount, "mountpoint"),
+                    "by_lock": causes(&summary.by_lock, "lock"),
                     "ongoing": ongoing,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
@@ -632,6 +684,8 @@ mod tests {
             bad_records: 0,
             groups: Vec::new(),
             ongoing: Vec::new(),
+            by_mount: Vec::new(),
+            by_lock: Vec::new(),
         }
     }
 

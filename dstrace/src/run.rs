@@ -19,7 +19,7 @@ use tokio::{
 use dstrace_common::AggKey;
 
 use crate::{
-    aggregate::{group, Aggregator, Group, Totals},
+    aggregate::{group, Aggregator, ByCause, Group, Totals},
     attribution::MountTable,
     cli::RunArgs,
     clock::{duration_ns, monotonic_ns, Clock},
@@ -53,6 +53,7 @@ struct Sink<W: Write> {
     printer: Printer<W>,
     stacks: Stacks,
     mounts: MountTable,
+    by_cause: ByCause,
     clock: Clock,
     shown: u64,
     bad_records: u64,
@@ -72,6 +73,7 @@ impl<W: Write> Sink<W> {
             mounts: &mut self.mounts,
         };
         let wait = Wait::completed(&event, &mut resolver);
+        self.by_cause.add(&wait);
         self.shown += 1;
         self.printer.wait(&wait)
     }
@@ -92,6 +94,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         printer: Printer::new(io::stdout().lock(), format),
         stacks: Stacks::new(kallsyms),
         mounts: MountTable::read(),
+        by_cause: ByCause::default(),
         clock: Clock::now(),
         shown: 0,
         bad_records: 0,
@@ -128,7 +131,12 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
 
     // The kernel's counters started at zero: one full read is the whole run.
     let groups = grouped(&Aggregator::default().delta(tracer.aggregates()), &tracer, &mut sink.stacks);
+    for wait in &ongoing {
+        sink.by_cause.add(wait);
+    }
     let summary = Summary {
+        by_mount: sink.by_cause.mounts(),
+        by_lock: sink.by_cause.locks(),
         shown: sink.shown,
         min_duration_ns,
         counters: tracer.counters()?,
@@ -244,6 +252,8 @@ fn report_new_drops(tracer: &Tracer, seen: u64) -> u64 {
     let total: u64 = counters.iter().filter(|(counter, _)| counter.is_drop()).map(|&(_, n)| n).sum();
     if total > seen {
         let summary = Summary {
+            by_mount: Vec::new(),
+            by_lock: Vec::new(),
             shown: 0,
             min_duration_ns: 0,
             counters,

@@ -356,6 +356,16 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     assert!(function.contains("fuse") || function.contains("request_wait"), "holder in {function}");
     assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap());
 
+    // "By mount" and "by lock" are each one look.
+    let mount_point = mount.path().to_str().unwrap();
+    let by_mount = summary["by_mount"].as_array().unwrap();
+    let on_mount = by_mount.iter().find(|g| g["mountpoint"] == mount_point).expect("the mount is grouped");
+    assert!(on_mount["ongoing"].as_u64().unwrap() >= 1, "{on_mount}");
+    let by_lock = summary["by_lock"].as_array().unwrap();
+    let on_lock = by_lock.iter().find(|g| g["lock"] == lock["name"]).expect("the lock is grouped");
+    assert_eq!(on_lock["ongoing"], 1, "{on_lock}");
+    assert_eq!(on_lock["detail"], format!("touch[{holder}]"));
+
     // The chain: waiter -> lock -> holder -> mount -> the FUSE daemon (this test
     // process serves the mount).
     let chain = wait["chain"].as_array().unwrap_or_else(|| panic!("no chain: {wait}"));
