@@ -312,7 +312,7 @@ mod tests {
             user_stack: [].into(),
             waker: None,
             on: Attribution { mount: mount.clone(), ..Attribution::default() },
-            lock: locked.then(|| LockInfo { kind: "mutex", addr: 0x10, inode: None, holder: None }),
+            lock: locked.then_some(LockInfo { kind: "mutex", addr: 0x10, inode: None, holder: None }),
             chain: Vec::new(),
             source: Source::Traced,
         };

@@ -226,8 +226,8 @@ impl<W: Write> Printer<W> {
         writeln!(self.out, "{title} (waits shown and waits still in D):")?;
         writeln!(
             self.out,
-            "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {}",
-            what, "IN D NOW", "OLDEST", "DONE", "TOTAL", "MAX", "WHAT / HELD BY"
+            "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  WHAT / HELD BY",
+            what, "IN D NOW", "OLDEST", "DONE", "TOTAL", "MAX"
         )?;
         for group in groups.iter().take(TEXT_GROUPS) {
             writeln!(
