@@ -58,6 +58,16 @@ pub mod names {
     pub const PROG_CONTENTION_BEGIN: &str = "contention_begin";
     /// The `tp_btf/contention_end` program: it got the lock (or gave up).
     pub const PROG_CONTENTION_END: &str = "contention_end";
+    /// `fentry/d_alloc_parallel`: a task looks a name up in the dcache.
+    pub const PROG_DALLOC_ENTRY: &str = "d_alloc_parallel_entry";
+    /// `fexit/d_alloc_parallel`: it got the dentry; if it is to look it up, it owns it.
+    pub const PROG_DALLOC_EXIT: &str = "d_alloc_parallel_exit";
+    /// `fentry/__d_lookup_unhash_wake`: the lookup of an in-lookup dentry is over.
+    pub const PROG_DLOOKUP_DONE: &str = "d_lookup_done";
+    /// Tasks inside `d_alloc_parallel` now: tid -> [`crate::DentryKey`].
+    pub const MAP_DLOOKUP_WAITING: &str = "DLOOKUP_WAITING";
+    /// Dentries being looked up now: [`crate::DentryKey`] -> the owner's [`crate::TaskId`].
+    pub const MAP_DLOOKUP_OWNERS: &str = "DLOOKUP_OWNERS";
     /// Tasks waiting for a kernel lock now: tid -> [`crate::Cause`].
     pub const MAP_CONTENDING: &str = "CONTENDING";
     /// Syscall number -> which arguments name a path and a file descriptor
@@ -72,7 +82,9 @@ pub mod names {
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 13] = [
+    pub const MAPS: [&str; 15] = [
+        MAP_DLOOKUP_WAITING,
+        MAP_DLOOKUP_OWNERS,
         MAP_CONTENDING,
         MAP_SYSCALL_ARGS,
         MAP_SCRATCH,
@@ -88,7 +100,10 @@ pub mod names {
         MAP_FILTER_COMMS,
     ];
     /// Every program the object must define.
-    pub const PROGRAMS: [&str; 7] = [
+    pub const PROGRAMS: [&str; 10] = [
+        PROG_DALLOC_ENTRY,
+        PROG_DALLOC_EXIT,
+        PROG_DLOOKUP_DONE,
         PROG_CONTENTION_BEGIN,
         PROG_CONTENTION_END,
         PROG_SCHED_SWITCH,
@@ -111,6 +126,8 @@ pub mod limits {
     pub const AGG_ENTRIES: u32 = 10_240;
     /// Entries of each filter set.
     pub const FILTER_ENTRIES: u32 = 64;
+    /// Name lookups tracked at once (tasks in `d_alloc_parallel`, dentries in lookup).
+    pub const DLOOKUP_ENTRIES: u32 = 8_192;
     /// Tasks waiting for a kernel lock at once.
     pub const CONTENDING_ENTRIES: u32 = 8_192;
     /// Syscall numbers described in `SYSCALL_ARGS`.
@@ -156,10 +173,18 @@ pub struct LockOffsets {
     pub sb_root: u32,
     /// `dentry.d_sb`.
     pub dentry_sb: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `dentry.d_flags`.
+    pub dentry_flags: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_name` (a `qstr`).
+    pub dentry_name: u32,
+    /// `qstr.hash_len`.
+    pub qstr_hash_len: u32,
+    /// The value of `DCACHE_PAR_LOOKUP` (a dentry being looked up).
+    pub dcache_par_lookup: u32,
 }
-const _: () = assert!(core::mem::size_of::<LockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<LockOffsets>() == 48);
 
 impl LockOffsets {
     /// All zero: unknown.
@@ -171,7 +196,11 @@ impl LockOffsets {
         inode_rwsem: 0,
         sb_root: 0,
         dentry_sb: 0,
-        _pad: 0,
+        dentry_flags: 0,
+        dentry_parent: 0,
+        dentry_name: 0,
+        qstr_hash_len: 0,
+        dcache_par_lookup: 0,
     };
 }
 
@@ -297,7 +326,7 @@ pub struct Config {
     /// Offsets for [`CONFIG_LOCK_OWNERS`].
     pub locks: LockOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -365,6 +394,33 @@ const _: () = assert!(core::mem::size_of::<Cause>() == 56);
 pub const CAUSE_NONE: u32 = 0;
 /// [`Cause::kind`]: a kernel lock (`lock:contention_begin`); `key` is its address.
 pub const CAUSE_LOCK: u32 = 1;
+/// [`Cause::kind`]: a name another task is looking up (`d_alloc_parallel`); `key`
+/// is the parent dentry's address, the holder the task doing the lookup.
+pub const CAUSE_DENTRY: u32 = 2;
+
+/// A name being looked up: the parent dentry and the name's hash and length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DentryKey {
+    /// The parent dentry's address.
+    pub parent: u64,
+    /// `qstr.hash_len` of the name.
+    pub hash_len: u64,
+}
+const _: () = assert!(core::mem::size_of::<DentryKey>() == 16);
+
+/// A task, named.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskId {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread group id.
+    pub tgid: u32,
+    /// `comm`.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<TaskId>() == 24);
 
 impl Cause {
     /// No cause known.

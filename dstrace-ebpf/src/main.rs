@@ -46,16 +46,17 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_user_str,
         generated::bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext as _, BtfTracePointContext},
+    macros::{btf_tracepoint, fentry, fexit, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext as _, BtfTracePointContext, FEntryContext, FExitContext},
 };
 use dstrace_common::{
-    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, InFlight, Target,
-    WaitEvent, Waker, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN,
-    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE,
-    CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ,
-    LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, DentryKey, InFlight,
+    Target, TaskId, WaitEvent, Waker, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT,
+    CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID,
+    CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
+    LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN,
+    TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -80,6 +81,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map(name = "AGG")]
 static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
+
+/// Tasks inside `d_alloc_parallel` now, and the name they look up.
+#[map(name = "DLOOKUP_WAITING")]
+static DLOOKUP_WAITING: HashMap<u32, DentryKey> = HashMap::with_max_entries(limits::DLOOKUP_ENTRIES, 0);
+
+/// Names being looked up now, and by whom. LRU: an end of lookup missed (another
+/// kernel's function name) ages out instead of filling the map.
+#[map(name = "DLOOKUP_OWNERS")]
+static DLOOKUP_OWNERS: LruHashMap<DentryKey, TaskId> =
+    LruHashMap::with_max_entries(limits::DLOOKUP_ENTRIES, 0);
 
 /// Tasks waiting for a kernel lock now, and which (`contention_begin`/`_end`).
 #[map(name = "CONTENDING")]
@@ -182,6 +193,63 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
     // else writes its entry now.
     unsafe { (*wait).waker = waker };
     count(Counter::WaitsWoken);
+    0
+}
+
+/// `d_alloc_parallel(struct dentry *parent, const struct qstr *name,
+/// wait_queue_head_t *wq)` (fs/dcache.c): the current task looks `name` up in
+/// `parent`. If another task is already looking the same name up, this one waits
+/// for it in D; the name is noted so that the wait can name that task.
+#[fentry(function = "d_alloc_parallel")]
+pub fn d_alloc_parallel_entry(ctx: FEntryContext) -> u32 {
+    let parent: *const u8 = ctx.arg(0);
+    let name: *const u8 = ctx.arg(1);
+    if let Some(hash_len) = read_u64(name, config_u32(&CONFIG.locks.qstr_hash_len)) {
+        let key = DentryKey { parent: parent as u64, hash_len };
+        let _ = DLOOKUP_WAITING.insert(bpf_get_current_pid_tgid() as u32, key, 0);
+    }
+    0
+}
+
+/// `d_alloc_parallel` returns: if the dentry is in lookup (`DCACHE_PAR_LOOKUP`),
+/// the current task is the one to look it up: it owns the name until the lookup
+/// ends.
+#[fexit(function = "d_alloc_parallel")]
+pub fn d_alloc_parallel_exit(ctx: FExitContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(key) = DLOOKUP_WAITING.get_ptr(tid) else { return 0 };
+    // SAFETY: a pointer from a successful lookup of this task's own entry.
+    let key = unsafe { *key };
+    let _ = DLOOKUP_WAITING.remove(tid);
+    let dentry: *const u8 = ctx.arg(3);
+    // An ERR_PTR is in the last page of the address space.
+    if dentry.is_null() || dentry as u64 >= u64::MAX - 4095 {
+        return 0;
+    }
+    let locks = &CONFIG.locks;
+    let Some(flags) = read_u32(dentry, config_u32(&locks.dentry_flags)) else { return 0 };
+    if flags & config_u32(&locks.dcache_par_lookup) != 0 {
+        let owner = TaskId {
+            tid,
+            tgid: (pid_tgid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        };
+        let _ = DLOOKUP_OWNERS.insert(key, owner, 0);
+    }
+    0
+}
+
+/// `__d_lookup_unhash_wake(struct dentry *dentry)` (6.x; the end of an in-lookup
+/// dentry's lookup, which wakes its waiters): the name has no owner any more.
+#[fentry(function = "__d_lookup_unhash_wake")]
+pub fn d_lookup_done(ctx: FEntryContext) -> u32 {
+    let dentry: *const u8 = ctx.arg(0);
+    let locks = &CONFIG.locks;
+    let Some(parent) = read_u64(dentry, config_u32(&locks.dentry_parent)) else { return 0 };
+    let name = dentry.wrapping_add(config_u32(&locks.dentry_name) as usize);
+    let Some(hash_len) = read_u64(name, config_u32(&locks.qstr_hash_len)) else { return 0 };
+    let _ = DLOOKUP_OWNERS.remove(DentryKey { parent, hash_len });
     0
 }
 
@@ -320,7 +388,7 @@ fn record_wait_start<const TARGETS: bool>(ctx: &BtfTracePointContext, state: u32
         // SAFETY: a pointer from a successful lookup of this task's own entry,
         // which only this task's contention hooks change, and it is running here.
         Some(cause) => unsafe { *cause },
-        None => Cause::NONE,
+        None => dentry_cause(tid),
     };
     wait.target.syscall = -1;
     wait.target.fd = -1;
@@ -343,6 +411,29 @@ fn record_wait_start<const TARGETS: bool>(ctx: &BtfTracePointContext, state: u32
         }
         Err(_) => count(Counter::DropInflightFull),
     }
+}
+
+/// If the task waits inside `d_alloc_parallel` for a name another task is looking
+/// up, that name and that task.
+#[inline(always)]
+fn dentry_cause(tid: u32) -> Cause {
+    let mut cause = Cause::NONE;
+    let Some(key) = DLOOKUP_WAITING.get_ptr(tid) else { return cause };
+    // SAFETY: a pointer from a successful lookup of this task's own entry.
+    let key = unsafe { *key };
+    cause.kind = CAUSE_DENTRY;
+    cause.key = key.parent;
+    if let Some(owner) = DLOOKUP_OWNERS.get_ptr(key) {
+        // SAFETY: a pointer from a successful lookup; the entry is copied at once.
+        let owner = unsafe { *owner };
+        if owner.tid != tid {
+            cause.holder_tid = owner.tid;
+            cause.holder_tgid = owner.tgid;
+            cause.holder_comm = owner.comm;
+            cause.flags |= CAUSE_HOLDER_KNOWN;
+        }
+    }
+    cause
 }
 
 /// Notes what the current task's syscall names: its file descriptor argument (and

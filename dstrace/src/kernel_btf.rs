@@ -26,6 +26,8 @@ pub struct KernelLayout {
     /// Whether the kernel has the `sunrpc` tracepoints (built in, or the module's
     /// BTF is loaded).
     pub has_sunrpc: bool,
+    /// Whether `d_alloc_parallel` and `__d_lookup_unhash_wake` can be hooked (6.x).
+    pub has_dlookup_functions: bool,
 }
 
 impl KernelLayout {
@@ -52,6 +54,8 @@ impl KernelLayout {
                 && tracepoint_params(btf, "contention_end").is_ok(),
             has_sunrpc: tracepoint_params(btf, "rpc_task_begin").is_ok()
                 || std::path::Path::new("/sys/kernel/btf/sunrpc").exists(),
+            has_dlookup_functions: has_function(btf, "d_alloc_parallel")
+                && has_function(btf, "__d_lookup_unhash_wake"),
         })
     }
 }
@@ -68,8 +72,33 @@ pub fn lock_offsets(btf: &Btf) -> Result<LockOffsets> {
         inode_rwsem: member_offset(btf, "inode", &["i_rwsem"])?,
         sb_root: member_offset(btf, "super_block", &["s_root"])?,
         dentry_sb: member_offset(btf, "dentry", &["d_sb"])?,
-        _pad: 0,
+        dentry_flags: member_offset(btf, "dentry", &["d_flags"])?,
+        dentry_parent: member_offset(btf, "dentry", &["d_parent"])?,
+        dentry_name: member_offset(btf, "dentry", &["d_name"])?,
+        qstr_hash_len: member_offset(btf, "qstr", &["hash_len"])?,
+        dcache_par_lookup: dcache_par_lookup(btf),
     })
+}
+
+/// `DCACHE_PAR_LOOKUP`: from the `dentry_flags` enum where the kernel has one (its
+/// BTF then says it); before that a `#define`, 0x10000000 from 4.7 to 6.x.
+fn dcache_par_lookup(btf: &Btf) -> u32 {
+    const DEFINE: u32 = 0x1000_0000;
+    let Ok(types) = btf.resolve_types_by_name("dentry_flags") else { return DEFINE };
+    types
+        .iter()
+        .find_map(|ty| match ty {
+            Type::Enum(flags) => flags.members.iter().find_map(|member| {
+                (btf.resolve_name(member).ok()? == "DCACHE_PAR_LOOKUP").then(|| member.val())
+            }),
+            _ => None,
+        })
+        .unwrap_or(DEFINE)
+}
+
+/// Whether the kernel has a function of this name that fentry can attach to.
+pub fn has_function(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name).is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Func(_))))
 }
 
 /// The offsets the kernel side needs to read a task's syscall and the file behind a
@@ -196,6 +225,8 @@ mod tests {
         assert!(layout.task_state_offset < layout.task_pid_offset);
         assert!(member_offset(&btf, "task_struct", &["no_such_member"]).is_err());
         assert!(layout.lock_offsets.is_ok() && layout.has_lock_tracepoints, "Linux 6.18 has both");
+        assert_eq!(layout.lock_offsets.as_ref().unwrap().dcache_par_lookup, 1 << 24, "6.18's enum value");
+        assert!(layout.has_dlookup_functions);
         let offsets = layout.target_offsets.unwrap();
         assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
     }

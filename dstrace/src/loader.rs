@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry, FExit},
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use dstrace_common::{
@@ -158,6 +158,14 @@ impl Tracer {
         } else {
             "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (no NFS client loaded)".to_owned()
         });
+        let lookups = (config.flags & CONFIG_LOCK_OWNERS != 0) && layout.has_dlookup_functions;
+        if !lookups {
+            skipped.push(
+                "who looks up the name a task waits for in d_alloc_parallel: needs fentry on \
+                 d_alloc_parallel and __d_lookup_unhash_wake (Linux 6.x) and lock owners"
+                    .to_owned(),
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
@@ -185,6 +193,11 @@ impl Tracer {
         if locks {
             attach(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
             attach(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
+        }
+        if lookups {
+            if let Err(err) = attach_lookups(&mut ebpf, &btf) {
+                skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
+            }
         }
         if floors == Some(FloorOrder::Last) {
             attach_floors(&mut ebpf)?;
@@ -286,6 +299,51 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result
     Ok(())
 }
 
+/// Attaches the three name-lookup programs, or none: with only some of them, the
+/// maps they share would fill with entries nothing removes.
+fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let attached = attach_fentry(ebpf, btf, names::PROG_DALLOC_ENTRY, "d_alloc_parallel")
+        .and_then(|()| attach_fexit(ebpf, btf, names::PROG_DALLOC_EXIT, "d_alloc_parallel"))
+        .and_then(|()| attach_fentry(ebpf, btf, names::PROG_DLOOKUP_DONE, "__d_lookup_unhash_wake"));
+    if attached.is_err() {
+        let unload = |ebpf: &mut Ebpf, name: &str, fentry: bool| -> Option<()> {
+            // Detaches it, if it was attached; a program never loaded says so.
+            let program = ebpf.program_mut(name)?;
+            if fentry {
+                <&mut FEntry>::try_from(program).ok()?.unload().ok()
+            } else {
+                <&mut FExit>::try_from(program).ok()?.unload().ok()
+            }
+        };
+        unload(ebpf, names::PROG_DALLOC_ENTRY, true);
+        unload(ebpf, names::PROG_DALLOC_EXIT, false);
+        unload(ebpf, names::PROG_DLOOKUP_DONE, true);
+    }
+    attached
+}
+
+/// Loads and attaches an `fentry` program of the object.
+fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, program: &str, function: &str) -> Result<()> {
+    let prog: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+        .try_into()?;
+    prog.load(function, btf).with_context(|| format!("the kernel refused the program {program}"))?;
+    prog.attach().with_context(|| format!("cannot attach to {function}"))?;
+    Ok(())
+}
+
+/// Loads and attaches an `fexit` program of the object.
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, program: &str, function: &str) -> Result<()> {
+    let prog: &mut FExit = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+        .try_into()?;
+    prog.load(function, btf).with_context(|| format!("the kernel refused the program {program}"))?;
+    prog.attach().with_context(|| format!("cannot attach to {function}"))?;
+    Ok(())
+}
+
 /// Describes the syscalls whose arguments name a file (`crate::syscalls`).
 fn fill_syscall_args(ebpf: &mut Ebpf) -> Result<()> {
     let map = names::MAP_SYSCALL_ARGS;
@@ -378,6 +436,7 @@ mod tests {
             lock_offsets: Err("not in this test".into()),
             has_lock_tracepoints: false,
             has_sunrpc: false,
+            has_dlookup_functions: false,
         };
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };

@@ -9,9 +9,9 @@ use std::time::SystemTime;
 
 use aya::maps::{MapData, StackTraceMap};
 use dstrace_common::{
-    Cause, InFlight, WaitEvent, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK,
-    COMM_LEN, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE, NO_STACK, TASK_NOLOAD,
-    TASK_WAKEKILL,
+    Cause, InFlight, WaitEvent, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT,
+    CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE,
+    NO_STACK, TASK_NOLOAD, TASK_WAKEKILL,
 };
 
 use crate::{
@@ -79,7 +79,9 @@ pub struct WakerInfo {
 /// A kernel lock a task waits for (`lock:contention_begin`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
-    /// `mutex`, `rwsem-write`, `rwsem-read`, `rt-mutex`, `percpu-rwsem` or `lock`.
+    /// `mutex`, `rwsem-write`, `rwsem-read`, `rt-mutex`, `percpu-rwsem`, `lock`, or
+    /// `dentry-lookup`: not a lock but a name another task (the holder) is looking
+    /// up, which the waiter waits for in `d_alloc_parallel`.
     pub kind: &'static str,
     /// Its address.
     pub addr: u64,
@@ -93,9 +95,10 @@ impl LockInfo {
     /// What the lock is, for people: `i_rwsem of inode 1 (0:55)`, or its kind and
     /// address.
     pub fn name(&self) -> String {
-        match self.inode {
-            Some(((major, minor), ino)) => format!("i_rwsem of inode {ino} ({major}:{minor})"),
-            None => format!("{} {:#x}", self.kind, self.addr),
+        match (self.kind, self.inode) {
+            (_, Some(((major, minor), ino))) => format!("i_rwsem of inode {ino} ({major}:{minor})"),
+            ("dentry-lookup", None) => format!("lookup of a name in dentry {:#x}", self.addr),
+            (kind, None) => format!("{kind} {:#x}", self.addr),
         }
     }
 }
@@ -119,11 +122,13 @@ pub struct Holder {
 
 /// The lock of a recorded cause, its holder looked up in `/proc` now.
 pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
-    if cause.kind != CAUSE_LOCK {
+    if cause.kind != CAUSE_LOCK && cause.kind != CAUSE_DENTRY {
         return None;
     }
     let flags = cause.flags;
-    let kind = if flags & LCB_F_MUTEX != 0 {
+    let kind = if cause.kind == CAUSE_DENTRY {
+        "dentry-lookup"
+    } else if flags & LCB_F_MUTEX != 0 {
         "mutex"
     } else if flags & LCB_F_RT != 0 {
         "rt-mutex"

@@ -37,7 +37,13 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
     let mount = FuseMount::new("pileup").expect("mount the test filesystem");
 
     let mut dstrace = Dstrace::spawn(&["run", "--json", "--min-duration", "200ms", "--duration", "60s"]);
-    dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    let start = dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    // Naming the lookup owner needs fentry on d_alloc_parallel, which some kernels
+    // (and sandboxes) refuse: then it is listed as skipped, and not checked here.
+    let lookups_traced = !start.contains("d_alloc_parallel:");
+    if !lookups_traced {
+        eprintln!("not checked: the lookup owner (fentry refused here): {start}");
+    }
 
     // The server goes away; the first lookup waits for its answer, the others
     // pile up behind it in D.
@@ -86,6 +92,11 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
         );
         assert!(wait["stack"].as_array().is_some_and(|s| s.iter().any(|f| f == "__schedule")));
         assert!(wait["state"].as_str().is_some_and(|s| s.starts_with('D')));
+        // They wait for a name the lookup owner is looking up: it holds them.
+        if lookups_traced {
+            assert_eq!(wait["lock"]["kind"], "dentry-lookup", "{wait}");
+            assert_eq!(wait["lock"]["holder"]["tid"], first, "{wait}");
+        }
         // The lookup owner, answered, wakes those waiting for its dentry.
         assert_eq!(wait["waker"]["tid"], first, "pid {pid} was woken by {}", wait["waker"]);
         assert_eq!(wait["waker"]["comm"], "stat");
