@@ -64,6 +64,12 @@ pub mod names {
     pub const PROG_DALLOC_EXIT: &str = "d_alloc_parallel_exit";
     /// `fentry/__d_lookup_unhash_wake`: the lookup of an in-lookup dentry is over.
     pub const PROG_DLOOKUP_DONE: &str = "d_lookup_done";
+    /// `tp_btf/fuse_request_send`: a FUSE request goes to the daemon (6.13+).
+    pub const PROG_FUSE_SEND: &str = "fuse_request_send";
+    /// `tp_btf/fuse_request_end`: its answer came (or the connection ended).
+    pub const PROG_FUSE_END: &str = "fuse_request_end";
+    /// FUSE requests not answered yet: [`crate::FuseKey`] -> [`crate::FuseRequest`].
+    pub const MAP_FUSE_INFLIGHT: &str = "FUSE_INFLIGHT";
     /// Tasks inside `d_alloc_parallel` now: tid -> [`crate::DentryKey`].
     pub const MAP_DLOOKUP_WAITING: &str = "DLOOKUP_WAITING";
     /// Dentries being looked up now: [`crate::DentryKey`] -> the owner's [`crate::TaskId`].
@@ -82,7 +88,8 @@ pub mod names {
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 15] = [
+    pub const MAPS: [&str; 16] = [
+        MAP_FUSE_INFLIGHT,
         MAP_DLOOKUP_WAITING,
         MAP_DLOOKUP_OWNERS,
         MAP_CONTENDING,
@@ -100,7 +107,9 @@ pub mod names {
         MAP_FILTER_COMMS,
     ];
     /// Every program the object must define.
-    pub const PROGRAMS: [&str; 10] = [
+    pub const PROGRAMS: [&str; 12] = [
+        PROG_FUSE_SEND,
+        PROG_FUSE_END,
         PROG_DALLOC_ENTRY,
         PROG_DALLOC_EXIT,
         PROG_DLOOKUP_DONE,
@@ -126,6 +135,8 @@ pub mod limits {
     pub const AGG_ENTRIES: u32 = 10_240;
     /// Entries of each filter set.
     pub const FILTER_ENTRIES: u32 = 64;
+    /// FUSE requests tracked at once.
+    pub const FUSE_ENTRIES: u32 = 8_192;
     /// Name lookups tracked at once (tasks in `d_alloc_parallel`, dentries in lookup).
     pub const DLOOKUP_ENTRIES: u32 = 8_192;
     /// Tasks waiting for a kernel lock at once.
@@ -203,6 +214,64 @@ impl LockOffsets {
         dcache_par_lookup: 0,
     };
 }
+
+/// `Config::flags`: `Config::fuse` is set: the FUSE request programs are attached.
+pub const CONFIG_FUSE_REQUESTS: u32 = 1 << 8;
+
+/// Byte offsets for the FUSE request programs, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseOffsets {
+    /// `fuse_req.in.h.opcode`.
+    pub req_opcode: u32,
+    /// `fuse_req.in.h.unique`.
+    pub req_unique: u32,
+    /// `fuse_req.in.h.nodeid`.
+    pub req_nodeid: u32,
+    /// `fuse_req.fm`.
+    pub req_fm: u32,
+    /// `fuse_mount.fc`.
+    pub fm_fc: u32,
+    /// `fuse_conn.dev`.
+    pub fc_dev: u32,
+}
+const _: () = assert!(core::mem::size_of::<FuseOffsets>() == 24);
+
+impl FuseOffsets {
+    /// All zero: unknown.
+    pub const UNSET: FuseOffsets =
+        FuseOffsets { req_opcode: 0, req_unique: 0, req_nodeid: 0, req_fm: 0, fm_fc: 0, fc_dev: 0 };
+}
+
+/// A FUSE request: the connection (the mount's device) and its unique id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FuseKey {
+    /// `fuse_conn.dev` (kernel encoding).
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// `fuse_in_header.unique`.
+    pub unique: u64,
+}
+const _: () = assert!(core::mem::size_of::<FuseKey>() == 16);
+
+/// A FUSE request not answered yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseRequest {
+    /// When it was sent (`bpf_ktime_get_ns`).
+    pub sent_ns: u64,
+    /// The inode it is about (`fuse_in_header.nodeid`).
+    pub nodeid: u64,
+    /// `fuse_in_header.opcode` (`FUSE_LOOKUP` = 1, ...).
+    pub opcode: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The task that sent it.
+    pub task: TaskId,
+}
+const _: () = assert!(core::mem::size_of::<FuseRequest>() == 48);
 
 /// `lock:contention_begin` flags (include/trace/events/lock.h): a spinning wait.
 pub const LCB_F_SPIN: u32 = 1 << 0;
@@ -325,8 +394,10 @@ pub struct Config {
     pub offsets: Offsets,
     /// Offsets for [`CONFIG_LOCK_OWNERS`].
     pub locks: LockOffsets,
+    /// Offsets for [`CONFIG_FUSE_REQUESTS`].
+    pub fuse: FuseOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 160);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -338,6 +409,7 @@ impl Config {
         _pad: 0,
         offsets: Offsets::UNSET,
         locks: LockOffsets::UNSET,
+        fuse: FuseOffsets::UNSET,
     };
 }
 
@@ -644,11 +716,13 @@ pub enum Counter {
     WaitsWoken = 8,
     /// Drop: `CONTENDING` was full, a lock wait was not attributed.
     DropLockMapFull = 9,
+    /// Drop: `FUSE_INFLIGHT` was full, a FUSE request was not tracked.
+    DropFuseMapFull = 10,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -661,6 +735,7 @@ impl Counter {
         Counter::DropAggFull,
         Counter::WaitsWoken,
         Counter::DropLockMapFull,
+        Counter::DropFuseMapFull,
     ];
 
     /// Whether this counter counts lost data.
@@ -673,6 +748,7 @@ impl Counter {
                 | Counter::DropReadFailed
                 | Counter::DropAggFull
                 | Counter::DropLockMapFull
+                | Counter::DropFuseMapFull
         )
     }
 
@@ -689,6 +765,7 @@ impl Counter {
             Counter::DropAggFull => "aggregation_map_full",
             Counter::WaitsWoken => "waits_woken",
             Counter::DropLockMapFull => "lock_map_full",
+            Counter::DropFuseMapFull => "fuse_map_full",
         }
     }
 }
@@ -746,4 +823,8 @@ mod user {
     unsafe impl aya::Pod for super::AggKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AggValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FuseKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FuseRequest {}
 }

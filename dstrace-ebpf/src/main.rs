@@ -51,12 +51,12 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, BtfTracePointContext, FEntryContext, FExitContext},
 };
 use dstrace_common::{
-    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, DentryKey, InFlight,
-    Target, TaskId, WaitEvent, Waker, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT,
-    CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID,
-    CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
-    LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN,
-    TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, DentryKey, FuseKey,
+    FuseRequest, InFlight, Target, TaskId, WaitEvent, Waker, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN,
+    CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, CONFIG_FILTER_CGROUP,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_FUSE_REQUESTS, CONFIG_INCLUDE_IDLE,
+    CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ,
+    LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -81,6 +81,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[map(name = "AGG")]
 static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
+
+/// FUSE requests not answered yet (`fuse_request_send`/`_end`).
+#[map(name = "FUSE_INFLIGHT")]
+static FUSE_INFLIGHT: HashMap<FuseKey, FuseRequest> = HashMap::with_max_entries(limits::FUSE_ENTRIES, 0);
 
 /// Tasks inside `d_alloc_parallel` now, and the name they look up.
 #[map(name = "DLOOKUP_WAITING")]
@@ -194,6 +198,59 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
     unsafe { (*wait).waker = waker };
     count(Counter::WaitsWoken);
     0
+}
+
+/// `fuse_request_send(const struct fuse_req *req)` (fs/fuse/fuse_trace.h, 6.13+):
+/// a request goes to the FUSE daemon; it is in flight until `fuse_request_end`.
+/// How long the oldest has waited says how long the daemon has been silent.
+#[btf_tracepoint(function = "fuse_request_send")]
+pub fn fuse_request_send(ctx: BtfTracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_FUSE_REQUESTS == 0 {
+        return 0;
+    }
+    let req: *const u8 = ctx.arg(0);
+    let Some(key) = fuse_key(req) else { return 0 };
+    let fuse = &CONFIG.fuse;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let request = FuseRequest {
+        sent_ns: now_ns(),
+        nodeid: read_u64(req, config_u32(&fuse.req_nodeid)).unwrap_or(0),
+        opcode: read_u32(req, config_u32(&fuse.req_opcode)).unwrap_or(0),
+        _pad: 0,
+        task: TaskId {
+            tid: pid_tgid as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        },
+    };
+    if FUSE_INFLIGHT.insert(key, request, 0).is_err() {
+        count(Counter::DropFuseMapFull);
+    }
+    0
+}
+
+/// `fuse_request_end(const struct fuse_req *req)`: the request is over.
+#[btf_tracepoint(function = "fuse_request_end")]
+pub fn fuse_request_end(ctx: BtfTracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_FUSE_REQUESTS == 0 {
+        return 0;
+    }
+    let req: *const u8 = ctx.arg(0);
+    if let Some(key) = fuse_key(req) {
+        let _ = FUSE_INFLIGHT.remove(key);
+    }
+    0
+}
+
+/// The connection and unique id of a request: `req->fm->fc->dev`, `req->in.h.unique`.
+#[inline(always)]
+fn fuse_key(req: *const u8) -> Option<FuseKey> {
+    let fuse = &CONFIG.fuse;
+    let unique = read_u64(req, config_u32(&fuse.req_unique))?;
+    let fm = read_ptr(req, config_u32(&fuse.req_fm))?;
+    let fc = read_ptr(fm, config_u32(&fuse.fm_fc))?;
+    let dev = read_u32(fc, config_u32(&fuse.fc_dev))?;
+    Some(FuseKey { dev, _pad: 0, unique })
 }
 
 /// `d_alloc_parallel(struct dentry *parent, const struct qstr *name,

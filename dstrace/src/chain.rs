@@ -8,9 +8,11 @@
 
 use std::path::Path;
 
+use dstrace_common::{FuseKey, FuseRequest};
+
 use crate::{
     procfs,
-    record::{TaskState, Wait},
+    record::{comm_string, TaskState, Wait},
     symbols::blocking_function,
 };
 
@@ -50,6 +52,20 @@ pub enum Link {
         /// Source (`server:/export`, FUSE daemon name, device).
         source: String,
     },
+    /// The FUSE requests of the mount not answered yet: the daemon has been
+    /// silent at least as long as the oldest has waited.
+    FuseRequests {
+        /// How many are in flight.
+        in_flight: u64,
+        /// The oldest one's age, in nanoseconds.
+        oldest_ns: u64,
+        /// The oldest one's operation (`LOOKUP`, ...).
+        oldest_opcode: String,
+        /// Who sent the oldest one: thread id.
+        oldest_tid: u32,
+        /// Its command name.
+        oldest_comm: String,
+    },
     /// A FUSE daemon: a process with `/dev/fuse` open (on a machine with several
     /// FUSE daemons, each is listed).
     FuseDaemon {
@@ -70,8 +86,17 @@ pub enum Link {
     },
 }
 
+/// What the chains of one moment are built from, beside `/proc`.
+#[derive(Default)]
+pub struct Context {
+    /// FUSE requests in flight (from the kernel side), with the time of the read.
+    pub fuse: Vec<(FuseKey, FuseRequest)>,
+    /// CLOCK_MONOTONIC when they were read.
+    pub now_ns: u64,
+}
+
 /// The chain of a wait: the waiting task first.
-pub fn chain(wait: &Wait) -> Vec<Link> {
+pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
     let mut links = vec![Link::Task {
         tid: wait.tid,
         pid: wait.pid,
@@ -104,6 +129,18 @@ pub fn chain(wait: &Wait) -> Vec<Link> {
             source: mount.source.clone(),
         });
         if mount.fs_type == "fuse" || mount.fs_type.starts_with("fuse.") || mount.fs_type == "fuseblk" {
+            let dev = (mount.dev.0 << 20) | mount.dev.1;
+            let requests: Vec<&FuseRequest> =
+                context.fuse.iter().filter(|(key, _)| key.dev == dev).map(|(_, request)| request).collect();
+            if let Some(oldest) = requests.iter().min_by_key(|request| request.sent_ns) {
+                links.push(Link::FuseRequests {
+                    in_flight: requests.len() as u64,
+                    oldest_ns: context.now_ns.saturating_sub(oldest.sent_ns),
+                    oldest_opcode: fuse_opcode(oldest.opcode),
+                    oldest_tid: oldest.task.tid,
+                    oldest_comm: comm_string(&oldest.task.comm),
+                });
+            }
             let waiting = fuse_waiting(mount.dev.1);
             links.extend(
                 fuse_daemons(Path::new("/proc")).into_iter().map(|(pid, comm, state)| Link::FuseDaemon {
@@ -162,6 +199,41 @@ pub fn fuse_daemons(proc_root: &Path) -> Vec<(u32, String, Option<char>)> {
     daemons
 }
 
+/// The name of a FUSE operation (include/uapi/linux/fuse.h).
+pub fn fuse_opcode(opcode: u32) -> String {
+    let name = match opcode {
+        1 => "LOOKUP",
+        3 => "GETATTR",
+        4 => "SETATTR",
+        5 => "READLINK",
+        8 => "MKNOD",
+        9 => "MKDIR",
+        10 => "UNLINK",
+        11 => "RMDIR",
+        12 => "RENAME",
+        14 => "OPEN",
+        15 => "READ",
+        16 => "WRITE",
+        17 => "STATFS",
+        18 => "RELEASE",
+        20 => "FSYNC",
+        25 => "FLUSH",
+        26 => "INIT",
+        27 => "OPENDIR",
+        28 => "READDIR",
+        31 => "GETLK",
+        32 => "SETLK",
+        33 => "SETLKW",
+        34 => "ACCESS",
+        35 => "CREATE",
+        44 => "READDIRPLUS",
+        45 => "RENAME2",
+        52 => "STATX",
+        other => return format!("opcode {other}"),
+    };
+    name.to_owned()
+}
+
 /// Requests waiting on the FUSE connection of a mount (its device minor), when the
 /// fusectl filesystem is mounted.
 fn fuse_waiting(minor: u32) -> Option<u64> {
@@ -194,6 +266,10 @@ pub fn text(links: &[Link]) -> String {
             Link::Lock { name } => name.clone(),
             Link::FileLock { kind } => format!("{kind} file lock"),
             Link::Mount { mountpoint, fstype, source } => format!("{fstype} {mountpoint} ({source})"),
+            Link::FuseRequests { in_flight, oldest_ns, oldest_opcode, oldest_tid, oldest_comm } => format!(
+                "{in_flight} FUSE requests unanswered, the oldest for {} ({oldest_opcode} from {oldest_comm}[{oldest_tid}])",
+                crate::clock::human_duration(*oldest_ns)
+            ),
             Link::FuseDaemon { pid, comm, state, waiting } => {
                 let mut text = format!("FUSE daemon {comm}[{pid}]");
                 match state {
@@ -246,6 +322,12 @@ mod tests {
             "touch[7] D in path_openat -> i_rwsem of inode 1 (0:55) -> touch[6] S -> fuse.sshfs /mnt/x (sshfs) \
              -> FUSE daemon sshfs[5] STOPPED, 3 requests waiting"
         );
+    }
+
+    #[test]
+    fn fuse_opcodes() {
+        assert_eq!(fuse_opcode(1), "LOOKUP");
+        assert_eq!(fuse_opcode(999), "opcode 999");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, BtfType as _, Type};
 
-use dstrace_common::{LockOffsets, Offsets};
+use dstrace_common::{FuseOffsets, LockOffsets, Offsets};
 
 use crate::preflight::VMLINUX_BTF;
 
@@ -28,6 +28,8 @@ pub struct KernelLayout {
     pub has_sunrpc: bool,
     /// Whether `d_alloc_parallel` and `__d_lookup_unhash_wake` can be hooked (6.x).
     pub has_dlookup_functions: bool,
+    /// Offsets for the FUSE request tracepoints (6.13+), or why there are none.
+    pub fuse_offsets: Result<FuseOffsets, String>,
 }
 
 impl KernelLayout {
@@ -56,6 +58,13 @@ impl KernelLayout {
                 || std::path::Path::new("/sys/kernel/btf/sunrpc").exists(),
             has_dlookup_functions: has_function(btf, "d_alloc_parallel")
                 && has_function(btf, "__d_lookup_unhash_wake"),
+            fuse_offsets: if tracepoint_params(btf, "fuse_request_send").is_ok()
+                && tracepoint_params(btf, "fuse_request_end").is_ok()
+            {
+                fuse_offsets(btf).map_err(|err| format!("{err:#}"))
+            } else {
+                Err("the fuse tracepoints need Linux 6.13 and FUSE built in or loaded".to_owned())
+            },
         })
     }
 }
@@ -163,21 +172,86 @@ pub fn member_offset(btf: &Btf, strukt: &str, names: &[&str]) -> Result<u32> {
 
 /// Bit offset of `name` in `ty`, searching anonymous members too.
 fn find_member(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>> {
+    Ok(find_member_typed(btf, ty, name, base)?.map(|(bits, _)| bits))
+}
+
+/// As [`find_member`], with the member's type id.
+fn find_member_typed(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<(u32, u32)>> {
     for member in &ty.members {
         let member_name = btf.resolve_name(member).unwrap_or_default();
+        let type_id = member.get_type_id().map_err(|err| anyhow!("{err}"))?;
         if member_name == name {
-            return Ok(Some(base + member.bit_offset()));
+            return Ok(Some((base + member.bit_offset(), type_id)));
         }
         if member_name.is_empty() {
-            let inner = btf.resolve_type_by_id(member.get_type_id().map_err(|err| anyhow!("{err}"))?);
-            if let Ok(Type::Struct(inner) | Type::Union(inner)) = inner {
-                if let Some(found) = find_member(btf, &inner, name, base + member.bit_offset())? {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_type_by_id(type_id) {
+                if let Some(found) = find_member_typed(btf, &inner, name, base + member.bit_offset())? {
                     return Ok(Some(found));
                 }
             }
         }
     }
     Ok(None)
+}
+
+/// Byte offset of a member reached through nested structs, e.g.
+/// `fuse_req` + `["in", "h", "opcode"]` for `req->in.h.opcode`.
+pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    let types =
+        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
+    let mut ty = types
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    let mut bits = 0;
+    for (i, name) in path.iter().enumerate() {
+        let (offset, type_id) = find_member_typed(btf, &ty, name, 0)?
+            .ok_or_else(|| anyhow!("BTF: {strukt}.{} is missing", path.join(".")))?;
+        bits += offset;
+        if i + 1 < path.len() {
+            ty = match resolve_struct(btf, type_id)? {
+                Some(next) => next,
+                None => bail!("BTF: {strukt}.{} is not a struct", path[..=i].join(".")),
+            };
+        }
+    }
+    if bits % 8 != 0 {
+        bail!("{strukt}.{} is a bit field", path.join("."));
+    }
+    Ok(bits / 8)
+}
+
+/// The struct or union a type id names, through typedefs and qualifiers.
+fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>> {
+    for _ in 0..8 {
+        match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
+            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
+            ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
+                type_id = ty
+                    .as_btf_type()
+                    .context("untyped BTF entry")?
+                    .get_type_id()
+                    .map_err(|err| anyhow!("{err}"))?;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// The offsets the FUSE request programs need.
+pub fn fuse_offsets(btf: &Btf) -> Result<FuseOffsets> {
+    Ok(FuseOffsets {
+        req_opcode: member_path_offset(btf, "fuse_req", &["in", "h", "opcode"])?,
+        req_unique: member_path_offset(btf, "fuse_req", &["in", "h", "unique"])?,
+        req_nodeid: member_path_offset(btf, "fuse_req", &["in", "h", "nodeid"])?,
+        req_fm: member_offset(btf, "fuse_req", &["fm"])?,
+        fm_fc: member_offset(btf, "fuse_mount", &["fc"])?,
+        fc_dev: member_offset(btf, "fuse_conn", &["dev"])?,
+    })
 }
 
 /// Number of parameters of the probe function of a tracepoint, `__data` included,
@@ -227,6 +301,8 @@ mod tests {
         assert!(layout.lock_offsets.is_ok() && layout.has_lock_tracepoints, "Linux 6.18 has both");
         assert_eq!(layout.lock_offsets.as_ref().unwrap().dcache_par_lookup, 1 << 24, "6.18's enum value");
         assert!(layout.has_dlookup_functions);
+        let fuse = layout.fuse_offsets.unwrap();
+        assert_eq!(fuse.req_unique, fuse.req_opcode + 4, "fuse_in_header: len, opcode, unique");
         let offsets = layout.target_offsets.unwrap();
         assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
     }

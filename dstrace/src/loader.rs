@@ -10,9 +10,9 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use dstrace_common::{
-    limits, names, syscall_args, AggKey, AggValue, Config, Counter, InFlight, COMM_LEN, CONFIG_FILTER_CGROUP,
-    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS,
-    CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
+    limits, names, syscall_args, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, COMM_LEN,
+    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_FUSE_REQUESTS,
+    CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
 };
 
 use crate::{clock::duration_ns, kernel_btf::KernelLayout, syscalls};
@@ -107,6 +107,8 @@ pub struct Tracer {
     pub inflight: HashMap<MapData, u32, InFlight>,
     /// Completed waits aggregated in the kernel.
     pub agg: HashMap<MapData, AggKey, AggValue>,
+    /// FUSE requests not answered yet.
+    pub fuse_inflight: HashMap<MapData, FuseKey, FuseRequest>,
 }
 
 impl Tracer {
@@ -158,6 +160,17 @@ impl Tracer {
         } else {
             "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (no NFS client loaded)".to_owned()
         });
+        let fuse = match &layout.fuse_offsets {
+            Ok(fuse) => {
+                config.flags |= CONFIG_FUSE_REQUESTS;
+                config.fuse = *fuse;
+                true
+            }
+            Err(why) => {
+                skipped.push(format!("FUSE requests in flight: {why}"));
+                false
+            }
+        };
         let lookups = (config.flags & CONFIG_LOCK_OWNERS != 0) && layout.has_dlookup_functions;
         if !lookups {
             skipped.push(
@@ -194,6 +207,10 @@ impl Tracer {
             attach(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
             attach(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
         }
+        if fuse {
+            attach(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
+            attach(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
+        }
         if lookups {
             if let Err(err) = attach_lookups(&mut ebpf, &btf) {
                 skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
@@ -207,7 +224,8 @@ impl Tracer {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)?;
         let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
-        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg })
+        let fuse_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_FUSE_INFLIGHT)?)?;
+        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight })
     }
 
     /// Total run time and run count of a loaded program, as the kernel accounts them
@@ -243,6 +261,11 @@ impl Tracer {
     pub fn inflight(&self) -> Vec<(u32, InFlight)> {
         // An entry removed while iterating ends that key's read: skip it.
         self.inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// FUSE requests not answered yet (empty where the kernel lacks the tracepoints).
+    pub fn fuse_requests(&self) -> Vec<(FuseKey, FuseRequest)> {
+        self.fuse_inflight.iter().filter_map(Result::ok).collect()
     }
 
     /// The aggregation map as it is now (its counters only grow).
@@ -394,6 +417,7 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
         _pad: 0,
         offsets: dstrace_common::Offsets::UNSET,
         locks: dstrace_common::LockOffsets::UNSET,
+        fuse: dstrace_common::FuseOffsets::UNSET,
     }
 }
 
@@ -437,6 +461,7 @@ mod tests {
             has_lock_tracepoints: false,
             has_sunrpc: false,
             has_dlookup_functions: false,
+            fuse_offsets: Err("not in this test".into()),
         };
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };

@@ -302,8 +302,8 @@ impl Wait {
     }
 
     /// Works out the wait chain (for a wait still going on).
-    pub fn with_chain(mut self) -> Wait {
-        self.chain = crate::chain::chain(&self);
+    pub fn with_chain(mut self, context: &crate::chain::Context) -> Wait {
+        self.chain = crate::chain::chain(&self, context);
         self
     }
 

@@ -21,6 +21,7 @@ use dstrace_common::AggKey;
 use crate::{
     aggregate::{group, Aggregator, ByCause, Group, Totals},
     attribution::MountTable,
+    chain,
     cli::RunArgs,
     clock::{duration_ns, monotonic_ns, Clock},
     events::decode_wait,
@@ -108,6 +109,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     };
 
     let now_ns = monotonic_ns();
+    let context = chain::Context { fuse: tracer.fuse_requests(), now_ns };
     let mut resolver = Resolver {
         stacks: &mut sink.stacks,
         stack_map: &tracer.stacks,
@@ -117,13 +119,13 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     let mut ongoing: Vec<Wait> = tracer
         .inflight()
         .iter()
-        .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain())
+        .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
         .filter(|wait| wait.duration_ns >= min_duration_ns)
         .collect();
     // Waits that began before tracing and still go on are only in /proc.
     let traced: HashSet<u32> = ongoing.iter().map(|wait| wait.tid).collect();
     ongoing.extend(
-        waits_in_proc(options, &sink.clock, &mut sink.mounts)
+        waits_in_proc(options, &sink.clock, &mut sink.mounts, &context)
             .into_iter()
             .filter(|wait| !traced.contains(&wait.tid)),
     );
@@ -153,7 +155,12 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(options: &Options, clock: &Clock, mounts: &mut MountTable) -> Vec<Wait> {
+fn waits_in_proc(
+    options: &Options,
+    clock: &Clock,
+    mounts: &mut MountTable,
+    context: &chain::Context,
+) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
     let now_ns = monotonic_ns();
@@ -162,7 +169,7 @@ fn waits_in_proc(options: &Options, clock: &Clock, mounts: &mut MountTable) -> V
         .iter()
         .filter(|task| task.pid != std::process::id())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, now_ns, clock, mounts).with_chain())
+        .map(|task| Wait::from_proc(task, now_ns, clock, mounts).with_chain(context))
         .collect()
 }
 
@@ -204,7 +211,7 @@ async fn stream<W: Write>(
     let mut interval_aggregator = Aggregator::default();
     let mut interval_start = Instant::now();
 
-    let already = waits_in_proc(options, &sink.clock, &mut sink.mounts);
+    let already = waits_in_proc(options, &sink.clock, &mut sink.mounts, &chain::Context::default());
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
     if !args.json {
         for what in &tracer.skipped {

@@ -374,6 +374,11 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     assert_eq!(chain[0]["tid"], waiter);
     assert_eq!(chain[2]["tid"], holder);
     assert_eq!(chain[3]["fstype"], "fuse.dstrace-test");
+    // The server has not answered the holder's request: how long, and which.
+    let requests = chain.iter().find(|link| link["link"] == "fuse_requests").expect("no FUSE requests link");
+    assert_eq!(requests["oldest_opcode"], "LOOKUP", "{requests}");
+    assert_eq!(requests["oldest_tid"], holder, "{requests}");
+    assert!(requests["oldest_ns"].as_u64().unwrap() >= 200_000_000, "{requests}");
     assert!(
         chain[4..].iter().any(|link| link["link"] == "fuse_daemon" && link["pid"] == std::process::id()),
         "the chain does not end at the FUSE daemon (pid {}): {chain:#?}",
