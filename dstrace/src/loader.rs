@@ -195,21 +195,21 @@ impl Tracer {
             names::PROG_SCHED_SWITCH_PRE518
         };
         let attach_floors = |ebpf: &mut Ebpf| -> Result<()> {
-            attach(ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
-            attach(ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
+            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
+            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
         };
         if floors == Some(FloorOrder::First) {
             attach_floors(&mut ebpf)?;
         }
-        attach(&mut ebpf, &btf, program, "sched_switch")?;
-        attach(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
+        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
         if locks {
-            attach(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
-            attach(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
         }
         if fuse {
-            attach(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
-            attach(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
         }
         if lookups {
             if let Err(err) = attach_lookups(&mut ebpf, &btf) {
@@ -311,60 +311,69 @@ impl ProgramStats {
     }
 }
 
-/// Loads and attaches a `tp_btf` program of the object.
-fn attach(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
-    let prog: &mut BtfTracePoint = ebpf
+/// The program kinds loaded and attached by the name of a kernel tracepoint or
+/// function.
+trait AttachByName {
+    fn load_and_attach(&mut self, target: &str, btf: &Btf) -> Result<()>;
+    fn unload_program(&mut self) -> Result<()>;
+}
+
+macro_rules! attach_by_name {
+    ($($kind:ty),*) => {$(
+        impl AttachByName for $kind {
+            fn load_and_attach(&mut self, target: &str, btf: &Btf) -> Result<()> {
+                self.load(target, btf)?;
+                self.attach()?;
+                Ok(())
+            }
+
+            fn unload_program(&mut self) -> Result<()> {
+                Ok(self.unload()?)
+            }
+        }
+    )*};
+}
+
+attach_by_name!(BtfTracePoint, FEntry, FExit);
+
+/// Loads program `program` of the object as a `P` and attaches it to `target` (a
+/// tracepoint for `tp_btf`, a function for fentry/fexit).
+fn attach<P>(ebpf: &mut Ebpf, btf: &Btf, program: &str, target: &str) -> Result<()>
+where
+    P: AttachByName,
+    for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut P = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
         .try_into()?;
-    prog.load(tracepoint, btf).with_context(|| format!("the kernel refused the program {program}"))?;
-    prog.attach().with_context(|| format!("cannot attach to the {tracepoint} tracepoint"))?;
-    Ok(())
+    prog.load_and_attach(target, btf)
+        .with_context(|| format!("the kernel refused the program {program} (on {target})"))
+}
+
+/// Unloads (and so detaches) program `program`, if it was loaded.
+fn unload<P>(ebpf: &mut Ebpf, program: &str)
+where
+    P: AttachByName,
+    for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    if let Some(prog) = ebpf.program_mut(program).and_then(|prog| <&mut P>::try_from(prog).ok()) {
+        let _ = prog.unload_program();
+    }
 }
 
 /// Attaches the three name-lookup programs, or none: with only some of them, the
 /// maps they share would fill with entries nothing removes.
 fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
-    let attached = attach_fentry(ebpf, btf, names::PROG_DALLOC_ENTRY, "d_alloc_parallel")
-        .and_then(|()| attach_fexit(ebpf, btf, names::PROG_DALLOC_EXIT, "d_alloc_parallel"))
-        .and_then(|()| attach_fentry(ebpf, btf, names::PROG_DLOOKUP_DONE, "__d_lookup_unhash_wake"));
+    let attached = attach::<FEntry>(ebpf, btf, names::PROG_DALLOC_ENTRY, "d_alloc_parallel")
+        .and_then(|()| attach::<FExit>(ebpf, btf, names::PROG_DALLOC_EXIT, "d_alloc_parallel"))
+        .and_then(|()| attach::<FEntry>(ebpf, btf, names::PROG_DLOOKUP_DONE, "__d_lookup_unhash_wake"));
     if attached.is_err() {
-        let unload = |ebpf: &mut Ebpf, name: &str, fentry: bool| -> Option<()> {
-            // Detaches it, if it was attached; a program never loaded says so.
-            let program = ebpf.program_mut(name)?;
-            if fentry {
-                <&mut FEntry>::try_from(program).ok()?.unload().ok()
-            } else {
-                <&mut FExit>::try_from(program).ok()?.unload().ok()
-            }
-        };
-        unload(ebpf, names::PROG_DALLOC_ENTRY, true);
-        unload(ebpf, names::PROG_DALLOC_EXIT, false);
-        unload(ebpf, names::PROG_DLOOKUP_DONE, true);
+        unload::<FEntry>(ebpf, names::PROG_DALLOC_ENTRY);
+        unload::<FExit>(ebpf, names::PROG_DALLOC_EXIT);
+        unload::<FEntry>(ebpf, names::PROG_DLOOKUP_DONE);
     }
     attached
-}
-
-/// Loads and attaches an `fentry` program of the object.
-fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, program: &str, function: &str) -> Result<()> {
-    let prog: &mut FEntry = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
-        .try_into()?;
-    prog.load(function, btf).with_context(|| format!("the kernel refused the program {program}"))?;
-    prog.attach().with_context(|| format!("cannot attach to {function}"))?;
-    Ok(())
-}
-
-/// Loads and attaches an `fexit` program of the object.
-fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, program: &str, function: &str) -> Result<()> {
-    let prog: &mut FExit = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
-        .try_into()?;
-    prog.load(function, btf).with_context(|| format!("the kernel refused the program {program}"))?;
-    prog.attach().with_context(|| format!("cannot attach to {function}"))?;
-    Ok(())
 }
 
 /// Describes the syscalls whose arguments name a file (`crate::syscalls`).

@@ -320,31 +320,8 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     let fuse = mounts.iter().find(|m| m.mount_point == mount.path()).expect("the test mount is listed");
     let dev = format!("{}:{}", fuse.dev.0, fuse.dev.1);
 
-    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "touch", "--min-duration", "0"]);
-    dstrace.wait_for_line(START_TIMEOUT, is_start);
-    mount.hold();
-    let mut children = Children::default();
-    let holder = children.spawn(std::process::Command::new("touch").arg(mount.path().join("new1")));
-    wait_until_proc(holder, Duration::from_secs(10), |state, wchan: &str| {
-        state == 'S' && (wchan.contains("fuse") || wchan.contains("request_wait"))
-    });
-    let waiter = children.spawn(std::process::Command::new("touch").arg(mount.path().join("new2")));
-    wait_until_proc(waiter, Duration::from_secs(10), |state, _| state == 'D');
-    sleep(Duration::from_millis(300));
-
-    // Stopped while the waiter still waits: the summary lists it as ongoing, its
-    // holder seen as it is now.
-    let (_, lines) = dstrace.interrupt();
-    mount.release();
-    children.wait_all(Duration::from_secs(10));
-    let records = json_lines(&lines);
-    let summary = records.last().unwrap();
-    let wait = summary["ongoing"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["tid"] == waiter)
-        .unwrap_or_else(|| panic!("the waiter {waiter} is not among the ongoing waits: {summary}"));
+    let (holder, waiter, summary) = lock_pileup(&mount, "touch", "new1", "new2");
+    let wait = ongoing_wait(&summary, waiter);
     let lock = &wait["lock"];
     assert_eq!(lock["kind"], "rwsem-write", "{wait}");
     assert_eq!(lock["inode"]["dev"], dev.as_str(), "the lock is an inode of the FUSE mount: {lock}");
@@ -395,32 +372,47 @@ fn a_mutex_wait_names_its_owner() {
         return;
     }
     let mount = FuseMount::new("mutex").expect("mount the test filesystem");
-    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
-    dstrace.wait_for_line(START_TIMEOUT, is_start);
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(std::process::Command::new("stat").arg(mount.path().join("a")));
-    wait_until_proc(owner, Duration::from_secs(10), |state, wchan: &str| {
-        state == 'S' && (wchan.contains("fuse") || wchan.contains("request_wait"))
-    });
-    let waiter = children.spawn(std::process::Command::new("stat").arg(mount.path().join("b")));
-    wait_until_proc(waiter, Duration::from_secs(10), |state, _| state == 'D');
-    sleep(Duration::from_millis(300));
-    let (_, lines) = dstrace.interrupt();
-    mount.release();
-    children.wait_all(Duration::from_secs(10));
-
-    let records = json_lines(&lines);
-    let summary = records.last().unwrap();
-    let wait = summary["ongoing"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["tid"] == waiter)
-        .unwrap_or_else(|| panic!("the waiter {waiter} is not among the ongoing waits: {summary}"));
+    let (owner, waiter, summary) = lock_pileup(&mount, "stat", "a", "b");
+    let wait = ongoing_wait(&summary, waiter);
     let lock = &wait["lock"];
     assert_eq!(lock["kind"], "mutex", "{wait}");
     assert_eq!(lock["holder"]["tid"], owner, "{lock}");
     assert_eq!(lock["holder"]["comm"], "stat");
     assert!(lock["inode"].is_null(), "a FUSE inode's mutex is not its i_rwsem: {lock}");
+}
+
+/// Runs `command` on `first` under a held mount (it ends up waiting for the server
+/// in S, holding a lock) then on `second` (which waits for that lock in D), with
+/// dstrace tracing `command`; stops dstrace while they are stuck, then lets them
+/// go. Returns the pids of both and dstrace's summary.
+fn lock_pileup(mount: &FuseMount, command: &str, first: &str, second: &str) -> (u32, u32, Value) {
+    let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", command, "--min-duration", "0"]);
+    dstrace.wait_for_line(START_TIMEOUT, is_start);
+    mount.hold();
+    let mut children = Children::default();
+    let holder = children.spawn(std::process::Command::new(command).arg(mount.path().join(first)));
+    wait_until_proc(holder, Duration::from_secs(10), |state, wchan: &str| {
+        state == 'S' && (wchan.contains("fuse") || wchan.contains("request_wait"))
+    });
+    let waiter = children.spawn(std::process::Command::new(command).arg(mount.path().join(second)));
+    wait_until_proc(waiter, Duration::from_secs(10), |state, _| state == 'D');
+    sleep(Duration::from_millis(300));
+    // Stopped while the waiter still waits: the summary lists it as ongoing, its
+    // holder seen as it is now.
+    let (_, lines) = dstrace.interrupt();
+    mount.release();
+    children.wait_all(Duration::from_secs(10));
+    let summary = json_lines(&lines).pop().expect("a summary");
+    (holder, waiter, summary)
+}
+
+/// The ongoing wait of `tid` in a summary.
+fn ongoing_wait(summary: &Value, tid: u32) -> Value {
+    summary["ongoing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["tid"] == tid)
+        .cloned()
+        .unwrap_or_else(|| panic!("{tid} is not among the ongoing waits: {summary}"))
 }
