@@ -40,6 +40,36 @@ pub enum Command {
     ///   sudo dstrace run --comm nova-compute --pid 4242,4243
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+
+    /// One look at the tasks in D now, from /proc alone: no BPF, no root needed.
+    ///
+    /// For each task: how long it has been in D at least, where in the kernel,
+    /// the syscall and, for one on a file descriptor, the file and mount, and the
+    /// chain to the FUSE daemon or NFS server. It never touches the mounts it
+    /// looks at. What only live tracing knows (lock holders, looked-up paths) is
+    /// listed as not seen: use `dstrace run` for it.
+    ///
+    /// Examples:
+    ///   dstrace snapshot
+    ///   sudo dstrace snapshot --json | jq '.tasks[] | {pid, comm, blocked_in}'
+    #[command(verbatim_doc_comment)]
+    Snapshot(SnapshotArgs),
+}
+
+/// Options of `dstrace snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Also list TASK_IDLE kernel threads (state I).
+    #[arg(long)]
+    pub include_idle: bool,
+
+    /// Print the kernel stack under each task.
+    #[arg(long)]
+    pub stacks: bool,
+
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `dstrace run`.

@@ -17,7 +17,7 @@
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
 //! * [`output`]: the sinks (text lines, JSON lines);
 //! * [`clock`]: kernel timestamps to wall-clock time;
-//! * [`cli`] and [`run`]: the command line and the `run` command.
+//! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
 
 pub mod aggregate;
 pub mod attribution;
@@ -34,5 +34,6 @@ pub mod preflight;
 pub mod procfs;
 pub mod record;
 pub mod run;
+pub mod snapshot;
 pub mod symbols;
 pub mod syscalls;

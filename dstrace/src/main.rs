@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => dstrace::run::run(&args),
+        Command::Snapshot(args) => dstrace::snapshot::snapshot(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,6 +69,19 @@ impl Summary {
     }
 }
 
+/// One look at the tasks in D now (`dstrace snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub time: SystemTime,
+    /// The tasks in D, the longest first.
+    pub waits: Vec<Wait>,
+    /// The same, by mount.
+    pub by_mount: Vec<CauseGroup>,
+    /// What it could not see, one sentence each.
+    pub cannot_see: Vec<String>,
+}
+
 /// Writes waits and the summary in one [`Format`].
 pub struct Printer<W: Write> {
     out: W,
@@ -270,6 +283,42 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    /// A snapshot: text, or one JSON document.
+    pub fn snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        match self.format {
+            Format::Text { .. } => {
+                writeln!(
+                    self.out,
+                    "{} tasks in D at {} (from /proc; the ages are lower bounds)",
+                    snapshot.waits.len(),
+                    local_time_of_day(snapshot.time)
+                )?;
+                if !snapshot.waits.is_empty() {
+                    self.column_header()?;
+                    for wait in &snapshot.waits {
+                        self.wait(wait)?;
+                    }
+                }
+                self.cause_table("Tasks in D by mount", "MOUNT", &snapshot.by_mount)?;
+                for what in &snapshot.cannot_see {
+                    writeln!(self.out, "not seen: {what}")?;
+                }
+            }
+            Format::Json => {
+                let record = serde_json::json!({
+                    "type": "snapshot",
+                    "time": rfc3339_utc(snapshot.time),
+                    "tasks": snapshot.waits.iter().map(JsonWait::of).collect::<Vec<_>>(),
+                    "by_mount": json_causes(&snapshot.by_mount, "mountpoint"),
+                    "cannot_see": snapshot.cannot_see,
+                });
+                serde_json::to_writer_pretty(&mut self.out, &record)?;
+                writeln!(self.out)?;
+            }
+        }
+        self.out.flush()
+    }
+
     /// The end-of-run summary.
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         match self.format {
@@ -299,23 +348,7 @@ impl<W: Write> Printer<W> {
                     .collect();
                 let groups = json_groups(&summary.groups);
                 let ongoing: Vec<JsonWait<'_>> = summary.ongoing.iter().map(JsonWait::of).collect();
-                let causes = |groups: &[CauseGroup], key: &str| -> Vec<serde_json::Value> {
-                    groups
-                        .iter()
-                        .map(|group| {
-                            serde_json::json!({
-                                key: group.key,
-                                "detail": group.detail,
-                                "ongoing": group.ongoing,
-                                "oldest_ns": group.oldest_ns,
-                                "count": group.completed.count,
-                                "total_ns": group.completed.total_ns,
-                                "max_ns": group.completed.max_ns,
-                                "pids": group.pids,
-                            })
-                        })
-                        .collect()
-                };
+
                 let record = serde_json::json!({
                     "type": "summary",
                     "shown": summary.shown,
@@ -323,8 +356,8 @@ impl<W: Write> Printer<W> {
                     "counters": counters,
                     "bad_records": summary.bad_records,
                     "groups": groups,
-                    "by_mount": causes(&summary.by_mount, "mountpoint"),
-                    "by_lock": causes(&summary.by_lock, "lock"),
+                    "by_mount": json_causes(&summary.by_mount, "mountpoint"),
+                    "by_lock": json_causes(&summary.by_lock, "lock"),
                     "ongoing": ongoing,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
@@ -394,6 +427,25 @@ fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
         text.push('-');
     }
     text
+}
+
+/// Waits by mount or by lock as JSON values, the key under `key`.
+fn json_causes(groups: &[CauseGroup], key: &str) -> Vec<serde_json::Value> {
+    groups
+        .iter()
+        .map(|group| {
+            serde_json::json!({
+                key: group.key,
+                "detail": group.detail,
+                "ongoing": group.ongoing,
+                "oldest_ns": group.oldest_ns,
+                "count": group.completed.count,
+                "total_ns": group.completed.total_ns,
+                "max_ns": group.completed.max_ns,
+                "pids": group.pids,
+            })
+        })
+        .collect()
 }
 
 /// Groups as JSON values.

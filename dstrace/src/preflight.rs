@@ -40,7 +40,7 @@ pub fn check_capabilities(caps: u64) -> Result<()> {
         .collect();
     bail!(
         "permission denied: loading eBPF programs needs root, or CAP_BPF and CAP_PERFMON \
-         (missing: {}); run it with sudo",
+         (missing: {}); run it with sudo, or use `dstrace snapshot`, which needs neither",
         missing.join(", ")
     )
 }

@@ -123,6 +123,12 @@ pub fn task(proc_root: &Path, pid: u32, tid: u32) -> Option<ProcTask> {
     read_task(&dir, pid, tid, &[stat.state])
 }
 
+/// The scheduler's task clock now, as `/proc` prints `se.exec_start`: this
+/// thread's own, read while it runs (behind by at most a tick).
+pub fn task_clock_now() -> Option<u64> {
+    parse_exec_start_ns(&read_text(Path::new("/proc/thread-self/sched")).ok()?)
+}
+
 /// A directory entry named by a decimal number (`/proc/self` and the like are not).
 fn numeric_name(name: &std::ffi::OsStr) -> Option<u32> {
     let name = name.to_str()?;
@@ -303,6 +309,15 @@ mod tests {
         se.vruntime                                  :            78.438502\n\
         se.sum_exec_runtime                          :            12.163689\n\
         nr_switches                                  :                   14\n";
+
+    #[test]
+    fn the_task_clock_runs() {
+        let first = task_clock_now().expect("/proc/thread-self/sched has se.exec_start");
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(30) {}
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(task_clock_now().unwrap() > first);
+    }
 
     #[test]
     fn stat_comm_with_spaces_and_parens() {

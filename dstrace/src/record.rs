@@ -208,6 +208,22 @@ pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
+/// "Now", for ages read from `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcNow {
+    /// The wall-clock time.
+    pub wall: SystemTime,
+    /// The scheduler's task clock (`se.exec_start` of this thread, running now).
+    pub task_clock_ns: Option<u64>,
+}
+
+impl ProcNow {
+    /// Reads both clocks now.
+    pub fn read() -> ProcNow {
+        ProcNow { wall: SystemTime::now(), task_clock_ns: procfs::task_clock_now() }
+    }
+}
+
 /// What turns kernel records into [`Wait`]s: the stacks and the clock.
 pub struct Resolver<'a> {
     /// Symbols and resolved stacks.
@@ -269,19 +285,24 @@ impl Wait {
         }
     }
 
-    /// A task in D now as `/proc` shows it, at `now_ns` (CLOCK_MONOTONIC).
+    /// A task in D now as `/proc` shows it.
     ///
-    /// `/proc` does not say when the wait began; the task's last run
-    /// (`se.exec_start`, on the scheduler clock, which counts from boot like
-    /// CLOCK_MONOTONIC) bounds it: the wait is at least this old.
-    pub fn from_proc(task: &ProcTask, now_ns: u64, clock: &Clock, mounts: &mut MountTable) -> Wait {
+    /// `/proc` does not say when the wait began; the task's last run bounds it:
+    /// the wait is at least as old as `now.task_clock_ns - task.last_ran_ns`. Both
+    /// are read on the scheduler's task clock (`se.exec_start`), which runs behind
+    /// CLOCK_MONOTONIC by the time spent in interrupts and stolen by the hypervisor:
+    /// the clocks must not be mixed.
+    pub fn from_proc(task: &ProcTask, now: &ProcNow, mounts: &mut MountTable) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
         let blocked_in = blocking_of(&stack).or_else(|| task.wchan.clone());
-        let since = task.last_ran_ns.filter(|&ran| ran <= now_ns);
+        let age = match (task.last_ran_ns, now.task_clock_ns) {
+            (Some(ran), Some(now)) if ran <= now => Some(now - ran),
+            _ => None,
+        };
         Wait {
-            start: since.map(|ran| clock.wall(ran)),
+            start: age.and_then(|age| now.wall.checked_sub(std::time::Duration::from_nanos(age))),
             end: None,
-            duration_ns: since.map_or(0, |ran| now_ns - ran),
+            duration_ns: age.unwrap_or(0),
             tid: task.tid,
             pid: task.pid,
             comm: task.comm.clone(),
@@ -384,14 +405,19 @@ mod tests {
             last_ran_ns: Some(1_000_000_000),
         };
         let mut mounts = MountTable::of(Vec::new());
-        let wait = Wait::from_proc(&task, 5_000_000_000, &Clock::with_offset(0), &mut mounts);
+        let now = ProcNow {
+            wall: std::time::UNIX_EPOCH + std::time::Duration::from_secs(100),
+            task_clock_ns: Some(5_000_000_000),
+        };
+        let wait = Wait::from_proc(&task, &now, &mut mounts);
         assert!(wait.is_ongoing());
         assert_eq!(wait.duration_ns, 4_000_000_000);
+        assert_eq!(wait.start, Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(96)));
         assert_eq!(wait.blocked_in.as_deref(), Some("rpc_wait_bit_killable"));
         assert_eq!(wait.source, Source::Proc);
 
         let unknown = ProcTask { stack: None, last_ran_ns: None, ..task };
-        let wait = Wait::from_proc(&unknown, 5_000_000_000, &Clock::with_offset(0), &mut mounts);
+        let wait = Wait::from_proc(&unknown, &now, &mut mounts);
         assert_eq!((wait.start, wait.duration_ns), (None, 0));
         assert_eq!(
             wait.blocked_in.as_deref(),

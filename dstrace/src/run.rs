@@ -28,7 +28,7 @@ use crate::{
     loader::{Filters, Options, Tracer},
     output::{drops_text, Format, Printer, Summary},
     preflight, procfs,
-    record::{Resolver, Wait},
+    record::{ProcNow, Resolver, Wait},
     symbols::{blocking_function, Kallsyms, Stacks},
 };
 
@@ -125,7 +125,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     // Waits that began before tracing and still go on are only in /proc.
     let traced: HashSet<u32> = ongoing.iter().map(|wait| wait.tid).collect();
     ongoing.extend(
-        waits_in_proc(options, &sink.clock, &mut sink.mounts, &context)
+        waits_in_proc(options, &mut sink.mounts, &context)
             .into_iter()
             .filter(|wait| !traced.contains(&wait.tid)),
     );
@@ -155,21 +155,16 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(
-    options: &Options,
-    clock: &Clock,
-    mounts: &mut MountTable,
-    context: &chain::Context,
-) -> Vec<Wait> {
+fn waits_in_proc(options: &Options, mounts: &mut MountTable, context: &chain::Context) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
-    let now_ns = monotonic_ns();
+    let now = ProcNow::read();
     let filters = &options.filters;
     tasks
         .iter()
         .filter(|task| task.pid != std::process::id())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, now_ns, clock, mounts).with_chain(context))
+        .map(|task| Wait::from_proc(task, &now, mounts).with_chain(context))
         .collect()
 }
 
@@ -211,7 +206,7 @@ async fn stream<W: Write>(
     let mut interval_aggregator = Aggregator::default();
     let mut interval_start = Instant::now();
 
-    let already = waits_in_proc(options, &sink.clock, &mut sink.mounts, &chain::Context::default());
+    let already = waits_in_proc(options, &mut sink.mounts, &chain::Context::default());
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
     if !args.json {
         for what in &tracer.skipped {

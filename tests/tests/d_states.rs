@@ -233,3 +233,39 @@ fn dstrace_never_blocks_on_a_dead_mount() {
     }
     drop(pileup);
 }
+
+/// `snapshot` lists tasks stuck behind a dead FUSE server from /proc alone.
+#[test]
+fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
+    if !require_root("snapshot_lists_tasks_stuck_behind_a_dead_server") {
+        return;
+    }
+    let mount = FuseMount::new("snapshot").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 2);
+    sleep(Duration::from_millis(500));
+    let out = std::process::Command::new(dstrace_tests::dstrace_bin())
+        .args(["snapshot", "--json"])
+        .output()
+        .expect("dstrace snapshot runs");
+    let text = std::process::Command::new(dstrace_tests::dstrace_bin()).arg("snapshot").output().unwrap();
+    drop(pileup);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snapshot: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let tasks = snapshot["tasks"].as_array().unwrap();
+    for task in tasks.iter().filter(|t| t["comm"] == "stat") {
+        eprintln!(
+            "snapshot: {} {} {} {}",
+            task["pid"], task["state"], task["blocked_in"], task["duration_ns"]
+        );
+    }
+    let stuck: Vec<&Value> = tasks.iter().filter(|t| t["blocked_in"] == "d_alloc_parallel").collect();
+    assert!(stuck.len() >= 2, "the stuck tasks are not listed: {snapshot:#}");
+    for task in stuck {
+        assert_eq!(task["source"], "proc");
+        assert_eq!(task["state"], "D");
+        let age = task["duration_ns"].as_u64().unwrap();
+        assert!((300_000_000..5_000_000_000).contains(&age), "stuck for about 0.5 s, not {age} ns: {task}");
+        assert!(text.contains(&format!("{}/{}", task["pid"], task["tid"])), "text lacks {task}:\n{text}");
+    }
+}

@@ -52,7 +52,7 @@ fn waits_that_began_before_tracing_are_listed_at_once() {
         assert_eq!(wait["blocked_in"], "d_alloc_parallel", "{wait}");
         // In D for about a second already; /proc gives a lower bound.
         let age = Duration::from_nanos(wait["duration_ns"].as_u64().unwrap());
-        assert!(age >= Duration::from_millis(800) && age < Duration::from_secs(30), "age {age:?}");
+        assert!(age >= Duration::from_millis(800) && age < Duration::from_secs(5), "age {age:?}");
     }
     assert!(records[..start].iter().all(|r| r["pid"] != pileup.owner), "the owner sleeps in S, not D");
 }

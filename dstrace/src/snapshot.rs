@@ -1,0 +1,73 @@
+//! `dstrace snapshot`: one look at the tasks in D now, from `/proc` alone.
+//!
+//! No BPF: it works where BPF is locked down or without privileges (then it says
+//! what it could not see), and it starts in milliseconds. What only live tracing
+//! knows (kernel locks and their holders, the path a task looks up, FUSE requests
+//! in flight) is left to `dstrace run`, and the output says so.
+
+use std::{io, path::Path, time::SystemTime};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    aggregate::ByCause,
+    attribution::MountTable,
+    chain,
+    cli::SnapshotArgs,
+    output::{Format, Printer, Snapshot},
+    preflight, procfs,
+    record::{ProcNow, Wait},
+};
+
+/// Runs `dstrace snapshot`.
+pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
+    let states: &[char] = if args.include_idle { &['D', 'I'] } else { &['D'] };
+    let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
+    let now = ProcNow::read();
+    let mut mounts = MountTable::read();
+    let context = chain::Context::default();
+    let mut waits: Vec<Wait> = tasks
+        .iter()
+        .filter(|task| task.pid != std::process::id())
+        .map(|task| Wait::from_proc(task, &now, &mut mounts).with_chain(&context))
+        .collect();
+    waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+    let mut by_cause = ByCause::default();
+    for wait in &waits {
+        by_cause.add(wait);
+    }
+    let snapshot = Snapshot {
+        time: SystemTime::now(),
+        waits,
+        by_mount: by_cause.mounts(),
+        cannot_see: cannot_see(&tasks),
+    };
+    let format = if args.json { Format::Json } else { Format::Text { stacks: args.stacks } };
+    match Printer::new(io::stdout().lock(), format).snapshot(&snapshot) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
+    }
+}
+
+/// What this look could not see, one sentence each.
+fn cannot_see(tasks: &[procfs::ProcTask]) -> Vec<String> {
+    let mut missing =
+        vec!["kernel locks and their holders, the paths tasks look up and FUSE requests in flight: \
+         they need live tracing (dstrace run)"
+            .to_owned()];
+    let privileged = preflight::check_capabilities(
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| preflight::parse_cap_eff(&s))
+            .unwrap_or(0),
+    )
+    .is_ok();
+    if !privileged || tasks.iter().any(|task| task.stack.is_none()) {
+        missing.push(
+            "the kernel stacks of some tasks (/proc/PID/stack needs root): their blocking function \
+             comes from wchan"
+                .to_owned(),
+        );
+    }
+    missing
+}
