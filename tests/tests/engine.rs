@@ -416,3 +416,25 @@ fn ongoing_wait(summary: &Value, tid: u32) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("{tid} is not among the ongoing waits: {summary}"))
 }
+
+/// Two `stat`s of one name under a dead FUSE server: the second waits in
+/// `d_alloc_parallel` for the first's lookup. Its chain names the lookup the server
+/// has not answered and who sent it, the task it waits for.
+#[test]
+fn a_dentry_wait_leads_to_the_unanswered_lookup() {
+    if !require_root("a_dentry_wait_leads_to_the_unanswered_lookup") {
+        return;
+    }
+    let mount = FuseMount::new("dentry").expect("mount the test filesystem");
+    let (owner, waiter, summary) = lock_pileup(&mount, "stat", "same", "same");
+    let wait = ongoing_wait(&summary, waiter);
+    assert_eq!(wait["blocked_in"], "d_alloc_parallel", "{wait}");
+    let chain = wait["chain"].as_array().unwrap_or_else(|| panic!("no chain: {wait}"));
+    let requests = chain
+        .iter()
+        .find(|link| link["link"] == "fuse_requests")
+        .unwrap_or_else(|| panic!("no FUSE requests in the chain: {chain:#?}"));
+    assert_eq!(requests["oldest_opcode"], "LOOKUP");
+    assert_eq!(requests["oldest_tid"], owner, "the lookup owner sent it: {requests}");
+    assert!(chain.iter().any(|link| link["link"] == "fuse_daemon" && link["pid"] == std::process::id()));
+}
