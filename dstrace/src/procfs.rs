@@ -28,6 +28,8 @@
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
 /// `PF_KTHREAD` in the `flags` field of `stat`: the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -144,10 +146,10 @@ fn read_task(dir: &Path, pid: u32, tid: u32, states: &[char]) -> Option<ProcTask
     if !states.contains(&stat.state) {
         return None;
     }
-    let stack = optional(dir, "stack")?.map(|text| parse_stack(&text));
+    let stack = optional_bounded(dir, "stack")?.map(|text| parse_stack(&text));
     let wchan = optional(dir, "wchan")?.and_then(|text| parse_wchan(&text));
     let kernel_thread = stat.flags & PF_KTHREAD != 0;
-    let mut syscall = optional(dir, "syscall")?.and_then(|text| parse_syscall(&text));
+    let mut syscall = optional_bounded(dir, "syscall")?.and_then(|text| parse_syscall(&text));
     // A kernel thread has no user registers: its file says `0 0x0 ... 0x0`, which
     // would read as a `read(0, NULL, 0)` it never made.
     if kernel_thread && matches!(syscall, Some(Syscall::Blocked { .. })) {
@@ -168,10 +170,44 @@ fn read_task(dir: &Path, pid: u32, tid: u32, states: &[char]) -> Option<ProcTask
     })
 }
 
+/// How long a read of `stack` or `syscall` may take before it is given up.
+pub const BOUNDED_READ: Duration = Duration::from_millis(300);
+
+/// As [`optional`], for the files the kernel answers only after taking the
+/// target's `exec_update_lock` (`stack`, `syscall`: `lock_trace()`): a task stuck
+/// in `execve` holding it would stall the read, so it is given up after
+/// [`BOUNDED_READ`] (the field is then unknown).
+fn optional_bounded(dir: &Path, name: &str) -> Option<Option<String>> {
+    let result = read_text_bounded(&dir.join(name), BOUNDED_READ);
+    optional_from(dir, result)
+}
+
+/// Reads a file on a thread of its own and waits for it at most `timeout`; past
+/// that, `TimedOut`, and the thread is left behind, blocked in a killable wait
+/// that ends with the process at the latest.
+pub fn read_text_bounded(path: &Path, timeout: Duration) -> io::Result<String> {
+    let (send, receive) = mpsc::channel();
+    let owned = path.to_path_buf();
+    std::thread::Builder::new().name("dstrace-proc-read".into()).spawn(move || {
+        let _ = send.send(read_text(&owned));
+    })?;
+    receive.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("reading {} took over {timeout:?}", path.display()),
+        ))
+    })
+}
+
 /// Reads `dir/name`: `Some(Some(text))` if readable, `Some(None)` if not (permission,
 /// or a file this kernel lacks), `None` if the thread is gone and must be skipped.
 fn optional(dir: &Path, name: &str) -> Option<Option<String>> {
-    match read_text(&dir.join(name)) {
+    optional_from(dir, read_text(&dir.join(name)))
+}
+
+/// [`optional`] from the result of a read.
+fn optional_from(dir: &Path, result: io::Result<String>) -> Option<Option<String>> {
+    match result {
         Ok(text) => Some(Some(text)),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
         // A missing file is a thread that exited, unless its `stat` is still there
@@ -309,6 +345,23 @@ mod tests {
         se.vruntime                                  :            78.438502\n\
         se.sum_exec_runtime                          :            12.163689\n\
         nr_switches                                  :                   14\n";
+
+    /// A read that blocks (here: opening a FIFO nobody writes to) is given up.
+    #[test]
+    fn blocked_reads_are_given_up() {
+        let fifo = std::env::temp_dir().join(format!("dstrace-fifo-{}", std::process::id()));
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let err = read_text_bounded(&fifo, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Let the reader thread finish: a writer opens and closes the FIFO.
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        let _ = std::fs::remove_file(&fifo);
+        assert!(read_text_bounded(Path::new("/proc/self/stat"), Duration::from_secs(5)).is_ok());
+    }
 
     #[test]
     fn the_task_clock_runs() {
