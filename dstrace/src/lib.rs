@@ -15,10 +15,12 @@
 //! * [`chain`]: from a task in D to the lock, its holder, the mount and the server;
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
+//! * [`advice`]: what to do about a recognised pattern, one line each;
 //! * [`output`]: the sinks (text lines, JSON lines);
 //! * [`clock`]: kernel timestamps to wall-clock time;
 //! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
 
+pub mod advice;
 pub mod aggregate;
 pub mod attribution;
 pub mod chain;

@@ -56,6 +56,8 @@ pub struct Summary {
     pub by_mount: Vec<CauseGroup>,
     /// Waits (streamed and ongoing) by kernel lock.
     pub by_lock: Vec<CauseGroup>,
+    /// What to do about the waits still going on ([`crate::advice`]).
+    pub advice: Vec<String>,
 }
 
 impl Summary {
@@ -80,6 +82,8 @@ pub struct Snapshot {
     pub by_mount: Vec<CauseGroup>,
     /// What it could not see, one sentence each.
     pub cannot_see: Vec<String>,
+    /// What to do about them ([`crate::advice`]).
+    pub advice: Vec<String>,
 }
 
 /// Writes waits and the summary in one [`Format`].
@@ -231,6 +235,18 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
+    fn advice(&mut self, advice: &[String]) -> io::Result<()> {
+        if advice.is_empty() {
+            return Ok(());
+        }
+        writeln!(self.out)?;
+        writeln!(self.out, "Advice:")?;
+        for line in advice {
+            writeln!(self.out, "  * {}", escape(line))?;
+        }
+        Ok(())
+    }
+
     fn cause_table(&mut self, title: &str, what: &str, groups: &[CauseGroup]) -> io::Result<()> {
         if groups.is_empty() {
             return Ok(());
@@ -300,6 +316,7 @@ impl<W: Write> Printer<W> {
                     }
                 }
                 self.cause_table("Tasks in D by mount", "MOUNT", &snapshot.by_mount)?;
+                self.advice(&snapshot.advice)?;
                 for what in &snapshot.cannot_see {
                     writeln!(self.out, "not seen: {what}")?;
                 }
@@ -311,6 +328,7 @@ impl<W: Write> Printer<W> {
                     "tasks": snapshot.waits.iter().map(JsonWait::of).collect::<Vec<_>>(),
                     "by_mount": json_causes(&snapshot.by_mount, "mountpoint"),
                     "cannot_see": snapshot.cannot_see,
+                    "advice": snapshot.advice,
                 });
                 serde_json::to_writer_pretty(&mut self.out, &record)?;
                 writeln!(self.out)?;
@@ -338,6 +356,7 @@ impl<W: Write> Printer<W> {
                         self.text_wait(wait, false)?;
                     }
                 }
+                self.advice(&summary.advice)?;
                 writeln!(self.out, "{}", summary_line(summary))?;
             }
             Format::Json => {
@@ -358,6 +377,7 @@ impl<W: Write> Printer<W> {
                     "groups": groups,
                     "by_mount": json_causes(&summary.by_mount, "mountpoint"),
                     "by_lock": json_causes(&summary.by_lock, "lock"),
+                    "advice": summary.advice,
                     "ongoing": ongoing,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
@@ -738,6 +758,7 @@ mod tests {
             ongoing: Vec::new(),
             by_mount: Vec::new(),
             by_lock: Vec::new(),
+            advice: Vec::new(),
         }
     }
 

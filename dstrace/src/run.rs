@@ -137,6 +137,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         sink.by_cause.add(wait);
     }
     let summary = Summary {
+        advice: crate::advice::advise(&ongoing),
         by_mount: sink.by_cause.mounts(),
         by_lock: sink.by_cause.locks(),
         shown: sink.shown,
@@ -254,6 +255,7 @@ fn report_new_drops(tracer: &Tracer, seen: u64) -> u64 {
     let total: u64 = counters.iter().filter(|(counter, _)| counter.is_drop()).map(|&(_, n)| n).sum();
     if total > seen {
         let summary = Summary {
+            advice: Vec::new(),
             by_mount: Vec::new(),
             by_lock: Vec::new(),
             shown: 0,

@@ -37,6 +37,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
         by_cause.add(wait);
     }
     let snapshot = Snapshot {
+        advice: crate::advice::advise(&waits),
         time: SystemTime::now(),
         waits,
         by_mount: by_cause.mounts(),

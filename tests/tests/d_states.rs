@@ -265,7 +265,10 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
         assert_eq!(task["source"], "proc");
         assert_eq!(task["state"], "D");
         let age = task["duration_ns"].as_u64().unwrap();
-        assert!((300_000_000..5_000_000_000).contains(&age), "stuck for about 0.5 s, not {age} ns: {task}");
+        assert!(
+            (150_000_000..5_000_000_000).contains(&age),
+            "stuck for about 0.5 s (a lower bound), not {age} ns: {task}"
+        );
         assert!(text.contains(&format!("{}/{}", task["pid"], task["tid"])), "text lacks {task}:\n{text}");
     }
 }
