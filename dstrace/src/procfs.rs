@@ -61,6 +61,8 @@ pub struct ProcTask {
     /// `se.exec_start` from `sched` (when the thread last ran, in nanoseconds of the
     /// scheduler clock); `None` if absent or unreadable.
     pub last_ran_ns: Option<u64>,
+    /// The CPU it last ran on, whose task clock `last_ran_ns` was read from.
+    pub cpu: Option<u32>,
 }
 
 /// What `/proc/<pid>/task/<tid>/syscall` says.
@@ -91,6 +93,8 @@ pub struct StatFields {
     pub ppid: u32,
     /// Field 9, the task's `PF_*` flags.
     pub flags: u64,
+    /// Field 39, the CPU it last ran on (absent from very old kernels).
+    pub processor: Option<u32>,
 }
 
 /// Threads whose state is in `states` (e.g. `&['D']` or `&['D', 'I']`), under
@@ -126,9 +130,39 @@ pub fn task(proc_root: &Path, pid: u32, tid: u32) -> Option<ProcTask> {
 }
 
 /// The scheduler's task clock now, as `/proc` prints `se.exec_start`: this
-/// thread's own, read while it runs (behind by at most a tick).
+/// thread's own, read while it runs (stamped when it last got the CPU).
 pub fn task_clock_now() -> Option<u64> {
     parse_exec_start_ns(&read_text(Path::new("/proc/thread-self/sched")).ok()?)
+}
+
+/// The task clock of every CPU now. Each CPU's clock leaves out its own interrupt
+/// and steal time, so the clocks of two CPUs drift apart: a task's `se.exec_start`
+/// is comparable only with the clock of the CPU it last ran on. A thread moved to
+/// each CPU in turn reads it there (its `exec_start` is stamped as it starts
+/// running on that CPU). CPUs this process may not run on are left out.
+pub fn task_clocks_now() -> std::collections::HashMap<u32, u64> {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 4096) as u32;
+    let reader = std::thread::spawn(move || {
+        let mut clocks = std::collections::HashMap::new();
+        for cpu in 0..cpus {
+            // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros
+            // take a valid pointer to it, and sched_setaffinity(0, ...) applies to
+            // this thread only.
+            let moved = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu as usize, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            if moved {
+                if let Some(now) = task_clock_now() {
+                    clocks.insert(cpu, now);
+                }
+            }
+        }
+        clocks
+    });
+    reader.join().unwrap_or_default()
 }
 
 /// A directory entry named by a decimal number (`/proc/self` and the like are not).
@@ -162,6 +196,7 @@ fn read_task(dir: &Path, pid: u32, tid: u32, states: &[char]) -> Option<ProcTask
         comm: stat.comm,
         state: stat.state,
         ppid: stat.ppid,
+        cpu: stat.processor,
         kernel_thread,
         wchan,
         stack,
@@ -248,7 +283,9 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
     let ppid = fields.next()?.parse().ok()?;
     // pgrp, session, tty_nr, tpgid, then flags.
     let flags = fields.nth(4)?.parse().ok()?;
-    Some(StatFields { comm, state, ppid, flags })
+    // Fields 10 to 38, then processor.
+    let processor = fields.nth(29).and_then(|cpu| cpu.parse().ok());
+    Some(StatFields { comm, state, ppid, flags, processor })
 }
 
 /// The function names of a `stack` file, innermost first:
@@ -364,6 +401,15 @@ mod tests {
     }
 
     #[test]
+    fn every_cpu_clock_is_read() {
+        let clocks = task_clocks_now();
+        assert!(!clocks.is_empty());
+        let own = task_clock_now().unwrap();
+        // Same boot, same unit: within a minute of ours.
+        assert!(clocks.values().all(|&clock| clock.abs_diff(own) < 60_000_000_000), "{clocks:?} vs {own}");
+    }
+
+    #[test]
     fn the_task_clock_runs() {
         let first = task_clock_now().expect("/proc/thread-self/sched has se.exec_start");
         let busy = std::time::Instant::now();
@@ -375,7 +421,16 @@ mod tests {
     #[test]
     fn stat_comm_with_spaces_and_parens() {
         let stat = parse_stat(STAT_EVIL).unwrap();
-        assert_eq!(stat, StatFields { comm: "evil) name".into(), state: 'D', ppid: 1, flags: 4_194_560 });
+        assert_eq!(
+            stat,
+            StatFields {
+                comm: "evil) name".into(),
+                state: 'D',
+                ppid: 1,
+                flags: 4_194_560,
+                processor: Some(2)
+            }
+        );
         assert_eq!(stat.flags & PF_KTHREAD, 0);
         assert_eq!(STAT_EVIL.split_ascii_whitespace().count(), 53, "52 fields, comm counted twice");
     }
@@ -540,6 +595,7 @@ mod tests {
                     stack: None,
                     syscall: Some(Syscall::NotInSyscall),
                     last_ran_ns: None,
+                    cpu: None,
                 },
                 ProcTask {
                     pid: 100,
@@ -552,6 +608,7 @@ mod tests {
                     stack: Some(parse_stack(STACK)),
                     syscall: parse_syscall(syscall_text),
                     last_ran_ns: Some(1_273_400_676_600),
+                    cpu: None,
                 },
             ]
         );

@@ -209,18 +209,18 @@ pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
 }
 
 /// "Now", for ages read from `/proc`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProcNow {
     /// The wall-clock time.
     pub wall: SystemTime,
-    /// The scheduler's task clock (`se.exec_start` of this thread, running now).
-    pub task_clock_ns: Option<u64>,
+    /// Each CPU's task clock now ([`procfs::task_clocks_now`]).
+    pub task_clocks: std::collections::HashMap<u32, u64>,
 }
 
 impl ProcNow {
-    /// Reads both clocks now.
+    /// Reads the clocks now.
     pub fn read() -> ProcNow {
-        ProcNow { wall: SystemTime::now(), task_clock_ns: procfs::task_clock_now() }
+        ProcNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_now() }
     }
 }
 
@@ -288,14 +288,15 @@ impl Wait {
     /// A task in D now as `/proc` shows it.
     ///
     /// `/proc` does not say when the wait began; the task's last run bounds it:
-    /// the wait is at least as old as `now.task_clock_ns - task.last_ran_ns`. Both
-    /// are read on the scheduler's task clock (`se.exec_start`), which runs behind
-    /// CLOCK_MONOTONIC by the time spent in interrupts and stolen by the hypervisor:
-    /// the clocks must not be mixed.
+    /// the wait is at least as old as the task clock of the CPU it last ran on now,
+    /// minus its `se.exec_start` then. That clock runs behind CLOCK_MONOTONIC by the
+    /// CPU's time in interrupts and stolen by the hypervisor, so neither it and
+    /// CLOCK_MONOTONIC nor two CPUs' clocks may be mixed.
     pub fn from_proc(task: &ProcTask, now: &ProcNow, mounts: &mut MountTable) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
         let blocked_in = blocking_of(&stack).or_else(|| task.wchan.clone());
-        let age = match (task.last_ran_ns, now.task_clock_ns) {
+        let clock = task.cpu.and_then(|cpu| now.task_clocks.get(&cpu)).copied();
+        let age = match (task.last_ran_ns, clock) {
             (Some(ran), Some(now)) if ran <= now => Some(now - ran),
             _ => None,
         };
@@ -403,11 +404,12 @@ mod tests {
             stack: Some(vec!["__schedule".into(), "schedule".into(), "rpc_wait_bit_killable".into()]),
             syscall: Some(Syscall::NotInSyscall),
             last_ran_ns: Some(1_000_000_000),
+            cpu: Some(3),
         };
         let mut mounts = MountTable::of(Vec::new());
         let now = ProcNow {
             wall: std::time::UNIX_EPOCH + std::time::Duration::from_secs(100),
-            task_clock_ns: Some(5_000_000_000),
+            task_clocks: [(3, 5_000_000_000), (4, 1)].into(),
         };
         let wait = Wait::from_proc(&task, &now, &mut mounts);
         assert!(wait.is_ongoing());
