@@ -56,20 +56,28 @@ pub enum Command {
     Snapshot(SnapshotArgs),
 }
 
-/// Options of `dstrace snapshot`.
+/// What to show and how: the options `run` and `snapshot` share.
 #[derive(Debug, Args)]
-pub struct SnapshotArgs {
-    /// Also list TASK_IDLE kernel threads (state I).
+pub struct ViewArgs {
+    /// Also show TASK_IDLE waits (idle kernel threads, not counted in the load).
     #[arg(long)]
     pub include_idle: bool,
 
-    /// Print the kernel stack under each task.
+    /// Print the kernel stacks under each wait.
     #[arg(long)]
     pub stacks: bool,
 
-    /// Print one JSON document instead of text.
+    /// Print JSON instead of text (`run`: one object per line; `snapshot`: one
+    /// document).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `dstrace snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub view: ViewArgs,
 }
 
 /// Options of `dstrace run`.
@@ -88,17 +96,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub interval: Option<Duration>,
 
-    /// Also trace TASK_IDLE waits (idle kernel threads, not counted in the load).
-    #[arg(long)]
-    pub include_idle: bool,
-
-    /// Print the whole kernel stack under each wait.
-    #[arg(long)]
-    pub stacks: bool,
-
-    /// Print one JSON object per line (NDJSON) instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub view: ViewArgs,
 
     /// Only these processes (thread group ids); repeat or separate with commas.
     #[arg(long, value_name = "PID", value_delimiter = ',')]

@@ -40,7 +40,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     preflight::check()?;
     let options = Options {
         min_duration: args.min_duration,
-        include_idle: args.include_idle,
+        include_idle: args.view.include_idle,
         user_stacks: args.user_stacks,
         filters: args.filters()?,
         capacity: args.capacity(),
@@ -90,7 +90,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
              stacks show as raw addresses"
         );
     }
-    let format = if args.json { Format::Json } else { Format::Text { stacks: args.stacks } };
+    let format = if args.view.json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
     let mut sink = Sink {
         printer: Printer::new(io::stdout().lock(), format),
         stacks: Stacks::new(kallsyms),
@@ -209,7 +209,7 @@ async fn stream<W: Write>(
 
     let already = waits_in_proc(options, &mut sink.mounts, &chain::Context::default());
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
-    if !args.json {
+    if !args.view.json {
         for what in &tracer.skipped {
             eprintln!("dstrace: not recorded on this kernel: {what}");
         }

@@ -21,7 +21,7 @@ use crate::{
 
 /// Runs `dstrace snapshot`.
 pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
-    let states: &[char] = if args.include_idle { &['D', 'I'] } else { &['D'] };
+    let states: &[char] = if args.view.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
     let now = ProcNow::read();
     let mut mounts = MountTable::read();
@@ -43,7 +43,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
         by_mount: by_cause.mounts(),
         cannot_see: cannot_see(&tasks),
     };
-    let format = if args.json { Format::Json } else { Format::Text { stacks: args.stacks } };
+    let format = if args.view.json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
     match Printer::new(io::stdout().lock(), format).snapshot(&snapshot) {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to standard output"),
