@@ -13,7 +13,6 @@ use dstrace_common::{FuseKey, FuseRequest};
 use crate::{
     procfs,
     record::{comm_string, TaskState, Wait},
-    symbols::blocking_function,
 };
 
 /// One link of a chain (in JSON: an object whose `link` names the kind).
@@ -167,12 +166,7 @@ fn task_now(pid: u32, tid: u32) -> Link {
         pid,
         comm: task.as_ref().map(|t| t.comm.clone()).unwrap_or_default(),
         state: task.as_ref().map(|t| t.state),
-        function: task.and_then(|t| {
-            t.stack
-                .as_ref()
-                .and_then(|stack| blocking_function(stack.iter().map(String::as_str)).map(str::to_owned))
-                .or(t.wchan)
-        }),
+        function: task.as_ref().and_then(procfs::ProcTask::blocked_in),
     }
 }
 

@@ -61,11 +61,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The drop counters that are not zero.
-    pub fn drops(&self) -> Vec<(Counter, u64)> {
-        self.counters.iter().copied().filter(|&(counter, n)| counter.is_drop() && n > 0).collect()
-    }
-
     fn counter(&self, which: Counter) -> u64 {
         self.counters.iter().find(|&&(counter, _)| counter == which).map_or(0, |&(_, n)| n)
     }
@@ -668,22 +663,24 @@ pub fn summary_line(summary: &Summary) -> String {
         human_duration(summary.min_duration_ns),
         summary.counter(Counter::WaitsEnded)
     );
-    line.push_str(&drops_text(summary));
+    line.push_str(&drops_text(&summary.counters, summary.bad_records));
     line
 }
 
-/// `; drops: none`, or the drops by kind.
-pub fn drops_text(summary: &Summary) -> String {
-    let drops = summary.drops();
-    if drops.is_empty() && summary.bad_records == 0 {
+/// `; drops: none`, or the drops by kind: the kernel side's drop counters that are
+/// not zero, and records userspace could not decode.
+pub fn drops_text(counters: &[(Counter, u64)], bad_records: u64) -> String {
+    let drops: Vec<(Counter, u64)> =
+        counters.iter().copied().filter(|&(counter, n)| counter.is_drop() && n > 0).collect();
+    if drops.is_empty() && bad_records == 0 {
         return "; drops: none".to_owned();
     }
     let mut text = "; drops:".to_owned();
     for (counter, n) in drops {
         let _ = write!(text, " {}={n}", counter.name());
     }
-    if summary.bad_records > 0 {
-        let _ = write!(text, " undecodable_records={}", summary.bad_records);
+    if bad_records > 0 {
+        let _ = write!(text, " undecodable_records={bad_records}");
     }
     text
 }

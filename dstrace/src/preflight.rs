@@ -45,6 +45,12 @@ pub fn check_capabilities(caps: u64) -> Result<()> {
     )
 }
 
+/// Whether this process may load tracing programs (root, or CAP_BPF and
+/// CAP_PERFMON).
+pub fn may_load_bpf() -> bool {
+    effective_capabilities().is_ok_and(|caps| check_capabilities(caps).is_ok())
+}
+
 /// The effective capability set of this process, from `/proc/self/status`.
 fn effective_capabilities() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;

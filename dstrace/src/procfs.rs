@@ -65,6 +65,19 @@ pub struct ProcTask {
     pub cpu: Option<u32>,
 }
 
+impl ProcTask {
+    /// Where it is blocked: the blocking function of its stack
+    /// ([`crate::symbols::blocking_function`]), else its `wchan`.
+    pub fn blocked_in(&self) -> Option<String> {
+        self.stack
+            .as_ref()
+            .and_then(|stack| {
+                crate::symbols::blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
+            })
+            .or_else(|| self.wchan.clone())
+    }
+}
+
 /// What `/proc/<pid>/task/<tid>/syscall` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Syscall {

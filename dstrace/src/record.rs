@@ -144,10 +144,7 @@ pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
     let inode = (flags & CAUSE_INODE_RWSEM != 0).then(|| (kernel_dev(cause.dev), cause.ino));
     let holder = (flags & CAUSE_HOLDER_KNOWN != 0).then(|| {
         let now = procfs::task(std::path::Path::new("/proc"), cause.holder_tgid, cause.holder_tid);
-        let function = now.as_ref().and_then(|task| {
-            let stack: Stack = task.stack.clone().unwrap_or_default().into();
-            blocking_of(&stack).or_else(|| task.wchan.clone())
-        });
+        let function = now.as_ref().and_then(ProcTask::blocked_in);
         Holder {
             tid: cause.holder_tid,
             pid: cause.holder_tgid,
@@ -294,7 +291,7 @@ impl Wait {
     /// CLOCK_MONOTONIC nor two CPUs' clocks may be mixed.
     pub fn from_proc(task: &ProcTask, now: &ProcNow, mounts: &mut MountTable) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
-        let blocked_in = blocking_of(&stack).or_else(|| task.wchan.clone());
+        let blocked_in = task.blocked_in();
         let clock = task.cpu.and_then(|cpu| now.task_clocks.get(&cpu)).copied();
         let age = match (task.last_ran_ns, clock) {
             (Some(ran), Some(now)) if ran <= now => Some(now - ran),

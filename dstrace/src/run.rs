@@ -254,18 +254,7 @@ fn report_new_drops(tracer: &Tracer, seen: u64) -> u64 {
     let Ok(counters) = tracer.counters() else { return seen };
     let total: u64 = counters.iter().filter(|(counter, _)| counter.is_drop()).map(|&(_, n)| n).sum();
     if total > seen {
-        let summary = Summary {
-            advice: Vec::new(),
-            by_mount: Vec::new(),
-            by_lock: Vec::new(),
-            shown: 0,
-            min_duration_ns: 0,
-            counters,
-            bad_records: 0,
-            groups: Vec::new(),
-            ongoing: Vec::new(),
-        };
-        eprintln!("dstrace: warning: the kernel side lost data{}", drops_text(&summary));
+        eprintln!("dstrace: warning: the kernel side lost data{}", drops_text(&counters, 0));
     }
     total
 }

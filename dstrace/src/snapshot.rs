@@ -56,14 +56,7 @@ fn cannot_see(tasks: &[procfs::ProcTask]) -> Vec<String> {
         vec!["kernel locks and their holders, the paths tasks look up and FUSE requests in flight: \
          they need live tracing (dstrace run)"
             .to_owned()];
-    let privileged = preflight::check_capabilities(
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| preflight::parse_cap_eff(&s))
-            .unwrap_or(0),
-    )
-    .is_ok();
-    if !privileged || tasks.iter().any(|task| task.stack.is_none()) {
+    if !preflight::may_load_bpf() || tasks.iter().any(|task| task.stack.is_none()) {
         missing.push(
             "the kernel stacks of some tasks (/proc/PID/stack needs root): their blocking function \
              comes from wchan"
