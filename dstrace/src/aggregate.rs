@@ -143,97 +143,6 @@ pub fn group(entries: &[(AggKey, Totals)], mut blocked_in: impl FnMut(i32) -> Op
     groups
 }
 
-/// Waits grouped by what they are on: "by mount" and "by lock" are each one
-/// look. Built from the records userspace sees (completed waits of at least
-/// `--min-duration`, and waits still going on).
-#[derive(Default)]
-pub struct ByCause {
-    mounts: HashMap<String, CauseGroup>,
-    locks: HashMap<String, CauseGroup>,
-}
-
-/// Waits on one mount or one lock.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CauseGroup {
-    /// The mount point, or the lock's name.
-    pub key: String,
-    /// For a mount: its type and source; for a lock: its holder (`comm[tid]`).
-    pub detail: String,
-    /// Completed waits.
-    pub completed: Totals,
-    /// Waits still going on.
-    pub ongoing: u64,
-    /// The age of the oldest one still going on, in nanoseconds.
-    pub oldest_ns: u64,
-    /// Distinct processes seen waiting (at most [`MAX_PIDS`] kept).
-    pub pids: Vec<u32>,
-}
-
-/// Processes listed per group at most.
-pub const MAX_PIDS: usize = 32;
-
-impl ByCause {
-    /// Counts a wait, completed or still going on.
-    pub fn add(&mut self, wait: &crate::record::Wait) {
-        if let Some(mount) = &wait.on.mount {
-            let key = mount.mount_point.to_string_lossy().into_owned();
-            let detail = format!("{} {}", mount.fs_type, mount.source);
-            add_to(
-                self.mounts.entry(key.clone()).or_insert_with(|| CauseGroup {
-                    key,
-                    detail,
-                    ..CauseGroup::default()
-                }),
-                wait,
-            );
-        }
-        if let Some(lock) = &wait.lock {
-            let key = lock.name();
-            let detail = lock.holder.as_ref().map(|h| format!("{}[{}]", h.comm, h.tid)).unwrap_or_default();
-            add_to(
-                self.locks.entry(key.clone()).or_insert_with(|| CauseGroup {
-                    key,
-                    detail,
-                    ..CauseGroup::default()
-                }),
-                wait,
-            );
-        }
-    }
-
-    /// The mounts, the most waits in D now first, then the most blocked time.
-    pub fn mounts(&self) -> Vec<CauseGroup> {
-        sorted(&self.mounts)
-    }
-
-    /// The locks, in the same order.
-    pub fn locks(&self) -> Vec<CauseGroup> {
-        sorted(&self.locks)
-    }
-}
-
-fn add_to(group: &mut CauseGroup, wait: &crate::record::Wait) {
-    if wait.is_ongoing() {
-        group.ongoing += 1;
-        group.oldest_ns = group.oldest_ns.max(wait.duration_ns);
-    } else {
-        group.completed.record(wait.duration_ns);
-    }
-    if !group.pids.contains(&wait.pid) && group.pids.len() < MAX_PIDS {
-        group.pids.push(wait.pid);
-    }
-}
-
-fn sorted(groups: &HashMap<String, CauseGroup>) -> Vec<CauseGroup> {
-    let mut groups: Vec<CauseGroup> = groups.values().cloned().collect();
-    groups.sort_by(|a, b| {
-        (b.ongoing, b.oldest_ns, b.completed.total_ns)
-            .cmp(&(a.ongoing, a.oldest_ns, a.completed.total_ns))
-            .then_with(|| a.key.cmp(&b.key))
-    });
-    groups
-}
-
 #[cfg(test)]
 mod tests {
     use dstrace_common::{hist_bucket, COMM_LEN};
@@ -292,41 +201,6 @@ mod tests {
         assert_eq!((groups[0].totals.count, groups[0].totals.total_ns), (2, 3_000_000_000));
         assert_eq!(groups[0].totals.max_ns, 2_000_000_000);
         assert_eq!(groups[2].blocked_in, "?");
-    }
-
-    #[test]
-    fn waits_by_mount_and_lock() {
-        use crate::{attribution::Attribution, record::*};
-        let mount = crate::mounts::parse("92 22 0:55 / /mnt/x rw - fuse.sshfs sshfs rw\n").pop();
-        let wait = |pid: u32, ongoing: bool, duration_ns: u64, locked: bool| Wait {
-            start: None,
-            end: (!ongoing).then(std::time::SystemTime::now),
-            duration_ns,
-            tid: pid,
-            pid,
-            comm: "x".into(),
-            cgroup_id: 0,
-            state: TaskState::Uninterruptible,
-            blocked_in: None,
-            stack: [].into(),
-            user_stack: [].into(),
-            waker: None,
-            on: Attribution { mount: mount.clone(), ..Attribution::default() },
-            lock: locked.then_some(LockInfo { kind: "mutex", addr: 0x10, inode: None, holder: None }),
-            chain: Vec::new(),
-            source: Source::Traced,
-        };
-        let mut by = ByCause::default();
-        by.add(&wait(1, false, 2_000, false));
-        by.add(&wait(2, true, 9_000, true));
-        by.add(&wait(3, true, 5_000, true));
-        let mounts = by.mounts();
-        assert_eq!(mounts.len(), 1);
-        assert_eq!((mounts[0].key.as_str(), mounts[0].detail.as_str()), ("/mnt/x", "fuse.sshfs sshfs"));
-        assert_eq!((mounts[0].ongoing, mounts[0].oldest_ns, mounts[0].completed.count), (2, 9_000, 1));
-        assert_eq!(mounts[0].pids, [1, 2, 3]);
-        let locks = by.locks();
-        assert_eq!((locks[0].key.as_str(), locks[0].ongoing), ("mutex 0x10", 2));
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub enum Link {
     Task {
         /// Thread id.
         tid: u32,
-        /// Process id.
+        /// Process id (`tgid` in JSON, as everywhere).
+        #[serde(rename = "tgid")]
         pid: u32,
         /// Command name.
         comm: String,
@@ -56,7 +57,8 @@ pub enum Link {
     FuseRequests {
         /// How many are in flight.
         in_flight: u64,
-        /// The oldest one's age, in nanoseconds.
+        /// The oldest one's age, in nanoseconds (`oldest_ms` in JSON).
+        #[serde(rename = "oldest_ms", serialize_with = "crate::output::serialize_ms")]
         oldest_ns: u64,
         /// The oldest one's operation (`LOOKUP`, ...).
         oldest_opcode: String,
@@ -69,6 +71,7 @@ pub enum Link {
     /// FUSE daemons, each is listed).
     FuseDaemon {
         /// Its process id.
+        #[serde(rename = "tgid")]
         pid: u32,
         /// Its command name.
         comm: String,

@@ -23,19 +23,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Trace D waits live: print each wait as it ends, until Ctrl-C.
+    /// Trace D waits live: what is stuck, on what, since when, and what to do.
     ///
-    /// First the tasks already in D (from /proc), then one line per completed wait
-    /// of at least --min-duration: when it ended, pid/tid, command, the kind of
-    /// sleep, how long, the kernel function it blocked in (the first frame below
-    /// the scheduler and the lock and wait primitives) and who woke it. Idle kernel
-    /// threads (TASK_IDLE) are left out unless --include-idle is given. At the end:
-    /// blocked time by process and function (every wait, short ones included), the
-    /// tasks still in D, and the counters, drops included.
+    /// At once, the tasks already in D (from /proc); then, live, every task in D
+    /// and every D wait of at least --min-duration, grouped by mount, kernel lock
+    /// and the kernel function they block in (the first frame below the scheduler
+    /// and the lock and wait primitives), with the wait chain of each group
+    /// (waiter -> lock -> holder -> what the holder waits on -> daemon or server)
+    /// and advice for the patterns it knows. Idle kernel threads (TASK_IDLE) are
+    /// left out unless --include-idle is given. At the end (q, Ctrl-C, SIGTERM or
+    /// --duration): the groups, blocked time by process and function (every wait,
+    /// short ones included), the tasks still in D, the advice and the counters,
+    /// drops included.
+    ///
+    /// On a terminal this is a full-screen view: arrows or j/k move, Enter expands
+    /// a group to its tasks and stacks, s changes the order, / filters, q quits.
+    /// Otherwise (piped, or --plain): a line per completed wait and, every
+    /// --interval, the groups as a table. With --json: one JSON object per line
+    /// (the schema is in the README).
     ///
     /// Examples:
     ///   sudo dstrace run
-    ///   sudo dstrace run --min-duration 100ms --stacks
+    ///   sudo dstrace run --plain --min-duration 100ms --stacks
     ///   sudo dstrace run --duration 30s --json > waits.ndjson
     ///   sudo dstrace run --comm nova-compute --pid 4242,4243
     #[command(verbatim_doc_comment)]
@@ -91,10 +100,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Every this long (e.g. 10s), also print blocked time by process and function
-    /// for the last interval, from the in-kernel aggregation; default: only at the end.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub interval: Option<Duration>,
+    /// Without the full-screen view: every this long, print the tasks in D and
+    /// the groups, and the blocked time of the interval by process and function
+    /// (0: only at the end).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Print lines of text even on a terminal, instead of the full-screen view.
+    #[arg(long, conflicts_with = "json")]
+    pub plain: bool,
 
     #[command(flatten)]
     pub view: ViewArgs,

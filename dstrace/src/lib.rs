@@ -15,14 +15,17 @@
 //! * [`chain`]: from a task in D to the lock, its holder, the mount and the server;
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
+//! * [`board`]: waits grouped by mount, lock and blocking function, as shown;
 //! * [`advice`]: what to do about a recognised pattern, one line each;
 //! * [`output`]: the sinks (text lines, JSON lines);
+//! * [`tui`]: the full-screen view of `dstrace run` on a terminal;
 //! * [`clock`]: kernel timestamps to wall-clock time;
 //! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
 
 pub mod advice;
 pub mod aggregate;
 pub mod attribution;
+pub mod board;
 pub mod chain;
 pub mod cli;
 pub mod clock;
@@ -39,3 +42,4 @@ pub mod run;
 pub mod snapshot;
 pub mod symbols;
 pub mod syscalls;
+pub mod tui;

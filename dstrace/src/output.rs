@@ -14,16 +14,31 @@ use dstrace_common::Counter;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{CauseGroup, Group},
+    aggregate::Group,
     attribution::Attribution,
+    board::{self, BoardGroup, CauseGroup},
     chain::{self, Link},
     clock::{human_duration, local_time_of_day, rfc3339_utc},
-    record::LockInfo,
-    record::{Source, Wait, WakerInfo},
+    mounts::Mount,
+    record::{LockInfo, Source, Wait, WakerInfo},
 };
 
 /// How many groups the text summary lists.
 const TEXT_GROUPS: usize = 20;
+
+/// The version of the JSON schema (README, "JSON output"): it changes only when a
+/// field changes meaning or goes away; new fields may appear in any version.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Nanoseconds as the milliseconds of the JSON schema (microsecond precision).
+pub fn json_ms(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1_000.0
+}
+
+/// Serializes nanoseconds as [`json_ms`] (for `#[serde(serialize_with)]`).
+pub fn serialize_ms<S: serde::Serializer>(ns: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(json_ms(*ns))
+}
 
 /// How waits are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,14 +63,13 @@ pub struct Summary {
     pub counters: Vec<(Counter, u64)>,
     /// Records userspace could not decode.
     pub bad_records: u64,
-    /// Every completed wait (of any length), grouped, largest total first.
-    pub groups: Vec<Group>,
+    /// Every completed wait (of any length) by process and blocking function,
+    /// largest total first (the in-kernel aggregation).
+    pub by_process: Vec<Group>,
     /// Waits still going on at the end.
     pub ongoing: Vec<Wait>,
-    /// Waits (streamed and ongoing) by mount.
-    pub by_mount: Vec<CauseGroup>,
-    /// Waits (streamed and ongoing) by kernel lock.
-    pub by_lock: Vec<CauseGroup>,
+    /// Waits (shown and ongoing) by mount, lock and function ([`crate::board`]).
+    pub groups: Vec<BoardGroup>,
     /// What to do about the waits still going on ([`crate::advice`]).
     pub advice: Vec<String>,
 }
@@ -73,12 +87,28 @@ pub struct Snapshot {
     pub time: SystemTime,
     /// The tasks in D, the longest first.
     pub waits: Vec<Wait>,
-    /// The same, by mount.
-    pub by_mount: Vec<CauseGroup>,
+    /// The same, by mount, lock and function.
+    pub groups: Vec<BoardGroup>,
     /// What it could not see, one sentence each.
     pub cannot_see: Vec<String>,
     /// What to do about them ([`crate::advice`]).
     pub advice: Vec<String>,
+}
+
+/// A periodic update of `dstrace run` ([`Printer::update`]).
+pub struct Update<'a> {
+    /// When.
+    pub time: SystemTime,
+    /// The length of the interval, in seconds.
+    pub seconds: f64,
+    /// The tasks in D now.
+    pub ongoing: &'a [Wait],
+    /// The groups, with those tasks.
+    pub groups: &'a [BoardGroup],
+    /// The completed waits of the interval by process and function.
+    pub by_process: &'a [Group],
+    /// What to do about the tasks in D.
+    pub advice: &'a [String],
 }
 
 /// Writes waits and the summary in one [`Format`].
@@ -102,8 +132,9 @@ impl<W: Write> Printer<W> {
             Format::Json => {
                 let record = serde_json::json!({
                     "type": "start",
+                    "version": JSON_SCHEMA_VERSION,
                     "program": program,
-                    "min_duration_ns": min_duration_ns,
+                    "min_duration_ms": json_ms(min_duration_ns),
                     "skipped": skipped,
                 });
                 serde_json::to_writer(&mut self.out, &record)?;
@@ -201,33 +232,88 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
-    /// Completed waits of the last interval, grouped (`--interval`).
-    pub fn interval(&mut self, end: SystemTime, seconds: f64, groups: &[Group]) -> io::Result<()> {
+    /// A periodic update (`--interval`): the tasks in D now and the groups, then
+    /// the completed waits of the interval by process and function, and the advice.
+    /// JSON: one `ongoing` record per task in D, then one `interval` record.
+    pub fn update(&mut self, update: &Update<'_>) -> io::Result<()> {
         match self.format {
             Format::Text { .. } => {
-                writeln!(
-                    self.out,
-                    "-- {} blocked time in the last {seconds:.1}s, by process and function:",
-                    local_time_of_day(end)
-                )?;
-                if groups.is_empty() {
-                    writeln!(self.out, "  (no D wait ended)")?;
-                } else {
-                    self.groups_table(groups)?;
-                }
+                writeln!(self.out, "-- {}: {}", local_time_of_day(update.time), in_d_text(update.ongoing))?;
+                self.board_table(update.groups)?;
+                self.interval_text(update.seconds, update.by_process)?;
+                self.advice(update.advice)?;
+                writeln!(self.out)?;
             }
             Format::Json => {
+                for wait in update.ongoing {
+                    self.json_line(&JsonWait::of(wait))?;
+                }
                 let record = serde_json::json!({
                     "type": "interval",
-                    "end": rfc3339_utc(end),
-                    "seconds": seconds,
-                    "groups": json_groups(groups),
+                    "end": rfc3339_utc(update.time),
+                    "seconds": update.seconds,
+                    "tasks_in_d": update.ongoing.len(),
+                    "groups": json_board(update.groups),
+                    "by_process": json_by_process(update.by_process),
+                    "advice": update.advice,
                 });
-                serde_json::to_writer(&mut self.out, &record)?;
-                writeln!(self.out)?;
+                self.json_line(&record)?;
             }
         }
         self.out.flush()
+    }
+
+    fn interval_text(&mut self, seconds: f64, by_process: &[Group]) -> io::Result<()> {
+        if by_process.is_empty() {
+            return Ok(());
+        }
+        writeln!(self.out, "Blocked time in the last {seconds:.1}s, by process and function (every wait):")?;
+        self.by_process_table(by_process)
+    }
+
+    fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        writeln!(self.out)
+    }
+
+    /// The groups as a tree: mount, then lock, then blocking function with its
+    /// tasks and the wait chain of its oldest one ([`board::rows`]).
+    fn board_table(&mut self, groups: &[BoardGroup]) -> io::Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "  {:>5}  {:>9}  {:>9}  {:>6}  MOUNT / LOCK / BLOCKED IN",
+            "IN D", "OLDEST", "BLOCKED", "DONE"
+        )?;
+        let rows = board::rows(groups);
+        for row in rows.iter().take(TEXT_GROUPS * 3) {
+            let indent = "  ".repeat(row.depth);
+            let oldest =
+                if row.in_d > 0 { format!("{}+", human_duration(row.oldest_ns)) } else { "-".into() };
+            write!(
+                self.out,
+                "  {:>5}  {:>9}  {:>9}  {:>6}  {indent}{}",
+                row.in_d,
+                oldest,
+                human_duration(row.blocked_ns),
+                row.done,
+                escape(&row.label)
+            )?;
+            if row.detail.is_empty() {
+                writeln!(self.out)?;
+            } else {
+                writeln!(self.out, "  {}", escape(&row.detail))?;
+            }
+            if let Some(chain) = row.group.and_then(|i| groups[i].chain()) {
+                writeln!(self.out, "  {:>36}  {indent}  chain: {}", "", escape(&chain::text(chain)))?;
+            }
+        }
+        if rows.len() > TEXT_GROUPS * 3 {
+            writeln!(self.out, "  ... {} more rows (--json lists all)", rows.len() - TEXT_GROUPS * 3)?;
+        }
+        Ok(())
     }
 
     fn advice(&mut self, advice: &[String]) -> io::Result<()> {
@@ -247,11 +333,11 @@ impl<W: Write> Printer<W> {
             return Ok(());
         }
         writeln!(self.out)?;
-        writeln!(self.out, "{title} (waits shown and waits still in D):")?;
+        writeln!(self.out, "{title} (waits shown and tasks still in D):")?;
         writeln!(
             self.out,
             "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  WHAT / HELD BY",
-            what, "IN D NOW", "OLDEST", "DONE", "TOTAL", "MAX"
+            what, "IN D NOW", "OLDEST", "DONE", "BLOCKED", "MAX"
         )?;
         for group in groups.iter().take(TEXT_GROUPS) {
             writeln!(
@@ -269,7 +355,7 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
-    fn groups_table(&mut self, groups: &[Group]) -> io::Result<()> {
+    fn by_process_table(&mut self, groups: &[Group]) -> io::Result<()> {
         writeln!(
             self.out,
             "  {:<8} {:<16}  {:<28}  {:>8}  {:>9}  {:>9}  {:>9}",
@@ -300,8 +386,8 @@ impl<W: Write> Printer<W> {
             Format::Text { .. } => {
                 writeln!(
                     self.out,
-                    "{} tasks in D at {} (from /proc; the ages are lower bounds)",
-                    snapshot.waits.len(),
+                    "{} at {} (from /proc; the ages are lower bounds)",
+                    in_d_text(&snapshot.waits),
                     local_time_of_day(snapshot.time)
                 )?;
                 if !snapshot.waits.is_empty() {
@@ -309,8 +395,10 @@ impl<W: Write> Printer<W> {
                     for wait in &snapshot.waits {
                         self.wait(wait)?;
                     }
+                    writeln!(self.out)?;
+                    writeln!(self.out, "By mount, lock and function:")?;
+                    self.board_table(&snapshot.groups)?;
                 }
-                self.cause_table("Tasks in D by mount", "MOUNT", &snapshot.by_mount)?;
                 self.advice(&snapshot.advice)?;
                 for what in &snapshot.cannot_see {
                     writeln!(self.out, "not seen: {what}")?;
@@ -319,9 +407,12 @@ impl<W: Write> Printer<W> {
             Format::Json => {
                 let record = serde_json::json!({
                     "type": "snapshot",
+                    "version": JSON_SCHEMA_VERSION,
                     "time": rfc3339_utc(snapshot.time),
                     "tasks": snapshot.waits.iter().map(JsonWait::of).collect::<Vec<_>>(),
-                    "by_mount": json_causes(&snapshot.by_mount, "mountpoint"),
+                    "groups": json_board(&snapshot.groups),
+                    "by_mount": json_causes(&board::by_mount(&snapshot.groups), "mountpoint"),
+                    "by_lock": json_causes(&board::by_lock(&snapshot.groups), "lock"),
                     "cannot_see": snapshot.cannot_see,
                     "advice": snapshot.advice,
                 });
@@ -334,15 +425,23 @@ impl<W: Write> Printer<W> {
 
     /// The end-of-run summary.
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let by_mount = board::by_mount(&summary.groups);
+        let by_lock = board::by_lock(&summary.groups);
         match self.format {
             Format::Text { .. } => {
+                writeln!(self.out)?;
+                writeln!(self.out, "== Summary")?;
+                if !summary.by_process.is_empty() {
+                    writeln!(self.out, "Blocked time by process and function (every completed wait):")?;
+                    self.by_process_table(&summary.by_process)?;
+                }
                 if !summary.groups.is_empty() {
                     writeln!(self.out)?;
-                    writeln!(self.out, "Blocked time by process and function (every completed wait):")?;
-                    self.groups_table(&summary.groups)?;
+                    writeln!(self.out, "By mount, lock and function (waits shown and tasks still in D):")?;
+                    self.board_table(&summary.groups)?;
                 }
-                self.cause_table("Waits by mount", "MOUNT", &summary.by_mount)?;
-                self.cause_table("Waits by kernel lock", "LOCK", &summary.by_lock)?;
+                self.cause_table("Waits by mount", "MOUNT", &by_mount)?;
+                self.cause_table("Waits by kernel lock", "LOCK", &by_lock)?;
                 if !summary.ongoing.is_empty() {
                     writeln!(self.out)?;
                     writeln!(self.out, "Still in D:")?;
@@ -360,26 +459,35 @@ impl<W: Write> Printer<W> {
                     .iter()
                     .map(|&(counter, n)| (counter.name().to_owned(), n.into()))
                     .collect();
-                let groups = json_groups(&summary.groups);
                 let ongoing: Vec<JsonWait<'_>> = summary.ongoing.iter().map(JsonWait::of).collect();
-
                 let record = serde_json::json!({
                     "type": "summary",
+                    "version": JSON_SCHEMA_VERSION,
                     "shown": summary.shown,
-                    "min_duration_ns": summary.min_duration_ns,
+                    "min_duration_ms": json_ms(summary.min_duration_ns),
                     "counters": counters,
                     "bad_records": summary.bad_records,
-                    "groups": groups,
-                    "by_mount": json_causes(&summary.by_mount, "mountpoint"),
-                    "by_lock": json_causes(&summary.by_lock, "lock"),
+                    "groups": json_board(&summary.groups),
+                    "by_process": json_by_process(&summary.by_process),
+                    "by_mount": json_causes(&by_mount, "mountpoint"),
+                    "by_lock": json_causes(&by_lock, "lock"),
                     "advice": summary.advice,
                     "ongoing": ongoing,
                 });
-                serde_json::to_writer(&mut self.out, &record)?;
-                writeln!(self.out)?;
+                self.json_line(&record)?;
             }
         }
         self.out.flush()
+    }
+}
+
+/// `3 tasks in D, the oldest for 4.100s`, or `no task in D`.
+pub fn in_d_text(waits: &[Wait]) -> String {
+    let oldest = waits.iter().map(|wait| wait.duration_ns).max().unwrap_or(0);
+    match waits.len() {
+        0 => "no task in D".to_owned(),
+        1 => format!("1 task in D, for {}", human_duration(oldest)),
+        n => format!("{n} tasks in D, the oldest for {}", human_duration(oldest)),
     }
 }
 
@@ -422,20 +530,9 @@ fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
             text.push_str("; ");
         }
         let _ = write!(text, "waits for {}", lock.name());
-        if let Some(holder) = &lock.holder {
-            let _ = write!(text, " held by {}[{}]", holder.comm, holder.tid);
-            if holder.reader_hint {
-                text.push_str(" (a reader)");
-            }
-            match (holder.state, &holder.function) {
-                (Some(state), Some(function)) => {
-                    let _ = write!(text, " ({state} in {function})");
-                }
-                (Some(state), None) => {
-                    let _ = write!(text, " ({state})");
-                }
-                (None, _) => text.push_str(" (gone)"),
-            }
+        let holder = board::holder_text(Some(lock));
+        if !holder.is_empty() {
+            let _ = write!(text, " {holder}");
         }
     }
     if text.is_empty() {
@@ -452,30 +549,55 @@ fn json_causes(groups: &[CauseGroup], key: &str) -> Vec<serde_json::Value> {
             serde_json::json!({
                 key: group.key,
                 "detail": group.detail,
-                "ongoing": group.ongoing,
-                "oldest_ns": group.oldest_ns,
+                "tasks_in_d": group.ongoing,
+                "oldest_ms": json_ms(group.oldest_ns),
                 "count": group.completed.count,
-                "total_ns": group.completed.total_ns,
-                "max_ns": group.completed.max_ns,
-                "pids": group.pids,
+                "blocked_ms": json_ms(group.completed.total_ns),
+                "max_ms": json_ms(group.completed.max_ns),
+                "tgids": group.pids,
             })
         })
         .collect()
 }
 
-/// Groups as JSON values.
-fn json_groups(groups: &[Group]) -> Vec<serde_json::Value> {
+/// The in-kernel aggregation by process and function as JSON values.
+fn json_by_process(groups: &[Group]) -> Vec<serde_json::Value> {
     groups
         .iter()
         .map(|group| {
             serde_json::json!({
-                "pid": group.pid,
+                "tgid": group.pid,
                 "comm": group.comm,
-                "blocked_in": group.blocked_in,
+                "function": group.blocked_in,
                 "count": group.totals.count,
-                "total_ns": group.totals.total_ns,
-                "max_ns": group.totals.max_ns,
+                "blocked_ms": json_ms(group.totals.total_ns),
+                "max_ms": json_ms(group.totals.max_ns),
                 "hist_log2_us": group.totals.hist,
+            })
+        })
+        .collect()
+}
+
+/// The board's groups as JSON values (README, "JSON output").
+pub fn json_board(groups: &[BoardGroup]) -> Vec<serde_json::Value> {
+    groups
+        .iter()
+        .map(|group| {
+            serde_json::json!({
+                "mount": group.mount.as_ref().map(JsonMount::of),
+                "lock": group.lock.as_ref().map(JsonLock::of),
+                "function": group.key.function,
+                "tasks_in_d": group.tasks.len(),
+                "oldest_ms": json_ms(group.oldest_ns()),
+                "blocked_ms": json_ms(group.blocked_ns()),
+                "completed": {
+                    "count": group.completed.count,
+                    "blocked_ms": json_ms(group.completed.total_ns),
+                    "max_ms": json_ms(group.completed.max_ns),
+                },
+                "tgids": group.pids,
+                "tids_in_d": group.tasks.iter().map(|wait| wait.tid).collect::<Vec<_>>(),
+                "chain": group.chain().unwrap_or_default(),
             })
         })
         .collect()
@@ -497,13 +619,13 @@ struct JsonWait<'a> {
     r#type: &'static str,
     start: Option<String>,
     end: Option<String>,
-    duration_ns: u64,
-    pid: u32,
+    blocked_ms: f64,
     tid: u32,
+    tgid: u32,
     comm: &'a str,
     cgroup_id: u64,
     state: &'static str,
-    blocked_in: Option<&'a str>,
+    function: Option<&'a str>,
     stack: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     user_stack: &'a [String],
@@ -525,7 +647,7 @@ struct JsonWait<'a> {
 struct JsonFileLock<'a> {
     kind: &'a str,
     access: &'a str,
-    pid: Option<u32>,
+    tgid: Option<u32>,
     start: u64,
     end: Option<u64>,
 }
@@ -549,7 +671,7 @@ struct JsonInode {
 #[derive(Serialize)]
 struct JsonHolder<'a> {
     tid: u32,
-    pid: u32,
+    tgid: u32,
     comm: &'a str,
     /// The rwsem is held for reading and this is only the last reader.
     reader_hint: bool,
@@ -576,12 +698,42 @@ struct JsonFile<'a> {
 
 #[derive(Serialize)]
 struct JsonWaker<'a> {
-    pid: u32,
     tid: u32,
+    tgid: u32,
     comm: &'a str,
     /// Woken from interrupt context: the task named is only the one interrupted.
     interrupt: bool,
     stack: &'a [String],
+}
+
+impl<'a> JsonMount<'a> {
+    fn of(mount: &'a Mount) -> JsonMount<'a> {
+        JsonMount {
+            mountpoint: mount.mount_point.to_string_lossy(),
+            fstype: &mount.fs_type,
+            source: &mount.source,
+            dev: format!("{}:{}", mount.dev.0, mount.dev.1),
+        }
+    }
+}
+
+impl<'a> JsonLock<'a> {
+    fn of(lock: &'a LockInfo) -> JsonLock<'a> {
+        JsonLock {
+            kind: lock.kind,
+            addr: format!("{:#x}", lock.addr),
+            name: lock.name(),
+            inode: lock.inode.map(|((major, minor), ino)| JsonInode { dev: format!("{major}:{minor}"), ino }),
+            holder: lock.holder.as_ref().map(|holder| JsonHolder {
+                tid: holder.tid,
+                tgid: holder.pid,
+                comm: &holder.comm,
+                reader_hint: holder.reader_hint,
+                state: holder.state.map(String::from),
+                function: holder.function.as_deref(),
+            }),
+        }
+    }
 }
 
 impl<'a> JsonWait<'a> {
@@ -590,50 +742,30 @@ impl<'a> JsonWait<'a> {
             r#type: if wait.is_ongoing() { "ongoing" } else { "wait" },
             start: wait.start.map(rfc3339_utc),
             end: wait.end.map(rfc3339_utc),
-            duration_ns: wait.duration_ns,
-            pid: wait.pid,
+            blocked_ms: json_ms(wait.duration_ns),
             tid: wait.tid,
+            tgid: wait.pid,
             comm: &wait.comm,
             cgroup_id: wait.cgroup_id,
             state: wait.state.name(),
-            blocked_in: wait.blocked_in.as_deref(),
+            function: wait.blocked_in.as_deref(),
             stack: &wait.stack,
             user_stack: &wait.user_stack,
             waker: wait.waker.as_ref().map(|waker| JsonWaker {
-                pid: waker.pid,
                 tid: waker.tid,
+                tgid: waker.pid,
                 comm: &waker.comm,
                 interrupt: waker.interrupt,
                 stack: &waker.stack,
             }),
             syscall: wait.on.syscall,
-            mount: wait.on.mount.as_ref().map(|mount| JsonMount {
-                mountpoint: mount.mount_point.to_string_lossy(),
-                fstype: &mount.fs_type,
-                source: &mount.source,
-                dev: format!("{}:{}", mount.dev.0, mount.dev.1),
-            }),
+            mount: wait.on.mount.as_ref().map(JsonMount::of),
             file: wait
                 .on
                 .file
                 .as_ref()
                 .map(|file| JsonFile { path: file.path.as_deref(), inode: file.inode }),
-            lock: wait.lock.as_ref().map(|lock| JsonLock {
-                kind: lock.kind,
-                addr: format!("{:#x}", lock.addr),
-                name: lock.name(),
-                inode: lock
-                    .inode
-                    .map(|((major, minor), ino)| JsonInode { dev: format!("{major}:{minor}"), ino }),
-                holder: lock.holder.as_ref().map(|holder| JsonHolder {
-                    tid: holder.tid,
-                    pid: holder.pid,
-                    comm: &holder.comm,
-                    reader_hint: holder.reader_hint,
-                    state: holder.state.map(String::from),
-                    function: holder.function.as_deref(),
-                }),
-            }),
+            lock: wait.lock.as_ref().map(JsonLock::of),
             chain: &wait.chain,
             file_locks: wait
                 .on
@@ -642,7 +774,7 @@ impl<'a> JsonWait<'a> {
                 .map(|lock| JsonFileLock {
                     kind: &lock.kind,
                     access: &lock.access,
-                    pid: lock.pid,
+                    tgid: lock.pid,
                     start: lock.range.0,
                     end: lock.range.1,
                 })
@@ -751,10 +883,9 @@ mod tests {
             min_duration_ns: 1_000_000,
             counters: Counter::ALL.iter().map(|&c| (c, 0)).collect(),
             bad_records: 0,
-            groups: Vec::new(),
+            by_process: Vec::new(),
             ongoing: Vec::new(),
-            by_mount: Vec::new(),
-            by_lock: Vec::new(),
+            groups: Vec::new(),
             advice: Vec::new(),
         }
     }
@@ -791,8 +922,9 @@ mod tests {
         assert_eq!(text.lines().count(), 1);
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(value["comm"], "a\"b\n");
-        assert_eq!(value["duration_ns"], 2_000_000_000u64);
-        assert_eq!(value["blocked_in"], "d_alloc_parallel");
+        assert_eq!(value["blocked_ms"], 2000.0);
+        assert_eq!(value["function"], "d_alloc_parallel");
+        assert_eq!((value["tid"].as_u64(), value["tgid"].as_u64()), (Some(11), Some(10)));
         assert_eq!(value["start"], "1970-01-01T00:01:40.000000Z");
         assert_eq!(value["stack"][1], "d_alloc_parallel");
         assert_eq!(value["type"], "wait");

@@ -10,8 +10,8 @@ use std::{io, path::Path, time::SystemTime};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    aggregate::ByCause,
     attribution::MountTable,
+    board::{Board, SortBy},
     chain,
     cli::SnapshotArgs,
     output::{Format, Printer, Snapshot},
@@ -32,15 +32,11 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
         .map(|task| Wait::from_proc(task, &now, &mut mounts).with_chain(&context))
         .collect();
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
-    let mut by_cause = ByCause::default();
-    for wait in &waits {
-        by_cause.add(wait);
-    }
     let snapshot = Snapshot {
         advice: crate::advice::advise(&waits),
         time: SystemTime::now(),
+        groups: Board::default().groups(&waits, SortBy::InD),
         waits,
-        by_mount: by_cause.mounts(),
         cannot_see: cannot_see(&tasks),
     };
     let format = if args.view.json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
