@@ -8,6 +8,11 @@
 //! `d_alloc_parallel`, in `TASK_UNINTERRUPTIBLE`: the pile-up of a dead NFS or FUSE
 //! server (../shared/TOOLCHAIN.md).
 //!
+//! One regular file, [`FILE_NAME`], is looked up, opened and flushed at once, but
+//! its `WRITE`s are held too: the first writer waits for the server holding the
+//! inode's lock, and every other writer waits for that lock in D, in `write(2)` on
+//! a file descriptor (which `/proc` alone attributes to the mount).
+//!
 //! The mount lives under the system's temporary directory, never in the
 //! repository, and [`FuseMount`]'s `Drop` always undoes it: it opens the gate and
 //! detaches the mount (`umount -l`), which ends the connection and fails whatever
@@ -27,11 +32,20 @@ use std::{
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_FORGET: u32 = 2;
 const FUSE_GETATTR: u32 = 3;
+const FUSE_OPEN: u32 = 14;
+const FUSE_WRITE: u32 = 16;
+const FUSE_RELEASE: u32 = 18;
+const FUSE_FLUSH: u32 = 25;
 const FUSE_INIT: u32 = 26;
 const FUSE_INTERRUPT: u32 = 36;
 const FUSE_DESTROY: u32 = 38;
 const FUSE_BATCH_FORGET: u32 = 42;
 const FUSE_ROOT_ID: u64 = 1;
+const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// The node id of [`FILE_NAME`].
+const FILE_ID: u64 = 2;
+/// The one regular file of the filesystem (empty; writes are held like lookups).
+pub const FILE_NAME: &str = "file";
 const IN_HEADER_LEN: usize = 40;
 
 /// Whether `LOOKUP` requests are answered.
@@ -151,7 +165,32 @@ fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
         let nodeid = u64::from_le_bytes(buf[16..24].try_into().unwrap_or_default());
         match opcode {
             FUSE_INIT => reply(&dev, unique, 0, &init_out())?,
-            FUSE_GETATTR if nodeid == FUSE_ROOT_ID => reply(&dev, unique, 0, &root_attr_out())?,
+            FUSE_GETATTR if nodeid == FUSE_ROOT_ID => reply(&dev, unique, 0, &attr_out(FUSE_ROOT_ID))?,
+            FUSE_GETATTR if nodeid == FILE_ID => reply(&dev, unique, 0, &attr_out(FILE_ID))?,
+            FUSE_LOOKUP if lookup_name(&buf[IN_HEADER_LEN..len]) == FILE_NAME.as_bytes() => {
+                reply(&dev, unique, 0, &entry_out(FILE_ID))?
+            }
+            FUSE_OPEN if nodeid == FILE_ID => {
+                // fuse_open_out: fh 0, FOPEN_KEEP_CACHE (an open does not wait for
+                // the page a held writer has locked).
+                let mut out = [0u8; 16];
+                out[8..12].copy_from_slice(&FOPEN_KEEP_CACHE.to_le_bytes());
+                reply(&dev, unique, 0, &out)?
+            }
+            FUSE_FLUSH | FUSE_RELEASE => reply(&dev, unique, 0, &[])?,
+            FUSE_WRITE if len >= IN_HEADER_LEN + 20 => {
+                // fuse_write_in: fh, offset, size (u32), ...
+                let size = u32::from_le_bytes(
+                    buf[IN_HEADER_LEN + 16..IN_HEADER_LEN + 20].try_into().unwrap_or_default(),
+                );
+                let (dev, gate) = (dev.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    gate.wait_open();
+                    let mut out = size.to_le_bytes().to_vec(); // fuse_write_out: size, padding
+                    out.extend_from_slice(&[0u8; 4]);
+                    let _ = reply(&dev, unique, 0, &out);
+                });
+            }
             FUSE_LOOKUP => {
                 let (dev, gate) = (dev.clone(), gate.clone());
                 std::thread::spawn(move || {
@@ -197,17 +236,42 @@ fn init_out() -> Vec<u8> {
     out
 }
 
-/// `fuse_attr_out` of the root directory.
-fn root_attr_out() -> Vec<u8> {
-    let mut out = Vec::with_capacity(104);
-    out.extend_from_slice(&1u64.to_le_bytes()); // attr_valid (s)
-    out.extend_from_slice(&0u32.to_le_bytes()); // attr_valid_nsec
-    out.extend_from_slice(&0u32.to_le_bytes()); // dummy
-    out.extend_from_slice(&FUSE_ROOT_ID.to_le_bytes()); // ino
+/// The name of a `LOOKUP` request (NUL-terminated after the header).
+fn lookup_name(body: &[u8]) -> &[u8] {
+    body.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+/// `fuse_attr` of the root directory or of [`FILE_NAME`].
+fn attr(nodeid: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(88);
+    out.extend_from_slice(&nodeid.to_le_bytes()); // ino
     out.extend_from_slice(&[0u8; 8 * 5]); // size, blocks, atime, mtime, ctime
     out.extend_from_slice(&[0u8; 4 * 3]); // atimensec, mtimensec, ctimensec
-    out.extend_from_slice(&(libc::S_IFDIR | 0o755).to_le_bytes()); // mode
-    out.extend_from_slice(&2u32.to_le_bytes()); // nlink
-    out.resize(104, 0); // uid, gid, rdev, blksize, flags
+    let (mode, nlink) =
+        if nodeid == FUSE_ROOT_ID { (libc::S_IFDIR | 0o755, 2u32) } else { (libc::S_IFREG | 0o666, 1) };
+    out.extend_from_slice(&mode.to_le_bytes());
+    out.extend_from_slice(&nlink.to_le_bytes());
+    out.resize(88, 0); // uid, gid, rdev, blksize, flags
+    out
+}
+
+/// `fuse_attr_out`: valid for a second.
+fn attr_out(nodeid: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(104);
+    out.extend_from_slice(&1u64.to_le_bytes()); // attr_valid (s)
+    out.extend_from_slice(&[0u8; 8]); // attr_valid_nsec, dummy
+    out.extend_from_slice(&attr(nodeid));
+    out
+}
+
+/// `fuse_entry_out` of a node: valid for a second.
+fn entry_out(nodeid: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&nodeid.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // generation
+    out.extend_from_slice(&1u64.to_le_bytes()); // entry_valid (s)
+    out.extend_from_slice(&1u64.to_le_bytes()); // attr_valid (s)
+    out.extend_from_slice(&[0u8; 8]); // entry_valid_nsec, attr_valid_nsec
+    out.extend_from_slice(&attr(nodeid));
     out
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fuse;
+pub mod tmux;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -222,6 +223,45 @@ impl<'m> Pileup<'m> {
 }
 
 impl Drop for Pileup<'_> {
+    fn drop(&mut self) {
+        self.mount.release();
+    }
+}
+
+/// Writers piled up behind a held `WRITE` to the FUSE mount's one file: the
+/// first waits for the server in S holding the inode's lock; the next `n` wait for
+/// that lock in D, each in `write(2)` on a file descriptor, which `/proc` alone
+/// attributes to the mount. Dropping it releases the mount.
+pub struct WritePileup<'m> {
+    mount: &'m fuse::FuseMount,
+    /// The writer that waits for the server (in S).
+    pub owner: u32,
+    /// The writers in D behind it.
+    pub stuck: Vec<u32>,
+    /// All of them, killed on drop.
+    pub children: Children,
+}
+
+impl<'m> WritePileup<'m> {
+    /// Holds the mount and starts `n` + 1 shells appending to its file.
+    pub fn start(mount: &'m fuse::FuseMount, n: usize) -> WritePileup<'m> {
+        let file = mount.path().join(fuse::FILE_NAME);
+        let append = format!("echo x >> '{}'", file.display());
+        mount.hold();
+        let mut children = Children::default();
+        let owner = children.spawn(Command::new("sh").arg("-c").arg(&append));
+        wait_for_state(owner, 'S', Duration::from_secs(10));
+        let stuck: Vec<u32> =
+            (0..n).map(|_| children.spawn(Command::new("sh").arg("-c").arg(&append))).collect();
+        for &pid in &stuck {
+            wait_until_proc(pid, Duration::from_secs(10), |state, _| state == 'D');
+        }
+        eprintln!("writer holding the inode lock: pid {owner}; piled up behind it in D: {stuck:?}");
+        WritePileup { mount, owner, stuck, children }
+    }
+}
+
+impl Drop for WritePileup<'_> {
     fn drop(&mut self) {
         self.mount.release();
     }

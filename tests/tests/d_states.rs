@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup, WritePileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,7 +56,7 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
     let held = held_at.elapsed();
 
     dstrace.wait_until(Duration::from_secs(10), |seen| {
-        stuck.iter().all(|pid| seen.iter().any(|line| line.contains(&format!(r#""pid":{pid},"#))))
+        stuck.iter().all(|pid| seen.iter().any(|line| line.contains(&format!(r#""tgid":{pid},"#))))
     });
     let (status, lines) = dstrace.interrupt();
     assert!(status.success(), "dstrace exited with {status}");
@@ -65,16 +65,16 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
 
     for pid in &stuck {
         let wait = waits(&records)
-            .find(|w| w["pid"] == *pid)
+            .find(|w| w["tgid"] == *pid)
             .unwrap_or_else(|| panic!("no wait for stuck pid {pid} in:\n{}", lines.join("\n")));
         assert_eq!(wait["tid"], *pid);
         assert_eq!(wait["comm"], "stat");
-        let duration = Duration::from_nanos(wait["duration_ns"].as_u64().unwrap());
+        let duration = Duration::from_secs_f64(wait["blocked_ms"].as_f64().unwrap() / 1e3);
         assert!(
             duration >= HOLD - Duration::from_millis(500) && duration <= held + Duration::from_secs(2),
             "pid {pid} waited {duration:?}, the server held for {held:?}"
         );
-        let blocked_in = wait["blocked_in"].as_str().unwrap_or_default();
+        let blocked_in = wait["function"].as_str().unwrap_or_default();
         assert!(
             ["d_alloc_parallel", "d_wait_lookup", "__lookup_slow", "lookup_slow"].contains(&blocked_in),
             "pid {pid} blocked in {blocked_in:?}; stack: {}",
@@ -103,23 +103,23 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
         assert!(wait["waker"]["stack"].as_array().is_some_and(|s| !s.is_empty()), "no waker stack");
     }
     // The first task waits for the server's answer in S (interruptible), not in D.
-    assert!(waits(&records).all(|w| w["pid"] != first), "the first lookup is not a D wait");
+    assert!(waits(&records).all(|w| w["tgid"] != first), "the first lookup is not a D wait");
 
     let summary = records.last().unwrap();
     assert!(summary["counters"]["waits_ended"].as_u64().unwrap() >= stuck.len() as u64);
     // The in-kernel aggregation counted them too.
     for pid in &stuck {
-        let group = summary["groups"]
+        let group = summary["by_process"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
-            .unwrap_or_else(|| panic!("no group for pid {pid}: {}", summary["groups"]));
+            .find(|g| g["tgid"] == *pid && g["function"] == "d_alloc_parallel")
+            .unwrap_or_else(|| panic!("no group for pid {pid}: {}", summary["by_process"]));
         // Woken, a waiter looks the name up again and may wait a second, short time.
         let count = group["count"].as_u64().unwrap();
         assert!(count >= 1);
-        assert!(group["max_ns"].as_u64().unwrap() >= (HOLD - Duration::from_millis(500)).as_nanos() as u64);
-        assert!(group["total_ns"].as_u64().unwrap() >= group["max_ns"].as_u64().unwrap());
+        assert!(group["max_ms"].as_f64().unwrap() >= (HOLD - Duration::from_millis(500)).as_secs_f64() * 1e3);
+        assert!(group["blocked_ms"].as_f64().unwrap() >= group["max_ms"].as_f64().unwrap());
         let hist: u64 = group["hist_log2_us"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum();
         assert_eq!(hist, count, "the histogram counts every wait once");
     }
@@ -147,7 +147,7 @@ fn idle_kernel_threads_are_left_out_unless_asked() {
     assert!(!idle.is_empty(), "no TASK_IDLE wait in 3 s with --include-idle");
     eprintln!("{} TASK_IDLE waits with --include-idle, e.g. {}", idle.len(), idle[0]["comm"]);
     assert!(
-        idle.iter().any(|w| is_kernel_thread(w["pid"].as_u64().unwrap())),
+        idle.iter().any(|w| is_kernel_thread(w["tgid"].as_u64().unwrap())),
         "TASK_IDLE waits, but none by a kernel thread: {idle:?}"
     );
 
@@ -213,7 +213,7 @@ fn dstrace_never_blocks_on_a_dead_mount() {
     let records = json_lines(&lines);
     for pid in &pileup.stuck {
         assert!(
-            records.iter().any(|r| r["type"] == "ongoing" && r["pid"] == *pid),
+            records.iter().any(|r| r["type"] == "ongoing" && r["tgid"] == *pid),
             "stuck pid {pid} not listed beside the dead mount"
         );
     }
@@ -222,7 +222,7 @@ fn dstrace_never_blocks_on_a_dead_mount() {
     let records = json_lines(&lines);
     let mount_point = mount.path().to_str().unwrap();
     for wait in waits(&records) {
-        let blocked_in = wait["blocked_in"].as_str().unwrap_or_default();
+        let blocked_in = wait["function"].as_str().unwrap_or_default();
         let stack = wait["stack"].to_string();
         assert!(
             !stack.contains("fuse")
@@ -234,43 +234,77 @@ fn dstrace_never_blocks_on_a_dead_mount() {
     drop(pileup);
 }
 
-/// `snapshot` lists tasks stuck behind a dead FUSE server from /proc alone.
+/// `snapshot` lists tasks stuck behind a dead FUSE server from /proc alone: lookups
+/// (whose path is in the task's memory, which is not read, so no mount is named)
+/// and writers on a file descriptor (whose file and mount /proc names), with the
+/// chain from the writers to the FUSE daemon.
 #[test]
 fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     if !require_root("snapshot_lists_tasks_stuck_behind_a_dead_server") {
         return;
     }
+    // Two mounts: the lookups' pile-up holds its directory, which the writers'
+    // opening for append (O_CREAT) would need.
+    let lookup_mount = FuseMount::new("snapshot-lookups").expect("mount the test filesystem");
     let mount = FuseMount::new("snapshot").expect("mount the test filesystem");
-    let pileup = Pileup::start(&mount, 2);
+    let writers = WritePileup::start(&mount, 2);
+    let lookups = Pileup::start(&lookup_mount, 2);
     sleep(Duration::from_millis(500));
     let out = std::process::Command::new(dstrace_tests::dstrace_bin())
         .args(["snapshot", "--json"])
         .output()
         .expect("dstrace snapshot runs");
     let text = std::process::Command::new(dstrace_tests::dstrace_bin()).arg("snapshot").output().unwrap();
-    drop(pileup);
+    let (lookup_pids, writer_pids) = (lookups.stuck.clone(), writers.stuck.clone());
+    drop((writers, lookups));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snapshot: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let text = String::from_utf8_lossy(&text.stdout);
     let tasks = snapshot["tasks"].as_array().unwrap();
-    for task in tasks.iter().filter(|t| t["comm"] == "stat") {
-        eprintln!(
-            "snapshot: {} {} {} {}",
-            task["pid"], task["state"], task["blocked_in"], task["duration_ns"]
-        );
-    }
-    let stuck: Vec<&Value> = tasks.iter().filter(|t| t["blocked_in"] == "d_alloc_parallel").collect();
-    assert!(stuck.len() >= 2, "the stuck tasks are not listed: {snapshot:#}");
-    for task in stuck {
+    let task = |pid: u32| {
+        tasks
+            .iter()
+            .find(|t| t["tgid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not listed: {snapshot:#}"))
+    };
+    for pid in lookup_pids.iter().chain(&writer_pids) {
+        let task = task(*pid);
         assert_eq!(task["source"], "proc");
         assert_eq!(task["state"], "D");
-        let age = task["duration_ns"].as_u64().unwrap();
+        let age = task["blocked_ms"].as_f64().unwrap();
         assert!(
-            (150_000_000..5_000_000_000).contains(&age),
-            "stuck for about 0.5 s (a lower bound), not {age} ns: {task}"
+            (150.0..5_000.0).contains(&age),
+            "stuck for about 0.5 s (a lower bound), not {age} ms: {task}"
         );
-        assert!(text.contains(&format!("{}/{}", task["pid"], task["tid"])), "text lacks {task}:\n{text}");
+        assert!(text.contains(&format!("{}/{}", task["tgid"], task["tid"])), "text lacks {task}:\n{text}");
     }
+    for pid in &lookup_pids {
+        assert_eq!(task(*pid)["function"], "d_alloc_parallel");
+    }
+    let mountpoint = mount.path().to_str().unwrap();
+    let file = mount.path().join(dstrace_tests::fuse::FILE_NAME);
+    for pid in &writer_pids {
+        let task = task(*pid);
+        assert_eq!(task["syscall"], "write", "{task}");
+        assert_eq!(task["mount"]["mountpoint"], mountpoint, "{task}");
+        assert_eq!(task["mount"]["fstype"], "fuse.dstrace-test", "{task}");
+        assert_eq!(task["file"]["path"], file.to_str().unwrap(), "{task}");
+    }
+    // The writers' group: the mount, its function, and the chain to the FUSE
+    // daemon (this test process), which is what holds them all.
+    let group = snapshot["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["mount"]["mountpoint"] == mountpoint)
+        .unwrap_or_else(|| panic!("no group for {mountpoint}: {snapshot:#}"));
+    assert_eq!(group["tasks_in_d"], 2, "{group}");
+    let chain = group["chain"].as_array().unwrap();
+    assert!(
+        chain.iter().any(|l| l["link"] == "fuse_daemon" && l["tgid"] == std::process::id()),
+        "the chain does not reach the daemon: {group}"
+    );
+    assert!(text.contains("By mount, lock and function:") && text.contains("chain: "), "{text}");
 }
 
 /// Killed at once (SIGKILL, no chance to clean up), dstrace leaves no program in

@@ -45,17 +45,17 @@ fn waits_that_began_before_tracing_are_listed_at_once() {
     for pid in &pileup.stuck {
         let wait = records[..start]
             .iter()
-            .find(|r| r["type"] == "ongoing" && r["pid"] == *pid)
+            .find(|r| r["type"] == "ongoing" && r["tgid"] == *pid)
             .unwrap_or_else(|| panic!("pid {pid} in D before tracing is not listed: {lines:#?}"));
         assert_eq!(wait["source"], "proc");
         assert_eq!(wait["comm"], "stat");
-        assert_eq!(wait["blocked_in"], "d_alloc_parallel", "{wait}");
+        assert_eq!(wait["function"], "d_alloc_parallel", "{wait}");
         // In D for over a second already; /proc gives a lower bound, on the task
         // clock, which runs slower than the wall clock by interrupt and steal time.
-        let age = Duration::from_nanos(wait["duration_ns"].as_u64().unwrap());
+        let age = Duration::from_secs_f64(wait["blocked_ms"].as_f64().unwrap() / 1e3);
         assert!(age >= Duration::from_millis(500) && age < Duration::from_secs(5), "age {age:?}");
     }
-    assert!(records[..start].iter().all(|r| r["pid"] != pileup.owner), "the owner sleeps in S, not D");
+    assert!(records[..start].iter().all(|r| r["tgid"] != pileup.owner), "the owner sleeps in S, not D");
 }
 
 /// Through the library: a wait in progress is in `INFLIGHT`, and its age grows.
@@ -111,24 +111,24 @@ fn filters_cut_what_they_say() {
     sleep(Duration::from_millis(500));
     pileup.release();
     let seen =
-        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
+        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""tgid":{pid},"#)));
     by_pid.wait_until(Duration::from_secs(10), seen(wanted));
     by_comm.wait_until(Duration::from_secs(10), |lines| seen(wanted)(lines) && seen(unwanted)(lines));
 
     let (_, lines) = by_pid.interrupt();
     let records = json_lines(&lines);
     let waits: Vec<&Value> = of_type(&records, "wait").collect();
-    assert!(waits.iter().any(|r| r["pid"] == wanted), "--pid {wanted} left its wait out: {lines:#?}");
-    assert!(waits.iter().all(|r| r["pid"] == wanted), "--pid {wanted} let other waits in: {waits:#?}");
+    assert!(waits.iter().any(|r| r["tgid"] == wanted), "--pid {wanted} left its wait out: {lines:#?}");
+    assert!(waits.iter().all(|r| r["tgid"] == wanted), "--pid {wanted} let other waits in: {waits:#?}");
     let summary = records.last().unwrap();
-    assert!(summary["groups"].as_array().unwrap().iter().all(|g| g["pid"] == wanted), "{summary}");
+    assert!(summary["by_process"].as_array().unwrap().iter().all(|g| g["tgid"] == wanted), "{summary}");
 
     let (_, lines) = by_comm.interrupt();
     let records = json_lines(&lines);
     let waits: Vec<&Value> = of_type(&records, "wait").collect();
     assert!(waits.iter().all(|r| r["comm"] == "stat"), "--comm stat let others in: {waits:#?}");
     for pid in [wanted, unwanted] {
-        assert!(waits.iter().any(|r| r["pid"] == pid), "--comm stat left pid {pid} out");
+        assert!(waits.iter().any(|r| r["tgid"] == pid), "--comm stat left pid {pid} out");
     }
 }
 
@@ -225,15 +225,15 @@ fn cgroup_and_tid_filters_and_user_stacks() {
     sleep(Duration::from_millis(500));
     pileup.release();
     let seen =
-        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""pid":{pid},"#)));
+        |pid: u32| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!(r#""tgid":{pid},"#)));
     by_cgroup.wait_until(Duration::from_secs(10), seen(inside));
     by_tid.wait_until(Duration::from_secs(10), seen(outside));
 
     let (_, lines) = by_cgroup.interrupt();
     let records = json_lines(&lines);
     let waits: Vec<&Value> = of_type(&records, "wait").collect();
-    assert!(waits.iter().all(|r| r["pid"] == inside), "--cgroup let other tasks in: {waits:#?}");
-    let wait = waits.iter().find(|r| r["pid"] == inside).unwrap();
+    assert!(waits.iter().all(|r| r["tgid"] == inside), "--cgroup let other tasks in: {waits:#?}");
+    let wait = waits.iter().find(|r| r["tgid"] == inside).unwrap();
     assert_eq!(wait["cgroup_id"], cgroup.id(), "the record names the task's cgroup");
 
     let (_, lines) = by_tid.interrupt();
@@ -268,10 +268,11 @@ fn interval_reports_drain_the_aggregation() {
     // that a waiter's short second wait (it looks the name up again) is in too.
     let intervals = |lines: &[String]| lines.iter().filter(|l| l.contains(r#""type":"interval""#)).count();
     let reported = |lines: &[String]| {
+        let reports: Vec<Value> = json_lines(lines).into_iter().filter(|r| r["type"] == "interval").collect();
         stuck.iter().all(|pid| {
-            lines
+            reports
                 .iter()
-                .any(|l| l.contains(r#""type":"interval""#) && l.contains(&format!(r#""pid":{pid},"#)))
+                .any(|r| r["by_process"].as_array().is_some_and(|g| g.iter().any(|g| g["tgid"] == *pid)))
         })
     };
     let mut seen_at = None;
@@ -287,15 +288,15 @@ fn interval_reports_drain_the_aggregation() {
     for pid in &stuck {
         let counted: u64 = reports
             .iter()
-            .flat_map(|r| r["groups"].as_array().unwrap())
-            .filter(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
+            .flat_map(|r| r["by_process"].as_array().unwrap())
+            .filter(|g| g["tgid"] == *pid && g["function"] == "d_alloc_parallel")
             .map(|g| g["count"].as_u64().unwrap())
             .sum();
-        let total = records.last().unwrap()["groups"]
+        let total = records.last().unwrap()["by_process"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|g| g["pid"] == *pid && g["blocked_in"] == "d_alloc_parallel")
+            .filter(|g| g["tgid"] == *pid && g["function"] == "d_alloc_parallel")
             .map(|g| g["count"].as_u64().unwrap())
             .sum::<u64>();
         assert!(counted >= 1, "pid {pid} in no interval report: {reports:#?}");
@@ -338,10 +339,10 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     let mount_point = mount.path().to_str().unwrap();
     let by_mount = summary["by_mount"].as_array().unwrap();
     let on_mount = by_mount.iter().find(|g| g["mountpoint"] == mount_point).expect("the mount is grouped");
-    assert!(on_mount["ongoing"].as_u64().unwrap() >= 1, "{on_mount}");
+    assert!(on_mount["tasks_in_d"].as_u64().unwrap() >= 1, "{on_mount}");
     let by_lock = summary["by_lock"].as_array().unwrap();
     let on_lock = by_lock.iter().find(|g| g["lock"] == lock["name"]).expect("the lock is grouped");
-    assert_eq!(on_lock["ongoing"], 1, "{on_lock}");
+    assert_eq!(on_lock["tasks_in_d"], 1, "{on_lock}");
     assert_eq!(on_lock["detail"], format!("touch[{holder}]"));
     let advice = summary["advice"].to_string();
     assert!(advice.contains(&format!("pid {holder} (touch) holds i_rwsem of inode 1")), "{advice}");
@@ -358,9 +359,9 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
     let requests = chain.iter().find(|link| link["link"] == "fuse_requests").expect("no FUSE requests link");
     assert_eq!(requests["oldest_opcode"], "LOOKUP", "{requests}");
     assert_eq!(requests["oldest_tid"], holder, "{requests}");
-    assert!(requests["oldest_ns"].as_u64().unwrap() >= 200_000_000, "{requests}");
+    assert!(requests["oldest_ms"].as_f64().unwrap() >= 200.0, "{requests}");
     assert!(
-        chain[4..].iter().any(|link| link["link"] == "fuse_daemon" && link["pid"] == std::process::id()),
+        chain[4..].iter().any(|link| link["link"] == "fuse_daemon" && link["tgid"] == std::process::id()),
         "the chain does not end at the FUSE daemon (pid {}): {chain:#?}",
         std::process::id()
     );
@@ -432,7 +433,7 @@ fn a_dentry_wait_leads_to_the_unanswered_lookup() {
     let mount = FuseMount::new("dentry").expect("mount the test filesystem");
     let (owner, waiter, summary) = lock_pileup(&mount, "stat", "same", "same");
     let wait = ongoing_wait(&summary, waiter);
-    assert_eq!(wait["blocked_in"], "d_alloc_parallel", "{wait}");
+    assert_eq!(wait["function"], "d_alloc_parallel", "{wait}");
     let chain = wait["chain"].as_array().unwrap_or_else(|| panic!("no chain: {wait}"));
     let requests = chain
         .iter()
@@ -440,7 +441,7 @@ fn a_dentry_wait_leads_to_the_unanswered_lookup() {
         .unwrap_or_else(|| panic!("no FUSE requests in the chain: {chain:#?}"));
     assert_eq!(requests["oldest_opcode"], "LOOKUP");
     assert_eq!(requests["oldest_tid"], owner, "the lookup owner sent it: {requests}");
-    assert!(chain.iter().any(|link| link["link"] == "fuse_daemon" && link["pid"] == std::process::id()));
+    assert!(chain.iter().any(|link| link["link"] == "fuse_daemon" && link["tgid"] == std::process::id()));
 
     // Advice: the mount, its daemon, and how to detach it.
     let advice = summary["advice"].to_string();

@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the eBPF build needs, if it is missing (apt packages, bpf-linker).
+    /// Install what the eBPF build and the tests need, if it is missing (apt
+    /// packages, bpf-linker).
     Setup,
     /// Build the eBPF object and the dstrace binary that embeds it.
     Build {
@@ -66,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Setup => {
             eprintln!("xtask: eBPF toolchain: {toolchain}");
-            Ok(())
+            toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))
         }
         Cmd::Build { release } => build(&root, release),
         Cmd::Run { args } => {
@@ -81,13 +82,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Test { args } => test(&root, &args),
+        Cmd::Test { args } => {
+            toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
+            test(&root, &args)
+        }
         Cmd::Bench => {
             let mut build = cargo(&root);
             build.args(["build", "--release", "--package", "dstrace-tests", "--bin", "dstrace-bench"]);
+            build.args(["--package", "dstrace", "--bin", "dstrace"]);
             status(build)?;
             let mut bench = as_root(&root.join("target/release/dstrace-bench"));
-            bench.arg(root.join("BENCHMARKS.md"));
+            bench.arg(root.join("BENCHMARKS.md")).env("DSTRACE_BIN", root.join("target/release/dstrace"));
             status(bench)
         }
     }
@@ -148,6 +153,7 @@ fn as_root(binary: &std::path::Path) -> Command {
         Command::new(binary)
     } else {
         let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=DSTRACE_BIN");
         cmd.arg(binary);
         cmd
     }

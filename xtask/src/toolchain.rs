@@ -283,6 +283,25 @@ pub fn llvm_feature_of_bpf_linker(crates2_json: &str) -> Option<u32> {
     features.split('"').find_map(|word| word.strip_prefix("llvm-")?.parse().ok())
 }
 
+/// Commands the test suite drives, with the Debian package of each.
+pub const TEST_COMMANDS: &[(&str, &str)] = &[
+    // The full-screen view of `dstrace run` is tested in a tmux pane.
+    ("tmux", "tmux"),
+];
+
+/// Installs the packages of the [`TEST_COMMANDS`] that are not on the PATH.
+pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
+    let missing: Vec<&str> = TEST_COMMANDS
+        .iter()
+        .filter(|(command, _)| Command::new(command).arg("-V").output().is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 fn apt_install(packages: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
     if Command::new("apt-get").arg("--version").output().is_err() {
         return Err(

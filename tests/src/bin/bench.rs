@@ -12,6 +12,10 @@
 //!   puts a task to sleep in S and wakes it): switches that do not enter D;
 //! * D-heavy: write and fsync a small file in a loop: the writer sleeps in D on
 //!   every fsync, and so do the kernel threads doing the I/O.
+//!
+//! Then the time to the first screen of `dstrace run` and to a `dstrace snapshot`
+//! with [`FIRST_SCREEN_TASKS`] tasks already in D (wall clock, from spawning the
+//! binary; the median of [`ROUNDS`] runs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -35,6 +39,9 @@ const ROUNDS: usize = 5;
 const PING_PONGS: usize = 50_000;
 /// fsyncs of the D-heavy load, per repetition.
 const FSYNCS: usize = 300;
+
+/// Tasks in D while the first screen is timed.
+const FIRST_SCREEN_TASKS: usize = 100;
 
 /// One repetition's figures for one program.
 #[derive(Clone, Copy, Default)]
@@ -75,7 +82,8 @@ fn main() -> Result<()> {
         results.push(phase(&tracer, &programs, "switch-heavy (socket ping-pong)", order, ping_pong));
         results.push(phase(&tracer, &programs, "D-heavy (write + fsync)", order, || fsync_loop(&dir)));
     }
-    let report = report(&results);
+    let mut report = report(&results);
+    report.push_str(&first_screen()?);
     print!("{report}");
     if let Some(path) = output {
         std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
@@ -255,4 +263,89 @@ fn report(results: &[PhaseResult]) -> String {
          a third of which put a task in D and take its kernel stack (and the waker's).\n",
     );
     out
+}
+
+/// Times `dstrace run --json` to its first screen (every task already in D
+/// listed) and to tracing live (the `start` record), and `dstrace snapshot --json`
+/// to its end, with [`FIRST_SCREEN_TASKS`] tasks piled up in D behind a FUSE
+/// mount; returns the report's section.
+fn first_screen() -> Result<String> {
+    use std::{
+        io::{BufRead as _, BufReader},
+        process::{Command, Stdio},
+    };
+    let bin = dstrace_tests::dstrace_bin();
+    let mount = dstrace_tests::fuse::FuseMount::new("bench-first-screen")?;
+    let pileup = dstrace_tests::Pileup::start(&mount, FIRST_SCREEN_TASKS);
+    let threads = count_threads();
+    let (mut listed, mut live, mut snapshots) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(["run", "--json", "--duration", "1s", "--interval", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start dstrace")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut seen = 0;
+        let mut first = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if line.contains(r#""type":"ongoing""#)
+                && pileup.stuck.iter().any(|pid| line.contains(&format!(r#""tgid":{pid},"#)))
+            {
+                seen += 1;
+                if seen == pileup.stuck.len() {
+                    first = Some(started.elapsed());
+                }
+            }
+            if line.contains(r#""type":"start""#) {
+                live.push(started.elapsed().as_secs_f64());
+                break;
+            }
+        }
+        child.wait()?;
+        listed.push(first.context("the first screen did not list every task in D")?.as_secs_f64());
+
+        let started = Instant::now();
+        let out = Command::new(&bin).args(["snapshot", "--json"]).output()?;
+        snapshots.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(out.status.success(), "dstrace snapshot failed");
+    }
+    drop(pileup);
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2] * 1e3
+    };
+    Ok(format!(
+        "\n## Time to the first screen\n\n\
+         Method: wall clock from spawning `dstrace run --json` until it has printed every one of \
+         {FIRST_SCREEN_TASKS} tasks piled up in D behind a held FUSE mount (the first screen: read \
+         from /proc before anything is loaded; the full-screen view draws the same look first), and \
+         until tracing is live (the `start` record, after loading and attaching the eBPF programs); \
+         and the whole run of `dstrace snapshot --json`. {threads} threads on the machine. Median of \
+         {ROUNDS} runs, release build.\n\n\
+         | what | ms |\n|---|---:|\n\
+         | `run`: first screen ({FIRST_SCREEN_TASKS} tasks in D listed) | {:.1} |\n\
+         | `run`: tracing live | {:.1} |\n\
+         | `snapshot --json` | {:.1} |\n\n\
+         Goal (issue 5): the first screen under 500 ms.\n",
+        median(listed),
+        median(live),
+        median(snapshots),
+    ))
+}
+
+/// Threads on the machine now.
+fn count_threads() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter_map(|e| std::fs::read_dir(e.path().join("task")).ok())
+                .map(|tasks| tasks.count())
+                .sum()
+        })
+        .unwrap_or(0)
 }
