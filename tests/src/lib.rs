@@ -194,6 +194,8 @@ impl Drop for Children {
 
 /// Tasks piled up in D behind a FUSE server that stopped answering.
 ///
+/// (Or, with [`Pileup::writers`], writers behind a held write.)
+///
 /// The first task to look the name up waits for the server in S
 /// (`request_wait_answer`); the next `stuck.len()` wait for it in D
 /// (`d_alloc_parallel`). Release the mount to let them all go.
@@ -220,31 +222,12 @@ impl<'m> Pileup<'m> {
         eprintln!("lookup owner: pid {owner}; piled up behind it in D: {stuck:?}");
         Pileup { mount, owner, stuck, children }
     }
-}
 
-impl Drop for Pileup<'_> {
-    fn drop(&mut self) {
-        self.mount.release();
-    }
-}
-
-/// Writers piled up behind a held `WRITE` to the FUSE mount's one file: the
-/// first waits for the server in S holding the inode's lock; the next `n` wait for
-/// that lock in D, each in `write(2)` on a file descriptor, which `/proc` alone
-/// attributes to the mount. Dropping it releases the mount.
-pub struct WritePileup<'m> {
-    mount: &'m fuse::FuseMount,
-    /// The writer that waits for the server (in S).
-    pub owner: u32,
-    /// The writers in D behind it.
-    pub stuck: Vec<u32>,
-    /// All of them, killed on drop.
-    pub children: Children,
-}
-
-impl<'m> WritePileup<'m> {
-    /// Holds the mount and starts `n` + 1 shells appending to its file.
-    pub fn start(mount: &'m fuse::FuseMount, n: usize) -> WritePileup<'m> {
+    /// Writers piled up behind a held `WRITE` to the mount's one file: the owner
+    /// waits for the server in S holding the inode's lock; the next `n` wait for
+    /// that lock in D, each in `write(2)` on a file descriptor, which `/proc` alone
+    /// attributes to the mount.
+    pub fn writers(mount: &'m fuse::FuseMount, n: usize) -> Pileup<'m> {
         let file = mount.path().join(fuse::FILE_NAME);
         let append = format!("echo x >> '{}'", file.display());
         mount.hold();
@@ -257,11 +240,11 @@ impl<'m> WritePileup<'m> {
             wait_until_proc(pid, Duration::from_secs(10), |state, _| state == 'D');
         }
         eprintln!("writer holding the inode lock: pid {owner}; piled up behind it in D: {stuck:?}");
-        WritePileup { mount, owner, stuck, children }
+        Pileup { mount, owner, stuck, children }
     }
 }
 
-impl Drop for WritePileup<'_> {
+impl Drop for Pileup<'_> {
     fn drop(&mut self) {
         self.mount.release();
     }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup, WritePileup};
+use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -247,7 +247,7 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     // opening for append (O_CREAT) would need.
     let lookup_mount = FuseMount::new("snapshot-lookups").expect("mount the test filesystem");
     let mount = FuseMount::new("snapshot").expect("mount the test filesystem");
-    let writers = WritePileup::start(&mount, 2);
+    let writers = Pileup::writers(&mount, 2);
     let lookups = Pileup::start(&lookup_mount, 2);
     sleep(Duration::from_millis(500));
     let out = std::process::Command::new(dstrace_tests::dstrace_bin())

@@ -6,9 +6,7 @@
 
 use std::{thread::sleep, time::Duration};
 
-use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, tmux::Tmux, Dstrace, Pileup, WritePileup,
-};
+use dstrace_tests::{dstrace_bin, fuse::FuseMount, json_lines, require_root, tmux::Tmux, Dstrace, Pileup};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -186,7 +184,7 @@ fn snapshot_json_has_the_documented_fields() {
         return;
     }
     let mount = FuseMount::new("schema").expect("mount the test filesystem");
-    let pileup = WritePileup::start(&mount, 1);
+    let pileup = Pileup::writers(&mount, 1);
     sleep(Duration::from_millis(300));
     let out = std::process::Command::new(dstrace_bin()).args(["snapshot", "--json"]).output().unwrap();
     let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap();
