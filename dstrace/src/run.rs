@@ -58,6 +58,7 @@ struct Sink<W: Write> {
     clock: Clock,
     shown: u64,
     bad_records: u64,
+    recording: crate::recorder::RunRecording,
 }
 
 impl<W: Write> Sink<W> {
@@ -75,6 +76,7 @@ impl<W: Write> Sink<W> {
         };
         let wait = Wait::completed(&event, &mut resolver);
         self.by_cause.add(&wait);
+        self.recording.wait(&wait);
         self.shown += 1;
         self.printer.wait(&wait)
     }
@@ -99,6 +101,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         clock: Clock::now(),
         shown: 0,
         bad_records: 0,
+        recording: crate::recorder::RunRecording::start(&args.recording, args.interval, args.min_duration)?,
     };
     let min_duration_ns = duration_ns(args.min_duration);
     let outcome = stream(args, options, &tracer, events, &mut sink).await;
@@ -108,6 +111,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         Err(err) => Err(err),
     };
 
+    sink.recording.finish(&tracer, &mut sink.stacks, &mut sink.mounts);
     let now_ns = monotonic_ns();
     let context = chain::Context { fuse: tracer.fuse_requests(), now_ns };
     let mut resolver = Resolver {
@@ -206,6 +210,7 @@ async fn stream<W: Write>(
     });
     let mut interval_aggregator = Aggregator::default();
     let mut interval_start = Instant::now();
+    let mut record_ticks = sink.recording.ticks();
 
     let already = waits_in_proc(options, &mut sink.mounts, &chain::Context::default());
     sink.printer.ongoing("Already in D when tracing started (the age is a lower bound):", &already)?;
@@ -228,6 +233,9 @@ async fn stream<W: Write>(
                 let seconds = interval_start.elapsed().as_secs_f64();
                 interval_start = Instant::now();
                 sink.printer.interval(std::time::SystemTime::now(), seconds, &groups)?;
+            }
+            _ = next_tick(record_ticks.as_mut()) => {
+                sink.recording.interval(tracer, &mut sink.stacks, &mut sink.mounts);
             }
             ready = ring.readable_mut() => {
                 let mut guard = ready?;

@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the eBPF build needs, if it is missing (apt packages, bpf-linker).
+    /// Install what the eBPF build and the tests need, if it is missing (apt packages,
+    /// bpf-linker; go and inferno-flamegraph for the report tests).
     Setup,
     /// Build the eBPF object and the dstrace binary that embeds it.
     Build {
@@ -63,6 +64,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let root = workspace_root()?;
     let toolchain = toolchain::install().map_err(|err| anyhow::anyhow!("{err}"))?;
+    if matches!(cli.command, Cmd::Setup | Cmd::Test { .. }) {
+        toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
+    }
     match cli.command {
         Cmd::Setup => {
             eprintln!("xtask: eBPF toolchain: {toolchain}");

@@ -199,6 +199,38 @@ pub fn install() -> Result<Toolchain, Box<dyn std::error::Error>> {
     Ok(detect()?)
 }
 
+/// The version of inferno whose `inferno-flamegraph` the report tests run.
+pub const INFERNO_VERSION: &str = "0.12.8";
+
+/// Installs the programs the report tests feed dstrace's output to, if missing:
+/// `go` (Debian's golang-go, for `go tool pprof`) and `inferno-flamegraph`
+/// (`cargo install inferno`). Idempotent: when both are there it runs nothing.
+pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
+    if find_program("go").is_none() {
+        apt_install(&["golang-go"])?;
+    }
+    if find_program("inferno-flamegraph").is_none() {
+        eprintln!("xtask: building inferno {INFERNO_VERSION} (inferno-flamegraph, for the report tests)");
+        let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "inferno", "--version", INFERNO_VERSION, "--locked"])
+            .status()?;
+        if !status.success() {
+            return Err(format!("`cargo install inferno` failed ({status})").into());
+        }
+    }
+    Ok(())
+}
+
+/// A program on `PATH` or in cargo's `bin` directory.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let on_path = env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let in_cargo_home = cargo_home().map(|home| home.join("bin").join(name));
+    on_path.chain(in_cargo_home).find(|candidate| candidate.is_file())
+}
+
 /// Compilers able to build `core` for BPF, best first.
 fn compilers(reasons: &mut Vec<String>) -> Vec<Candidate> {
     let mut found = Vec::new();
@@ -261,12 +293,7 @@ fn cargo_home() -> Option<PathBuf> {
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
-    let on_path = env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("bpf-linker"));
-    let in_cargo_home = cargo_home().map(|home| home.join("bin/bpf-linker"));
-    on_path.chain(in_cargo_home).find(|candidate| candidate.is_file())
+    find_program("bpf-linker")
 }
 
 /// The LLVM feature `cargo install` built bpf-linker with, from cargo's own record.
