@@ -350,12 +350,13 @@ pub fn record(args: &RecordArgs) -> Result<()> {
 }
 
 async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
+    // The file first: a bad path fails before anything is loaded.
+    let mut recorder = Recorder::create(args.output.clone(), &args.caps, args.interval, args.min_duration)?;
     let mut tracer = Tracer::load(options)?;
     let events = tracer.take_events()?;
     let mut stacks = Stacks::new(Kallsyms::from_proc()?);
     let mut mounts = MountTable::read();
     let clock = Clock::now();
-    let mut recorder = Recorder::create(args.output.clone(), &args.caps, args.interval, args.min_duration)?;
     for what in &tracer.skipped {
         eprintln!("dstrace: not recorded on this kernel: {what}");
     }
