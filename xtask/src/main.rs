@@ -88,7 +88,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&root, &args),
         Cmd::Bench => {
             let mut build = cargo(&root);
-            build.args(["build", "--release", "--package", "dstrace-tests", "--bin", "dstrace-bench"]);
+            build.args(["build", "--release", "--package", "dstrace", "--package", "dstrace-tests"]);
+            build.args(["--bin", "dstrace", "--bin", "dstrace-bench"]);
             status(build)?;
             let mut bench = as_root(&root.join("target/release/dstrace-bench"));
             bench.arg(root.join("BENCHMARKS.md"));
