@@ -42,6 +42,11 @@ use crate::{
 /// Waits buffered before they are written without waiting for the interval's end.
 const MAX_BUFFERED_WAITS: usize = 10_000;
 
+/// Labels remembered from waits (mount by process and stack, lock names) at most:
+/// past it they are forgotten and learnt again, so a recording of days stays
+/// within bounded memory.
+const MAX_LABELS: usize = 65_536;
+
 /// The size cap and rotation of recording files (`record` and `run --output`).
 #[derive(Clone, Debug, Args)]
 pub struct FileCapArgs {
@@ -183,6 +188,12 @@ impl Recorder {
 
     /// Takes a completed wait; it is written with its interval.
     pub fn wait(&mut self, wait: &Wait) -> Result<()> {
+        if self.mount_of.len() >= MAX_LABELS {
+            self.mount_of.clear();
+        }
+        if self.lock_names.len() >= MAX_LABELS {
+            self.lock_names.clear();
+        }
         if let Some(mount) = &wait.on.mount {
             self.mount_of
                 .entry((wait.pid, wait.stack.clone()))
@@ -374,6 +385,7 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut ticks = recorder.ticks();
+    let mut bad_records = 0;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,
@@ -382,18 +394,20 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
             _ = ticks.tick() => recorder.interval(&tracer, &mut stacks, &mut mounts)?,
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
+                bad_records += drain(guard.get_inner_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
                 guard.clear_ready();
             }
         }
     }
-    drain(ring.get_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
+    bad_records += drain(ring.get_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
     let recorder = recorder.finish(&tracer, &mut stacks, &mut mounts)?;
-    eprintln!("dstrace: {}", written_line(&recorder));
+    let drops = crate::output::drops_text(&tracer.counters().unwrap_or_default(), bad_records);
+    eprintln!("dstrace: {}{drops}", written_line(&recorder));
     Ok(())
 }
 
-/// Records every wait waiting in the ring buffer.
+/// Records every wait waiting in the ring buffer; returns how many records could
+/// not be decoded.
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &Tracer,
@@ -401,14 +415,18 @@ fn drain(
     mounts: &mut MountTable,
     clock: &Clock,
     recorder: &mut Recorder,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut bad = 0;
     while let Some(item) = ring.next() {
-        let Ok(event) = decode_wait(&item) else { continue };
+        let Ok(event) = decode_wait(&item) else {
+            bad += 1;
+            continue;
+        };
         let mut resolver = Resolver { stacks, stack_map: &tracer.stacks, clock, mounts };
         let wait = Wait::completed(&event, &mut resolver);
         recorder.wait(&wait).context("cannot record")?;
     }
-    Ok(())
+    Ok(bad)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -451,3 +451,27 @@ fn record_refuses_links_and_other_files() {
     }
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
 }
+
+/// SIGKILL at any moment loses at most the interval in progress: the recording
+/// reads up to the last complete interval, damage (if any) only at its end.
+#[test]
+fn a_killed_recorder_leaves_a_readable_recording() {
+    if !require_root("a_killed_recorder_leaves_a_readable_recording") {
+        return;
+    }
+    let dir = Scratch::new("killed");
+    let rec = dir.path("killed.rec");
+    let mut recorder = Command::new(dstrace_bin())
+        .args(["record", "-o", rec.to_str().unwrap(), "--interval", "500ms", "--min-duration", "0"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(5));
+    recorder.kill().unwrap();
+    recorder.wait().unwrap();
+    let recording = recording::read(&std::fs::read(&rec).unwrap()).unwrap();
+    assert!(recording.intervals.len() >= 2, "{} intervals in 5 s", recording.intervals.len());
+    assert!(recording.damage.iter().all(|d| d.at_end), "{:?}", recording.damage);
+    let out = report(&[rec.to_str().unwrap(), "--format", "json"]);
+    assert!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["count"].as_u64().unwrap() > 0);
+}
