@@ -784,6 +784,8 @@ pub struct Writer {
     interner: Interner,
     /// A write failed: the next frame must start a new session.
     needs_session: bool,
+    /// The file's size when its last session began.
+    session_end: u64,
     full: bool,
     /// Bytes written, all files together.
     pub written: u64,
@@ -800,6 +802,7 @@ impl Writer {
             size,
             interner: Interner::default(),
             needs_session: false,
+            session_end: 0,
             full: false,
             written: 0,
         };
@@ -821,7 +824,9 @@ impl Writer {
         self.interner = Interner::default();
         self.needs_session = false;
         let frame = frame(&Record::Session(self.session.clone()))?;
-        self.append(&frame)
+        self.append(&frame)?;
+        self.session_end = self.size;
+        Ok(())
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
@@ -846,7 +851,9 @@ impl Writer {
             self.start_session()?;
         }
         let mut bytes = frame(&Record::Interval(self.interner.interval(data)))?;
-        if self.size + bytes.len() as u64 > self.options.max_size {
+        // A file holding no interval yet takes one whatever its size: rotating it
+        // would only make another such file.
+        if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
             if self.options.rotate == 0 {
                 self.full = true;
                 eprintln!(
