@@ -282,7 +282,8 @@ struct RecordResult {
     rows: usize,
     waits: usize,
     d_waits: u64,
-    /// CPU seconds while recording (from "recording to" to the stop).
+    /// CPU seconds while recording (from "recording to" to the end, the last write
+    /// included).
     cpu_steady: f64,
     /// CPU seconds of the whole process, start-up and the last write included.
     cpu_total: f64,
@@ -341,7 +342,6 @@ fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
     load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
-    let cpu_steady = cpu_seconds(pid) - cpu_start;
     let elapsed = started.elapsed().as_secs_f64();
     // SAFETY: kill(2) and wait4(2) on our own child; `usage` is plain data that
     // outlives the call.
@@ -353,6 +353,7 @@ fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         secs(usage.ru_utime) + secs(usage.ru_stime)
     };
+    let cpu_steady = (cpu_total - cpu_start).max(0.0);
     let bytes = std::fs::read(&rec).with_context(|| format!("cannot read {}", rec.display()))?;
     let _ = std::fs::remove_file(&rec);
     let recording = dstrace::recording::read(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?;
@@ -379,9 +380,11 @@ fn record_report(results: &[RecordResult]) -> String {
          a steady D-wait load (the writer and the kernel's I/O threads sleep in D on every fsync). \
          The run is short (about a minute with the default threshold, half that with every wait \
          recorded one by one), so the size per hour is extrapolated: bytes / seconds x 3600. CPU is \
-         user + system time of the dstrace process: while recording (`/proc/PID/stat`, from the \
-         moment it says it records to the stop; tick-granular) and in all (`wait4`, start-up with \
-         symbol loading and the last write included), as a share of one CPU over the run.\n\n\
+         user + system time of the dstrace process (`wait4`), in all (start-up with symbol loading \
+         and BPF loading included) and while recording (less what it had used when it said it \
+         records, read from `/proc/PID/stat` to the clock tick), as a share of one CPU over the run. \
+         With `--min-duration 0` every wait is also resolved and written one by one: the worst \
+         case.\n\n\
          | --min-duration | seconds | D waits (per s) | intervals | rows | waits one by one | file bytes | \
          bytes per hour | CPU while recording | CPU in all |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
