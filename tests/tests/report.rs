@@ -7,7 +7,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::Duration,
 };
@@ -79,6 +79,31 @@ fn folded_total(text: &str) -> u64 {
         .sum()
 }
 
+/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
+/// it records), its standard error passed on.
+fn start_recording(file: &Path, args: &[&str]) -> Child {
+    let mut recorder = Command::new(dstrace_bin())
+        .args(["record", "-o", file.to_str().unwrap()])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(recorder.stderr.take().unwrap());
+    let (send, notes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = send.send(line);
+        }
+    });
+    loop {
+        let note = notes.recv_timeout(Duration::from_secs(60)).expect("dstrace record starts");
+        if note.starts_with("dstrace: recording to") {
+            return recorder;
+        }
+    }
+}
+
 /// Parses an SVG (flame graphs declare the SVG DTD), panicking unless well-formed.
 fn parse_svg(svg: &str) -> roxmltree::Document<'_> {
     let options = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
@@ -115,26 +140,7 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let rec = dir.path("incident.rec");
     let mount = FuseMount::new("record").expect("mount the test filesystem");
 
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", rec.to_str().unwrap(), "--interval", "1s", "--min-duration", "100ms"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Tracing is live once it says it records.
-    let stderr = BufReader::new(recorder.stderr.take().unwrap());
-    let (send, notes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = send.send(line);
-        }
-    });
-    loop {
-        let note = notes.recv_timeout(Duration::from_secs(30)).expect("dstrace record starts");
-        if note.starts_with("dstrace: recording to") {
-            break;
-        }
-    }
+    let mut recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
     let (_owner, stuck, mut children) = hostile_pileup(&mount, &dir, 3);
     sleep(Duration::from_secs(2));
     mount.release();
@@ -461,16 +467,22 @@ fn a_killed_recorder_leaves_a_readable_recording() {
     }
     let dir = Scratch::new("killed");
     let rec = dir.path("killed.rec");
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", rec.to_str().unwrap(), "--interval", "500ms", "--min-duration", "0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_secs(5));
+    let mut recorder = start_recording(&rec, &["--interval", "500ms", "--min-duration", "0"]);
+    // Intervals are written every 500 ms: kill it once some are in the file.
+    let mut intervals = 0;
+    for _ in 0..100 {
+        sleep(Duration::from_millis(100));
+        intervals = recording::read(&std::fs::read(&rec).unwrap()).unwrap().intervals.len();
+        if intervals >= 2 {
+            break;
+        }
+    }
+    assert!(intervals >= 2, "{intervals} intervals written in 10 s");
+    sleep(Duration::from_millis(250));
     recorder.kill().unwrap();
     recorder.wait().unwrap();
     let recording = recording::read(&std::fs::read(&rec).unwrap()).unwrap();
-    assert!(recording.intervals.len() >= 2, "{} intervals in 5 s", recording.intervals.len());
+    assert!(recording.intervals.len() >= intervals);
     assert!(recording.damage.iter().all(|d| d.at_end), "{:?}", recording.damage);
     let out = report(&[rec.to_str().unwrap(), "--format", "json"]);
     assert!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["count"].as_u64().unwrap() > 0);
