@@ -97,9 +97,14 @@ fn start_recording(file: &Path, args: &[&str]) -> Child {
         }
     });
     loop {
-        let note = notes.recv_timeout(Duration::from_secs(60)).expect("dstrace record starts");
-        if note.starts_with("dstrace: recording to") {
-            return recorder;
+        match notes.recv_timeout(Duration::from_secs(60)) {
+            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
+            Ok(_) => {}
+            Err(err) => {
+                let _ = recorder.kill();
+                let status = recorder.wait();
+                panic!("dstrace record did not start ({err}; {status:?})");
+            }
         }
     }
 }
