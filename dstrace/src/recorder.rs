@@ -6,6 +6,20 @@
 //! independent of any other reader). It writes one frame per interval to a
 //! [`crate::recording`] file, so a crash loses at most the interval in progress.
 //!
+//! # In a trace loop
+//!
+//! `dstrace run` holds a [`RunRecording`] (nothing when `--output` is not given)
+//! and makes five calls, each a no-op without a recording, none failing (a write
+//! error is one warning, and the recording stops):
+//!
+//! ```text
+//! let mut recording = RunRecording::start(&args.recording, args.interval, args.min_duration)?;
+//! let mut ticks = recording.ticks();                 // Option<tokio::time::Interval>
+//! recording.wait(&wait);                             // each completed wait shown
+//! recording.interval(&tracer, &mut stacks, &mut mounts);  // on each tick
+//! recording.finish(&tracer, &mut stacks, &mut mounts);    // once, after the last drain
+//! ```
+//!
 //! Aggregated rows carry a mount and a lock label where one is known: the lock
 //! from the row's cause (named as the waits streamed for it name it), the mount
 //! from the cause's device, or else from the waits of the same process and stack.

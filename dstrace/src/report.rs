@@ -18,7 +18,8 @@
 //! * `pprof`: see [`crate::pprof`].
 //! * `json`: one document: `groups` as in `run --json`'s summary (per process and
 //!   blocking function), `by_mount` and `by_lock` in the summary's schema, and
-//!   `waits`, the waits recorded one by one, as `run --json` prints them.
+//!   `waits`, the waits recorded one by one, as `run --json` prints them, and
+//!   `sessions` (host, kernel, settings of each recording session).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -303,7 +304,12 @@ pub fn profile(rows: &[RowData], span: Option<(SystemTime, SystemTime)>, weight:
 }
 
 /// The JSON document of a selection.
-pub fn json(selection: &Selection, files: &[PathBuf], damage: &[String]) -> serde_json::Value {
+pub fn json(
+    selection: &Selection,
+    sessions: &[recording::Session],
+    files: &[PathBuf],
+    damage: &[String],
+) -> serde_json::Value {
     let groups = groups_of(selection.rows.iter().map(|row| {
         let function = blocking_function(row.stack.iter().map(String::as_str)).map(str::to_owned);
         (row.pid, row.comm.clone(), function, &row.totals)
@@ -329,6 +335,14 @@ pub fn json(selection: &Selection, files: &[PathBuf], damage: &[String]) -> serd
     serde_json::json!({
         "type": "report",
         "files": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
+        "sessions": sessions.iter().map(|session| serde_json::json!({
+            "started": rfc3339_utc(recording::from_unix_ns(session.started_ns)),
+            "hostname": session.hostname,
+            "kernel": session.kernel,
+            "dstrace": session.dstrace,
+            "interval_ns": session.interval_ns,
+            "min_duration_ns": session.min_duration_ns,
+        })).collect::<Vec<_>>(),
         "start": selection.span.map(|(start, _)| rfc3339_utc(start)),
         "end": selection.span.map(|(_, end)| rfc3339_utc(end)),
         "total_ns": selection.rows.iter().map(|row| row.totals.total_ns).sum::<u64>(),
@@ -407,7 +421,9 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             profile(&selection.rows, selection.span, args.weight)?
         }
         ReportFormat::Json => {
-            let mut text = serde_json::to_string_pretty(&json(&selection, &args.files, &damage))?;
+            let sessions: Vec<recording::Session> =
+                recordings.iter().flat_map(|r| r.sessions.iter().cloned()).collect();
+            let mut text = serde_json::to_string_pretty(&json(&selection, &sessions, &args.files, &damage))?;
             text.push('\n');
             text.into_bytes()
         }
