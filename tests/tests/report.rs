@@ -473,9 +473,15 @@ fn a_killed_recorder_leaves_a_readable_recording() {
     let dir = Scratch::new("killed");
     let rec = dir.path("killed.rec");
     let mut recorder = start_recording(&rec, &["--interval", "500ms", "--min-duration", "0"]);
+    // D waits to record: fsync on a disk-backed filesystem.
+    let data = Path::new(if Path::new("/var/tmp").is_dir() { "/var/tmp" } else { "/tmp" })
+        .join(format!("dstrace-report-killed-{}", std::process::id()));
+    let mut file = std::fs::File::create(&data).unwrap();
     // Intervals are written every 500 ms: kill it once some are in the file.
     let mut intervals = 0;
     for _ in 0..100 {
+        std::io::Write::write_all(&mut file, &[0x5a; 4096]).unwrap();
+        file.sync_all().unwrap();
         sleep(Duration::from_millis(100));
         intervals = recording::read(&std::fs::read(&rec).unwrap()).unwrap().intervals.len();
         if intervals >= 2 {
@@ -486,6 +492,8 @@ fn a_killed_recorder_leaves_a_readable_recording() {
     sleep(Duration::from_millis(250));
     recorder.kill().unwrap();
     recorder.wait().unwrap();
+    drop(file);
+    let _ = std::fs::remove_file(&data);
     let recording = recording::read(&std::fs::read(&rec).unwrap()).unwrap();
     assert!(recording.intervals.len() >= intervals);
     assert!(recording.damage.iter().all(|d| d.at_end), "{:?}", recording.damage);
