@@ -129,11 +129,21 @@ pub struct Group {
 /// largest total blocked time first. `blocked_in` names the blocking function of
 /// a kernel stack id.
 pub fn group(entries: &[(AggKey, Totals)], mut blocked_in: impl FnMut(i32) -> Option<String>) -> Vec<Group> {
+    groups_of(entries.iter().map(|(key, totals)| {
+        let function = blocked_in(key.kstack_id);
+        (key.tgid, crate::record::comm_string(&key.comm), function, totals)
+    }))
+}
+
+/// Groups `(pid, comm, blocking function, totals)` by their first three, the
+/// largest total blocked time first (`?` for an unknown function).
+pub fn groups_of<'a>(
+    items: impl IntoIterator<Item = (u32, String, Option<String>, &'a Totals)>,
+) -> Vec<Group> {
     let mut groups: HashMap<(u32, String, String), Totals> = HashMap::new();
-    for (key, totals) in entries {
-        let function = blocked_in(key.kstack_id).unwrap_or_else(|| "?".to_owned());
-        let comm = crate::record::comm_string(&key.comm);
-        groups.entry((key.tgid, comm, function)).or_default().add(totals);
+    for (pid, comm, function, totals) in items {
+        let function = function.unwrap_or_else(|| "?".to_owned());
+        groups.entry((pid, comm, function)).or_default().add(totals);
     }
     let mut groups: Vec<Group> = groups
         .into_iter()

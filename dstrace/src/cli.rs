@@ -63,6 +63,38 @@ pub enum Command {
     ///   sudo dstrace snapshot --json | jq '.tasks[] | {pid, comm, blocked_in}'
     #[command(verbatim_doc_comment)]
     Snapshot(SnapshotArgs),
+
+    /// Trace D waits to a recording file, for `dstrace report` later.
+    ///
+    /// Every --interval: blocked time by process, command, kernel stack and cause
+    /// (every wait, from the in-kernel aggregation; with symbols, mount and lock),
+    /// and each wait of at least --min-duration one by one. The file is private
+    /// (0600), never a symbolic link, appended to if it is a recording already;
+    /// past --max-size it is rotated to FILE.1 ... FILE.N (--rotate). A crash loses
+    /// at most the last interval.
+    ///
+    /// Examples:
+    ///   sudo dstrace record -o /var/tmp/dstrace.rec
+    ///   sudo dstrace record -o /var/tmp/dstrace.rec --interval 1m --max-size 1GiB --rotate 8
+    ///   sudo dstrace record -o incident.rec --duration 10m --min-duration 100ms
+    #[command(verbatim_doc_comment)]
+    Record(crate::recorder::RecordArgs),
+
+    /// Report on recordings: folded stacks, an SVG flame graph, pprof, or JSON.
+    ///
+    /// Stacks are weighted by blocked time in microseconds (or by number of
+    /// waits); --group-by puts the mount, lock or command at the root of the
+    /// graph. The pprof profile has sample types blocked (nanoseconds) and count,
+    /// and labels comm, pid, mount, lock. Damaged parts of a recording are
+    /// reported on standard error and skipped.
+    ///
+    /// Examples:
+    ///   dstrace report dstrace.rec > blocked.folded
+    ///   dstrace report dstrace.rec.1 dstrace.rec --format svg --group-by mount -o blocked.svg
+    ///   dstrace report dstrace.rec --format pprof -o blocked.pb.gz && go tool pprof -top blocked.pb.gz
+    ///   dstrace report dstrace.rec --format json --since 30m --mount /mnt/nfs
+    #[command(verbatim_doc_comment)]
+    Report(crate::report::ReportArgs),
 }
 
 /// What to show and how: the options `run` and `snapshot` share.
@@ -146,6 +178,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "KIB", default_value_t = dstrace_common::limits::EVENTS_BYTES / 1024,
           value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+
+    #[command(flatten)]
+    pub recording: crate::recorder::RunOutputArgs,
 }
 
 /// Parses `--ring-buffer-kib`: a power of two, at least one page, at most 1 GiB.

@@ -19,6 +19,10 @@
 //! * [`advice`]: what to do about a recognised pattern, one line each;
 //! * [`output`]: the sinks (text lines, JSON lines);
 //! * [`tui`]: the full-screen view of `dstrace run` on a terminal;
+//! * [`recording`], [`recorder`]: the recording file, and writing it while tracing
+//!   (`dstrace record`, `run --output`);
+//! * [`report`] and [`pprof`]: recordings as folded stacks, flame graphs, pprof
+//!   profiles and JSON (`dstrace report`);
 //! * [`clock`]: kernel timestamps to wall-clock time;
 //! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
 
@@ -35,9 +39,13 @@ pub mod kernel_btf;
 pub mod loader;
 pub mod mounts;
 pub mod output;
+pub mod pprof;
 pub mod preflight;
 pub mod procfs;
 pub mod record;
+pub mod recorder;
+pub mod recording;
+pub mod report;
 pub mod run;
 pub mod snapshot;
 pub mod symbols;

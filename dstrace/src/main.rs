@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => dstrace::run::run(&args),
         Command::Snapshot(args) => dstrace::snapshot::snapshot(&args),
+        Command::Record(args) => dstrace::recorder::record(&args),
+        Command::Report(args) => dstrace::report::report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

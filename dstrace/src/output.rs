@@ -542,7 +542,7 @@ fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
 }
 
 /// Waits by mount or by lock as JSON values, the key under `key`.
-fn json_causes(groups: &[CauseGroup], key: &str) -> Vec<serde_json::Value> {
+pub fn json_causes(groups: &[CauseGroup], key: &str) -> Vec<serde_json::Value> {
     groups
         .iter()
         .map(|group| {
@@ -560,8 +560,13 @@ fn json_causes(groups: &[CauseGroup], key: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One wait as the JSON object `run --json` prints for it.
+pub fn json_wait(wait: &Wait) -> serde_json::Value {
+    serde_json::to_value(JsonWait::of(wait)).unwrap_or_default()
+}
+
 /// The in-kernel aggregation by process and function as JSON values.
-fn json_by_process(groups: &[Group]) -> Vec<serde_json::Value> {
+pub fn json_by_process(groups: &[Group]) -> Vec<serde_json::Value> {
     groups
         .iter()
         .map(|group| {

@@ -120,6 +120,16 @@ pub struct Holder {
     pub function: Option<String>,
 }
 
+/// Every [`LockInfo::kind`].
+pub const LOCK_KINDS: [&str; 7] =
+    ["mutex", "rwsem-write", "rwsem-read", "rt-mutex", "percpu-rwsem", "lock", "dentry-lookup"];
+
+/// The [`LockInfo::kind`] of this name (read back from a recording); `lock` when
+/// unknown.
+pub fn lock_kind(name: &str) -> &'static str {
+    LOCK_KINDS.iter().find(|&&kind| kind == name).copied().unwrap_or("lock")
+}
+
 /// The lock of a recorded cause, its holder looked up in `/proc` now.
 pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
     if cause.kind != CAUSE_LOCK && cause.kind != CAUSE_DENTRY {

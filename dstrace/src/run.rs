@@ -37,6 +37,7 @@ use crate::{
     output::{drops_text, in_d_text, Format, Printer, Summary, Update},
     preflight, procfs,
     record::{ProcNow, Resolver, Wait},
+    recorder::RunRecording,
     symbols::{blocking_function, Kallsyms, Stacks},
     tui::{self, Action, Screen, Tui},
 };
@@ -90,6 +91,8 @@ struct Live {
     drops: String,
     /// The tasks in D at the last look ([`Live::look`]).
     in_d: Vec<Wait>,
+    /// The recording of `--output`, if any.
+    recording: RunRecording,
 }
 
 impl Live {
@@ -102,6 +105,7 @@ impl Live {
         let mut resolver = self.resolver(tracer);
         let wait = Wait::completed(&event, &mut resolver);
         self.board.add_completed(&wait);
+        self.recording.wait(&wait);
         self.shown += 1;
         match &mut self.view {
             View::Lines(printer) => printer.wait(&wait),
@@ -202,6 +206,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         traced_since: None,
         drops: "; drops: none".to_owned(),
         in_d: Vec::new(),
+        recording: RunRecording::default(),
     };
 
     // The first screen, before anything is loaded: the tasks already in D.
@@ -220,6 +225,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         }
     };
     let events = tracer.take_events()?;
+    live.recording = RunRecording::start(&args.recording, Some(args.interval), args.min_duration)?;
     let kallsyms = Kallsyms::from_proc()?;
     let hidden_symbols = kallsyms.is_hidden();
     live.stacks = Stacks::new(kallsyms);
@@ -243,6 +249,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
 
     let keys = matches!(live.view, View::Screen(_)).then(tui::keys);
     let outcome = follow(args, options, &tracer, events, &mut live, keys, signals).await;
+    live.recording.finish(&tracer, &mut live.stacks, &mut live.mounts);
     let finished = match outcome {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
@@ -347,6 +354,7 @@ async fn follow(
     let mut refresh = period.map(ticks);
     let mut interval_aggregator = Aggregator::default();
     let mut interval_start = Instant::now();
+    let mut record_ticks = live.recording.ticks();
     live.look(Some(tracer), options);
     live.draw()?;
     loop {
@@ -397,6 +405,9 @@ async fn follow(
                         })?;
                     }
                 }
+            }
+            _ = next_tick(record_ticks.as_mut()) => {
+                live.recording.interval(tracer, &mut live.stacks, &mut live.mounts);
             }
             ready = ring.readable_mut() => {
                 let mut guard = ready?;

@@ -161,6 +161,11 @@ pub fn by_nr(nr: i32) -> Option<&'static Syscall> {
     TABLE.iter().find(|syscall| syscall.nr == nr)
 }
 
+/// The described syscall with this name (names read back from a recording).
+pub fn by_name(name: &str) -> Option<&'static Syscall> {
+    TABLE.iter().find(|syscall| syscall.name == name)
+}
+
 /// `AT_FDCWD`: a `*at` call relative to the working directory.
 pub const AT_FDCWD: i32 = -100;
 

@@ -52,6 +52,30 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// A program the tests feed dstrace's output to (`go`, `inferno-flamegraph`), from
+/// `PATH` or cargo's `bin` directory; `cargo xtask setup` installs them. Missing,
+/// it panics in CI and returns `None` with a printed reason elsewhere.
+pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs {name}, and CI must run it: `cargo xtask setup` installs it"
+        );
+        eprintln!("skipped {test}: {name} is not installed (`cargo xtask setup` installs it)");
+    }
+    found
+}
+
 /// A running `dstrace`, its standard output read line by line.
 pub struct Dstrace {
     child: Child,

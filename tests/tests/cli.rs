@@ -126,3 +126,33 @@ fn snapshot_works_without_privileges() {
     assert!(cannot_see.contains("/proc/PID/stack needs root"), "{cannot_see}");
     assert!(cannot_see.contains("dstrace run"), "{cannot_see}");
 }
+
+#[test]
+fn record_and_report_teach_themselves() {
+    for (command, options) in [
+        ("record", &["--output", "--interval", "--min-duration", "--max-size", "--rotate", "Examples:"][..]),
+        ("report", &["--format", "--weight", "--group-by", "--since", "--until", "--mount", "Examples:"][..]),
+    ] {
+        let (code, stdout, _) = output(Command::new(dstrace_bin()).args([command, "--help"]));
+        assert_eq!(code, 0);
+        for option in options {
+            assert!(stdout.contains(option), "`{command} --help` lacks {option}:\n{stdout}");
+        }
+    }
+    let (code, stdout, _) = output(Command::new(dstrace_bin()).args(["run", "--help"]));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("--output"), "{stdout}");
+}
+
+#[test]
+fn report_of_a_missing_file_is_one_line() {
+    let (code, stdout, stderr) =
+        output(Command::new(dstrace_bin()).args(["report", "/nonexistent/dstrace.rec"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("dstrace: error: cannot open /nonexistent/dstrace.rec"), "{stderr}");
+
+    let (code, _, stderr) = output(Command::new(dstrace_bin()).args(["report", "x", "--format", "png"]));
+    assert_eq!(code, 2, "{stderr}");
+}

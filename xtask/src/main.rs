@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the eBPF build and the tests need, if it is missing (apt
-    /// packages, bpf-linker).
+    /// Install what the eBPF build and the tests need, if it is missing (apt packages,
+    /// bpf-linker; tmux, go and inferno-flamegraph for the tests).
     Setup,
     /// Build the eBPF object and the dstrace binary that embeds it.
     Build {
@@ -64,10 +64,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let root = workspace_root()?;
     let toolchain = toolchain::install().map_err(|err| anyhow::anyhow!("{err}"))?;
+    if matches!(cli.command, Cmd::Setup | Cmd::Test { .. }) {
+        toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
+    }
     match cli.command {
         Cmd::Setup => {
             eprintln!("xtask: eBPF toolchain: {toolchain}");
-            toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))
+            Ok(())
         }
         Cmd::Build { release } => build(&root, release),
         Cmd::Run { args } => {
@@ -82,14 +85,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Test { args } => {
-            toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
-            test(&root, &args)
-        }
+        Cmd::Test { args } => test(&root, &args),
         Cmd::Bench => {
             let mut build = cargo(&root);
-            build.args(["build", "--release", "--package", "dstrace-tests", "--bin", "dstrace-bench"]);
-            build.args(["--package", "dstrace", "--bin", "dstrace"]);
+            build.args(["build", "--release", "--package", "dstrace", "--package", "dstrace-tests"]);
+            build.args(["--bin", "dstrace", "--bin", "dstrace-bench"]);
             status(build)?;
             let mut bench = as_root(&root.join("target/release/dstrace-bench"));
             bench.arg(root.join("BENCHMARKS.md")).env("DSTRACE_BIN", root.join("target/release/dstrace"));

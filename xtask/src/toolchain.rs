@@ -199,6 +199,48 @@ pub fn install() -> Result<Toolchain, Box<dyn std::error::Error>> {
     Ok(detect()?)
 }
 
+/// The version of inferno whose `inferno-flamegraph` the report tests run.
+pub const INFERNO_VERSION: &str = "0.12.8";
+
+/// Commands the tests drive, from Debian packages: `tmux` (the full-screen view
+/// of `dstrace run` is tested in a tmux pane) and `go` (`go tool pprof` reads the
+/// report tests' profiles).
+pub const TEST_PACKAGES: &[(&str, &str)] = &[("tmux", "tmux"), ("go", "golang-go")];
+
+/// Installs what the tests drive, if missing: the [`TEST_PACKAGES`] and
+/// `inferno-flamegraph` (`cargo install inferno`, for the report tests).
+/// Idempotent: when everything is there it runs nothing.
+pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(program, _)| find_program(program).is_none())
+        .map(|&(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if find_program("inferno-flamegraph").is_none() {
+        eprintln!("xtask: building inferno {INFERNO_VERSION} (inferno-flamegraph, for the report tests)");
+        let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "inferno", "--version", INFERNO_VERSION, "--locked"])
+            .status()?;
+        if !status.success() {
+            return Err(format!("`cargo install inferno` failed ({status})").into());
+        }
+    }
+    Ok(())
+}
+
+/// A program on `PATH` or in cargo's `bin` directory.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let on_path = env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let in_cargo_home = cargo_home().map(|home| home.join("bin").join(name));
+    on_path.chain(in_cargo_home).find(|candidate| candidate.is_file())
+}
+
 /// Compilers able to build `core` for BPF, best first.
 fn compilers(reasons: &mut Vec<String>) -> Vec<Candidate> {
     let mut found = Vec::new();
@@ -261,12 +303,7 @@ fn cargo_home() -> Option<PathBuf> {
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
-    let on_path = env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("bpf-linker"));
-    let in_cargo_home = cargo_home().map(|home| home.join("bin/bpf-linker"));
-    on_path.chain(in_cargo_home).find(|candidate| candidate.is_file())
+    find_program("bpf-linker")
 }
 
 /// The LLVM feature `cargo install` built bpf-linker with, from cargo's own record.
@@ -281,25 +318,6 @@ pub fn llvm_feature_of_bpf_linker(crates2_json: &str) -> Option<u32> {
     let features = &entry[entry.find("\"features\":")?..];
     let features = &features[..features.find(']')?];
     features.split('"').find_map(|word| word.strip_prefix("llvm-")?.parse().ok())
-}
-
-/// Commands the test suite drives, with the Debian package of each.
-pub const TEST_COMMANDS: &[(&str, &str)] = &[
-    // The full-screen view of `dstrace run` is tested in a tmux pane.
-    ("tmux", "tmux"),
-];
-
-/// Installs the packages of the [`TEST_COMMANDS`] that are not on the PATH.
-pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
-    let missing: Vec<&str> = TEST_COMMANDS
-        .iter()
-        .filter(|(command, _)| Command::new(command).arg("-V").output().is_err())
-        .map(|&(_, package)| package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    apt_install(&missing)
 }
 
 fn apt_install(packages: &[&str]) -> Result<(), Box<dyn std::error::Error>> {

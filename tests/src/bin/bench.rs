@@ -16,14 +16,23 @@
 //! Then the time to the first screen of `dstrace run` and to a `dstrace snapshot`
 //! with [`FIRST_SCREEN_TASKS`] tasks already in D (wall clock, from spawning the
 //! binary; the median of [`ROUNDS`] runs).
+//!
+//! Then `dstrace record` (the release binary beside this one) records for a minute
+//! (`DSTRACE_BENCH_RECORD_SECONDS`) under a steady fsync loop: the recording's size,
+//! extrapolated to an hour, and the recorder's CPU time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::{BufRead as _, BufReader, Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    time::{Instant, SystemTime},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -84,6 +93,13 @@ fn main() -> Result<()> {
     }
     let mut report = report(&results);
     report.push_str(&first_screen()?);
+    let seconds =
+        std::env::var("DSTRACE_BENCH_RECORD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let recordings = [
+        record_phase(&dir, "10ms", seconds).context("the recording benchmark (default threshold)")?,
+        record_phase(&dir, "0", seconds / 2).context("the recording benchmark (every wait)")?,
+    ];
+    report.push_str(&record_report(&recordings));
     print!("{report}");
     if let Some(path) = output {
         std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
@@ -348,4 +364,140 @@ fn count_threads() -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// One run of `dstrace record` under the fsync loop.
+struct RecordResult {
+    min_duration: &'static str,
+    seconds: f64,
+    bytes: u64,
+    intervals: usize,
+    rows: usize,
+    waits: usize,
+    d_waits: u64,
+    /// CPU seconds while recording (from "recording to" to the end, the last write
+    /// included).
+    cpu_steady: f64,
+    /// CPU seconds of the whole process, start-up and the last write included.
+    cpu_total: f64,
+}
+
+/// user + system CPU seconds of a process so far (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    fields.iter().sum::<u64>() as f64 / ticks
+}
+
+/// Runs `dstrace record --min-duration MIN` for `seconds` under a steady fsync loop.
+fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<RecordResult> {
+    let exe = std::env::current_exe()?;
+    let dstrace = exe.with_file_name("dstrace");
+    anyhow::ensure!(dstrace.is_file(), "{} is not built (cargo xtask bench builds it)", dstrace.display());
+    let rec = dir.join(format!("dstrace-bench-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&rec);
+    let mut child = Command::new(&dstrace)
+        .args(["record", "-o"])
+        .arg(&rec)
+        .args(["--min-duration", min_duration])
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", dstrace.display()))?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    loop {
+        let line = lines.next().context("dstrace record ended before recording")??;
+        if line.starts_with("dstrace: recording to") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let pid = child.id();
+    let started = Instant::now();
+    let cpu_start = cpu_seconds(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let path = dir.join(format!("dstrace-bench-load-{}", std::process::id()));
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut file = File::create(&path)?;
+            let block = [0x5au8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                file.write_all(&block)?;
+                file.sync_all()?;
+            }
+            drop(file);
+            std::fs::remove_file(&path)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    let elapsed = started.elapsed().as_secs_f64();
+    // SAFETY: kill(2) and wait4(2) on our own child; `usage` is plain data that
+    // outlives the call.
+    let cpu_total = unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGINT);
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    let cpu_steady = (cpu_total - cpu_start).max(0.0);
+    let bytes = std::fs::read(&rec).with_context(|| format!("cannot read {}", rec.display()))?;
+    let _ = std::fs::remove_file(&rec);
+    let recording = dstrace::recording::read(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?;
+    anyhow::ensure!(recording.damage.is_empty(), "the recording is damaged: {:?}", recording.damage);
+    let intervals = &recording.intervals;
+    Ok(RecordResult {
+        min_duration,
+        seconds: elapsed,
+        bytes: bytes.len() as u64,
+        intervals: intervals.len(),
+        rows: intervals.iter().map(|i| i.rows.len()).sum(),
+        waits: intervals.iter().map(|i| i.waits.len()).sum(),
+        d_waits: intervals.iter().flat_map(|i| &i.rows).map(|row| row.totals.count).sum(),
+        cpu_steady,
+        cpu_total,
+    })
+}
+
+fn record_report(results: &[RecordResult]) -> String {
+    let mut out = String::from(
+        "\n## Recording: size per hour and CPU of `dstrace record`\n\n\
+         Method: `dstrace record -o FILE` (release build, default `--interval 10s`, `--max-size` never \
+         reached) runs while a thread writes and fsyncs 4 KiB in a loop on a disk-backed filesystem, \
+         a steady D-wait load (the writer and the kernel's I/O threads sleep in D on every fsync). \
+         The run is short (about a minute with the default threshold, half that with every wait \
+         recorded one by one), so the size per hour is extrapolated: bytes / seconds x 3600. CPU is \
+         user + system time of the dstrace process (`wait4`), in all (start-up with symbol loading \
+         and BPF loading included) and while recording (less what it had used when it said it \
+         records, read from `/proc/PID/stat` to the clock tick), as a share of one CPU over the run. \
+         With `--min-duration 0` every wait is also resolved and written one by one: the worst \
+         case.\n\n\
+         | --min-duration | seconds | D waits (per s) | intervals | rows | waits one by one | file bytes | \
+         bytes per hour | CPU while recording | CPU in all |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        let per_hour = r.bytes as f64 / r.seconds * 3600.0;
+        out.push_str(&format!(
+            "| {} | {:.0} | {} ({:.0}) | {} | {} | {} | {} | {:.1} MiB | {:.2}% | {:.2}% |\n",
+            r.min_duration,
+            r.seconds,
+            r.d_waits,
+            r.d_waits as f64 / r.seconds,
+            r.intervals,
+            r.rows,
+            r.waits,
+            r.bytes,
+            per_hour / (1024.0 * 1024.0),
+            100.0 * r.cpu_steady / r.seconds,
+            100.0 * r.cpu_total / r.seconds,
+        ));
+    }
+    out
 }

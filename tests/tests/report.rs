@@ -1,0 +1,508 @@
+//! `dstrace record` and `dstrace report`, end to end: recordings made during real D
+//! states, read back in every format, fed to the real consumers (inferno, go tool
+//! pprof), and recordings damaged on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use dstrace::{
+    aggregate::Totals,
+    recording::{self, FileOptions, IntervalData, RowData, Session, Writer},
+    symbols::Stack,
+};
+use dstrace_tests::{
+    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, wait_for_state, Children, Dstrace,
+};
+use serde_json::Value;
+
+/// A command name a hostile user could give a process (a symbolic link named so,
+/// executed): `;`, a space, a newline and a terminal escape sequence.
+const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
+
+/// A scratch directory under the temporary directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("dstrace-report-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dstrace(args: &[&str]) -> Output {
+    Command::new(dstrace_bin()).args(args).output().expect("dstrace runs")
+}
+
+/// `dstrace report` with these arguments; panics unless it succeeds.
+fn report(args: &[&str]) -> Output {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    let out = dstrace(&all);
+    assert!(out.status.success(), "dstrace {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn report_json(file: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![file.to_str().unwrap(), "--format", "json"];
+    args.extend_from_slice(extra);
+    serde_json::from_slice(&report(&args).stdout).unwrap()
+}
+
+/// Sum of the weights of folded lines, checking each line's shape.
+fn folded_total(text: &str) -> u64 {
+    text.lines()
+        .map(|line| {
+            assert!(!line.chars().any(char::is_control), "a control character in {line:?}");
+            let (stack, weight) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no weight: {line:?}"));
+            assert!(!stack.is_empty());
+            weight.parse::<u64>().unwrap_or_else(|_| panic!("bad weight in {line:?}"))
+        })
+        .sum()
+}
+
+/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
+/// it records), its standard error passed on.
+fn start_recording(file: &Path, args: &[&str]) -> Child {
+    let mut recorder = Command::new(dstrace_bin())
+        .args(["record", "-o", file.to_str().unwrap()])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(recorder.stderr.take().unwrap());
+    let (send, notes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = send.send(line);
+        }
+    });
+    loop {
+        match notes.recv_timeout(Duration::from_secs(60)) {
+            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
+            Ok(_) => {}
+            Err(err) => {
+                let _ = recorder.kill();
+                let status = recorder.wait();
+                panic!("dstrace record did not start ({err}; {status:?})");
+            }
+        }
+    }
+}
+
+/// Parses an SVG (flame graphs declare the SVG DTD), panicking unless well-formed.
+fn parse_svg(svg: &str) -> roxmltree::Document<'_> {
+    let options = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
+    roxmltree::Document::parse_with_options(svg, options)
+        .unwrap_or_else(|err| panic!("not well-formed XML: {err}"))
+}
+
+/// Tasks with a hostile command name piled up in D behind the held mount: the
+/// first waits for the server in S, the others for it in D.
+fn hostile_pileup(mount: &FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
+    let program = dir.path(HOSTILE_COMM);
+    std::os::unix::fs::symlink(Path::new("/usr/bin/stat"), &program).unwrap();
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut children = Children::default();
+    let owner = children.spawn(Command::new(&program).arg(&target));
+    wait_for_state(owner, 'S', Duration::from_secs(10));
+    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
+    for &pid in &stuck {
+        wait_for_state(pid, 'D', Duration::from_secs(10));
+    }
+    (owner, stuck, children)
+}
+
+/// A recording made while tasks are stuck behind a dead FUSE server reports the
+/// same totals in every format; each consumer accepts its format; hostile names
+/// stay inside their frames and labels.
+#[test]
+fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
+    if !require_root("a_recording_of_real_d_states_reports_the_same_totals_in_every_format") {
+        return;
+    }
+    let dir = Scratch::new("round-trip");
+    let rec = dir.path("incident.rec");
+    let mount = FuseMount::new("record").expect("mount the test filesystem");
+
+    let mut recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
+    let (_owner, stuck, mut children) = hostile_pileup(&mount, &dir, 3);
+    sleep(Duration::from_secs(2));
+    mount.release();
+    children.wait_all(Duration::from_secs(10));
+    sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
+    let status = recorder.wait().unwrap();
+    assert!(status.success(), "dstrace record exited with {status}");
+    assert_eq!(std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let mount_point = mount.path().to_str().unwrap().to_owned();
+    // JSON: the groups, the waits recorded one by one, the totals.
+    let json = report_json(&rec, &[]);
+    assert_eq!(json["damage"], serde_json::json!([]), "{json}");
+    // Blocked time in whole microseconds (JSON has milliseconds to the microsecond).
+    let us = |ms: &Value| (ms.as_f64().unwrap() * 1000.0).round() as u64;
+    let total_us = us(&json["blocked_ms"]);
+    let count = json["count"].as_u64().unwrap();
+    let groups = json["by_process"].as_array().unwrap();
+    let groups_us = groups.iter().map(|g| us(&g["blocked_ms"])).sum::<u64>();
+    assert!(
+        groups_us <= total_us && total_us <= groups_us + groups.len() as u64,
+        "{groups_us} vs {total_us}"
+    );
+    for pid in &stuck {
+        let group = groups
+            .iter()
+            .find(|g| g["tgid"] == *pid && g["function"] == "d_alloc_parallel")
+            .unwrap_or_else(|| panic!("no group for stuck pid {pid}: {json}"));
+        assert_eq!(group["comm"], HOSTILE_COMM, "JSON keeps the name as it is, escaped by JSON");
+        assert!(group["max_ms"].as_f64().unwrap() >= 1_500.0, "{group}");
+        let wait = json["waits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["tgid"] == *pid && w["blocked_ms"].as_f64().unwrap() >= 1_500.0)
+            .unwrap_or_else(|| panic!("no wait recorded for {pid}"));
+        assert_eq!(wait["mount"]["mountpoint"], mount_point.as_str(), "{wait}");
+        assert_eq!(wait["function"], "d_alloc_parallel");
+    }
+    let by_mount = json["by_mount"].as_array().unwrap();
+    assert!(by_mount.iter().any(|m| m["mountpoint"] == mount_point.as_str()), "{by_mount:?}");
+
+    // Folded, by time and by count: the same totals.
+    let folded = String::from_utf8(report(&[rec.to_str().unwrap()]).stdout).unwrap();
+    let folded_us = folded_total(&folded);
+    let lines = folded.lines().count() as u64;
+    assert!(
+        total_us <= folded_us + lines && folded_us <= total_us + lines,
+        "{folded_us} us vs {total_us} us"
+    );
+    let by_count = String::from_utf8(report(&[rec.to_str().unwrap(), "--weight", "count"]).stdout).unwrap();
+    assert_eq!(folded_total(&by_count), count);
+    // Grouped by mount and comm: the dead mount at the root, the hostile name
+    // escaped inside its frame.
+    let grouped =
+        String::from_utf8(report(&[rec.to_str().unwrap(), "--group-by", "mount,comm"]).stdout).unwrap();
+    // Leading frames change no weight, but for rounding to microseconds per line.
+    let grouped_us = folded_total(&grouped);
+    let grouped_lines = grouped.lines().count() as u64;
+    assert!(grouped_us.abs_diff(folded_us) <= grouped_lines, "{grouped_us} us vs {folded_us} us");
+    let escaped_comm = r"comm:dst\x3bat \x0a\x1b[1m";
+    let stuck_line = grouped
+        .lines()
+        .find(|line| line.starts_with(&format!("mount:{mount_point};{escaped_comm};")))
+        .unwrap_or_else(|| panic!("no line for the dead mount and the hostile name:\n{grouped}"));
+    assert!(stuck_line.contains(";d_alloc_parallel;"), "{stuck_line}");
+    assert_eq!(
+        stuck_line.rsplit_once(' ').unwrap().0.split(';').next(),
+        Some(&*format!("mount:{mount_point}"))
+    );
+
+    // --comm, --pid and --mount select; a time window before the recording is empty.
+    let only = report_json(&rec, &["--mount", &mount_point]);
+    assert!(only["by_process"].as_array().unwrap().iter().all(|g| g["comm"] == HOSTILE_COMM), "{only}");
+    let one = report_json(&rec, &["--pid", &stuck[0].to_string()]);
+    assert!(one["by_process"].as_array().unwrap().iter().all(|g| g["tgid"] == stuck[0]));
+    assert_eq!(report_json(&rec, &["--until", "2000-01-01T00:00:00Z"])["count"], 0);
+    assert_eq!(us(&report_json(&rec, &["--since", "1h"])["blocked_ms"]), total_us);
+
+    // pprof: the same blocked time in nanoseconds, the same count.
+    let pb = dir.path("blocked.pb.gz");
+    report(&[rec.to_str().unwrap(), "--format", "pprof", "-o", pb.to_str().unwrap()]);
+    let profile = dstrace::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
+    let sum = |i: usize| profile.sample.iter().map(|s| s.value[i] as u64).sum::<u64>();
+    assert_eq!((sum(0) / 1000, sum(1)), (total_us, count));
+
+    // SVG: well-formed XML whose root frame holds the same total, with the frames.
+    let svg_path = dir.path("blocked.svg");
+    report(&[
+        rec.to_str().unwrap(),
+        "--format",
+        "svg",
+        "--group-by",
+        "mount",
+        "-o",
+        svg_path.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = parse_svg(&svg);
+    let titles: Vec<&str> =
+        doc.descendants().filter(|n| n.has_tag_name("title")).filter_map(|n| n.text()).collect();
+    let all =
+        titles.iter().find(|t| t.starts_with("all (")).unwrap_or_else(|| panic!("no root frame: {titles:?}"));
+    let all_us: u64 = all["all (".len()..].split(' ').next().unwrap().replace(',', "").parse().unwrap();
+    let by_mount = report(&[rec.to_str().unwrap(), "--group-by", "mount"]).stdout;
+    assert_eq!(all_us, folded_total(std::str::from_utf8(&by_mount).unwrap()), "{all}");
+    assert!(titles.iter().any(|t| t.starts_with("d_alloc_parallel (")), "no d_alloc_parallel frame");
+    assert!(titles.iter().any(|t| t.starts_with(&format!("mount:{mount_point} ("))), "no mount frame");
+    assert!(svg.contains("Off-CPU (D state)"));
+    assert!(!svg.contains('\x1b'), "an escape sequence reached the SVG");
+
+    // Real consumers.
+    if let Some(inferno) = require_tool("report: inferno-flamegraph", "inferno-flamegraph") {
+        let folded_path = dir.path("blocked.folded");
+        std::fs::write(&folded_path, &grouped).unwrap();
+        let out = Command::new(inferno).arg(&folded_path).output().unwrap();
+        assert!(out.status.success(), "inferno-flamegraph: {}", String::from_utf8_lossy(&out.stderr));
+        let drawn = String::from_utf8(out.stdout).unwrap();
+        parse_svg(&drawn);
+        assert!(
+            drawn.contains("d_alloc_parallel") && drawn.contains(r"dst\x3bat"),
+            "inferno drew other frames"
+        );
+    }
+    if let Some(go) = require_tool("report: go tool pprof", "go") {
+        let pprof = |args: &[&str]| {
+            let out = Command::new(&go)
+                .args(["tool", "pprof"])
+                .args(args)
+                .arg(&pb)
+                .env("PPROF_TMPDIR", &dir.0)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let top = pprof(&["-top", "-cum"]);
+        assert!(top.contains("d_alloc_parallel"), "{top}");
+        assert!(top.contains("__schedule"), "{top}");
+        assert!(top.lines().any(|l| l.trim_start().starts_with("Type: blocked")), "{top}");
+        // Only the waits on the dead mount: d_alloc_parallel is most of them.
+        let focused = pprof(&["-top", "-cum", &format!("-tagfocus=mount={}", mount.path().display())]);
+        assert!(focused.contains("d_alloc_parallel"), "{focused}");
+        assert!(!focused.contains("jbd2"), "{focused}");
+        let tags = pprof(&["-tags"]);
+        for label in ["comm:", "mount:", "pid:", &mount_point, r"dst;at \x0a\x1b[1m"] {
+            assert!(tags.contains(label), "-tags lacks {label:?}:\n{tags}");
+        }
+        assert!(!tags.contains('\x1b'), "an escape sequence reached go tool pprof's output");
+    }
+}
+
+/// `run --output` writes the same recording while printing the live view.
+#[test]
+fn run_writes_a_recording_beside_the_live_view() {
+    if !require_root("run_writes_a_recording_beside_the_live_view") {
+        return;
+    }
+    let dir = Scratch::new("run-output");
+    let rec = dir.path("run.rec");
+    let mut run = Dstrace::spawn(&[
+        "run",
+        "--json",
+        "--min-duration",
+        "0",
+        "--interval",
+        "1s",
+        "--comm",
+        "dd",
+        "--output",
+        rec.to_str().unwrap(),
+    ]);
+    run.wait_for_line(Duration::from_secs(20), |line| line.contains(r#""type":"start""#));
+    let data = dir.path("data");
+    let mut writers = Children::default();
+    for _ in 0..3 {
+        writers.spawn(
+            Command::new("dd")
+                .args(["if=/dev/zero", "bs=64k", "count=8", "conv=fsync"])
+                .arg(format!("of={}", data.display())),
+        );
+        writers.wait_all(Duration::from_secs(30));
+    }
+    sleep(Duration::from_millis(1200));
+    let (status, lines) = run.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    let summary = records.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let shown = records.iter().filter(|r| r["type"] == "wait").count();
+    assert!(shown > 0, "no dd wait in D");
+
+    let json = report_json(&rec, &[]);
+    assert_eq!(json["waits"].as_array().unwrap().len(), shown, "every wait shown is recorded");
+    let summary_count: u64 =
+        summary["by_process"].as_array().unwrap().iter().map(|g| g["count"].as_u64().unwrap()).sum();
+    let count = json["count"].as_u64().unwrap();
+    assert!(count > 0 && count <= summary_count, "recorded {count}, summary {summary_count}");
+    assert!(json["by_process"].as_array().unwrap().iter().all(|g| g["comm"] == "dd"));
+}
+
+/// An interval of `count` waits of 1 ms by process `pid`.
+fn interval(second: u64, pid: u32) -> IntervalData {
+    let mut totals = Totals::default();
+    totals.record(1_000_000);
+    IntervalData {
+        start: recording::from_unix_ns(second * 1_000_000_000),
+        end: recording::from_unix_ns((second + 1) * 1_000_000_000),
+        rows: vec![RowData {
+            pid,
+            comm: "writer".into(),
+            stack: ["__schedule", "io_schedule", "folio_wait_bit_common", "filemap_fdatawait_range"]
+                .map(String::from)
+                .into_iter()
+                .collect::<Stack>(),
+            mount: Some("/".into()),
+            lock: None,
+            totals,
+        }],
+        waits: Vec::new(),
+        counters: Vec::new(),
+    }
+}
+
+/// A recording of `n` intervals, pids 1..=n, made by the library's writer.
+fn recording_of(path: &Path, n: u32) {
+    let options = FileOptions { path: path.to_owned(), max_size: 1 << 30, rotate: 0 };
+    let mut writer = Writer::open(options, Session::default()).unwrap();
+    for i in 1..=n {
+        writer.write_interval(&interval(u64::from(i), i)).unwrap();
+    }
+}
+
+/// A truncated and a corrupted recording are reported up to the damage, with a
+/// one-line warning naming the file, the offset and what was wrong; no panic.
+#[test]
+fn damaged_recordings_are_reported_up_to_the_damage() {
+    let dir = Scratch::new("damage");
+    let whole = dir.path("whole.rec");
+    recording_of(&whole, 5);
+    let bytes = std::fs::read(&whole).unwrap();
+    let frames = recording::decode(&bytes).unwrap().records;
+    assert_eq!(frames.len(), 6, "a session and five intervals");
+    let pids = |json: &Value| -> Vec<u64> {
+        let mut pids: Vec<u64> =
+            json["by_process"].as_array().unwrap().iter().map(|g| g["tgid"].as_u64().unwrap()).collect();
+        pids.sort_unstable();
+        pids
+    };
+    assert_eq!(pids(&report_json(&whole, &[])), [1, 2, 3, 4, 5]);
+
+    // Cut in the middle of the last frame: a crash while writing it.
+    let torn = dir.path("torn.rec");
+    let last = frames[5].0 as usize;
+    std::fs::write(&torn, &bytes[..last + 20]).unwrap();
+    let out = report(&[torn.to_str().unwrap(), "--format", "json"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("dstrace: warning: {}: at byte {last}: a torn frame", torn.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("last interval"), "{stderr}");
+    assert_eq!(pids(&serde_json::from_slice(&out.stdout).unwrap()), [1, 2, 3, 4]);
+
+    // One byte flipped in the third interval's payload: that interval is lost,
+    // those after it are read.
+    let corrupt = dir.path("corrupt.rec");
+    let third = frames[3].0 as usize;
+    let mut bad = bytes.clone();
+    bad[third + recording::FRAME_HEADER_LEN + 2] ^= 0x20;
+    std::fs::write(&corrupt, &bad).unwrap();
+    let out = report(&[corrupt.to_str().unwrap(), "--format", "json"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(&format!("at byte {third}: a frame whose checksum does not match")), "{stderr}");
+    assert!(stderr.contains("skipped") && stderr.contains("next intact frame"), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids(&json), [1, 2, 4, 5]);
+    assert_eq!(json["damage"].as_array().unwrap().len(), 1);
+
+    // Garbage where the header should be: one line, exit 1, no panic.
+    let garbage = dir.path("garbage.rec");
+    std::fs::write(&garbage, b"this is not a recording at all").unwrap();
+    let out = dstrace(&["report", garbage.to_str().unwrap()]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a dstrace recording"), "{stderr}");
+
+    // Every prefix of the file reads without a panic.
+    let prefix = dir.path("prefix.rec");
+    for len in (0..bytes.len()).step_by(7) {
+        std::fs::write(&prefix, &bytes[..len]).unwrap();
+        let out = dstrace(&["report", prefix.to_str().unwrap()]);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "prefix {len}: {out:?}");
+    }
+}
+
+/// `record -o` never follows a symbolic link nor overwrites a file that is not a
+/// recording; it says so on one line before loading anything.
+#[test]
+fn record_refuses_links_and_other_files() {
+    let dir = Scratch::new("refuse");
+    let precious = dir.path("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
+    let link = dir.path("link.rec");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    for (path, why) in [(&link, "symbolic link"), (&precious, "not a dstrace recording")] {
+        let out = dstrace(&["record", "-o", path.to_str().unwrap(), "--duration", "1s"]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        if !dstrace_tests::is_root() {
+            // Without root, the privilege check comes first.
+            continue;
+        }
+        assert!(stderr.contains(why), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+}
+
+/// SIGKILL at any moment loses at most the interval in progress: the recording
+/// reads up to the last complete interval, damage (if any) only at its end.
+#[test]
+fn a_killed_recorder_leaves_a_readable_recording() {
+    if !require_root("a_killed_recorder_leaves_a_readable_recording") {
+        return;
+    }
+    let dir = Scratch::new("killed");
+    let rec = dir.path("killed.rec");
+    let mut recorder = start_recording(&rec, &["--interval", "500ms", "--min-duration", "0"]);
+    // D waits to record: fsync on a disk-backed filesystem.
+    let data = Path::new(if Path::new("/var/tmp").is_dir() { "/var/tmp" } else { "/tmp" })
+        .join(format!("dstrace-report-killed-{}", std::process::id()));
+    let mut file = std::fs::File::create(&data).unwrap();
+    // Intervals are written every 500 ms: kill it once some are in the file.
+    let mut intervals = 0;
+    for _ in 0..100 {
+        std::io::Write::write_all(&mut file, &[0x5a; 4096]).unwrap();
+        file.sync_all().unwrap();
+        sleep(Duration::from_millis(100));
+        intervals = recording::read(&std::fs::read(&rec).unwrap()).unwrap().intervals.len();
+        if intervals >= 2 {
+            break;
+        }
+    }
+    assert!(intervals >= 2, "{intervals} intervals written in 10 s");
+    sleep(Duration::from_millis(250));
+    recorder.kill().unwrap();
+    recorder.wait().unwrap();
+    drop(file);
+    let _ = std::fs::remove_file(&data);
+    let recording = recording::read(&std::fs::read(&rec).unwrap()).unwrap();
+    assert!(recording.intervals.len() >= intervals);
+    assert!(recording.damage.iter().all(|d| d.at_end), "{:?}", recording.damage);
+    let out = report(&[rec.to_str().unwrap(), "--format", "json"]);
+    assert!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["count"].as_u64().unwrap() > 0);
+}
