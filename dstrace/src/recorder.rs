@@ -37,7 +37,7 @@ use dstrace_common::{AggKey, Cause, CAUSE_DENTRY, CAUSE_LOCK};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use crate::{
@@ -190,9 +190,7 @@ impl Recorder {
 
     /// Ticks every interval, the first one interval from now.
     pub fn ticks(&self) -> tokio::time::Interval {
-        let mut ticks = tokio::time::interval_at(Instant::now() + self.period, self.period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ticks
+        crate::run::ticks(self.period)
     }
 
     /// Bytes written so far.

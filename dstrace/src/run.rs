@@ -438,7 +438,7 @@ fn by_process(entries: &[(AggKey, Totals)], tracer: &Tracer, stacks: &mut Stacks
 
 /// An interval whose first tick comes after one period, and that does not
 /// catch up on ticks it missed.
-fn ticks(period: Duration) -> tokio::time::Interval {
+pub(crate) fn ticks(period: Duration) -> tokio::time::Interval {
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks
