@@ -298,9 +298,14 @@ impl Recorder {
 }
 
 /// The recording of `dstrace run --output`: a write error is a warning (the live
-/// view goes on) and ends the recording.
+/// view goes on) and ends the recording. What it has to say (where it records, a
+/// warning, what it wrote) waits in [`RunRecording::notes`] for the run to show
+/// when it can: not in the middle of the full-screen view.
 #[derive(Default)]
-pub struct RunRecording(Option<Recorder>);
+pub struct RunRecording {
+    recorder: Option<Recorder>,
+    notes: Vec<String>,
+}
 
 impl RunRecording {
     /// Starts recording if `--output` was given.
@@ -309,42 +314,47 @@ impl RunRecording {
         interval: Option<Duration>,
         min_duration: Duration,
     ) -> Result<RunRecording> {
-        let Some(path) = &args.output else { return Ok(RunRecording(None)) };
+        let Some(path) = &args.output else { return Ok(RunRecording::default()) };
         let period = interval.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(10));
         let recorder = Recorder::create(path.clone(), &args.caps, period, min_duration)?;
-        eprintln!("dstrace: recording to {} every {}", path.display(), human_duration(duration_ns(period)));
-        Ok(RunRecording(Some(recorder)))
+        let note = format!("recording to {} every {}", path.display(), human_duration(duration_ns(period)));
+        Ok(RunRecording { recorder: Some(recorder), notes: vec![note] })
+    }
+
+    /// What it has to say since the last call, one line each.
+    pub fn notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// The recording's interval ticks, if recording.
     pub fn ticks(&self) -> Option<tokio::time::Interval> {
-        self.0.as_ref().map(Recorder::ticks)
+        self.recorder.as_ref().map(Recorder::ticks)
     }
 
     /// See [`Recorder::wait`].
     pub fn wait(&mut self, wait: &Wait) {
-        let result = self.0.as_mut().map(|recorder| recorder.wait(wait));
+        let result = self.recorder.as_mut().map(|recorder| recorder.wait(wait));
         self.check(result);
     }
 
     /// See [`Recorder::interval`].
     pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
-        let result = self.0.as_mut().map(|recorder| recorder.interval(tracer, stacks, mounts));
+        let result = self.recorder.as_mut().map(|recorder| recorder.interval(tracer, stacks, mounts));
         self.check(result);
     }
 
     /// Writes the last interval.
     pub fn finish(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
         self.interval(tracer, stacks, mounts);
-        if let Some(recorder) = self.0.take() {
-            eprintln!("dstrace: {}", written_line(&recorder));
+        if let Some(recorder) = self.recorder.take() {
+            self.notes.push(written_line(&recorder));
         }
     }
 
     fn check(&mut self, result: Option<Result<()>>) {
         if let Some(Err(err)) = result {
-            eprintln!("dstrace: warning: recording stopped: {err:#}");
-            self.0 = None;
+            self.notes.push(format!("warning: recording stopped: {err:#}"));
+            self.recorder = None;
         }
     }
 }

@@ -93,6 +93,8 @@ struct Live {
     in_d: Vec<Wait>,
     /// The recording of `--output`, if any.
     recording: RunRecording,
+    /// Notes held back while the full screen is shown, printed after it.
+    notes: Vec<String>,
 }
 
 impl Live {
@@ -148,6 +150,16 @@ impl Live {
         );
         waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
         waits
+    }
+
+    /// Shows notes on standard error, or after the full-screen view.
+    fn note(&mut self, notes: impl IntoIterator<Item = String>) {
+        for note in notes {
+            match self.view {
+                View::Screen(_) => self.notes.push(note),
+                View::Lines(_) => eprintln!("dstrace: {note}"),
+            }
+        }
     }
 
     /// Looks at the tasks in D now ([`Live::in_d_now`]) and keeps them.
@@ -207,6 +219,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         drops: "; drops: none".to_owned(),
         in_d: Vec::new(),
         recording: RunRecording::default(),
+        notes: Vec::new(),
     };
 
     // The first screen, before anything is loaded: the tasks already in D.
@@ -226,6 +239,8 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     };
     let events = tracer.take_events()?;
     live.recording = RunRecording::start(&args.recording, Some(args.interval), args.min_duration)?;
+    let recording_notes = live.recording.notes();
+    live.note(recording_notes);
     let kallsyms = Kallsyms::from_proc()?;
     let hidden_symbols = kallsyms.is_hidden();
     live.stacks = Stacks::new(kallsyms);
@@ -238,12 +253,11 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
                 .to_owned(),
         );
     }
+    if !json {
+        // With --json, `start` says what is not recorded.
+        live.note(notes);
+    }
     if let View::Lines(printer) = &mut live.view {
-        if !json {
-            for note in &notes {
-                eprintln!("dstrace: {note}");
-            }
-        }
         printer.header(tracer.program, live.min_duration_ns, &tracer.skipped)?;
     }
 
@@ -257,12 +271,13 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     };
     if let View::Screen(_) = live.view {
         // Back to the normal screen (dropping the full-screen view restores the
-        // terminal) for the summary, which stays on it.
+        // terminal) for the notes held back and the summary, which stay on it.
         live.view = View::Lines(Printer::new(io::stdout().lock(), Format::Text { stacks: false }));
-        for note in &notes {
-            eprintln!("dstrace: {note}");
-        }
+        let held = std::mem::take(&mut live.notes);
+        live.note(held);
     }
+    let recording_notes = live.recording.notes();
+    live.note(recording_notes);
     summarize(&mut live, &tracer, options)?;
     finished.context("cannot write to standard output")
 }
@@ -408,6 +423,8 @@ async fn follow(
             }
             _ = next_tick(record_ticks.as_mut()) => {
                 live.recording.interval(tracer, &mut live.stacks, &mut live.mounts);
+                let notes = live.recording.notes();
+                live.note(notes);
             }
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
