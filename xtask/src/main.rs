@@ -61,6 +61,9 @@ enum Cmd {
         /// Scenario to run: load, nfs, or all.
         #[arg(long, default_value = "all")]
         scenario: String,
+        /// Boot nothing: check again the results the last run left in target/vm/.
+        #[arg(long)]
+        check_only: bool,
     },
 }
 
@@ -124,7 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             bench.arg(root.join("BENCHMARKS.md"));
             status(bench)
         }
-        Cmd::Vm { kernel, scenario } => {
+        Cmd::Vm { kernel, scenario, check_only } => {
             let kernels: Vec<&vm::Kernel> = if kernel == "all" {
                 vm::KERNELS.iter().collect()
             } else {
@@ -137,6 +140,9 @@ fn run(cli: Cli) -> Result<()> {
                 let known = vm::SCENARIOS.iter().find(|known| known.name == scenario);
                 vec![known.with_context(|| format!("unknown scenario {scenario}: load, nfs or all"))?]
             };
+            if check_only {
+                return vm::check_only(&root, &kernels, &scenarios);
+            }
             build(&root, true)?;
             vm::run(&root, &root.join("target/release/dstrace"), &kernels, &scenarios)
         }

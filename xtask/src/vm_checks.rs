@@ -49,40 +49,53 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
 
 /// What the `nfs` scenario expects of one hung task.
 struct Expected {
-    /// Its command.
+    /// Its command (the fd tasks are copies of perl named after their role).
     comm: &'static str,
     /// `nfs` (v3) or `nfs4`.
     fstype: &'static str,
+    /// It blocks on a file descriptor opened before the server died. `dstrace
+    /// snapshot` names the mount of those only: from `/proc` it sees a file
+    /// descriptor's mount but not where a path argument leads (that needs the
+    /// task's memory). `dstrace run` names both (it reads the path at the switch).
+    by_fd: bool,
+    /// A function of the NFS client its stack has, telling v3 from v4 where the
+    /// snapshot names no mount.
+    stack_has: &'static str,
     /// Where it blocks, if that is known for every kernel.
     blocked_in: Option<&'static str>,
 }
 
+const RPC_WAIT: Option<&str> = Some("rpc_wait_bit_killable");
+
 /// The hung tasks of the `nfs` scenario (xtask/vm/scenarios/nfs.sh).
 const NFS_TASKS: &[Expected] = &[
-    Expected { comm: "df", fstype: "nfs", blocked_in: Some("rpc_wait_bit_killable") },
-    Expected { comm: "stat", fstype: "nfs", blocked_in: Some("rpc_wait_bit_killable") },
-    Expected { comm: "stat", fstype: "nfs4", blocked_in: Some("rpc_wait_bit_killable") },
-    Expected { comm: "flock", fstype: "nfs", blocked_in: None },
-    Expected { comm: "fcntl-lock", fstype: "nfs4", blocked_in: None },
+    Expected { comm: "flock-v3", fstype: "nfs", by_fd: true, stack_has: "nlmclnt_", blocked_in: RPC_WAIT },
+    Expected { comm: "fcntl-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs4_", blocked_in: RPC_WAIT },
+    Expected { comm: "fsync-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs", blocked_in: None },
+    Expected { comm: "fstatfs-v3", fstype: "nfs", by_fd: true, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "df", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "stat", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "stat", fstype: "nfs4", by_fd: false, stack_has: "nfs4_", blocked_in: RPC_WAIT },
 ];
 
 /// The NFS server's export, as the mounts' `source` must name it.
 const NFS_SOURCE: &str = "127.0.0.1:/export";
 
 /// The `nfs` scenario: `dstrace snapshot`, taken while the server is dead, lists
-/// each hung task in D with the mount (`127.0.0.1:/export`, nfs or nfs4) and where
-/// it blocks; `dstrace run`, started before the server died, reports them still in
-/// D at the end.
+/// each hung task in D with where it blocks and, for those blocked on a file
+/// descriptor, the mount (`127.0.0.1:/export`, nfs or nfs4); `dstrace run`, started
+/// before the server died, reports every one still in D at the end, with its mount,
+/// and advice naming NFS.
 pub fn nfs(results: &Path) -> Result<Vec<String>> {
     let path = results.join("snapshot.json");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let snapshot: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        serde_json::from_str(&json).with_context(|| format!("{} is not JSON", path.display()))?;
     let tasks = snapshot["tasks"].as_array().context("the snapshot has no tasks array")?;
     let mut facts = Vec::new();
     for expected in NFS_TASKS {
-        let task =
-            find_task(tasks, expected).with_context(|| format!("dstrace snapshot, {}", listing(tasks)))?;
+        let task = find_task(tasks, expected, expected.by_fd)
+            .with_context(|| format!("dstrace snapshot, {}", listing(tasks)))?;
         facts.push(format!("snapshot: {}", describe(task)));
     }
 
@@ -93,8 +106,10 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
         .find(|record| record["type"] == "summary")
         .context("no summary record: dstrace run did not end cleanly")?;
     let ongoing = summary["ongoing"].as_array().context("the summary has no ongoing array")?;
+    // Before Linux 5.18 the kernel side cannot read syscall arguments, and says so.
+    let run_names_mounts = !skipped(start).iter().any(|why| why.starts_with("mount and file of each wait"));
     for expected in NFS_TASKS {
-        let task = find_task(ongoing, expected)
+        let task = find_task(ongoing, expected, run_names_mounts)
             .with_context(|| format!("dstrace run's summary, {}", listing(ongoing)))?;
         facts.push(format!("run, still in D at the end: {}", describe(task)));
     }
@@ -103,6 +118,7 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
         advice.iter().any(|line| line.as_str().is_some_and(|line| line.contains("NFS"))),
         "the summary gives no NFS advice: {advice:?}"
     );
+    facts.extend(advice.iter().map(|line| format!("advice: {}", text(line))));
     facts.extend(kernel_facts(results, start));
     let dmesg = fs::read_to_string(results.join("dmesg.txt")).unwrap_or_default();
     facts.push(match dmesg.lines().find(|line| line.contains("not responding")) {
@@ -112,21 +128,42 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
     Ok(facts)
 }
 
-/// The task in D that matches `expected`, or an error saying what differs.
-fn find_task<'a>(tasks: &'a [Value], expected: &Expected) -> Result<&'a Value> {
+/// The task in D that matches `expected` (on its mount, if `with_mount`), or an
+/// error saying what differs.
+fn find_task<'a>(tasks: &'a [Value], expected: &Expected, with_mount: bool) -> Result<&'a Value> {
     let same_comm: Vec<&Value> = tasks.iter().filter(|task| task["comm"] == expected.comm).collect();
     ensure!(!same_comm.is_empty(), "no task `{}` in D", expected.comm);
-    let on_mount: Vec<&Value> =
-        same_comm.iter().copied().filter(|task| task["mount"]["fstype"] == expected.fstype).collect();
-    ensure!(!on_mount.is_empty(), "no task `{}` attributed to an {} mount", expected.comm, expected.fstype);
-    for task in &on_mount {
+    let candidates: Vec<&Value> = if with_mount {
+        let on_mount: Vec<&Value> =
+            same_comm.iter().copied().filter(|task| task["mount"]["fstype"] == expected.fstype).collect();
         ensure!(
-            task["mount"]["source"] == NFS_SOURCE,
-            "task `{}` on {}: the mount's source is {}, not {NFS_SOURCE}",
+            !on_mount.is_empty(),
+            "no task `{}` attributed to an {} mount",
             expected.comm,
-            expected.fstype,
-            task["mount"]["source"]
+            expected.fstype
         );
+        for task in &on_mount {
+            ensure!(
+                task["mount"]["source"] == NFS_SOURCE,
+                "task `{}` on {}: the mount's source is {}, not {NFS_SOURCE}",
+                expected.comm,
+                expected.fstype,
+                task["mount"]["source"]
+            );
+        }
+        on_mount
+    } else {
+        let marked: Vec<&Value> =
+            same_comm.iter().copied().filter(|task| has_frame(task, expected.stack_has)).collect();
+        ensure!(
+            !marked.is_empty(),
+            "no task `{}` with a {}* function in its stack",
+            expected.comm,
+            expected.stack_has
+        );
+        marked
+    };
+    for task in &candidates {
         ensure!(
             task["state"].as_str().is_some_and(|state| state.starts_with('D')),
             "task `{}` is in state {}, not D",
@@ -135,17 +172,23 @@ fn find_task<'a>(tasks: &'a [Value], expected: &Expected) -> Result<&'a Value> {
         );
     }
     let Some(function) = expected.blocked_in else {
-        return Ok(on_mount[0]);
+        return Ok(candidates[0]);
     };
-    match on_mount.iter().find(|task| task["blocked_in"] == function) {
+    match candidates.iter().find(|task| task["blocked_in"] == function) {
         Some(task) => Ok(task),
         None => bail!(
-            "task `{}` on {} does not block in {function} but in {}",
+            "task `{}` ({}) does not block in {function} but in {}",
             expected.comm,
             expected.fstype,
-            on_mount[0]["blocked_in"]
+            candidates[0]["blocked_in"]
         ),
     }
+}
+
+fn has_frame(task: &Value, prefix: &str) -> bool {
+    task["stack"]
+        .as_array()
+        .is_some_and(|stack| stack.iter().any(|frame| frame.as_str().is_some_and(|f| f.starts_with(prefix))))
 }
 
 /// One line for a task record: `df [12] D+killable in rpc_wait_bit_killable on nfs
@@ -187,12 +230,21 @@ fn started<'a>(records: &'a [Value], results: &Path) -> Result<&'a Value> {
     })
 }
 
+/// What the `start` record says this kernel cannot record.
+fn skipped(start: &Value) -> Vec<&str> {
+    start["skipped"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// The program variant, what dstrace skipped, and the kernel's tracepoint groups.
 fn kernel_facts(results: &Path, start: &Value) -> Vec<String> {
     let mut facts = vec![format!("program: {}", text(&start["program"]))];
-    for skipped in start["skipped"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        facts.push(format!("skipped: {}", text(skipped)));
-    }
+    facts.extend(skipped(start).into_iter().map(|why| format!("skipped: {why}")));
     let groups = fs::read_to_string(results.join("tracepoints.txt")).unwrap_or_default();
     facts.push(format!("tracepoint groups: {}", groups.lines().collect::<Vec<_>>().join(", ")));
     let btf = fs::read_to_string(results.join("btf.txt")).unwrap_or_default();

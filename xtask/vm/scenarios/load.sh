@@ -4,10 +4,7 @@ set -u
 R=$1
 . /mnt/io/scenarios/lib.sh
 kernel_facts
-start_dstrace_run run --duration 15s --min-duration 0 || exit 1
+start_dstrace_run --duration 15s --min-duration 0 || exit 1
 echo "dstrace started; writing with oflag=sync"
 dd if=/dev/zero of=/var/tmp/sync.dat bs=4k count=200 oflag=sync
-wait "$DSTRACE_PID"
-status=$?
-echo "dstrace run ended with status $status"
-exit "$status"
+finish_dstrace_run

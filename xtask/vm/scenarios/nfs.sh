@@ -30,8 +30,20 @@ rpc.nfsd 4 || exit 1
 mount -t nfs -o vers=3,proto=tcp,timeo=30,retrans=1 127.0.0.1:/export /mnt/v3 || exit 1
 mount -t nfs -o vers=4.2,timeo=30,retrans=1 127.0.0.1:/export /mnt/v4 || exit 1
 grep nfs /proc/self/mountinfo > "$R/mounts.txt"
-touch /mnt/v3/lock3 /mnt/v4/lock4
-ls /mnt/v3 /mnt/v4
+touch /mnt/v3/lock3 /mnt/v4/lock4 /mnt/v3/data3 /mnt/v4/data4
+ls -l /mnt/v3 /mnt/v4
+# Tasks that will block on a file they opened while the server answered (the
+# snapshot can name the mount of those: from /proc it knows a file descriptor's
+# mount, not where a path points); comm = role.
+mkdir -p /tmp/bin
+fd_task() {
+    cp /usr/bin/perl "/tmp/bin/$1"
+    "/tmp/bin/$1" /mnt/io/scenarios/nfs-task.pl "$2" "$3" &
+}
+fd_task flock-v3 flock /mnt/v3/lock3
+fd_task fcntl-v4 fcntl /mnt/v4/lock4
+fd_task fsync-v4 fsync /mnt/v4/data4
+fd_task fstatfs-v3 fstatfs /mnt/v3/data3
 # Only now: the client modules (nfs, nfsv3, nfsv4, sunrpc, lockd) are loaded.
 kernel_facts
 for group in nfs nfs4 sunrpc; do
@@ -43,7 +55,7 @@ for event in sunrpc/rpc_task_begin sunrpc/rpc_task_sleep sunrpc/rpc_timeout_stat
     cat "/sys/kernel/tracing/events/$event/format" 2>/dev/null || echo absent
 done > "$R/event-formats.txt"
 
-start_dstrace_run run --duration 60s --min-duration 0 || exit 1
+start_dstrace_run --duration 45s || exit 1
 
 # The server dies: every packet to rpcbind, nfsd, mountd and lockd is dropped.
 nft -f - <<NFT || exit 1
@@ -57,13 +69,11 @@ table inet dstrace_vm {
 NFT
 echo "server dropped at $(date +%T)"
 
-# Tasks that hang. Each is started with its own comm; none of them ever returns.
+# Tasks that hang: those above start on their open files, and these on paths.
+touch /tmp/go
 df /mnt/v3 > /dev/null 2>&1 &
-stat /mnt/v4/missing-v4 > /dev/null 2>&1 &
 stat /mnt/v3/missing-v3 > /dev/null 2>&1 &
-flock /mnt/v3/lock3 true &
-perl -e 'use Fcntl; open(my $f, ">>", $ARGV[0]) or die; $0 = "fcntl-lock";
-    fcntl($f, F_SETLKW, pack("s s x4 q q i x4", F_WRLCK, 0, 0, 0, 0)) or die "fcntl: $!"' /mnt/v4/lock4 &
+stat /mnt/v4/missing-v4 > /dev/null 2>&1 &
 
 # Let the RPCs time out a few times ("not responding"), then look.
 sleep 20
@@ -77,8 +87,7 @@ for pid in $(ps -eo pid=,stat= | awk '$2 ~ /^D/ { print $1 }'); do
     cat "/proc/$pid/stack"
 done > "$R/stacks.txt" 2>&1
 
-wait "$DSTRACE_PID"
+finish_dstrace_run
 status=$?
-echo "dstrace run ended with status $status"
 dmesg | grep -i -e nfs -e lockd -e rpc | tail -20
 exit "$status"
