@@ -362,6 +362,11 @@ fn fetch_kernel(cache: &Path, kernel: &Kernel) -> Result<FetchedKernel> {
             .strip_prefix("linux-image-")
             .map(|release| release.trim_end_matches("-unsigned").to_owned())
             .ok_or_else(|| anyhow!("unexpected kernel package name {package}"))?;
+        // From trixie on, packages ship /usr/lib/modules (merged /usr); depmod -b
+        // and the rest look in lib/modules.
+        if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
+            std::os::unix::fs::symlink("usr/lib", tree.join("lib"))?;
+        }
         let mut depmod = Command::new("depmod");
         depmod.arg("-b").arg(&tree).arg(&release);
         status(depmod)?;
@@ -580,7 +585,9 @@ fn boot(
         "local,path={},mount_tag=modules,security_model=none,readonly=on,id=modules",
         kernel.modules.display()
     ));
-    qemu.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let qemu_log = dir.join("qemu.log");
+    let log = fs::File::create(&qemu_log)?;
+    qemu.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
 
     let timeout = scenario.guest_timeout + QEMU_MARGIN;
     eprintln!(
@@ -606,12 +613,12 @@ fn boot(
         }
         thread::sleep(Duration::from_millis(250));
     };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    ensure!(exit.success(), "qemu failed ({exit}): {stderr}\nconsole:\n{}", tail(&console, 30));
+    ensure!(
+        exit.success(),
+        "qemu failed ({exit}): {}\nconsole:\n{}",
+        tail(&qemu_log, 10),
+        tail(&console, 30)
+    );
     let status = fs::read_to_string(results.join("status")).unwrap_or_default();
     let status = status.trim();
     if status != "0" {
