@@ -14,6 +14,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use xtask::{ebpf, toolchain};
 
+mod vm;
+mod vm_checks;
+
 #[derive(Parser)]
 #[command(about = "Build, run and test dstrace", long_about = None)]
 struct Cli {
@@ -49,7 +52,41 @@ enum Cmd {
     /// Measure what dstrace's eBPF programs cost (kernel BPF statistics, beside an
     /// empty program on the same hook) and write BENCHMARKS.md. Needs root.
     Bench,
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (TCG) and run scenarios there
+    /// with the freshly built dstrace. Needs root.
+    #[command(long_about = VM_HELP)]
+    Vm {
+        /// Kernel to boot: 5.10 (bullseye), 6.1 (bookworm), 6.12 (trixie), or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Scenario to run: load, nfs, or all.
+        #[arg(long, default_value = "all")]
+        scenario: String,
+        /// Boot nothing: check again the results the last run left in target/vm/.
+        #[arg(long)]
+        check_only: bool,
+    },
 }
+
+const VM_HELP: &str = "\
+Boot Debian's own kernels in qemu (TCG) and run scenarios there with the freshly built
+dstrace: the portability proof for the BTF-resolved offsets, and NFS, which this
+machine's kernel lacks.
+
+Scenarios:
+  load  dstrace loads, attaches and reports real D waits (dd oflag=sync on the root disk)
+  nfs   an NFS server in the guest dies (nft drops) under v3 and v4 mounts over 127.0.0.1;
+        `dstrace snapshot` and `dstrace run` must name the hung df, stat, flock and fcntl
+        tasks, where they block, and the mounts (127.0.0.1:/export, nfs and nfs4)
+
+Each scenario boots its own guest (about a minute under TCG). Kernels (apt downloads
+through a private apt directory) and the guest image (mmdebstrap) are cached in
+$DSTRACE_VM_CACHE or /var/cache/dstrace-vm; delete that directory to start afresh.
+Each run's files (console log, results) are in target/vm/<kernel>-<scenario>/.
+The guest powers itself off at the scenario's deadline and qemu is killed after a
+longer one; any failure makes the command fail.
+
+Example: sudo -E cargo xtask vm --kernel 6.1 --scenario nfs";
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -94,6 +131,25 @@ fn run(cli: Cli) -> Result<()> {
             let mut bench = as_root(&root.join("target/release/dstrace-bench"));
             bench.arg(root.join("BENCHMARKS.md")).env("DSTRACE_BIN", root.join("target/release/dstrace"));
             status(bench)
+        }
+        Cmd::Vm { kernel, scenario, check_only } => {
+            let kernels: Vec<&vm::Kernel> = if kernel == "all" {
+                vm::KERNELS.iter().collect()
+            } else {
+                let known = vm::KERNELS.iter().find(|known| known.name == kernel);
+                vec![known.with_context(|| format!("unknown kernel {kernel}: 5.10, 6.1, 6.12 or all"))?]
+            };
+            let scenarios: Vec<&vm::Scenario> = if scenario == "all" {
+                vm::SCENARIOS.iter().collect()
+            } else {
+                let known = vm::SCENARIOS.iter().find(|known| known.name == scenario);
+                vec![known.with_context(|| format!("unknown scenario {scenario}: load, nfs or all"))?]
+            };
+            if check_only {
+                return vm::check_only(&root, &kernels, &scenarios);
+            }
+            build(&root, true)?;
+            vm::run(&root, &root.join("target/release/dstrace"), &kernels, &scenarios)
         }
     }
 }

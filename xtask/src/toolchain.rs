@@ -320,7 +320,9 @@ pub fn llvm_feature_of_bpf_linker(crates2_json: &str) -> Option<u32> {
     features.split('"').find_map(|word| word.strip_prefix("llvm-")?.parse().ok())
 }
 
-fn apt_install(packages: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+/// Installs Debian packages with apt-get (through sudo when not root), waiting for
+/// another apt or dpkg run to release its lock rather than failing.
+pub fn apt_install(packages: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
     if Command::new("apt-get").arg("--version").output().is_err() {
         return Err(
             format!("cannot install {} without apt-get: install them by hand", packages.join(" ")).into()
@@ -337,11 +339,11 @@ fn apt_install(packages: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("apt-get {} failed ({status})", args[0]).into())
+            Err(format!("apt-get {} failed ({status})", args.join(" ")).into())
         }
     };
     run(&["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    let mut args = vec!["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends"];
     args.extend_from_slice(packages);
     run(&args)
 }

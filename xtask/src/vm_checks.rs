@@ -1,0 +1,298 @@
+//! What each VM scenario must have brought back: assertions on dstrace's JSON
+//! output (read as plain JSON values, the way a user's script would), run on the host
+//! after the guest has powered off.
+//!
+//! Each check returns the facts worth printing (which program variant ran, what was
+//! skipped, which tracepoint groups the kernel has), or an error naming what is
+//! missing and what was there instead.
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::Value;
+
+/// The `load` scenario: dstrace started, and reported completed D waits of `dd`
+/// (synchronous writes) with the kernel function they blocked in.
+pub fn load(results: &Path) -> Result<Vec<String>> {
+    let records = json_lines(&results.join("run.json"))?;
+    let start = started(&records, results)?;
+    let waits: Vec<&Value> = records.iter().filter(|record| record["type"] == "wait").collect();
+    let with_function: Vec<&Value> = waits
+        .iter()
+        .copied()
+        .filter(|wait| wait["blocked_in"].as_str().is_some_and(|f| !f.is_empty() && f != "?"))
+        .collect();
+    let dd: Vec<&Value> = with_function.iter().copied().filter(|wait| wait["comm"] == "dd").collect();
+    ensure!(
+        !dd.is_empty(),
+        "no completed D wait of `dd` with a kernel function was reported ({} waits, {} with a function; \
+         commands: {})",
+        waits.len(),
+        with_function.len(),
+        comms(&waits)
+    );
+    let summary = records
+        .iter()
+        .find(|record| record["type"] == "summary")
+        .context("no summary record: dstrace did not end cleanly")?;
+    let mut facts = kernel_facts(results, start);
+    let functions: Vec<&str> = dd.iter().filter_map(|wait| wait["blocked_in"].as_str()).collect();
+    facts.push(format!(
+        "{} completed waits ({} of dd, in {}); counters: {}",
+        waits.len(),
+        dd.len(),
+        dedup(functions).join(", "),
+        summary["counters"]
+    ));
+    Ok(facts)
+}
+
+/// What the `nfs` scenario expects of one hung task.
+struct Expected {
+    /// Its command (the fd tasks are copies of perl named after their role).
+    comm: &'static str,
+    /// `nfs` (v3) or `nfs4`.
+    fstype: &'static str,
+    /// It blocks on a file descriptor opened before the server died. `dstrace
+    /// snapshot` names the mount of those only: from `/proc` it sees a file
+    /// descriptor's mount but not where a path argument leads (that needs the
+    /// task's memory). `dstrace run` names both (it reads the path at the switch).
+    by_fd: bool,
+    /// A function of the NFS client its stack has, telling v3 from v4 where the
+    /// snapshot names no mount.
+    stack_has: &'static str,
+    /// Where it blocks, if that is known for every kernel.
+    blocked_in: Option<&'static str>,
+}
+
+const RPC_WAIT: Option<&str> = Some("rpc_wait_bit_killable");
+
+/// The hung tasks of the `nfs` scenario (xtask/vm/scenarios/nfs.sh).
+const NFS_TASKS: &[Expected] = &[
+    Expected { comm: "flock-v3", fstype: "nfs", by_fd: true, stack_has: "nlmclnt_", blocked_in: RPC_WAIT },
+    Expected { comm: "fcntl-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs4_", blocked_in: RPC_WAIT },
+    Expected { comm: "fsync-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs", blocked_in: None },
+    Expected { comm: "fstatfs-v3", fstype: "nfs", by_fd: true, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "df", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "stat", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
+    Expected { comm: "stat", fstype: "nfs4", by_fd: false, stack_has: "nfs4_", blocked_in: RPC_WAIT },
+];
+
+/// The NFS server's export, as the mounts' `source` must name it.
+const NFS_SOURCE: &str = "127.0.0.1:/export";
+
+/// The `nfs` scenario: `dstrace snapshot`, taken while the server is dead, lists
+/// each hung task in D with where it blocks and, for those blocked on a file
+/// descriptor, the mount (`127.0.0.1:/export`, nfs or nfs4); `dstrace run`, started
+/// before the server died, reports every one still in D at the end, with its mount,
+/// and advice naming NFS.
+pub fn nfs(results: &Path) -> Result<Vec<String>> {
+    let path = results.join("snapshot.json");
+    let json = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let snapshot: Value =
+        serde_json::from_str(&json).with_context(|| format!("{} is not JSON", path.display()))?;
+    let tasks = snapshot["tasks"].as_array().context("the snapshot has no tasks array")?;
+    let mut facts = Vec::new();
+    for expected in NFS_TASKS {
+        let by = if expected.by_fd { By::Mount } else { By::Stack };
+        let task = find_task(tasks, expected, by)
+            .with_context(|| format!("dstrace snapshot, {}", listing(tasks)))?;
+        facts.push(format!("snapshot: {}", describe(task)));
+    }
+
+    let records = json_lines(&results.join("run.json"))?;
+    let start = started(&records, results)?;
+    let summary = records
+        .iter()
+        .find(|record| record["type"] == "summary")
+        .context("no summary record: dstrace run did not end cleanly")?;
+    let ongoing = summary["ongoing"].as_array().context("the summary has no ongoing array")?;
+    // Before Linux 5.18 the kernel side cannot read syscall arguments, and says so;
+    // then only the command is checked (a stack can be lost: the counters say so).
+    let run_names_mounts = !skipped(start).iter().any(|why| why.starts_with("mount and file of each wait"));
+    let by = if run_names_mounts { By::Mount } else { By::Comm };
+    for expected in NFS_TASKS {
+        let task = find_task(ongoing, expected, by)
+            .with_context(|| format!("dstrace run's summary, {}", listing(ongoing)))?;
+        facts.push(format!("run, still in D at the end: {}", describe(task)));
+    }
+    let advice = summary["advice"].as_array().map(Vec::as_slice).unwrap_or_default();
+    // The advice needs the mounts of the waits.
+    ensure!(
+        !run_names_mounts || advice.iter().any(|line| line.as_str().is_some_and(|line| line.contains("NFS"))),
+        "the summary gives no NFS advice: {advice:?}"
+    );
+    facts.extend(advice.iter().map(|line| format!("advice: {}", text(line))));
+    facts.extend(kernel_facts(results, start));
+    let dmesg = fs::read_to_string(results.join("dmesg.txt")).unwrap_or_default();
+    facts.push(match dmesg.lines().find(|line| line.contains("not responding")) {
+        Some(line) => format!("kernel: {}", line.trim()),
+        None => "kernel: no \"not responding\" line in dmesg".to_owned(),
+    });
+    Ok(facts)
+}
+
+/// How a task record must match an [`Expected`] beyond its command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// Its mount: fstype and source, and where it blocks.
+    Mount,
+    /// A function of its stack, and where it blocks.
+    Stack,
+    /// Nothing more.
+    Comm,
+}
+
+/// The task in D that matches `expected`, or an error saying what differs.
+fn find_task<'a>(tasks: &'a [Value], expected: &Expected, by: By) -> Result<&'a Value> {
+    let same_comm: Vec<&Value> = tasks.iter().filter(|task| task["comm"] == expected.comm).collect();
+    ensure!(!same_comm.is_empty(), "no task `{}` in D", expected.comm);
+    let wanted = NFS_TASKS.iter().filter(|other| other.comm == expected.comm).count();
+    ensure!(same_comm.len() >= wanted, "{} tasks `{}` in D, not {wanted}", same_comm.len(), expected.comm);
+    let candidates: Vec<&Value> = if by == By::Comm {
+        same_comm
+    } else if by == By::Mount {
+        let on_mount: Vec<&Value> =
+            same_comm.iter().copied().filter(|task| task["mount"]["fstype"] == expected.fstype).collect();
+        ensure!(
+            !on_mount.is_empty(),
+            "no task `{}` attributed to an {} mount",
+            expected.comm,
+            expected.fstype
+        );
+        for task in &on_mount {
+            ensure!(
+                task["mount"]["source"] == NFS_SOURCE,
+                "task `{}` on {}: the mount's source is {}, not {NFS_SOURCE}",
+                expected.comm,
+                expected.fstype,
+                task["mount"]["source"]
+            );
+        }
+        on_mount
+    } else {
+        let marked: Vec<&Value> =
+            same_comm.iter().copied().filter(|task| has_frame(task, expected.stack_has)).collect();
+        ensure!(
+            !marked.is_empty(),
+            "no task `{}` with a {}* function in its stack",
+            expected.comm,
+            expected.stack_has
+        );
+        marked
+    };
+    for task in &candidates {
+        ensure!(
+            task["state"].as_str().is_some_and(|state| state.starts_with('D')),
+            "task `{}` is in state {}, not D",
+            expected.comm,
+            task["state"]
+        );
+    }
+    let Some(function) = expected.blocked_in.filter(|_| by != By::Comm) else {
+        return Ok(candidates[0]);
+    };
+    match candidates.iter().find(|task| task["blocked_in"] == function) {
+        Some(task) => Ok(task),
+        None => bail!(
+            "task `{}` ({}) does not block in {function} but in {}",
+            expected.comm,
+            expected.fstype,
+            candidates[0]["blocked_in"]
+        ),
+    }
+}
+
+fn has_frame(task: &Value, prefix: &str) -> bool {
+    task["stack"]
+        .as_array()
+        .is_some_and(|stack| stack.iter().any(|frame| frame.as_str().is_some_and(|f| f.starts_with(prefix))))
+}
+
+/// One line for a task record: `df [12] D+killable in rpc_wait_bit_killable on nfs
+/// /mnt/v3 (127.0.0.1:/export), statfs`.
+fn describe(task: &Value) -> String {
+    format!(
+        "{} [{}] {} in {} on {} {} ({}), {}",
+        text(&task["comm"]),
+        task["pid"],
+        text(&task["state"]),
+        text(&task["blocked_in"]),
+        text(&task["mount"]["fstype"]),
+        text(&task["mount"]["mountpoint"]),
+        text(&task["mount"]["source"]),
+        text(&task["syscall"]),
+    )
+}
+
+fn listing(tasks: &[Value]) -> String {
+    let lines: Vec<String> = tasks.iter().map(describe).collect();
+    format!("tasks in D:\n  {}", lines.join("\n  "))
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The `start` record, or an error with dstrace's standard error.
+fn started<'a>(records: &'a [Value], results: &Path) -> Result<&'a Value> {
+    records.iter().find(|record| record["type"] == "start").with_context(|| {
+        format!(
+            "dstrace run never started; its standard error:\n{}",
+            fs::read_to_string(results.join("run.stderr")).unwrap_or_default()
+        )
+    })
+}
+
+/// What the `start` record says this kernel cannot record.
+fn skipped(start: &Value) -> Vec<&str> {
+    start["skipped"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The program variant, what dstrace skipped, and the kernel's tracepoint groups.
+fn kernel_facts(results: &Path, start: &Value) -> Vec<String> {
+    let mut facts = vec![format!("program: {}", text(&start["program"]))];
+    facts.extend(skipped(start).into_iter().map(|why| format!("skipped: {why}")));
+    let groups = fs::read_to_string(results.join("tracepoints.txt")).unwrap_or_default();
+    facts.push(format!("tracepoint groups: {}", groups.lines().collect::<Vec<_>>().join(", ")));
+    let btf = fs::read_to_string(results.join("btf.txt")).unwrap_or_default();
+    let modules: Vec<&str> = btf
+        .lines()
+        .filter(|name| ["sunrpc", "nfs", "nfsv3", "nfsv4", "lockd", "nfsd"].contains(name))
+        .collect();
+    facts.push(format!(
+        "module BTF of NFS and sunrpc: {}",
+        if modules.is_empty() { "none".to_owned() } else { modules.join(", ") }
+    ));
+    facts
+}
+
+fn json_lines(path: &Path) -> Result<Vec<Value>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON: {line}", path.display()))
+        })
+        .collect()
+}
+
+fn comms(records: &[&Value]) -> String {
+    dedup(records.iter().filter_map(|record| record["comm"].as_str()).collect()).join(", ")
+}
+
+fn dedup(mut items: Vec<&str>) -> Vec<&str> {
+    items.sort_unstable();
+    items.dedup();
+    items
+}
