@@ -412,7 +412,7 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
-            _ = sleep_until(deadline) => break,
+            _ = crate::run::sleep_until(deadline) => break,
             _ = ticks.tick() => recorder.interval(&tracer, &mut stacks, &mut mounts)?,
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
@@ -449,13 +449,6 @@ fn drain(
         recorder.wait(&wait).context("cannot record")?;
     }
     Ok(bad)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

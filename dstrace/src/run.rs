@@ -479,7 +479,8 @@ async fn next_key(keys: Option<&mut UnboundedReceiver<KeyEvent>>) -> Option<KeyE
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until the deadline, if there is one; forever, otherwise.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
