@@ -23,8 +23,8 @@ pub struct KernelLayout {
     pub lock_offsets: Result<LockOffsets, String>,
     /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
     pub has_lock_tracepoints: bool,
-    /// Whether the kernel has the `sunrpc` tracepoints (built in, or the module's
-    /// BTF is loaded).
+    /// Whether the kernel has the `sunrpc` tracepoints (built in, the module's BTF
+    /// loaded, or, for a module without BTF as on 5.10, listed in tracefs).
     pub has_sunrpc: bool,
     /// Whether `d_alloc_parallel` and `__d_lookup_unhash_wake` can be hooked (6.x).
     pub has_dlookup_functions: bool,
@@ -55,7 +55,8 @@ impl KernelLayout {
             has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
                 && tracepoint_params(btf, "contention_end").is_ok(),
             has_sunrpc: tracepoint_params(btf, "rpc_task_begin").is_ok()
-                || std::path::Path::new("/sys/kernel/btf/sunrpc").exists(),
+                || std::path::Path::new("/sys/kernel/btf/sunrpc").exists()
+                || tracefs_has_group("sunrpc"),
             has_dlookup_functions: has_function(btf, "d_alloc_parallel")
                 && has_function(btf, "__d_lookup_unhash_wake"),
             fuse_offsets: if tracepoint_params(btf, "fuse_request_send").is_ok()
@@ -276,6 +277,14 @@ pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
         };
     }
     bail!("{typedef}: too many levels of indirection")
+}
+
+/// Whether tracefs lists a group of tracepoints (`events/GROUP`), where tracefs is
+/// mounted; a directory listing the kernel answers itself.
+fn tracefs_has_group(group: &str) -> bool {
+    ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+        .iter()
+        .any(|events| std::path::Path::new(events).join(group).is_dir())
 }
 
 #[cfg(test)]
