@@ -20,7 +20,7 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
     let with_function: Vec<&Value> = waits
         .iter()
         .copied()
-        .filter(|wait| wait["blocked_in"].as_str().is_some_and(|f| !f.is_empty() && f != "?"))
+        .filter(|wait| wait["function"].as_str().is_some_and(|f| !f.is_empty() && f != "?"))
         .collect();
     let dd: Vec<&Value> = with_function.iter().copied().filter(|wait| wait["comm"] == "dd").collect();
     ensure!(
@@ -36,7 +36,7 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
         .find(|record| record["type"] == "summary")
         .context("no summary record: dstrace did not end cleanly")?;
     let mut facts = kernel_facts(results, start);
-    let functions: Vec<&str> = dd.iter().filter_map(|wait| wait["blocked_in"].as_str()).collect();
+    let functions: Vec<&str> = dd.iter().filter_map(|wait| wait["function"].as_str()).collect();
     facts.push(format!(
         "{} completed waits ({} of dd, in {}); counters: {}",
         waits.len(),
@@ -192,13 +192,13 @@ fn find_task<'a>(tasks: &'a [Value], expected: &Expected, by: By) -> Result<&'a 
     let Some(function) = expected.blocked_in.filter(|_| by != By::Comm) else {
         return Ok(candidates[0]);
     };
-    match candidates.iter().find(|task| task["blocked_in"] == function) {
+    match candidates.iter().find(|task| task["function"] == function) {
         Some(task) => Ok(task),
         None => bail!(
             "task `{}` ({}) does not block in {function} but in {}",
             expected.comm,
             expected.fstype,
-            candidates[0]["blocked_in"]
+            candidates[0]["function"]
         ),
     }
 }
@@ -215,9 +215,9 @@ fn describe(task: &Value) -> String {
     format!(
         "{} [{}] {} in {} on {} {} ({}), {}",
         text(&task["comm"]),
-        task["pid"],
+        task["tgid"],
         text(&task["state"]),
-        text(&task["blocked_in"]),
+        text(&task["function"]),
         text(&task["mount"]["fstype"]),
         text(&task["mount"]["mountpoint"]),
         text(&task["mount"]["source"]),
