@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use aya::maps::{MapData, StackTraceMap};
 use dstrace_common::{
     Cause, InFlight, WaitEvent, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT,
-    CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE,
-    NO_STACK, TASK_NOLOAD, TASK_WAKEKILL,
+    CAUSE_INODE_RWSEM, CAUSE_LOCK, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE, NO_STACK,
+    TASK_NOLOAD, TASK_WAKEKILL,
 };
 
 use crate::{
@@ -209,9 +209,10 @@ impl TaskState {
     }
 }
 
-/// `comm` bytes up to the first NUL, invalid UTF-8 replaced.
-pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+/// A NUL-padded kernel string (a `comm`, an RPC's names) up to the first NUL,
+/// invalid UTF-8 replaced.
+pub fn comm_string(comm: &[u8]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
