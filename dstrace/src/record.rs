@@ -253,8 +253,20 @@ impl Wait {
     }
 
     /// A wait still going on at `now_ns`, from its `INFLIGHT` entry.
+    ///
+    /// A stack the kernel side lost (a full or colliding stack map: counted as
+    /// `stack_lost`) is read from `/proc/PID/stack` instead: the task is still in
+    /// D, so the stack there is the one it sleeps with.
     pub fn ongoing(tid: u32, wait: &InFlight, now_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
-        Wait::traced(tid, wait, now_ns, resolver)
+        let mut ongoing = Wait::traced(tid, wait, now_ns, resolver);
+        if ongoing.stack.is_empty() {
+            let task = procfs::task(std::path::Path::new("/proc"), wait.tgid, tid);
+            if let Some(stack) = task.and_then(|task| task.stack).filter(|stack| !stack.is_empty()) {
+                ongoing.stack = Stack::from(stack);
+                ongoing.blocked_in = blocking_of(&ongoing.stack);
+            }
+        }
+        ongoing
     }
 
     fn traced(tid: u32, wait: &InFlight, until_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
