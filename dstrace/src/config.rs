@@ -430,4 +430,31 @@ pyroscope-interval = "15s"
         assert_eq!(default.request_timeout, Duration::from_secs(5));
         assert_eq!(default.pyroscope_interval, Duration::from_secs(60));
     }
+
+    /// dist/daemon.toml documents every key, with its default: uncommented, it
+    /// parses to the defaults.
+    #[test]
+    fn the_example_file_has_every_key_with_its_default() {
+        let example = include_str!("../../dist/daemon.toml");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|line| line.strip_prefix('#').filter(|rest| rest.contains(" = ")))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let file = parsed(&uncommented).unwrap();
+        let mut config = Config::resolve(&Settings::default(), &file).unwrap();
+        assert_eq!(config.pyroscope_url.take().as_deref(), Some("http://127.0.0.1:4040"));
+        assert_eq!(config, Config::default());
+        let keys: Vec<&str> =
+            uncommented.lines().filter_map(|line| line.split_once(" = ")).map(|(key, _)| key).collect();
+        use clap::CommandFactory as _;
+        let mut command = crate::cli::Cli::command();
+        let daemon = command.find_subcommand_mut("daemon").unwrap();
+        for arg in daemon.get_arguments() {
+            let Some(flag) = arg.get_long() else { continue };
+            if flag != "config" && flag != "help" {
+                assert!(keys.contains(&flag), "dist/daemon.toml does not document {flag}");
+            }
+        }
+    }
 }

@@ -198,6 +198,7 @@ fn open_recording(config: &Config) -> Result<Recorder> {
 impl Daemon {
     /// Handles every wait streamed (those of at least `min-duration`).
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        self.mounts.refresh_if_changed();
         let Daemon { tracer, stacks, mounts, clock, labels, recorder, .. } = self;
         let mut failed = None;
         let bad = drain(ring, tracer, stacks, mounts, clock, |wait: &Wait| {
@@ -218,6 +219,7 @@ impl Daemon {
     /// Reads the kernel's aggregation: the histogram gets what is new at once,
     /// the recording and the profile when they are written.
     fn read_aggregates(&mut self) {
+        self.mounts.refresh_if_changed();
         for (key, totals) in self.aggregator.delta(self.tracer.aggregates()) {
             let (row, kind) =
                 self.labels.row(&key, &totals, &self.tracer, &mut self.stacks, &mut self.mounts);
@@ -233,6 +235,7 @@ impl Daemon {
 
     /// The tasks in D now, for at least `min-duration`.
     fn in_d(&mut self) -> Vec<Wait> {
+        self.mounts.refresh_if_changed();
         let min_ns = duration_ns(self.config.min_duration);
         let mut waits = crate::run::in_d_now(
             Some(&self.tracer),

@@ -32,7 +32,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot, Semaphore},
 };
@@ -91,10 +91,20 @@ pub async fn serve(listener: TcpListener, limits: Limits, scrapes: mpsc::Sender<
     }
 }
 
-/// Answers 503 to a connection over the limit, without reading it.
+/// Answers 503 to a connection over the limit, without parsing it: the answer,
+/// then what the client sent is read and dropped (at most a request head's worth,
+/// for at most a second) so that closing does not reset the connection before the
+/// client has read the answer.
 async fn refuse(mut stream: TcpStream) {
     let answer = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = vec![0u8; MAX_HEAD_BYTES];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Serves one connection, for a bounded time.
