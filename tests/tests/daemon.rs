@@ -326,9 +326,8 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     eventually(Duration::from_secs(60), || count(&plain).filter(|&n| n >= 3.0), describe);
     eventually(Duration::from_secs(60), || count(&hostile_label).filter(|&n| n >= 2.0), describe);
     // The buckets are there, cumulative: the +Inf one is the count.
-    let inf = prometheus.query(&format!(
-        "sum(dstrace_wait_duration_seconds_bucket{{le=\"+Inf\",function=\"d_alloc_parallel\"}})"
-    ));
+    let inf = prometheus
+        .query(r#"sum(dstrace_wait_duration_seconds_bucket{le="+Inf",function="d_alloc_parallel"})"#);
     let total = prometheus.query("sum(dstrace_wait_duration_seconds_count{function=\"d_alloc_parallel\"})");
     assert_eq!(value(&inf[0]), value(&total[0]));
     assert!(!prometheus.query("dstrace_waits_started_total").is_empty());
