@@ -110,6 +110,17 @@ impl Aggregator {
         }
         out
     }
+
+    /// Forgets a key (removed from the kernel's map: if it comes back, it counts
+    /// from zero).
+    pub fn forget(&mut self, key: &AggKey) {
+        self.baseline.remove(key);
+    }
+
+    /// The keys of the last read.
+    pub fn keys(&self) -> impl Iterator<Item = &AggKey> {
+        self.baseline.keys()
+    }
 }
 
 /// Completed waits of one process in one blocking function.

@@ -45,20 +45,40 @@ pub struct Attribution {
 /// Syscalls that wait for a file lock.
 const LOCKING_SYSCALLS: [&str; 2] = ["flock", "fcntl"];
 
-/// The mount table, read again when a device number is not in it.
+/// The mount table, read again when a device number is not in it, or when the
+/// kernel says it changed ([`MountTable::refresh_if_changed`]).
 pub struct MountTable {
     mounts: Vec<Mount>,
+    /// `/proc/self/mountinfo`, kept open: the kernel flags it (`POLLPRI`) when a
+    /// mount is made or removed.
+    watch: Option<std::fs::File>,
 }
 
 impl MountTable {
     /// Reads `/proc/self/mountinfo` (an empty table if it cannot be read).
     pub fn read() -> MountTable {
-        MountTable { mounts: mounts::read().unwrap_or_default() }
+        let watch = std::fs::File::open("/proc/self/mountinfo").ok();
+        MountTable { mounts: mounts::read().unwrap_or_default(), watch }
     }
 
     /// A table of these mounts (tests).
     pub fn of(mounts: Vec<Mount>) -> MountTable {
-        MountTable { mounts }
+        MountTable { mounts, watch: None }
+    }
+
+    /// Reads the table again if a mount was made or removed since it was read (a
+    /// `poll` of `mountinfo`, which costs one system call): a path is attributed
+    /// to the longest mount point that prefixes it, so a table that misses a newer
+    /// mount would name the one below it.
+    pub fn refresh_if_changed(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        let Some(watch) = &self.watch else { return };
+        let mut fds = [libc::pollfd { fd: watch.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
+        // SAFETY: one valid pollfd whose fd stays open for the call; no wait.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        if ready > 0 && fds[0].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+            *self = MountTable::read();
+        }
     }
 
     /// The mount of a device number in the kernel's encoding (`s_dev`: major in the

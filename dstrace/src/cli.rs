@@ -95,6 +95,27 @@ pub enum Command {
     ///   dstrace report dstrace.rec --format json --since 30m --mount /mnt/nfs
     #[command(verbatim_doc_comment)]
     Report(crate::report::ReportArgs),
+
+    /// Trace always, at the lowest overhead: Prometheus metrics and a recording.
+    ///
+    /// For every host, under systemd (dist/dstrace.service): serves /metrics in
+    /// the Prometheus text format on 127.0.0.1:9977 (tasks in D now by mount and
+    /// lock kind, the oldest wait by mount, a histogram of completed waits by
+    /// mount, lock kind and blocking function, waits started, drops, its own CPU
+    /// and memory), keeps a bounded recording for `dstrace report` (rotated by
+    /// size), and can push profiles of blocked time to Pyroscope. Only waits of
+    /// at least --min-duration are streamed; every wait is counted in the kernel.
+    /// Settings come from the flags, then the --config file, then the defaults.
+    /// SIGHUP reads the file again and reopens the recording; SIGTERM writes the
+    /// last interval and exits.
+    ///
+    /// Examples:
+    ///   sudo dstrace daemon
+    ///   sudo dstrace daemon --config /etc/dstrace/daemon.toml
+    ///   sudo dstrace daemon --listen 127.0.0.1:9100 --recording /var/tmp/d.rec --max-size 16MiB
+    ///   curl -s localhost:9977/metrics | grep dstrace_tasks_in_d
+    #[command(verbatim_doc_comment)]
+    Daemon(crate::config::DaemonArgs),
 }
 
 /// What to show and how: the options `run` and `snapshot` share.

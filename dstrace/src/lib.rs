@@ -26,6 +26,9 @@
 //! * [`report`] and [`pprof`]: recordings as folded stacks, flame graphs, pprof
 //!   profiles and JSON (`dstrace report`);
 //! * [`clock`]: kernel timestamps to wall-clock time;
+//! * [`daemon`], [`config`], [`metrics`], [`endpoint`], [`pyroscope`]: `dstrace
+//!   daemon`, its settings (flags and TOML file), its Prometheus metrics, their
+//!   HTTP endpoint, and profiles pushed to Pyroscope;
 //! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
 
 pub mod advice;
@@ -35,15 +38,20 @@ pub mod board;
 pub mod chain;
 pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod endpoint;
 pub mod events;
 pub mod file_locks;
 pub mod kernel_btf;
 pub mod loader;
+pub mod metrics;
 pub mod mounts;
 pub mod output;
 pub mod pprof;
 pub mod preflight;
 pub mod procfs;
+pub mod pyroscope;
 pub mod record;
 pub mod recorder;
 pub mod recording;

@@ -299,6 +299,13 @@ impl Tracer {
     pub fn aggregates(&self) -> Vec<(AggKey, AggValue)> {
         self.agg.iter().filter_map(Result::ok).collect()
     }
+
+    /// Removes entries from the aggregation map (those of processes that have
+    /// ended, already read), so that a tracer that runs for weeks does not fill it
+    /// with the keys of processes long gone. Returns how many were removed.
+    pub fn remove_aggregates(&mut self, keys: &[AggKey]) -> usize {
+        keys.iter().filter(|key| self.agg.remove(key).is_ok()).count()
+    }
 }
 
 /// Where the benchmarks' empty programs go among the programs of a hook.

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => dstrace::snapshot::snapshot(&args),
         Command::Record(args) => dstrace::recorder::record(&args),
         Command::Report(args) => dstrace::report::report(&args),
+        Command::Daemon(args) => dstrace::daemon::daemon(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

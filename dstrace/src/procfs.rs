@@ -301,6 +301,40 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
     Some(StatFields { comm, state, ppid, flags, processor })
 }
 
+/// CPU time and memory of a process (`dstrace daemon`'s own metrics, and the
+/// benchmarks' measure of it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User and system CPU time, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+}
+
+/// The CPU time and resident memory of process `pid` (`/proc/PID/stat` and
+/// `statm`; never a task's memory maps), if it exists.
+pub fn usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    parse_usage(&stat, &statm)
+}
+
+/// Parses `stat` (utime and stime, fields 14 and 15, in clock ticks) and `statm`
+/// (resident pages, its second field).
+pub fn parse_usage(stat: &str, statm: &str) -> Option<Usage> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // Fields from 3 (state) on: utime is the 12th of them.
+    let mut fields = after_comm.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    let page = u64::try_from(page).ok().filter(|&p| p > 0)?;
+    Some(Usage { cpu_ns: (utime + stime).saturating_mul(1_000_000_000 / ticks), rss_bytes: pages * page })
+}
+
 /// The function names of a `stack` file, innermost first:
 /// `[<0>] d_alloc_parallel+0x3a/0x4f0 [module]` gives `d_alloc_parallel`.
 /// Lines that do not have that shape are left out.
@@ -676,5 +710,16 @@ mod tests {
         // Every state at once: unreadable files (EPERM on /proc/1/stack here) are no error.
         let states = ['R', 'S', 'D', 'T', 't', 'Z', 'X', 'I', 'P', 'W', 'K'];
         assert!(!tasks_in_states(proc_root, &states).unwrap().is_empty());
+    }
+
+    #[test]
+    fn usage_from_stat_and_statm() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 99 1000 300";
+        let usage = parse_usage(stat, "1000 300 200 1 0 500 0\n").unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        assert_eq!(usage.cpu_ns, 300 * (1_000_000_000 / ticks as u64));
+        assert_eq!(usage.rss_bytes, 300 * page as u64);
+        assert_eq!(parse_usage("garbage", "1 2"), None);
     }
 }

@@ -137,6 +137,70 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(size)
 }
 
+/// Labels of aggregated rows, learnt from the waits seen (completed or ongoing):
+/// the mount of each process and stack, the name and kind of each lock.
+#[derive(Default)]
+pub struct RowLabels {
+    /// Mount points of the waits seen, by process and stack.
+    mount_of: HashMap<(u32, Stack), String>,
+    /// Names and kinds of the locks seen, by address.
+    locks: HashMap<u64, (String, &'static str)>,
+}
+
+impl RowLabels {
+    /// Learns the labels of a wait.
+    pub fn learn(&mut self, wait: &Wait) {
+        if self.mount_of.len() >= MAX_LABELS {
+            self.mount_of.clear();
+        }
+        if self.locks.len() >= MAX_LABELS {
+            self.locks.clear();
+        }
+        if let Some(mount) = &wait.on.mount {
+            self.mount_of
+                .entry((wait.pid, wait.stack.clone()))
+                .or_insert_with(|| mount.mount_point.to_string_lossy().into_owned());
+        }
+        if let Some(lock) = &wait.lock {
+            self.locks.entry(lock.addr).or_insert_with(|| (lock.name(), lock.kind));
+        }
+    }
+
+    /// An aggregated entry with its stack resolved and its labels, and the kind of
+    /// the lock it waits for ([`crate::record::LockInfo::kind`]), if one.
+    pub fn row(
+        &self,
+        key: &AggKey,
+        totals: &Totals,
+        tracer: &Tracer,
+        stacks: &mut Stacks,
+        mounts: &mut MountTable,
+    ) -> (RowData, Option<&'static str>) {
+        let stack = stacks.kernel(&tracer.stacks, key.kstack_id);
+        let mount = match key.cause_dev {
+            0 => None,
+            dev => mounts.by_dev(dev).map(|mount| mount.mount_point.to_string_lossy().into_owned()),
+        }
+        .or_else(|| self.mount_of.get(&(key.tgid, stack.clone())).cloned());
+        let lock = (key.cause_kind == CAUSE_LOCK || key.cause_kind == CAUSE_DENTRY)
+            .then(|| {
+                self.locks.get(&key.cause_key).cloned().or_else(|| {
+                    let cause =
+                        Cause { kind: key.cause_kind, key: key.cause_key, dev: key.cause_dev, ..Cause::NONE };
+                    lock_info(&cause).map(|lock| (lock.name(), lock.kind))
+                })
+            })
+            .flatten();
+        let (lock, kind) = match lock {
+            Some((name, kind)) => (Some(name), Some(kind)),
+            None => (None, None),
+        };
+        let row =
+            RowData { pid: key.tgid, comm: comm_string(&key.comm), stack, mount, lock, totals: *totals };
+        (row, kind)
+    }
+}
+
 /// Writes what a trace loop sees to a recording.
 pub struct Recorder {
     writer: Writer,
@@ -144,10 +208,7 @@ pub struct Recorder {
     waits: Vec<Wait>,
     start: SystemTime,
     period: Duration,
-    /// Mount points of the waits seen, by process and stack.
-    mount_of: HashMap<(u32, Stack), String>,
-    /// Names of the locks seen, by address.
-    lock_names: HashMap<u64, String>,
+    labels: RowLabels,
     /// Intervals written.
     pub intervals: u64,
     /// Waits written one by one.
@@ -181,8 +242,7 @@ impl Recorder {
             waits: Vec::new(),
             start,
             period,
-            mount_of: HashMap::new(),
-            lock_names: HashMap::new(),
+            labels: RowLabels::default(),
             intervals: 0,
             waits_written: 0,
         })
@@ -200,20 +260,7 @@ impl Recorder {
 
     /// Takes a completed wait; it is written with its interval.
     pub fn wait(&mut self, wait: &Wait) -> Result<()> {
-        if self.mount_of.len() >= MAX_LABELS {
-            self.mount_of.clear();
-        }
-        if self.lock_names.len() >= MAX_LABELS {
-            self.lock_names.clear();
-        }
-        if let Some(mount) = &wait.on.mount {
-            self.mount_of
-                .entry((wait.pid, wait.stack.clone()))
-                .or_insert_with(|| mount.mount_point.to_string_lossy().into_owned());
-        }
-        if let Some(lock) = &wait.lock {
-            self.lock_names.entry(lock.addr).or_insert_with(|| lock.name());
-        }
+        self.labels.learn(wait);
         self.waits.push(wait.clone());
         if self.waits.len() >= MAX_BUFFERED_WAITS {
             // A storm: write the waits now, the aggregation at the interval's end.
@@ -232,8 +279,16 @@ impl Recorder {
     /// Ends an interval: reads the aggregation and writes it with the waits.
     pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) -> Result<()> {
         let entries = self.aggregator.delta(tracer.aggregates());
-        let rows =
-            entries.iter().map(|(key, totals)| self.row(key, totals, tracer, stacks, mounts)).collect();
+        let rows = entries
+            .iter()
+            .map(|(key, totals)| self.labels.row(key, totals, tracer, stacks, mounts).0)
+            .collect();
+        self.interval_of(rows, tracer)
+    }
+
+    /// Ends an interval with these rows (read and labelled by the caller, who then
+    /// reads the aggregation for other uses too: `dstrace daemon`).
+    pub fn interval_of(&mut self, rows: Vec<RowData>, tracer: &Tracer) -> Result<()> {
         let counters = tracer
             .counters()
             .unwrap_or_default()
@@ -251,33 +306,6 @@ impl Recorder {
     fn write(&mut self, data: &IntervalData) -> Result<()> {
         self.waits_written += data.waits.len() as u64;
         self.writer.write_interval(data)
-    }
-
-    /// An aggregated entry with its stack resolved and its labels.
-    fn row(
-        &self,
-        key: &AggKey,
-        totals: &Totals,
-        tracer: &Tracer,
-        stacks: &mut Stacks,
-        mounts: &mut MountTable,
-    ) -> RowData {
-        let stack = stacks.kernel(&tracer.stacks, key.kstack_id);
-        let mount = match key.cause_dev {
-            0 => None,
-            dev => mounts.by_dev(dev).map(|mount| mount.mount_point.to_string_lossy().into_owned()),
-        }
-        .or_else(|| self.mount_of.get(&(key.tgid, stack.clone())).cloned());
-        let lock = (key.cause_kind == CAUSE_LOCK || key.cause_kind == CAUSE_DENTRY)
-            .then(|| {
-                self.lock_names.get(&key.cause_key).cloned().or_else(|| {
-                    let cause =
-                        Cause { kind: key.cause_kind, key: key.cause_key, dev: key.cause_dev, ..Cause::NONE };
-                    lock_info(&cause).map(|lock| lock.name())
-                })
-            })
-            .flatten();
-        RowData { pid: key.tgid, comm: comm_string(&key.comm), stack, mount, lock, totals: *totals }
     }
 
     /// Writes the last interval.
@@ -359,7 +387,7 @@ impl RunRecording {
     }
 }
 
-fn written_line(recorder: &Recorder) -> String {
+pub(crate) fn written_line(recorder: &Recorder) -> String {
     format!(
         "recorded {} intervals and {} waits ({} bytes) to {}; read it with `dstrace report {}`",
         recorder.intervals,
@@ -416,27 +444,31 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
             _ = ticks.tick() => recorder.interval(&tracer, &mut stacks, &mut mounts)?,
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                bad_records += drain(guard.get_inner_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
+                bad_records += drain(guard.get_inner_mut(), &tracer, &mut stacks, &mut mounts, &clock, |wait| {
+                    recorder.wait(wait).context("cannot record")
+                })?;
                 guard.clear_ready();
             }
         }
     }
-    bad_records += drain(ring.get_mut(), &tracer, &mut stacks, &mut mounts, &clock, &mut recorder)?;
+    bad_records += drain(ring.get_mut(), &tracer, &mut stacks, &mut mounts, &clock, |wait| {
+        recorder.wait(wait).context("cannot record")
+    })?;
     let recorder = recorder.finish(&tracer, &mut stacks, &mut mounts)?;
     let drops = crate::output::drops_text(&tracer.counters().unwrap_or_default(), bad_records);
     eprintln!("dstrace: {}{drops}", written_line(&recorder));
     Ok(())
 }
 
-/// Records every wait waiting in the ring buffer; returns how many records could
-/// not be decoded.
-fn drain(
+/// Hands every wait waiting in the ring buffer to `each`; returns how many records
+/// could not be decoded.
+pub(crate) fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &Tracer,
     stacks: &mut Stacks,
     mounts: &mut MountTable,
     clock: &Clock,
-    recorder: &mut Recorder,
+    mut each: impl FnMut(&Wait) -> Result<()>,
 ) -> Result<u64> {
     let mut bad = 0;
     while let Some(item) = ring.next() {
@@ -446,7 +478,7 @@ fn drain(
         };
         let mut resolver = Resolver { stacks, stack_map: &tracer.stacks, clock, mounts };
         let wait = Wait::completed(&event, &mut resolver);
-        recorder.wait(&wait).context("cannot record")?;
+        each(&wait)?;
     }
     Ok(bad)
 }

@@ -124,36 +124,9 @@ impl Live {
         }
     }
 
-    /// The tasks in D now, the longest first: those the kernel side tracks, then
-    /// those only `/proc` knows (in D since before tracing began), with their chains.
+    /// The tasks in D now ([`in_d_now`]).
     fn in_d_now(&mut self, tracer: Option<&Tracer>, options: &Options) -> Vec<Wait> {
-        let now_ns = monotonic_ns();
-        let min_duration_ns = self.min_duration_ns;
-        let context = chain::Context {
-            fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
-            rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
-            now_ns,
-        };
-        let mut waits: Vec<Wait> = match tracer {
-            Some(tracer) => {
-                let inflight = tracer.inflight();
-                let mut resolver = self.resolver(tracer);
-                inflight
-                    .iter()
-                    .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
-                    .filter(|wait| wait.duration_ns >= min_duration_ns)
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
-        waits.extend(
-            waits_in_proc(options, &mut self.mounts, &context)
-                .into_iter()
-                .filter(|wait| !traced.contains(&wait.tid)),
-        );
-        waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
-        waits
+        in_d_now(tracer, options, self.min_duration_ns, &mut self.stacks, &mut self.mounts, &self.clock)
     }
 
     /// Shows notes on standard error, or after the full-screen view.
@@ -284,6 +257,43 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     live.note(recording_notes);
     summarize(&mut live, &tracer, options)?;
     finished.context("cannot write to standard output")
+}
+
+/// The tasks in D now for at least `min_duration_ns`, the longest first: those the
+/// kernel side tracks, then those only `/proc` knows (in D since before tracing
+/// began), with their chains.
+pub(crate) fn in_d_now(
+    tracer: Option<&Tracer>,
+    options: &Options,
+    min_duration_ns: u64,
+    stacks: &mut Stacks,
+    mounts: &mut MountTable,
+    clock: &Clock,
+) -> Vec<Wait> {
+    let now_ns = monotonic_ns();
+    let context = chain::Context {
+        fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
+        rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
+        now_ns,
+    };
+    let mut waits: Vec<Wait> = match tracer {
+        Some(tracer) => {
+            let inflight = tracer.inflight();
+            let mut resolver = Resolver { stacks, stack_map: &tracer.stacks, clock, mounts };
+            inflight
+                .iter()
+                .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
+                .filter(|wait| wait.duration_ns >= min_duration_ns)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
+    waits.extend(
+        waits_in_proc(options, mounts, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
+    );
+    waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+    waits
 }
 
 /// The first view: the tasks in D before tracing (the last look).

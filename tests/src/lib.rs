@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fuse;
+pub mod http;
 pub mod tmux;
 
 use std::{
