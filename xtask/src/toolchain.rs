@@ -203,9 +203,10 @@ pub fn install() -> Result<Toolchain, Box<dyn std::error::Error>> {
 pub const INFERNO_VERSION: &str = "0.12.8";
 
 /// Commands the tests drive, from Debian packages: `tmux` (the full-screen view
-/// of `dstrace run` is tested in a tmux pane) and `go` (`go tool pprof` reads the
-/// report tests' profiles).
-pub const TEST_PACKAGES: &[(&str, &str)] = &[("tmux", "tmux"), ("go", "golang-go")];
+/// of `dstrace run` is tested in a tmux pane), `go` (`go tool pprof` reads the
+/// report tests' profiles) and `strace` (the reliability tests list every path
+/// dstrace touches beside a dead mount).
+pub const TEST_PACKAGES: &[(&str, &str)] = &[("tmux", "tmux"), ("go", "golang-go"), ("strace", "strace")];
 
 /// Installs what the tests drive, if missing: the [`TEST_PACKAGES`] and
 /// `inferno-flamegraph` (`cargo install inferno`, for the report tests).
