@@ -86,11 +86,16 @@ pub struct Dstrace {
 impl Dstrace {
     /// Starts `dstrace` with these arguments.
     pub fn spawn(args: &[&str]) -> Dstrace {
+        Dstrace::spawn_with_stderr(args, Stdio::inherit())
+    }
+
+    /// Starts `dstrace` with these arguments, its standard error to `stderr`.
+    pub fn spawn_with_stderr(args: &[&str], stderr: impl Into<Stdio>) -> Dstrace {
         let mut child = Command::new(dstrace_bin())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("dstrace starts");
         let stdout = child.stdout.take().expect("stdout is piped");
