@@ -7,6 +7,7 @@
 //! * [`kernel_btf`]: `task_struct` offsets and hook signatures of the running kernel;
 //! * [`mounts`]: the mount table, from /proc/self/mountinfo;
 //! * [`loader`]: loads the embedded eBPF object with its settings and attaches it;
+//! * [`privileges`]: the capabilities dropped once it is attached;
 //! * [`events`]: decodes what the kernel side streams;
 //! * [`procfs`]: tasks in D now, read from /proc without hanging;
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
@@ -50,6 +51,7 @@ pub mod mounts;
 pub mod output;
 pub mod pprof;
 pub mod preflight;
+pub mod privileges;
 pub mod procfs;
 pub mod pyroscope;
 pub mod record;

@@ -411,11 +411,20 @@ pub fn record(args: &RecordArgs) -> Result<()> {
 }
 
 async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
+    // Signals are caught from the start: one that comes while loading ends the
+    // recording as soon as it is loaded, with the session written and closed.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     // The file first: a bad path fails before anything is loaded.
     let mut recorder = Recorder::create(args.output.clone(), &args.caps, args.interval, args.min_duration)?;
     let mut tracer = Tracer::load(options)?;
     let events = tracer.take_events()?;
     let mut stacks = Stacks::new(Kallsyms::from_proc()?);
+    let privileges =
+        crate::privileges::drop_after_attach(&tracer, crate::privileges::Needs { write_files: true });
+    for note in crate::privileges::notes(&privileges) {
+        eprintln!("dstrace: {note}");
+    }
     let mut mounts = MountTable::read();
     let clock = Clock::now();
     for what in &tracer.skipped {
@@ -431,8 +440,6 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as
     // long as the `AsyncFd` owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut ticks = recorder.ticks();
     let mut bad_records = 0;

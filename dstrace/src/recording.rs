@@ -42,7 +42,8 @@
 //! Recordings hold process names and paths: they are created with mode 0600 and
 //! `O_NOFOLLOW` (a symbolic link planted in a shared directory is refused, not
 //! followed), only ever appended to (never truncated), and an existing file is
-//! appended to only if it is a dstrace recording of this user. When a file would
+//! appended to only if it is a dstrace recording of this user, by one dstrace at a
+//! time (an exclusive `flock` while it is open). When a file would
 //! grow past its size cap it is rotated: `FILE.N-1` becomes `FILE.N` (the oldest is
 //! dropped), ..., `FILE` becomes `FILE.1`, and a new `FILE` starts; a file in the
 //! way that is not a recording stops the rotation with an error.
@@ -957,6 +958,24 @@ fn check_existing(path: &Path, file: &File) -> Result<u64> {
     Ok(meta.len())
 }
 
+/// Takes the file's write lock (`flock`, held while the file is open): two
+/// dstrace processes appending to one file would interleave their frames.
+fn lock_for_writing(path: &Path, file: &File) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor this `File` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        bail!(
+            "{} is being written by another dstrace (record or run --output): give each its own file",
+            path.display()
+        );
+    }
+    Err(err).with_context(|| format!("cannot lock {}", path.display()))
+}
+
 /// Opens a recording for appending, creating it (mode 0600) if missing, never
 /// through a symbolic link; writes the header of a new file.
 fn open_recording(path: &Path) -> Result<(File, u64)> {
@@ -969,6 +988,7 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
         .open(path)
         .map_err(|err| open_error(path, err))?;
     let mut size = check_existing(path, &file)?;
+    lock_for_writing(path, &file)?;
     let mode = file.metadata().map(|meta| meta.permissions().mode()).unwrap_or(0);
     if mode & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -1246,8 +1266,11 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        // Appending a second session keeps the first.
+        // Appending a second session keeps the first; a second writer at the same
+        // time is refused, in one line that says why.
         let mut writer = Writer::open(options.clone(), Session::default()).unwrap();
+        let err = Writer::open(options.clone(), Session::default()).err().unwrap();
+        assert!(err.to_string().contains("being written by another dstrace"), "{err}");
         writer.write_interval(&sample_interval(200)).unwrap();
         drop(writer);
         let recording = read(&std::fs::read(&path).unwrap()).unwrap();

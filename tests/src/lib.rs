@@ -87,11 +87,16 @@ pub struct Dstrace {
 impl Dstrace {
     /// Starts `dstrace` with these arguments.
     pub fn spawn(args: &[&str]) -> Dstrace {
+        Dstrace::spawn_with_stderr(args, Stdio::inherit())
+    }
+
+    /// Starts `dstrace` with these arguments, its standard error to `stderr`.
+    pub fn spawn_with_stderr(args: &[&str], stderr: impl Into<Stdio>) -> Dstrace {
         let mut child = Command::new(dstrace_bin())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("dstrace starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -388,5 +393,210 @@ pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
     lines
         .iter()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
+        .collect()
+}
+
+/// A small seeded random number generator (xorshift64) for tests that try
+/// random moments and random damage: the seed is printed, and `DSTRACE_TEST_SEED`
+/// replays a failure.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `DSTRACE_TEST_SEED`, or from the clock (printed, for a replay).
+    pub fn seeded(test: &str) -> Rng {
+        let seed =
+            std::env::var("DSTRACE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: seed {seed} (DSTRACE_TEST_SEED={seed} replays it)");
+        Rng(seed.max(1))
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The BPF objects a process holds open: program, link and map ids, from the
+/// `prog_id:`, `link_id:` and `map_id:` lines of `/proc/PID/fdinfo/*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BpfIds {
+    /// Program ids.
+    pub programs: std::collections::BTreeSet<u32>,
+    /// Link ids.
+    pub links: std::collections::BTreeSet<u32>,
+    /// Map ids.
+    pub maps: std::collections::BTreeSet<u32>,
+}
+
+impl BpfIds {
+    /// What `pid` holds now (nothing once it is gone).
+    pub fn of(pid: u32) -> BpfIds {
+        let mut ids = BpfIds::default();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+        for info in fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_to_string(fd.path()).ok()) {
+            let field = |name: &str| {
+                info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u32>().ok())
+            };
+            // A link's fdinfo names its program too: count the link only.
+            if let Some(link) = field("link_id:") {
+                ids.links.insert(link);
+            } else if let Some(program) = field("prog_id:") {
+                ids.programs.insert(program);
+            } else if let Some(map) = field("map_id:") {
+                ids.maps.insert(map);
+            }
+        }
+        ids
+    }
+
+    /// Adds what `other` holds.
+    pub fn extend(&mut self, other: BpfIds) {
+        self.programs.extend(other.programs);
+        self.links.extend(other.links);
+        self.maps.extend(other.maps);
+    }
+
+    /// Those of these ids the kernel still has loaded.
+    pub fn still_loaded(&self) -> BpfIds {
+        BpfIds {
+            programs: aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|program| program.id())
+                .filter(|id| self.programs.contains(id))
+                .collect(),
+            links: aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .map(|link| link.id())
+                .filter(|id| self.links.contains(id))
+                .collect(),
+            maps: aya::maps::loaded_maps()
+                .filter_map(Result::ok)
+                .map(|map| map.id())
+                .filter(|id| self.maps.contains(id))
+                .collect(),
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.links.is_empty() && self.maps.is_empty()
+    }
+}
+
+/// Samples the BPF objects a process holds until it ends (every 20 ms), so that
+/// what it held is known even when it is killed: [`BpfWatch::finish`] returns
+/// the union.
+pub struct BpfWatch {
+    thread: std::thread::JoinHandle<BpfIds>,
+}
+
+impl BpfWatch {
+    /// Starts watching `pid`.
+    pub fn start(pid: u32) -> BpfWatch {
+        let thread = std::thread::spawn(move || {
+            let mut seen = BpfIds::default();
+            while task_state(pid).is_some_and(|state| state != 'Z') {
+                seen.extend(BpfIds::of(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        BpfWatch { thread }
+    }
+
+    /// Waits for the process to end (reap it first) and returns what it held.
+    pub fn finish(self) -> BpfIds {
+        self.thread.join().expect("the watcher does not panic")
+    }
+
+    /// Asserts that nothing `ids` names is still loaded, giving the kernel up to
+    /// 10 s to free what the closed descriptors held (a generous bound: freeing is
+    /// asynchronous, after an RCU grace period).
+    pub fn assert_all_freed(ids: &BpfIds, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = ids.still_loaded();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: still loaded 10 s after it ended: {left:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A scratch directory under the temporary directory (`dstrace-NAME-PID`),
+/// removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Creates it afresh.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("dstrace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// A path in it.
+    pub fn path(&self, name: impl AsRef<std::path::Path>) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The children of a process (from the `ppid` of `/proc/*/stat`).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| dstrace::procfs::parse_stat(&stat))
+                .is_some_and(|stat| stat.ppid == parent)
+        })
+        .collect()
+}
+
+/// The capability sets and `NoNewPrivs` of every thread of a process, as
+/// `/proc/PID/task/TID/status` prints them (`CapEff: 0000000000280004`, ...).
+pub fn thread_capabilities(pid: u32) -> Vec<std::collections::BTreeMap<String, String>> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .filter(|(key, _)| key.starts_with("Cap") || *key == "NoNewPrivs")
+                .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+                .collect()
+        })
         .collect()
 }

@@ -63,6 +63,24 @@ impl Tmux {
         }
     }
 
+    /// The process id of the pane's command.
+    pub fn pane_pid(&self) -> u32 {
+        let output = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&output.stdout).trim().parse().expect("tmux prints the pane's pid")
+    }
+
+    /// The pane's title, which a program sets with an escape sequence (`ESC ] 2 ;`).
+    pub fn title(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["display-message", "-p", "-t", &self.session, "#{pane_title}"])
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Whether the pane's command has ended.
     pub fn command_ended(&self) -> bool {
         let output = Command::new("tmux")

@@ -307,49 +307,6 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     assert!(text.contains("By mount, lock and function:") && text.contains("chain: "), "{text}");
 }
 
-/// Killed at once (SIGKILL, no chance to clean up), dstrace leaves no program in
-/// the kernel: every one of them was held by one of its file descriptors.
-#[test]
-fn sigkill_leaves_no_program_behind() {
-    if !require_root("sigkill_leaves_no_program_behind") {
-        return;
-    }
-    let mut dstrace = Dstrace::spawn(&["run", "--json"]);
-    dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
-    let programs = program_ids_of(dstrace.pid());
-    assert!(programs.len() >= 2, "dstrace holds no BPF program: {programs:?}");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(dstrace.pid() as libc::pid_t, libc::SIGKILL) };
-    let _ = dstrace.finish();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<u32> = programs.iter().copied().filter(|id| program_exists(*id)).collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "programs {left:?} are still loaded after SIGKILL");
-        sleep(Duration::from_millis(100));
-    }
-}
-
-/// The BPF program ids a process holds (`prog_id:` in /proc/PID/fdinfo/*).
-fn program_ids_of(pid: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .filter_map(|info| info.lines().find_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok()))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-/// Whether a BPF program with this id is still loaded.
-fn program_exists(id: u32) -> bool {
-    aya::programs::loaded_programs().filter_map(Result::ok).any(|program| program.id() == id)
-}
-
 /// Seed 000's hunt in one step: a process holds a lock others queue for (here
 /// flock(1)'s FLOCK lock; the waiters sleep in S), and both `snapshot` and `run`
 /// name the holder, its state, the inode and each waiter, from /proc/locks.

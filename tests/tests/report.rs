@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::Duration,
@@ -19,34 +19,13 @@ use dstrace::{
 };
 use dstrace_tests::{
     dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, wait_for_state, Children, Dstrace,
+    Scratch,
 };
 use serde_json::Value;
 
 /// A command name a hostile user could give a process (a symbolic link named so,
 /// executed): `;`, a space, a newline and a terminal escape sequence.
 const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
-
-/// A scratch directory under the temporary directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("dstrace-report-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn dstrace(args: &[&str]) -> Output {
     Command::new(dstrace_bin()).args(args).output().expect("dstrace runs")
@@ -278,7 +257,7 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
                 .args(["tool", "pprof"])
                 .args(args)
                 .arg(&pb)
-                .env("PPROF_TMPDIR", &dir.0)
+                .env("PPROF_TMPDIR", dir.dir())
                 .output()
                 .unwrap();
             assert!(out.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&out.stderr));

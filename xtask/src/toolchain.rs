@@ -204,10 +204,16 @@ pub const INFERNO_VERSION: &str = "0.12.8";
 
 /// Commands the tests drive, from Debian packages: `tmux` (the full-screen view
 /// of `dstrace run` is tested in a tmux pane), `go` (`go tool pprof` reads the
-/// report tests' profiles), `prometheus` (scrapes `dstrace daemon` in its tests)
-/// and `systemd-analyze` (verifies dist/dstrace.service).
-pub const TEST_PACKAGES: &[(&str, &str)] =
-    &[("tmux", "tmux"), ("go", "golang-go"), ("prometheus", "prometheus"), ("systemd-analyze", "systemd")];
+/// report tests' profiles), `prometheus` (scrapes `dstrace daemon` in its tests),
+/// `systemd-analyze` (verifies dist/dstrace.service) and `strace` (the reliability
+/// tests list every path dstrace touches beside a dead mount).
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("tmux", "tmux"),
+    ("go", "golang-go"),
+    ("prometheus", "prometheus"),
+    ("systemd-analyze", "systemd"),
+    ("strace", "strace"),
+];
 
 /// Installs what the tests drive, if missing: the [`TEST_PACKAGES`] and
 /// `inferno-flamegraph` (`cargo install inferno`, for the report tests).
