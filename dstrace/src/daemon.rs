@@ -99,10 +99,18 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
         ..Options::default()
     };
     let mut tracer = Tracer::load(&options)?;
-    // PRIVILEGES: the one place where the daemon may give up its capabilities: the
-    // programs are loaded and attached, the socket is bound, the recording is open
-    // (a reopen on SIGHUP then needs write access to its directory, not
-    // capabilities). The lead wires `crate::privileges` in here at merge.
+    // Symbols are read after loading (the programs' own frames resolve then) and
+    // before the capabilities go (kernel.kptr_restrict may hide addresses from a
+    // process without them).
+    let stacks = Stacks::new(Kallsyms::from_proc()?);
+    // The programs are loaded and attached, the socket is bound, the recording is
+    // open: the capabilities nothing later needs are dropped (rotating or reopening
+    // the recording on SIGHUP needs write access to its directory).
+    let privileges =
+        crate::privileges::drop_after_attach(&tracer, crate::privileges::Needs { write_files: true });
+    for note in crate::privileges::notes(&privileges) {
+        eprintln!("dstrace: {note}");
+    }
     let events = tracer.take_events()?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
     let pyroscope = config.pyroscope_url.as_deref().map(|url| Target::parse(url, &host)).transpose()?;
@@ -110,7 +118,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
         metrics: Metrics::new(config.max_mounts, config.max_functions),
         options,
         tracer,
-        stacks: Stacks::new(Kallsyms::from_proc()?),
+        stacks,
         mounts: MountTable::read(),
         clock: Clock::now(),
         aggregator: Aggregator::default(),
