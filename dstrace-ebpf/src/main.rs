@@ -258,7 +258,8 @@ pub fn rpc_task_begin(ctx: TracePointContext) -> u32 {
     let call = RpcCall::new(current_task(), now_ns());
     // BPF_NOEXIST: an entry made by a later event of a task begun before tracing
     // started is kept as it is.
-    if RPC_INFLIGHT.insert(key, call, u64::from(BPF_NOEXIST)).is_err() && RPC_INFLIGHT.get_ptr_mut(key).is_none()
+    if RPC_INFLIGHT.insert(key, call, u64::from(BPF_NOEXIST)).is_err()
+        && RPC_INFLIGHT.get_ptr_mut(key).is_none()
     {
         count(Counter::DropRpcMapFull);
     }
