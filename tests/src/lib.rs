@@ -390,3 +390,49 @@ pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
         .collect()
 }
+
+/// A command name a hostile user could give a process (a symbolic link named so,
+/// executed): `;`, a space, a newline and a terminal escape sequence.
+pub const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
+
+/// A scratch directory under the temporary directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A fresh, empty directory named after the test's `name` and this process.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("dstrace-scratch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A path in it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Tasks with a [`HOSTILE_COMM`] piled up in D behind the held mount (a link to
+/// `stat` so named, in `dir`): the first waits for the server in S, the others
+/// for it in D. Returns the first, the others, and all of them.
+pub fn hostile_pileup(mount: &fuse::FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
+    let program = dir.path(HOSTILE_COMM);
+    std::os::unix::fs::symlink(std::path::Path::new("/usr/bin/stat"), &program).unwrap();
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut children = Children::default();
+    let owner = children.spawn(Command::new(&program).arg(&target));
+    wait_for_state(owner, 'S', Duration::from_secs(10));
+    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
+    for &pid in &stuck {
+        wait_for_state(pid, 'D', Duration::from_secs(10));
+    }
+    (owner, stuck, children)
+}

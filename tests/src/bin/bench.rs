@@ -394,6 +394,26 @@ fn cpu_seconds(pid: u32) -> f64 {
     dstrace::procfs::usage(pid).map_or(0.0, |usage| usage.cpu_ns as f64 / 1e9)
 }
 
+/// A thread that writes and fsyncs 4 KiB in a loop in `dir` until `stop`: a steady
+/// D-wait load (the writer and the kernel's I/O threads sleep in D on every fsync).
+fn fsync_writer(
+    dir: &Path,
+    name: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    let path = dir.join(format!("dstrace-bench-{name}-{}", std::process::id()));
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let mut file = File::create(&path)?;
+        let block = [0x5au8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            file.write_all(&block)?;
+            file.sync_all()?;
+        }
+        drop(file);
+        std::fs::remove_file(&path)
+    })
+}
+
 /// Runs `dstrace record --min-duration MIN` for `seconds` under a steady fsync loop.
 fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<RecordResult> {
     let exe = std::env::current_exe()?;
@@ -420,20 +440,7 @@ fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<
     let started = Instant::now();
     let cpu_start = cpu_seconds(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        let path = dir.join(format!("dstrace-bench-load-{}", std::process::id()));
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut file = File::create(&path)?;
-            let block = [0x5au8; 4096];
-            while !stop.load(Ordering::Relaxed) {
-                file.write_all(&block)?;
-                file.sync_all()?;
-            }
-            drop(file);
-            std::fs::remove_file(&path)
-        })
-    };
+    let load = fsync_writer(dir, "load", stop.clone());
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
     load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
@@ -551,20 +558,7 @@ fn soak_phase(dir: &Path, seconds: u64) -> Result<SoakResult> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let path = dir.join(format!("dstrace-bench-soak-{}", std::process::id()));
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut file = File::create(&path)?;
-            let block = [0x5au8; 4096];
-            while !stop.load(Ordering::Relaxed) {
-                file.write_all(&block)?;
-                file.sync_all()?;
-            }
-            drop(file);
-            std::fs::remove_file(&path)
-        })
-    };
+    let writer = fsync_writer(dir, "soak", stop.clone());
     let churn = {
         let stop = stop.clone();
         let path = dir.join(format!("dstrace-bench-churn-{}", std::process::id()));
