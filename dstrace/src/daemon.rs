@@ -243,7 +243,6 @@ impl Daemon {
 
     /// The tasks in D now, for at least `min-duration`.
     fn in_d(&mut self) -> Vec<Wait> {
-        self.mounts.refresh_if_changed();
         let min_ns = duration_ns(self.config.min_duration);
         let mut waits = crate::run::in_d_now(
             Some(&self.tracer),

@@ -273,6 +273,8 @@ pub(crate) fn in_d_now(
     mounts: &mut MountTable,
     clock: &Clock,
 ) -> Vec<Wait> {
+    // Mounts made since the last look are named, not the mount below them.
+    mounts.refresh_if_changed();
     let now_ns = monotonic_ns();
     let context = chain::Context {
         fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),

@@ -396,6 +396,10 @@ pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A command name a hostile user could give a process (a symbolic link named so,
+/// executed): `;`, a space, a newline and a terminal escape sequence.
+pub const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
+
 /// A small seeded random number generator (xorshift64) for tests that try
 /// random moments and random damage: the seed is printed, and `DSTRACE_TEST_SEED`
 /// replays a failure.
@@ -599,4 +603,22 @@ pub fn thread_capabilities(pid: u32) -> Vec<std::collections::BTreeMap<String, S
                 .collect()
         })
         .collect()
+}
+
+/// Tasks with a [`HOSTILE_COMM`] piled up in D behind the held mount (a link to
+/// `stat` so named, in `dir`): the first waits for the server in S, the others
+/// for it in D. Returns the first, the others, and all of them.
+pub fn hostile_pileup(mount: &fuse::FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
+    let program = dir.path(HOSTILE_COMM);
+    std::os::unix::fs::symlink(std::path::Path::new("/usr/bin/stat"), &program).unwrap();
+    let target = mount.path().join("missing");
+    mount.hold();
+    let mut children = Children::default();
+    let owner = children.spawn(Command::new(&program).arg(&target));
+    wait_for_state(owner, 'S', Duration::from_secs(10));
+    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
+    for &pid in &stuck {
+        wait_for_state(pid, 'D', Duration::from_secs(10));
+    }
+    (owner, stuck, children)
 }

@@ -16,8 +16,9 @@ use std::{
 use dstrace_tests::{
     dstrace_bin,
     fuse::FuseMount,
+    hostile_pileup,
     http::{self, encode, free_port},
-    require_root, require_tool, wait_for_state, Children, Pileup,
+    require_root, require_tool, Pileup, Scratch,
 };
 use serde_json::Value;
 
@@ -25,32 +26,8 @@ use serde_json::Value;
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A command name a hostile user could give a process (as in the report tests).
-const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
 /// A mount point name just as hostile: a quote, a backslash, a newline, an escape.
 const HOSTILE_MOUNT: &str = "q\"b\\s \n\x1b[1m";
-
-/// A scratch directory under the temporary directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("dstrace-daemon-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `dstrace daemon`, its standard error in a file; killed on drop.
 struct Daemon {
@@ -244,22 +221,6 @@ fn label(path: &Path) -> String {
     dstrace::output::escape(path.to_str().unwrap())
 }
 
-/// Tasks with a hostile command name piled up in D behind the held mount.
-fn hostile_pileup(mount: &FuseMount, dir: &Scratch, n: usize) -> Children {
-    let program = dir.path(HOSTILE_COMM);
-    std::os::unix::fs::symlink(Path::new("/usr/bin/stat"), &program).unwrap();
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(Command::new(&program).arg(&target));
-    wait_for_state(owner, 'S', Duration::from_secs(10));
-    for _ in 0..n {
-        let pid = children.spawn(Command::new(&program).arg(&target));
-        wait_for_state(pid, 'D', Duration::from_secs(10));
-    }
-    children
-}
-
 /// A real Prometheus scrapes the daemon every second while tasks pile up in D
 /// behind two dead FUSE servers, one of them mounted on a hostile name and its
 /// tasks given a hostile command name: Prometheus parses every scrape (the target
@@ -289,7 +250,7 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     let hostile = FuseMount::new(HOSTILE_MOUNT).expect("mount the hostile test filesystem");
     let (plain, hostile_label) = (label(mount.path()), label(hostile.path()));
     let pileup = Pileup::start(&mount, 3);
-    let mut hostile_children = hostile_pileup(&hostile, &dir, 2);
+    let (_owner, _stuck, mut hostile_children) = hostile_pileup(&hostile, &dir, 2);
 
     // Tasks in D now, by mount (all lock kinds summed), as Prometheus has them.
     let in_d = |mount_label: &str| {

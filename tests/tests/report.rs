@@ -18,14 +18,10 @@ use dstrace::{
     symbols::Stack,
 };
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, wait_for_state, Children, Dstrace,
-    Scratch,
+    dstrace_bin, fuse::FuseMount, hostile_pileup, json_lines, require_root, require_tool, Children, Dstrace,
+    Scratch, HOSTILE_COMM,
 };
 use serde_json::Value;
-
-/// A command name a hostile user could give a process (a symbolic link named so,
-/// executed): `;`, a space, a newline and a terminal escape sequence.
-const HOSTILE_COMM: &str = "dst;at \n\x1b[1m";
 
 fn dstrace(args: &[&str]) -> Output {
     Command::new(dstrace_bin()).args(args).output().expect("dstrace runs")
@@ -93,23 +89,6 @@ fn parse_svg(svg: &str) -> roxmltree::Document<'_> {
     let options = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
     roxmltree::Document::parse_with_options(svg, options)
         .unwrap_or_else(|err| panic!("not well-formed XML: {err}"))
-}
-
-/// Tasks with a hostile command name piled up in D behind the held mount: the
-/// first waits for the server in S, the others for it in D.
-fn hostile_pileup(mount: &FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
-    let program = dir.path(HOSTILE_COMM);
-    std::os::unix::fs::symlink(Path::new("/usr/bin/stat"), &program).unwrap();
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(Command::new(&program).arg(&target));
-    wait_for_state(owner, 'S', Duration::from_secs(10));
-    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
-    for &pid in &stuck {
-        wait_for_state(pid, 'D', Duration::from_secs(10));
-    }
-    (owner, stuck, children)
 }
 
 /// A recording made while tasks are stuck behind a dead FUSE server reports the

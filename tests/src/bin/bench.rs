@@ -20,6 +20,10 @@
 //! Then `dstrace record` (the release binary beside this one) records for a minute
 //! (`DSTRACE_BENCH_RECORD_SECONDS`) under a steady fsync loop: the recording's size,
 //! extrapolated to an hour, and the recorder's CPU time.
+//!
+//! Last, a soak of `dstrace daemon` for three minutes (`DSTRACE_BENCH_SOAK_SECONDS`,
+//! 600 for the ten-minute soak) under a steady D-wait load with process churn,
+//! scraped every second: its resident memory over time and its CPU per wait.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -100,6 +104,9 @@ fn main() -> Result<()> {
         record_phase(&dir, "0", seconds / 2).context("the recording benchmark (every wait)")?,
     ];
     report.push_str(&record_report(&recordings));
+    let soak_seconds =
+        std::env::var("DSTRACE_BENCH_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
+    report.push_str(&soak_report(&soak_phase(&dir, soak_seconds).context("the daemon soak benchmark")?));
     print!("{report}");
     if let Some(path) = output {
         std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
@@ -384,12 +391,27 @@ struct RecordResult {
 
 /// user + system CPU seconds of a process so far (`/proc/PID/stat`).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    fields.iter().sum::<u64>() as f64 / ticks
+    dstrace::procfs::usage(pid).map_or(0.0, |usage| usage.cpu_ns as f64 / 1e9)
+}
+
+/// A thread that writes and fsyncs 4 KiB in a loop in `dir` until `stop`: a steady
+/// D-wait load (the writer and the kernel's I/O threads sleep in D on every fsync).
+fn fsync_writer(
+    dir: &Path,
+    name: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    let path = dir.join(format!("dstrace-bench-{name}-{}", std::process::id()));
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let mut file = File::create(&path)?;
+        let block = [0x5au8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            file.write_all(&block)?;
+            file.sync_all()?;
+        }
+        drop(file);
+        std::fs::remove_file(&path)
+    })
 }
 
 /// Runs `dstrace record --min-duration MIN` for `seconds` under a steady fsync loop.
@@ -418,20 +440,7 @@ fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<
     let started = Instant::now();
     let cpu_start = cpu_seconds(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        let path = dir.join(format!("dstrace-bench-load-{}", std::process::id()));
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut file = File::create(&path)?;
-            let block = [0x5au8; 4096];
-            while !stop.load(Ordering::Relaxed) {
-                file.write_all(&block)?;
-                file.sync_all()?;
-            }
-            drop(file);
-            std::fs::remove_file(&path)
-        })
-    };
+    let load = fsync_writer(dir, "load", stop.clone());
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
     load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
@@ -499,5 +508,151 @@ fn record_report(results: &[RecordResult]) -> String {
             100.0 * r.cpu_total / r.seconds,
         ));
     }
+    out
+}
+
+/// What the daemon soak measured.
+struct SoakResult {
+    seconds: f64,
+    /// (seconds since start, RSS bytes, CPU seconds) every sample.
+    samples: Vec<(f64, u64, f64)>,
+    /// D waits started while sampled (from the daemon's own counter).
+    waits: u64,
+    /// Processes started by the load (each a new aggregation key).
+    processes: u64,
+    scrapes: u64,
+    recording_bytes: u64,
+}
+
+/// A value of an unlabelled sample in a scrape.
+fn scraped(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Runs `dstrace daemon` (defaults but for the port and the recording) for
+/// `seconds` under a steady D-wait load: a thread writing and fsyncing in a loop,
+/// and a short-lived process every 100 ms that does one fsync (new processes: new
+/// keys of the in-kernel aggregation, which the daemon must forget once they
+/// end). A scrape every second, as a Prometheus would; RSS and CPU sampled from
+/// `/proc/PID` every 10 s after a 10 s warm-up.
+fn soak_phase(dir: &Path, seconds: u64) -> Result<SoakResult> {
+    let exe = std::env::current_exe()?;
+    let dstrace = exe.with_file_name("dstrace");
+    anyhow::ensure!(dstrace.is_file(), "{} is not built (cargo xtask bench builds it)", dstrace.display());
+    let rec = dir.join(format!("dstrace-bench-daemon-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&rec);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], dstrace_tests::http::free_port()));
+    let mut child = Command::new(&dstrace)
+        .args(["daemon", "--listen", &addr.to_string(), "--recording"])
+        .arg(&rec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", dstrace.display()))?;
+    let pid = child.id();
+    let scrape = || dstrace_tests::http::get(addr, "/metrics", Duration::from_secs(10)).ok().map(|a| a.body);
+    let ready = Instant::now();
+    while scrape().is_none() {
+        anyhow::ensure!(ready.elapsed() < Duration::from_secs(120), "the daemon did not serve metrics");
+        anyhow::ensure!(child.try_wait()?.is_none(), "the daemon ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = fsync_writer(dir, "soak", stop.clone());
+    let churn = {
+        let stop = stop.clone();
+        let path = dir.join(format!("dstrace-bench-churn-{}", std::process::id()));
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut started = 0;
+            while !stop.load(Ordering::Relaxed) {
+                Command::new("dd")
+                    .args(["if=/dev/zero", "bs=4k", "count=1", "conv=fsync", "status=none"])
+                    .arg(format!("of={}", path.display()))
+                    .status()?;
+                started += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = std::fs::remove_file(&path);
+            Ok(started)
+        })
+    };
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut scrapes = 0;
+    let mut first_waits = None;
+    let mut last_waits = 0.0;
+    let warm_up = Duration::from_secs(10);
+    let mut next_sample = warm_up;
+    while started.elapsed() < Duration::from_secs(seconds) + warm_up {
+        if let Some(text) = scrape() {
+            scrapes += 1;
+            let waits = scraped(&text, "dstrace_waits_started_total").unwrap_or(0.0);
+            if started.elapsed() >= next_sample {
+                let usage = dstrace::procfs::usage(pid).context("the daemon is gone")?;
+                samples.push((started.elapsed().as_secs_f64(), usage.rss_bytes, usage.cpu_ns as f64 / 1e9));
+                first_waits.get_or_insert(waits);
+                last_waits = waits;
+                next_sample += Duration::from_secs(10);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    let processes = churn.join().map_err(|_| anyhow::anyhow!("the churn thread panicked"))??;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    child.wait()?;
+    let recording_bytes = std::fs::metadata(&rec).map_or(0, |m| m.len());
+    let _ = std::fs::remove_file(&rec);
+    Ok(SoakResult {
+        seconds: samples.last().map_or(0.0, |s| s.0) - samples.first().map_or(0.0, |s| s.0),
+        waits: (last_waits - first_waits.unwrap_or(0.0)) as u64,
+        samples,
+        processes,
+        scrapes,
+        recording_bytes,
+    })
+}
+
+fn soak_report(soak: &SoakResult) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let (first, last) = match (soak.samples.first(), soak.samples.last()) {
+        (Some(first), Some(last)) => (*first, *last),
+        _ => return "\n## Daemon soak\n\nNo samples.\n".to_owned(),
+    };
+    let max_rss = soak.samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let cpu = last.2 - first.2;
+    let mut out = format!(
+        "\n## Daemon soak: memory and CPU of `dstrace daemon`\n\n\
+         Method: `dstrace daemon` (release build, default settings: `--min-duration 1s`, \
+         `--interval 30s`, recording to a temporary file) runs for {:.0} s after a 10 s warm-up, \
+         under a steady D-wait load: a thread writes and fsyncs 4 KiB in a loop, and a new `dd ... \
+         conv=fsync` process starts every 100 ms ({} processes in all: each a new key of the \
+         in-kernel aggregation, which the daemon forgets once the process ended). It is scraped \
+         every second ({} scrapes), as a Prometheus with a 1 s interval would. RSS and CPU \
+         (user + system) come from `/proc/PID/statm` and `/proc/PID/stat` every 10 s; D waits \
+         from the daemon's own `dstrace_waits_started_total` over the same span. The machine is \
+         shared with other builds: CPU figures are upper bounds.\n\n\
+         | RSS at start | RSS at end | RSS max | D waits (per s) | CPU | CPU share | CPU per wait | \
+         recording bytes |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        soak.seconds, soak.processes, soak.scrapes
+    );
+    out.push_str(&format!(
+        "| {:.1} MiB | {:.1} MiB | {:.1} MiB | {} ({:.0}) | {:.2} s | {:.2}% | {:.2} us | {} |\n",
+        mib(first.1),
+        mib(last.1),
+        mib(max_rss),
+        soak.waits,
+        soak.waits as f64 / soak.seconds.max(1.0),
+        cpu,
+        100.0 * cpu / soak.seconds.max(1.0),
+        if soak.waits == 0 { 0.0 } else { cpu * 1e6 / soak.waits as f64 },
+        soak.recording_bytes,
+    ));
+    out.push_str("\nRSS over time (MiB, every 10 s): ");
+    let series: Vec<String> = soak.samples.iter().map(|s| format!("{:.1}", mib(s.1))).collect();
+    out.push_str(&series.join(" "));
+    out.push('\n');
     out
 }
