@@ -91,13 +91,15 @@ impl Dstrace {
 
     /// Starts `dstrace` with these arguments, its standard error to `stderr`.
     pub fn spawn_with_stderr(args: &[&str], stderr: impl Into<Stdio>) -> Dstrace {
-        let mut child = Command::new(dstrace_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("dstrace starts");
+        let mut cmd = Command::new(dstrace_bin());
+        cmd.args(args).stderr(stderr);
+        Dstrace::spawn_command(cmd)
+    }
+
+    /// Starts a command that runs dstrace in its process (`setpriv ... dstrace`,
+    /// which `exec`s it).
+    pub fn spawn_command(mut cmd: Command) -> Dstrace {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("dstrace starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -358,8 +360,9 @@ impl Drop for GatedPileup<'_> {
 
 /// The state letter of a task (`/proc/PID/stat`), if it exists.
 pub fn task_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    dstrace::procfs::parse_stat(&stat).map(|stat| stat.state)
+    // Bytes: a command name need not be UTF-8.
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    dstrace::procfs::parse_stat(&String::from_utf8_lossy(&stat)).map(|stat| stat.state)
 }
 
 /// Waits until a task is in `state` and blocked in FUSE or the dcache (not still
@@ -382,7 +385,11 @@ pub fn wait_until_proc(pid: u32, timeout: Duration, ok: impl Fn(char, &str) -> b
         if task_state(pid).is_some_and(|state| ok(state, &wchan)) {
             return;
         }
-        assert!(Instant::now() < deadline, "pid {pid} not there within {timeout:?} (wchan {wchan:?})");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} not there within {timeout:?} (state {:?}, wchan {wchan:?})",
+            task_state(pid)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -15,7 +15,7 @@ use std::{
 
 use dstrace_tests::{
     children_of, dstrace_bin, fuse::FuseMount, json_lines, require_root, thread_capabilities, tmux::Tmux,
-    BpfWatch, Dstrace, Pileup, Rng, Scratch,
+    BpfWatch, Children, Dstrace, Pileup, Rng, Scratch,
 };
 use serde_json::Value;
 
@@ -210,11 +210,15 @@ fn a_second_dstrace_works_beside_the_first() {
     let mount = FuseMount::new("second").expect("mount the test filesystem");
     let mut first = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
     first.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", rec_arg, "--interval", "500ms", "--min-duration", "0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop if the test fails.
+    let mut recorder = Children::default();
+    recorder.0.push(
+        Command::new(dstrace_bin())
+            .args(["record", "-o", rec_arg, "--interval", "500ms", "--min-duration", "0"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut second = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
     second.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
 
@@ -241,8 +245,8 @@ fn a_second_dstrace_works_beside_the_first() {
         }
     }
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
-    assert!(wait_bounded(&mut recorder, "the recorder").success());
+    unsafe { libc::kill(recorder.0[0].id() as libc::pid_t, libc::SIGINT) };
+    assert!(wait_bounded(&mut recorder.0[0], "the recorder").success());
     let out = Command::new(dstrace_bin()).args(["report", rec_arg, "--format", "json"]).output().unwrap();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     for pid in &stuck {
