@@ -152,9 +152,9 @@ fn no_tracefs_still_works() {
     if !require_root("no_tracefs_still_works") {
         return;
     }
-    let mount = FuseMount::new("env-tracefs").expect("mount the test filesystem");
+    let mount = FuseMount::new("env-no-tracing").expect("mount the test filesystem");
     let unmount = "for t in /sys/kernel/tracing /sys/kernel/debug/tracing /sys/kernel/debug; do \
-                   umount -l $t 2>/dev/null; done; ! grep -q tracefs /proc/self/mountinfo";
+                   umount -l $t 2>/dev/null; done; ! grep -q ' - tracefs ' /proc/self/mountinfo";
     let mut dstrace = Dstrace::spawn_command(in_namespace(
         unmount,
         &["run", "--json", "--comm", "stat", "--min-duration", "0"],
