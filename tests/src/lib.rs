@@ -245,8 +245,19 @@ pub struct Pileup<'m> {
 impl<'m> Pileup<'m> {
     /// Holds the mount and starts `n` + 1 `stat` processes on a missing name.
     pub fn start(mount: &'m fuse::FuseMount, n: usize) -> Pileup<'m> {
-        let (target, owner, mut children) = hold_with_owner(mount);
-        let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
+        Pileup::of(mount, std::path::Path::new("stat"), &mount.path().join("missing"), n)
+    }
+
+    /// Holds the mount and starts `n` + 1 processes running `program` (a `stat`,
+    /// under any name) on `target`, a name under the mount.
+    pub fn of(
+        mount: &'m fuse::FuseMount,
+        program: &std::path::Path,
+        target: &std::path::Path,
+        n: usize,
+    ) -> Pileup<'m> {
+        let (owner, mut children) = hold_with_owner(mount, program, target);
+        let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(program).arg(target))).collect();
         for &pid in &stuck {
             wait_for_state(pid, 'D', Duration::from_secs(10));
         }
@@ -281,16 +292,19 @@ impl Drop for Pileup<'_> {
     }
 }
 
-/// Holds the mount and starts the task that waits for the server (in S), which
-/// every later lookup of the same name piles up behind: returns the name, the
-/// owner's pid and the owner.
-fn hold_with_owner(mount: &fuse::FuseMount) -> (PathBuf, u32, Children) {
-    let target = mount.path().join("missing");
+/// Holds the mount and starts the task (`program` on `target`) that waits for
+/// the server (in S), which every later lookup of the same name piles up behind:
+/// returns the owner's pid and the owner.
+fn hold_with_owner(
+    mount: &fuse::FuseMount,
+    program: &std::path::Path,
+    target: &std::path::Path,
+) -> (u32, Children) {
     mount.hold();
     let mut children = Children::default();
-    let owner = children.spawn(Command::new("stat").arg(&target));
+    let owner = children.spawn(Command::new(program).arg(target));
     wait_for_state(owner, 'S', Duration::from_secs(10));
-    (target, owner, children)
+    (owner, children)
 }
 
 /// Tasks that pile up in D behind a held FUSE mount when told to, so that their
@@ -308,7 +322,8 @@ pub struct GatedPileup<'m> {
 impl<'m> GatedPileup<'m> {
     /// Holds the mount, starts the owner and `n` gated tasks, not yet blocked.
     pub fn prepare(mount: &'m fuse::FuseMount, n: usize) -> GatedPileup<'m> {
-        let (target, owner, owner_child) = hold_with_owner(mount);
+        let target = mount.path().join("missing");
+        let (owner, owner_child) = hold_with_owner(mount, std::path::Path::new("stat"), &target);
         let gated = (0..n)
             .map(|_| {
                 Command::new("sh")
@@ -394,6 +409,23 @@ pub fn wait_until_proc(pid: u32, timeout: Duration, ok: impl Fn(char, &str) -> b
     }
 }
 
+/// Waits for a child to end within `deadline` (a bound for "answers in bounded
+/// time", not a timing); past it, kills it and panics.
+pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Parses JSON lines, panicking with the line on error.
 pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
     lines
@@ -422,7 +454,7 @@ impl Rng {
     }
 
     /// The next number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -431,7 +463,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 

@@ -70,6 +70,21 @@ fn assert_first_screen(what: &str, out: &Output, stuck: &[u32]) {
     }
 }
 
+/// Asserts that a running `dstrace run --json --comm stat` sees the waits of
+/// tasks piled up behind `mount`, then stops it.
+fn assert_traces_real_waits(mut dstrace: Dstrace, mount: &FuseMount) {
+    let pileup = Pileup::start(mount, 2);
+    sleep(Duration::from_millis(800));
+    let stuck = pileup.stuck.clone();
+    drop(pileup);
+    dstrace.wait_until(Duration::from_secs(15), |lines| {
+        let records = json_lines(lines);
+        stuck.iter().all(|pid| records.iter().any(|r| r["type"] == "wait" && r["tgid"] == *pid))
+    });
+    let (status, _) = dstrace.interrupt();
+    assert!(status.success());
+}
+
 /// Without root or capabilities: `run` lists the tasks in D it can see, then
 /// says what is missing; `record` says so before it creates anything.
 #[test]
@@ -113,16 +128,7 @@ fn cap_bpf_and_cap_perfmon_without_root_are_enough() {
         assert_eq!(status["CapAmb"], "0000000000000000", "{status:?}");
         assert_eq!(status["NoNewPrivs"], "1");
     }
-    let pileup = Pileup::start(&mount, 2);
-    sleep(Duration::from_millis(800));
-    let stuck = pileup.stuck.clone();
-    drop(pileup);
-    dstrace.wait_until(Duration::from_secs(15), |lines| {
-        let records = json_lines(lines);
-        stuck.iter().all(|pid| records.iter().any(|r| r["type"] == "wait" && r["tgid"] == *pid))
-    });
-    let (status, _) = dstrace.interrupt();
-    assert!(status.success());
+    assert_traces_real_waits(dstrace, &mount);
 }
 
 /// The kernel's BTF hidden: one line naming CONFIG_DEBUG_INFO_BTF, after the
@@ -160,16 +166,7 @@ fn no_tracefs_still_works() {
         &["run", "--json", "--comm", "stat", "--min-duration", "0"],
     ));
     dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
-    let pileup = Pileup::start(&mount, 2);
-    sleep(Duration::from_millis(800));
-    let stuck = pileup.stuck.clone();
-    drop(pileup);
-    dstrace.wait_until(Duration::from_secs(15), |lines| {
-        let records = json_lines(lines);
-        stuck.iter().all(|pid| records.iter().any(|r| r["type"] == "wait" && r["tgid"] == *pid))
-    });
-    let (status, _) = dstrace.interrupt();
-    assert!(status.success());
+    assert_traces_real_waits(dstrace, &mount);
 }
 
 /// A copy of the kernel's BTF in which the type of tracepoint `name` is renamed

@@ -23,20 +23,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A signal is answered within this (a bound, not a timing).
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Waits for a child to end within [`EXIT_DEADLINE`]; kills it and panics past it.
+/// Waits for a child to end within [`EXIT_DEADLINE`] of a signal.
 fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + EXIT_DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not end within {EXIT_DEADLINE:?} of its signal");
-        }
-        sleep(Duration::from_millis(20));
-    }
+    dstrace_tests::wait_bounded(child, EXIT_DEADLINE, what)
 }
 
 fn signal_name(signal: i32) -> &'static str {

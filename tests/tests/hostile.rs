@@ -9,8 +9,8 @@ use std::{
 };
 
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, tmux::Tmux, wait_for_state, Children, Dstrace,
-    Rng, Scratch,
+    dstrace_bin, fuse::FuseMount, json_lines, require_root, tmux::Tmux, Children, Dstrace, Pileup, Rng,
+    Scratch,
 };
 use serde_json::Value;
 
@@ -40,19 +40,10 @@ fn assert_terminal_safe(what: &str, text: &str) {
 }
 
 /// Tasks with the hostile command name piled up behind the held hostile mount.
-fn hostile_pileup(mount: &FuseMount, dir: &Scratch, n: usize) -> (Vec<u32>, Children) {
+fn hostile_pileup<'m>(mount: &'m FuseMount, dir: &Scratch, n: usize) -> Pileup<'m> {
     let program = dir.path(OsStr::from_bytes(HOSTILE_COMM));
     std::os::unix::fs::symlink(Path::new("/usr/bin/stat"), &program).unwrap();
-    let target = mount.path().join(OsStr::from_bytes(HOSTILE_NAME));
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(Command::new(&program).arg(&target));
-    wait_for_state(owner, 'S', Duration::from_secs(10));
-    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
-    for &pid in &stuck {
-        wait_for_state(pid, 'D', Duration::from_secs(10));
-    }
-    (stuck, children)
+    Pileup::of(mount, &program, &mount.path().join(OsStr::from_bytes(HOSTILE_NAME)), n)
 }
 
 /// Hostile names reach every view intact and harmless: the full-screen view
@@ -93,13 +84,14 @@ fn hostile_names_are_escaped_in_every_view() {
     );
     sleep(Duration::from_secs(3)); // the recorder loads
 
-    let (stuck, mut children) = hostile_pileup(&mount, &dir, 2);
+    let mut pileup = hostile_pileup(&mount, &dir, 2);
+    let stuck = pileup.stuck.clone();
     let screen = tmux.wait_for(START_TIMEOUT, "the hostile group", |s| s.contains(r"PWNED\x07"));
     let snapshot_text = Command::new(dstrace_bin()).args(["snapshot", "--stacks"]).output().unwrap();
     let snapshot_json = Command::new(dstrace_bin()).args(["snapshot", "--json"]).output().unwrap();
     sleep(Duration::from_millis(1500));
     mount.release();
-    children.wait_all(Duration::from_secs(10));
+    pileup.children.wait_all(Duration::from_secs(10));
     sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(recorder.0[0].id() as libc::pid_t, libc::SIGINT) };
@@ -212,10 +204,10 @@ fn report_survives_random_damage_to_whole_files() {
             let at = rng.below(bad.len() as u64) as usize;
             match rng.below(4) {
                 0 => bad[at] ^= 1 << rng.below(8),
-                1 => bad[at] = rng.next() as u8,
+                1 => bad[at] = rng.next_u64() as u8,
                 2 => bad.truncate(at),
                 _ => {
-                    let junk: Vec<u8> = (0..rng.below(32)).map(|_| rng.next() as u8).collect();
+                    let junk: Vec<u8> = (0..rng.below(32)).map(|_| rng.next_u64() as u8).collect();
                     bad.splice(at..at, junk);
                 }
             }

@@ -18,8 +18,7 @@ use dstrace::{
     symbols::Stack,
 };
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, wait_for_state, Children, Dstrace,
-    Scratch,
+    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, Children, Dstrace, Pileup, Scratch,
 };
 use serde_json::Value;
 
@@ -97,19 +96,10 @@ fn parse_svg(svg: &str) -> roxmltree::Document<'_> {
 
 /// Tasks with a hostile command name piled up in D behind the held mount: the
 /// first waits for the server in S, the others for it in D.
-fn hostile_pileup(mount: &FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
+fn hostile_pileup<'m>(mount: &'m FuseMount, dir: &Scratch, n: usize) -> Pileup<'m> {
     let program = dir.path(HOSTILE_COMM);
     std::os::unix::fs::symlink(Path::new("/usr/bin/stat"), &program).unwrap();
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(Command::new(&program).arg(&target));
-    wait_for_state(owner, 'S', Duration::from_secs(10));
-    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
-    for &pid in &stuck {
-        wait_for_state(pid, 'D', Duration::from_secs(10));
-    }
-    (owner, stuck, children)
+    Pileup::of(mount, &program, &mount.path().join("missing"), n)
 }
 
 /// A recording made while tasks are stuck behind a dead FUSE server reports the
@@ -125,10 +115,11 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let mount = FuseMount::new("record").expect("mount the test filesystem");
 
     let mut recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
-    let (_owner, stuck, mut children) = hostile_pileup(&mount, &dir, 3);
+    let mut pileup = hostile_pileup(&mount, &dir, 3);
+    let stuck = pileup.stuck.clone();
     sleep(Duration::from_secs(2));
     mount.release();
-    children.wait_all(Duration::from_secs(10));
+    pileup.children.wait_all(Duration::from_secs(10));
     sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
