@@ -70,6 +70,18 @@ pub mod names {
     pub const PROG_FUSE_END: &str = "fuse_request_end";
     /// FUSE requests not answered yet: [`crate::FuseKey`] -> [`crate::FuseRequest`].
     pub const MAP_FUSE_INFLIGHT: &str = "FUSE_INFLIGHT";
+    /// sunrpc: an RPC task begins (classic tracepoint `sunrpc/rpc_task_begin`).
+    pub const PROG_RPC_BEGIN: &str = "rpc_task_begin";
+    /// sunrpc: the call's program and procedure (`sunrpc/rpc_request`).
+    pub const PROG_RPC_REQUEST: &str = "rpc_request";
+    /// sunrpc: the request is (re)transmitted (`sunrpc/xprt_transmit`).
+    pub const PROG_RPC_TRANSMIT: &str = "xprt_transmit";
+    /// sunrpc: a major timeout, "server not responding" (`sunrpc/rpc_timeout_status`).
+    pub const PROG_RPC_TIMEOUT: &str = "rpc_timeout_status";
+    /// sunrpc: the RPC task is over (`sunrpc/rpc_task_end`).
+    pub const PROG_RPC_END: &str = "rpc_task_end";
+    /// RPC tasks in flight: [`crate::RpcKey`] -> [`crate::RpcCall`].
+    pub const MAP_RPC_INFLIGHT: &str = "RPC_INFLIGHT";
     /// Tasks inside `d_alloc_parallel` now: tid -> [`crate::DentryKey`].
     pub const MAP_DLOOKUP_WAITING: &str = "DLOOKUP_WAITING";
     /// Dentries being looked up now: [`crate::DentryKey`] -> the owner's [`crate::TaskId`].
@@ -88,7 +100,8 @@ pub mod names {
     pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
     /// Every map the object must define.
-    pub const MAPS: [&str; 16] = [
+    pub const MAPS: [&str; 17] = [
+        MAP_RPC_INFLIGHT,
         MAP_FUSE_INFLIGHT,
         MAP_DLOOKUP_WAITING,
         MAP_DLOOKUP_OWNERS,
@@ -107,7 +120,12 @@ pub mod names {
         MAP_FILTER_COMMS,
     ];
     /// Every program the object must define.
-    pub const PROGRAMS: [&str; 12] = [
+    pub const PROGRAMS: [&str; 17] = [
+        PROG_RPC_BEGIN,
+        PROG_RPC_REQUEST,
+        PROG_RPC_TRANSMIT,
+        PROG_RPC_TIMEOUT,
+        PROG_RPC_END,
         PROG_FUSE_SEND,
         PROG_FUSE_END,
         PROG_DALLOC_ENTRY,
@@ -137,6 +155,8 @@ pub mod limits {
     pub const FILTER_ENTRIES: u32 = 64;
     /// FUSE requests tracked at once.
     pub const FUSE_ENTRIES: u32 = 8_192;
+    /// sunrpc tasks tracked at once.
+    pub const RPC_ENTRIES: u32 = 8_192;
     /// Name lookups tracked at once (tasks in `d_alloc_parallel`, dentries in lookup).
     pub const DLOOKUP_ENTRIES: u32 = 8_192;
     /// Tasks waiting for a kernel lock at once.
@@ -241,6 +261,125 @@ impl FuseOffsets {
     /// All zero: unknown.
     pub const UNSET: FuseOffsets =
         FuseOffsets { req_opcode: 0, req_unique: 0, req_nodeid: 0, req_fm: 0, fm_fc: 0, fc_dev: 0 };
+}
+
+/// `Config::flags`: `Config::rpc` is set: the sunrpc programs are attached.
+pub const CONFIG_RPC: u32 = 1 << 9;
+
+/// Where a field is in a sunrpc tracepoint's record: byte offsets read at start-up
+/// from the event's `format` file in tracefs (`u32::MAX`: the event lacks it).
+///
+/// Classic tracepoints rather than BTF ones: their records are described by tracefs
+/// on every kernel, including those whose sunrpc module has no BTF (Debian 5.10), and
+/// they carry the strings (program and procedure names) already copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcOffsets {
+    /// `task_id` (the RPC task's debug id, `tk_pid`) in each of the five events,
+    /// in the order begin, request, transmit, timeout, end.
+    pub task_id: [u32; 5],
+    /// `client_id` (`cl_clid`) in each of the five events, in the same order.
+    pub client_id: [u32; 5],
+    /// `rpc_request.version`.
+    pub request_version: u32,
+    /// `rpc_request.progname` (a `__data_loc char[]`).
+    pub request_progname: u32,
+    /// `rpc_request.procname` (a `__data_loc char[]`).
+    pub request_procname: u32,
+    /// `xprt_transmit.xid`.
+    pub transmit_xid: u32,
+}
+const _: () = assert!(core::mem::size_of::<RpcOffsets>() == 56);
+
+/// Index of each sunrpc event in [`RpcOffsets::task_id`] and [`RpcOffsets::client_id`].
+pub mod rpc_event {
+    /// `rpc_task_begin`.
+    pub const BEGIN: usize = 0;
+    /// `rpc_request`.
+    pub const REQUEST: usize = 1;
+    /// `xprt_transmit`.
+    pub const TRANSMIT: usize = 2;
+    /// `rpc_timeout_status`.
+    pub const TIMEOUT: usize = 3;
+    /// `rpc_task_end`.
+    pub const END: usize = 4;
+}
+
+impl RpcOffsets {
+    /// Unknown.
+    pub const UNSET: RpcOffsets = RpcOffsets {
+        task_id: [u32::MAX; 5],
+        client_id: [u32::MAX; 5],
+        request_version: u32::MAX,
+        request_progname: u32::MAX,
+        request_procname: u32::MAX,
+        transmit_xid: u32::MAX,
+    };
+}
+
+/// An RPC task: its client and its debug id, as the sunrpc tracepoints name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RpcKey {
+    /// `rpc_clnt.cl_clid`.
+    pub client_id: u32,
+    /// `rpc_task.tk_pid`.
+    pub task_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<RpcKey>() == 8);
+
+/// Length of the program name kept for an RPC (`nfs`, `lockd`, `mount`, ...).
+pub const RPC_PROGNAME_LEN: usize = 16;
+/// Length of the procedure name kept for an RPC (`GETATTR`, `LOCK`, `WRITE`, ...).
+pub const RPC_PROCNAME_LEN: usize = 24;
+
+/// An RPC task in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcCall {
+    /// When the task began (`bpf_ktime_get_ns`); 0 when it began before tracing.
+    pub started_ns: u64,
+    /// When the request was last transmitted; 0 = not seen.
+    pub transmitted_ns: u64,
+    /// When the first major timeout was seen ("server not responding"); 0 = none.
+    pub first_timeout_ns: u64,
+    /// When the last one was.
+    pub last_timeout_ns: u64,
+    /// The task that began it (a synchronous RPC runs in the caller; an
+    /// asynchronous one begins there and runs in `rpciod`).
+    pub task: TaskId,
+    /// The transaction id of the last transmission (host order).
+    pub xid: u32,
+    /// The program's version (`rpc_request.version`, 0 = not seen).
+    pub version: u32,
+    /// Transmissions seen (more than one: retransmitted).
+    pub transmits: u32,
+    /// Major timeouts seen.
+    pub timeouts: u32,
+    /// The RPC program (`nfs`, `lockd`, ...), NUL-padded.
+    pub progname: [u8; RPC_PROGNAME_LEN],
+    /// The procedure (`GETATTR`, `LOCK`, ...), NUL-padded.
+    pub procname: [u8; RPC_PROCNAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<RpcCall>() == 112);
+
+impl RpcCall {
+    /// A call first seen now, begun by `task`.
+    pub const fn new(task: TaskId, started_ns: u64) -> RpcCall {
+        RpcCall {
+            started_ns,
+            transmitted_ns: 0,
+            first_timeout_ns: 0,
+            last_timeout_ns: 0,
+            task,
+            xid: 0,
+            version: 0,
+            transmits: 0,
+            timeouts: 0,
+            progname: [0; RPC_PROGNAME_LEN],
+            procname: [0; RPC_PROCNAME_LEN],
+        }
+    }
 }
 
 /// A FUSE request: the connection (the mount's device) and its unique id.
@@ -396,8 +535,10 @@ pub struct Config {
     pub locks: LockOffsets,
     /// Offsets for [`CONFIG_FUSE_REQUESTS`].
     pub fuse: FuseOffsets,
+    /// Offsets for [`CONFIG_RPC`].
+    pub rpc: RpcOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 160);
+const _: () = assert!(core::mem::size_of::<Config>() == 216);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -410,6 +551,7 @@ impl Config {
         offsets: Offsets::UNSET,
         locks: LockOffsets::UNSET,
         fuse: FuseOffsets::UNSET,
+        rpc: RpcOffsets::UNSET,
     };
 }
 
@@ -718,11 +860,13 @@ pub enum Counter {
     DropLockMapFull = 9,
     /// Drop: `FUSE_INFLIGHT` was full, a FUSE request was not tracked.
     DropFuseMapFull = 10,
+    /// Drop: `RPC_INFLIGHT` was full, an RPC was not tracked.
+    DropRpcMapFull = 11,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -736,6 +880,7 @@ impl Counter {
         Counter::WaitsWoken,
         Counter::DropLockMapFull,
         Counter::DropFuseMapFull,
+        Counter::DropRpcMapFull,
     ];
 
     /// Whether this counter counts lost data.
@@ -749,6 +894,7 @@ impl Counter {
                 | Counter::DropAggFull
                 | Counter::DropLockMapFull
                 | Counter::DropFuseMapFull
+                | Counter::DropRpcMapFull
         )
     }
 
@@ -766,6 +912,7 @@ impl Counter {
             Counter::WaitsWoken => "waits_woken",
             Counter::DropLockMapFull => "lock_map_full",
             Counter::DropFuseMapFull => "fuse_map_full",
+            Counter::DropRpcMapFull => "rpc_map_full",
         }
     }
 }
@@ -827,4 +974,8 @@ mod user {
     unsafe impl aya::Pod for super::FuseKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FuseRequest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RpcKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RpcCall {}
 }

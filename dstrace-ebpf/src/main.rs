@@ -40,23 +40,27 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_probe_read_user_str,
-        generated::bpf_task_pt_regs,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::bpf_probe_read_user_str, generated::bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, fentry, fexit, map},
+    macros::{btf_tracepoint, fentry, fexit, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext as _, BtfTracePointContext, FEntryContext, FExitContext},
+    programs::{
+        tracing::StackIdContext as _, BtfTracePointContext, FEntryContext, FExitContext, TracePointContext,
+    },
+    EbpfContext as _,
 };
 use dstrace_common::{
-    hist_bucket, limits, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, DentryKey, FuseKey,
-    FuseRequest, InFlight, Target, TaskId, WaitEvent, Waker, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN,
-    CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, CONFIG_FILTER_CGROUP,
-    CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_FUSE_REQUESTS, CONFIG_INCLUDE_IDLE,
-    CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ,
-    LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    hist_bucket, limits, rpc_event, syscall_arg_indexes, AggKey, AggValue, Cause, Config, Counter, DentryKey,
+    FuseKey, FuseRequest, InFlight, RpcCall, RpcKey, Target, TaskId, WaitEvent, Waker, CAUSE_DENTRY,
+    CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT, CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN,
+    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_FUSE_REQUESTS,
+    CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_RPC, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
+    LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_SPIN, LCB_F_WRITE, NO_STACK, PATH_LEN,
+    TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -87,6 +91,10 @@ static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_EN
 static FUSE_INFLIGHT: HashMap<FuseKey, FuseRequest> = HashMap::with_max_entries(limits::FUSE_ENTRIES, 0);
 
 /// Tasks inside `d_alloc_parallel` now, and the name they look up.
+/// sunrpc tasks in flight, by client and task id (see `rpc_task_begin`).
+#[map(name = "RPC_INFLIGHT")]
+static RPC_INFLIGHT: HashMap<RpcKey, RpcCall> = HashMap::with_max_entries(limits::RPC_ENTRIES, 0);
+
 #[map(name = "DLOOKUP_WAITING")]
 static DLOOKUP_WAITING: HashMap<u32, DentryKey> = HashMap::with_max_entries(limits::DLOOKUP_ENTRIES, 0);
 
@@ -211,17 +219,12 @@ pub fn fuse_request_send(ctx: BtfTracePointContext) -> u32 {
     let req: *const u8 = ctx.arg(0);
     let Some(key) = fuse_key(req) else { return 0 };
     let fuse = &CONFIG.fuse;
-    let pid_tgid = bpf_get_current_pid_tgid();
     let request = FuseRequest {
         sent_ns: now_ns(),
         nodeid: read_u64(req, config_u32(&fuse.req_nodeid)).unwrap_or(0),
         opcode: read_u32(req, config_u32(&fuse.req_opcode)).unwrap_or(0),
         _pad: 0,
-        task: TaskId {
-            tid: pid_tgid as u32,
-            tgid: (pid_tgid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        },
+        task: current_task(),
     };
     if FUSE_INFLIGHT.insert(key, request, 0).is_err() {
         count(Counter::DropFuseMapFull);
@@ -240,6 +243,160 @@ pub fn fuse_request_end(ctx: BtfTracePointContext) -> u32 {
         let _ = FUSE_INFLIGHT.remove(key);
     }
     0
+}
+
+/// `sunrpc:rpc_task_begin` (`rpc_set_active`, net/sunrpc/sched.c; the record has
+/// had `task_id` and `client_id` since 4.18): an RPC task starts. It fires in the
+/// task that starts the RPC, synchronous or not, so the call is noted under it; the
+/// other sunrpc events may run in `rpciod`.
+#[tracepoint(category = "sunrpc", name = "rpc_task_begin")]
+pub fn rpc_task_begin(ctx: TracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_RPC == 0 {
+        return 0;
+    }
+    let Some(key) = rpc_key(&ctx, rpc_event::BEGIN) else { return 0 };
+    let call = RpcCall::new(current_task(), now_ns());
+    // BPF_NOEXIST: an entry made by a later event of a task begun before tracing
+    // started is kept as it is.
+    if RPC_INFLIGHT.insert(key, call, u64::from(BPF_NOEXIST)).is_err()
+        && RPC_INFLIGHT.get_ptr_mut(key).is_none()
+    {
+        count(Counter::DropRpcMapFull);
+    }
+    0
+}
+
+/// `sunrpc:rpc_request` (`call_start`, net/sunrpc/clnt.c; 5.2+): the call's RPC
+/// program, version and procedure.
+#[tracepoint(category = "sunrpc", name = "rpc_request")]
+pub fn rpc_request(ctx: TracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_RPC == 0 {
+        return 0;
+    }
+    let Some(call) = rpc_call(&ctx, rpc_event::REQUEST) else { return 0 };
+    let offsets = &CONFIG.rpc;
+    // SAFETY: `call` points to a value of `RPC_INFLIGHT`, valid for this program's
+    // run; the record is read through the probe helpers only.
+    unsafe {
+        if let Some(version) = read_field::<u32>(&ctx, config_u32(&offsets.request_version)) {
+            (*call).version = version;
+        }
+        read_data_loc(&ctx, config_u32(&offsets.request_progname), &mut (*call).progname);
+        read_data_loc(&ctx, config_u32(&offsets.request_procname), &mut (*call).procname);
+    }
+    0
+}
+
+/// `sunrpc:xprt_transmit` (`xprt_transmit`, net/sunrpc/xprt.c; 5.2+): the request goes
+/// on the wire, once more each time it is retransmitted.
+#[tracepoint(category = "sunrpc", name = "xprt_transmit")]
+pub fn xprt_transmit(ctx: TracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_RPC == 0 {
+        return 0;
+    }
+    let Some(call) = rpc_call(&ctx, rpc_event::TRANSMIT) else { return 0 };
+    let xid = read_field::<u32>(&ctx, config_u32(&CONFIG.rpc.transmit_xid));
+    // SAFETY: as in `rpc_request`.
+    unsafe {
+        (*call).transmitted_ns = now_ns();
+        (*call).transmits += 1;
+        if let Some(xid) = xid {
+            (*call).xid = xid;
+        }
+    }
+    0
+}
+
+/// `sunrpc:rpc_timeout_status` (`rpc_check_timeout`, net/sunrpc/clnt.c; 5.2+): a major
+/// timeout, after which the kernel logs "server ... not responding, still trying"
+/// (hard mounts) or fails the call (soft ones).
+#[tracepoint(category = "sunrpc", name = "rpc_timeout_status")]
+pub fn rpc_timeout_status(ctx: TracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_RPC == 0 {
+        return 0;
+    }
+    let Some(call) = rpc_call(&ctx, rpc_event::TIMEOUT) else { return 0 };
+    let now = now_ns();
+    // SAFETY: as in `rpc_request`.
+    unsafe {
+        if (*call).first_timeout_ns == 0 {
+            (*call).first_timeout_ns = now;
+        }
+        (*call).last_timeout_ns = now;
+        (*call).timeouts += 1;
+    }
+    0
+}
+
+/// `sunrpc:rpc_task_end` (`rpc_release_task`... `rpc_final_put_task`, net/sunrpc/sched.c):
+/// the RPC task is over.
+#[tracepoint(category = "sunrpc", name = "rpc_task_end")]
+pub fn rpc_task_end(ctx: TracePointContext) -> u32 {
+    if config_u32(&CONFIG.flags) & CONFIG_RPC == 0 {
+        return 0;
+    }
+    if let Some(key) = rpc_key(&ctx, rpc_event::END) {
+        let _ = RPC_INFLIGHT.remove(key);
+    }
+    0
+}
+
+/// The RPC task a sunrpc record is about.
+#[inline(always)]
+fn rpc_key(ctx: &TracePointContext, event: usize) -> Option<RpcKey> {
+    let offsets = &CONFIG.rpc;
+    let task_id = read_field::<u32>(ctx, config_u32(offsets.task_id.get(event)?))?;
+    let client_id = read_field::<u32>(ctx, config_u32(offsets.client_id.get(event)?))?;
+    Some(RpcKey { client_id, task_id })
+}
+
+/// The entry of the RPC task a sunrpc record is about, made if the task began
+/// before tracing did (its begin time and starter unknown: the current task is
+/// noted, which for a synchronous RPC is the caller).
+#[inline(always)]
+fn rpc_call(ctx: &TracePointContext, event: usize) -> Option<*mut RpcCall> {
+    let key = rpc_key(ctx, event)?;
+    if let Some(call) = RPC_INFLIGHT.get_ptr_mut(key) {
+        return Some(call);
+    }
+    if RPC_INFLIGHT.insert(key, RpcCall::new(current_task(), 0), u64::from(BPF_NOEXIST)).is_err() {
+        count(Counter::DropRpcMapFull);
+    }
+    RPC_INFLIGHT.get_ptr_mut(key)
+}
+
+/// The task running now.
+#[inline(always)]
+fn current_task() -> TaskId {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    TaskId {
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+/// Reads a field of a classic tracepoint's record; `u32::MAX` marks a field the
+/// event does not have.
+#[inline(always)]
+fn read_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == u32::MAX {
+        return None;
+    }
+    // SAFETY: a read of the record through the probe helper, which checks it.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Copies a `__data_loc char[]` field of a classic tracepoint's record (a `u32`:
+/// the string's offset in the record in the low half, its length in the high half)
+/// into `out`, NUL-terminated; leaves `out` as it is when the field is missing.
+#[inline(always)]
+fn read_data_loc(ctx: &TracePointContext, offset: u32, out: &mut [u8]) {
+    let Some(loc) = read_field::<u32>(ctx, offset) else { return };
+    let start = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: a read of the record through the probe helper, which checks it and
+    // stops at `out`'s length.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(start, out) };
 }
 
 /// The connection and unique id of a request: `req->fm->fc->dev`, `req->in.h.unique`.
@@ -287,12 +444,7 @@ pub fn d_alloc_parallel_exit(ctx: FExitContext) -> u32 {
     let locks = &CONFIG.locks;
     let Some(flags) = read_u32(dentry, config_u32(&locks.dentry_flags)) else { return 0 };
     if flags & config_u32(&locks.dcache_par_lookup) != 0 {
-        let owner = TaskId {
-            tid,
-            tgid: (pid_tgid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        };
-        let _ = DLOOKUP_OWNERS.insert(key, owner, 0);
+        let _ = DLOOKUP_OWNERS.insert(key, current_task(), 0);
     }
     0
 }
@@ -644,7 +796,7 @@ fn aggregate(wait: &InFlight, duration_ns: u64) {
             let Some(zero) = AGG_ZERO.get(0) else { return };
             // BPF_NOEXIST: another CPU may have created it meanwhile; either way the
             // lookup below finds the one entry.
-            let _ = AGG.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+            let _ = AGG.insert(key, zero, u64::from(BPF_NOEXIST));
             match AGG.get_ptr_mut(key) {
                 Some(value) => value,
                 None => {

@@ -5,9 +5,16 @@
 //! that does not answer, an NFS server, a task holding a lock others wait for, a
 //! file lock, writeback to a block device.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
-use crate::{chain::Link, clock::human_duration, record::Wait};
+use crate::{
+    chain::Link,
+    clock::human_duration,
+    file_locks::{self, Queue},
+    procfs,
+    record::Wait,
+    rpc,
+};
 
 /// Waits at least this old are worth advice.
 pub const MIN_AGE_NS: u64 = 1_000_000_000;
@@ -16,8 +23,14 @@ pub const MIN_AGE_NS: u64 = 1_000_000_000;
 const BLOCK_WAITS: [&str; 5] =
     ["submit_bio_wait", "__filemap_fdatawait_range", "blk_mq_get_tag", "rq_qos_wait", "__bio_queue_enter"];
 
-/// The advice for these waits (those still going on), most tasks first.
+/// The advice for these waits (those still going on) and for the file locks
+/// others queue for now (`/proc/locks`), most tasks first.
 pub fn advise(waits: &[Wait]) -> Vec<String> {
+    advise_with(waits, &file_locks::queues(&file_locks::read()))
+}
+
+/// As [`advise`], with the file lock queues given.
+pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
     let stuck: Vec<&Wait> = waits.iter().filter(|w| w.is_ongoing() && w.duration_ns >= MIN_AGE_NS).collect();
     let mut advice = Vec::new();
 
@@ -61,19 +74,20 @@ pub fn advise(waits: &[Wait]) -> Vec<String> {
             let server = links
                 .iter()
                 .find_map(|link| match link {
-                    Link::NfsServer { address } => Some(address.clone()),
+                    Link::NfsServer { address, .. } => Some(address.clone()),
                     _ => None,
                 })
                 .unwrap_or_else(|| mount.source.clone());
             advice.push((
                 n,
                 format!(
-                    "{n} {} on the NFS mount {mount_point} ({}) for up to {}: they cannot be killed until \
+                    "{n} {} on the NFS mount {mount_point} ({}) for up to {}{}: they cannot be killed until \
                      the server {server} answers; `umount -l {mount_point}` detaches the mount point, \
                      `umount -f {mount_point}` aborts pending RPCs",
                     tasks_wait(n),
                     mount.source,
-                    human_duration(oldest)
+                    human_duration(oldest),
+                    rpc_state(&links),
                 ),
             ));
         } else if mount.source.starts_with("/dev/")
@@ -91,6 +105,38 @@ pub fn advise(waits: &[Wait]) -> Vec<String> {
                 ),
             ));
         }
+    }
+
+    // RPCs of waits whose mount is not known (a path not resolved, or a kernel
+    // that cannot say): the RPC alone says an NFS (or NLM) server does not answer.
+    let unmounted: Vec<&Wait> = stuck
+        .iter()
+        .copied()
+        .filter(|wait| {
+            wait.on.mount.is_none() && wait.chain.iter().any(|link| matches!(link, Link::Rpc { .. }))
+        })
+        .collect();
+    if !unmounted.is_empty() {
+        let n = unmounted.len();
+        let oldest = unmounted.iter().map(|w| w.duration_ns).max().unwrap_or(0);
+        let links: Vec<&Link> = unmounted.iter().flat_map(|w| w.chain.iter()).collect();
+        let calls: Vec<String> = dedup(links.iter().filter_map(|link| match link {
+            Link::Rpc { program, version, procedure, .. } => {
+                Some(rpc::call_name(program, *version, procedure))
+            }
+            _ => None,
+        }));
+        advice.push((
+            n,
+            format!(
+                "{n} {} for RPCs ({}) for up to {}{}: an NFS mount whose server does not answer; its \
+                 tasks cannot be killed until it does; `umount -l` of the mount detaches it",
+                tasks_wait(n),
+                calls.join(", "),
+                human_duration(oldest),
+                rpc_state(&links),
+            ),
+        ));
     }
 
     // By holder: a task holding a lock others wait for.
@@ -120,11 +166,48 @@ pub fn advise(waits: &[Wait]) -> Vec<String> {
         ));
     }
 
-    // File locks.
+    // File locks: the queues the kernel lists (waiters in any state: a POSIX or
+    // flock waiter sleeps in S), with the tasks in D whose lock request names the
+    // holder (an NFS client's request goes to the server, so it is not queued
+    // here); then holders only tasks in D name.
+    let mut covered: Vec<(u32, u64)> = Vec::new();
+    for queue in queues {
+        let Some(pid) = queue.held.pid else { continue };
+        let mut waiters: Vec<u32> = queue.waiters.iter().filter_map(|w| w.pid).collect();
+        for wait in &stuck {
+            let names_it =
+                wait.on.file_locks.iter().any(|held| held.pid == Some(pid) && held.ino == queue.held.ino);
+            if names_it && !waiters.contains(&wait.pid) {
+                waiters.push(wait.pid);
+            }
+        }
+        covered.push((pid, queue.held.ino));
+        let n = waiters.len();
+        let on = stuck
+            .iter()
+            .filter_map(|wait| wait.on.mount.as_ref())
+            .find(|mount| mount.dev == queue.held.dev)
+            .map_or(String::new(), |mount| format!(" of {}", mount.mount_point.to_string_lossy()));
+        let who: Vec<String> = waiters.iter().map(|&pid| task_text(pid)).collect();
+        advice.push((
+            n,
+            format!(
+                "{} holds the {} {} lock on inode {} ({}:{}{on}) that {n} {} for: {}",
+                task_text(pid),
+                queue.held.kind,
+                queue.held.access,
+                queue.held.ino,
+                queue.held.dev.0,
+                queue.held.dev.1,
+                tasks_wait(n),
+                who.join(", ")
+            ),
+        ));
+    }
     let mut by_file_lock: BTreeMap<(u32, String), usize> = BTreeMap::new();
     for wait in &stuck {
         for held in &wait.on.file_locks {
-            if let Some(pid) = held.pid {
+            if let Some(pid) = held.pid.filter(|&pid| !covered.contains(&(pid, held.ino))) {
                 let inode =
                     wait.on.file.as_ref().and_then(|f| f.inode).map_or("?".to_owned(), |i| i.to_string());
                 *by_file_lock.entry((pid, format!("{} lock on inode {inode}", held.kind))).or_default() += 1;
@@ -137,6 +220,43 @@ pub fn advise(waits: &[Wait]) -> Vec<String> {
 
     advice.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     advice.into_iter().map(|(_, line)| line).collect()
+}
+
+/// What the RPCs of these links say of the server: `, the server not responding
+/// for 2m10s (3 major timeouts of NFSv4 LOCK)`, or nothing when none timed out.
+fn rpc_state(links: &[&Link]) -> String {
+    let worst = links
+        .iter()
+        .filter_map(|link| match link {
+            Link::Rpc { program, version, procedure, timeouts, not_responding_ns, .. } if *timeouts > 0 => {
+                Some((
+                    not_responding_ns.unwrap_or(0),
+                    *timeouts,
+                    rpc::call_name(program, *version, procedure),
+                ))
+            }
+            _ => None,
+        })
+        .max();
+    match worst {
+        Some((since, timeouts, call)) => format!(
+            ", the server NOT RESPONDING for {} ({timeouts} major timeout{} of {call})",
+            human_duration(since),
+            if timeouts == 1 { "" } else { "s" }
+        ),
+        None => String::new(),
+    }
+}
+
+/// A task as `/proc` shows it now: `holder[194] in D in folio_wait_bit_common`.
+fn task_text(pid: u32) -> String {
+    match procfs::task(Path::new("/proc"), pid, pid) {
+        Some(task) => match task.blocked_in() {
+            Some(function) if task.state == 'D' => format!("{}[{pid}] in D in {function}", task.comm),
+            _ => format!("{}[{pid}] in {}", task.comm, task.state),
+        },
+        None => format!("pid {pid} (gone)"),
+    }
 }
 
 fn tasks_wait(n: usize) -> &'static str {
@@ -165,6 +285,13 @@ mod tests {
     use crate::{
         attribution::{Attribution, FileRef},
         file_locks::FileLock,
+    };
+
+    /// The advice with no file lock queues (this machine's would vary).
+    fn advise(waits: &[Wait]) -> Vec<String> {
+        advise_with(waits, &[])
+    }
+    use crate::{
         mounts,
         record::{Holder, LockInfo, Source, TaskState},
     };
@@ -197,7 +324,8 @@ mod tests {
     #[test]
     fn nfs_server_not_answering() {
         let mut waits: Vec<Wait> = (1..=3).map(|pid| wait(pid, NFS, 240_000_000_000)).collect();
-        waits[0].chain = vec![Link::NfsServer { address: "10.0.0.5".into() }];
+        waits[0].chain =
+            vec![Link::NfsServer { address: "10.0.0.5".into(), nfs_version: Some("4.2".into()) }];
         let advice = advise(&waits);
         assert_eq!(advice.len(), 1, "{advice:?}");
         assert_eq!(
@@ -205,6 +333,52 @@ mod tests {
             "3 tasks wait on the NFS mount /var/lib/nova (10.0.0.5:/export) for up to 4m00s: they cannot be \
              killed until the server 10.0.0.5 answers; `umount -l /var/lib/nova` detaches the mount point, \
              `umount -f /var/lib/nova` aborts pending RPCs"
+        );
+    }
+
+    fn rpc(timeouts: u32, not_responding_ns: Option<u64>) -> Link {
+        Link::Rpc {
+            program: "nfs".into(),
+            version: 4,
+            procedure: "LOCK".into(),
+            xid: Some(7),
+            age_ns: Some(200_000_000_000),
+            transmits: 3,
+            timeouts,
+            not_responding_ns,
+            others: 0,
+        }
+    }
+
+    #[test]
+    fn nfs_server_not_responding_by_its_rpcs() {
+        let mut waits: Vec<Wait> = (1..=2).map(|pid| wait(pid, NFS, 240_000_000_000)).collect();
+        waits[0].chain = vec![rpc(0, None)];
+        waits[1].chain = vec![rpc(3, Some(130_000_000_000)), rpc(1, Some(10_000_000_000))];
+        let advice = advise(&waits);
+        assert!(
+            advice[0].starts_with(
+                "2 tasks wait on the NFS mount /var/lib/nova (10.0.0.5:/export) for up to 4m00s, the server \
+                 NOT RESPONDING for 2m10s (3 major timeouts of NFSv4 LOCK): they cannot be killed"
+            ),
+            "{advice:?}"
+        );
+        // Without a major timeout, nothing is said of the server's state.
+        waits[1].chain = vec![rpc(0, None)];
+        assert!(!advise(&waits)[0].contains("RESPONDING"));
+    }
+
+    #[test]
+    fn rpcs_of_waits_without_a_mount() {
+        let mut one = wait(1, NFS, 30_000_000_000);
+        one.on.mount = None;
+        assert!(advise(std::slice::from_ref(&one)).is_empty());
+        one.chain = vec![rpc(2, Some(20_000_000_000))];
+        assert_eq!(
+            advise(&[one]),
+            ["1 task waits for RPCs (NFSv4 LOCK) for up to 30.000s, the server NOT RESPONDING for 20.000s (2 \
+              major timeouts of NFSv4 LOCK): an NFS mount whose server does not answer; its tasks cannot be \
+              killed until it does; `umount -l` of the mount detaches it"]
         );
     }
 
@@ -255,6 +429,7 @@ mod tests {
         one.on.mount = None;
         one.on.file = Some(FileRef { path: None, inode: Some(2199054015793) });
         one.on.file_locks = vec![FileLock {
+            id: 1,
             kind: "POSIX".into(),
             access: "WRITE".into(),
             pid: Some(28331),
@@ -267,6 +442,41 @@ mod tests {
             advise(&[one]),
             ["pid 28331 holds the POSIX lock on inode 2199054015793 that 1 task waits for"]
         );
+    }
+
+    /// Seed 000 in one line: the holder of a lock others queue for, and who.
+    #[test]
+    fn file_lock_queue() {
+        // The holder is pid 1, which every machine has; the waiters are gone.
+        let holder = 1;
+        let lock = |pid: u32, waiting: bool| FileLock {
+            id: 5,
+            kind: "POSIX".into(),
+            access: "WRITE".into(),
+            pid: Some(pid),
+            dev: (0, 29),
+            ino: 11381,
+            range: (0, None),
+            waiting,
+        };
+        let queue = Queue { held: lock(holder, false), waiters: vec![lock(4243, true)] };
+        // A task in D (an NFS client's request, which the server queues) names the
+        // same holder: it is counted once among the waiters.
+        let mut one = wait(4242, NFS, 2_000_000_000);
+        one.on.file_locks = vec![lock(holder, false)];
+        let advice = advise_with(&[one.clone(), one], &[queue]);
+        // The NFS mount's line, and the queue's.
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        let advice: Vec<&String> = advice.iter().filter(|line| line.contains("holds the")).collect();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].contains("[1] in "), "{advice:?}");
+        assert!(
+            advice[0].contains(
+                "holds the POSIX WRITE lock on inode 11381 (0:29 of /var/lib/nova) that 2 tasks wait for: "
+            ),
+            "{advice:?}"
+        );
+        assert!(advice[0].ends_with("wait for: pid 4243 (gone), pid 4242 (gone)"), "{advice:?}");
     }
 
     #[test]

@@ -8,11 +8,13 @@
 
 use std::path::Path;
 
-use dstrace_common::{FuseKey, FuseRequest};
+use dstrace_common::{FuseKey, FuseRequest, RpcCall, RpcKey};
 
 use crate::{
+    clock::human_duration,
     procfs,
     record::{comm_string, TaskState, Wait},
+    rpc,
 };
 
 /// One link of a chain (in JSON: an object whose `link` names the kind).
@@ -81,10 +83,37 @@ pub enum Link {
         /// (`/sys/fs/fuse/connections/N/waiting`), when fusectl is mounted.
         waiting: Option<u64>,
     },
+    /// The RPCs the task began that are still in flight (NFS, NLM, ...), from the
+    /// sunrpc tracepoints: the one with the most major timeouts is described.
+    Rpc {
+        /// The RPC program (`nfs`, `lockd`, ...; empty when not seen).
+        program: String,
+        /// The program's version (0 when not seen).
+        version: u32,
+        /// The procedure (`GETATTR`, `LOCK`, `WRITE`, ...; empty when not seen).
+        procedure: String,
+        /// The transaction id of its last transmission, when one was seen.
+        xid: Option<u32>,
+        /// How long ago it began (`age_ms` in JSON); `None` if before tracing.
+        #[serde(rename = "age_ms", serialize_with = "crate::output::serialize_opt_ms")]
+        age_ns: Option<u64>,
+        /// Transmissions seen (more than one: retransmitted).
+        transmits: u32,
+        /// Major timeouts seen: the server has not answered in the mount's
+        /// `timeo` and `retrans` (the kernel logs "not responding").
+        timeouts: u32,
+        /// Since the first major timeout (`not_responding_ms` in JSON).
+        #[serde(rename = "not_responding_ms", serialize_with = "crate::output::serialize_opt_ms")]
+        not_responding_ns: Option<u64>,
+        /// Other RPCs of the task in flight.
+        others: u32,
+    },
     /// The NFS server of the mount.
     NfsServer {
         /// Its address (`addr=` of the mount options, or the host of the source).
         address: String,
+        /// The NFS version of the mount (`vers=` of its options).
+        nfs_version: Option<String>,
     },
 }
 
@@ -93,6 +122,8 @@ pub enum Link {
 pub struct Context {
     /// FUSE requests in flight (from the kernel side), with the time of the read.
     pub fuse: Vec<(FuseKey, FuseRequest)>,
+    /// RPC tasks in flight (from the kernel side).
+    pub rpc: Vec<(RpcKey, RpcCall)>,
     /// CLOCK_MONOTONIC when they were read.
     pub now_ns: u64,
 }
@@ -153,11 +184,16 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
                 }),
             );
         } else if mount.fs_type.starts_with("nfs") {
+            links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
             if let Some(address) = nfs_server(&mount.super_options, &mount.source) {
-                links.push(Link::NfsServer { address });
+                links.push(Link::NfsServer { address, nfs_version: rpc::nfs_version(&mount.super_options) });
             }
+            return links;
         }
     }
+    // The mount unknown (a path not resolved, or a kernel that cannot say): the
+    // RPC still says what the task waits for.
+    links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
     links
 }
 
@@ -265,7 +301,7 @@ pub fn text(links: &[Link]) -> String {
             Link::Mount { mountpoint, fstype, source } => format!("{fstype} {mountpoint} ({source})"),
             Link::FuseRequests { in_flight, oldest_ns, oldest_opcode, oldest_tid, oldest_comm } => format!(
                 "{in_flight} FUSE requests unanswered, the oldest for {} ({oldest_opcode} from {oldest_comm}[{oldest_tid}])",
-                crate::clock::human_duration(*oldest_ns)
+                human_duration(*oldest_ns)
             ),
             Link::FuseDaemon { pid, comm, state, waiting } => {
                 let mut text = format!("FUSE daemon {comm}[{pid}]");
@@ -279,7 +315,45 @@ pub fn text(links: &[Link]) -> String {
                 }
                 text
             }
-            Link::NfsServer { address } => format!("NFS server {address}"),
+            Link::Rpc {
+                program,
+                version,
+                procedure,
+                xid,
+                age_ns,
+                transmits,
+                timeouts,
+                not_responding_ns,
+                others,
+            } => {
+                let mut text = rpc::call_name(program, *version, procedure);
+                if let Some(xid) = xid {
+                    text.push_str(&format!(" xid 0x{xid:08x}"));
+                }
+                if let Some(age) = age_ns {
+                    text.push_str(&format!(" unanswered for {}", human_duration(*age)));
+                }
+                if *transmits > 1 {
+                    text.push_str(&format!(", sent {transmits} times"));
+                }
+                match (timeouts, not_responding_ns) {
+                    (0, _) => {}
+                    (n, Some(since)) => text.push_str(&format!(
+                        ", {n} major timeout{}: server NOT RESPONDING for {}",
+                        if *n == 1 { "" } else { "s" },
+                        human_duration(*since)
+                    )),
+                    (n, None) => text.push_str(&format!(", {n} major timeouts: server NOT RESPONDING")),
+                }
+                if *others > 0 {
+                    text.push_str(&format!(" (and {others} more RPCs)"));
+                }
+                text
+            }
+            Link::NfsServer { address, nfs_version } => match nfs_version {
+                Some(version) => format!("NFS server {address} (v{version})"),
+                None => format!("NFS server {address}"),
+            },
         })
         .collect::<Vec<_>>()
         .join(" -> ")

@@ -7,6 +7,9 @@
 /// One line of `/proc/locks`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileLock {
+    /// The number of the line's lock in `/proc/locks` (a waiter's is that of the
+    /// lock it waits for).
+    pub id: u32,
     /// `POSIX`, `FLOCK`, `OFDLCK`, `LEASE`, `DELEG`, ...
     pub kind: String,
     /// `READ` or `WRITE` (`UNLCK` for a lease being broken).
@@ -33,7 +36,7 @@ fn parse_line(line: &str) -> Option<FileLock> {
     // 1: POSIX  ADVISORY  WRITE 28331 00:1d:2199054015793 0 EOF
     // 1: -> POSIX  ADVISORY  WRITE 1234 00:1d:2199054015793 0 EOF
     let mut fields = line.split_whitespace();
-    fields.next()?.strip_suffix(':')?;
+    let id = fields.next()?.strip_suffix(':')?.parse().ok()?;
     let mut kind = fields.next()?;
     let waiting = kind == "->";
     if waiting {
@@ -52,6 +55,7 @@ fn parse_line(line: &str) -> Option<FileLock> {
         end => Some(end.parse().ok()?),
     };
     Some(FileLock {
+        id,
         kind: kind.to_owned(),
         access: access.to_owned(),
         pid: u32::try_from(pid).ok().filter(|&pid| pid > 0),
@@ -69,6 +73,32 @@ pub fn holders(locks: &[FileLock], dev: (u32, u32), ino: u64, except_pid: u32) -
         .filter(|lock| !lock.waiting && lock.dev == dev && lock.ino == ino && lock.pid != Some(except_pid))
         .cloned()
         .collect()
+}
+
+/// A lock others wait for: the kernel lists its waiters (`->` lines) under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queue {
+    /// The lock held.
+    pub held: FileLock,
+    /// The tasks waiting for it (in any state: a POSIX or flock waiter sleeps
+    /// interruptibly, in S, unless the lock is on a remote filesystem's server).
+    pub waiters: Vec<FileLock>,
+}
+
+/// The locks that have waiters, each with them, in the order of `/proc/locks`.
+pub fn queues(locks: &[FileLock]) -> Vec<Queue> {
+    let mut queues: Vec<Queue> = Vec::new();
+    let mut current: Option<Queue> = None;
+    for lock in locks {
+        if !lock.waiting {
+            queues.extend(current.take().filter(|queue| !queue.waiters.is_empty()));
+            current = Some(Queue { held: lock.clone(), waiters: Vec::new() });
+        } else if let Some(queue) = current.as_mut().filter(|queue| queue.held.id == lock.id) {
+            queue.waiters.push(lock.clone());
+        }
+    }
+    queues.extend(current.filter(|queue| !queue.waiters.is_empty()));
+    queues
 }
 
 /// Reads `/proc/locks` (nothing if it cannot be read).
@@ -96,6 +126,7 @@ garbage
         assert_eq!(
             locks[0],
             FileLock {
+                id: 1,
                 kind: "POSIX".into(),
                 access: "WRITE".into(),
                 pid: Some(28331),
@@ -109,6 +140,18 @@ garbage
         assert_eq!(locks[2].dev, (0xfe, 0));
         assert_eq!((locks[3].pid, locks[3].range), (None, (100, Some(199))));
         assert_eq!(locks[4].kind, "LEASE");
+    }
+
+    #[test]
+    fn queues_are_locks_with_their_waiters() {
+        let text = format!("{FIXTURE}5: POSIX  ADVISORY  WRITE 194 00:20:11381 0 EOF\n5: -> POSIX  ADVISORY  WRITE 354 00:20:11381 0 EOF\n5:  -> POSIX  ADVISORY  WRITE 356 00:20:11381 0 EOF\n");
+        let queues = queues(&parse(&text));
+        assert_eq!(queues.len(), 2);
+        assert_eq!((queues[0].held.pid, queues[0].waiters.len()), (Some(28331), 1));
+        assert_eq!(queues[0].waiters[0].pid, Some(1234));
+        assert_eq!((queues[1].held.pid, queues[1].held.ino), (Some(194), 11381));
+        let waiters: Vec<Option<u32>> = queues[1].waiters.iter().map(|w| w.pid).collect();
+        assert_eq!(waiters, [Some(354), Some(356)]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl KernelLayout {
                 && tracepoint_params(btf, "contention_end").is_ok(),
             has_sunrpc: tracepoint_params(btf, "rpc_task_begin").is_ok()
                 || std::path::Path::new("/sys/kernel/btf/sunrpc").exists()
-                || tracefs_has_group("sunrpc"),
+                || crate::tracefs::has_group("sunrpc"),
             has_dlookup_functions: has_function(btf, "d_alloc_parallel")
                 && has_function(btf, "__d_lookup_unhash_wake"),
             fuse_offsets: if tracepoint_params(btf, "fuse_request_send").is_ok()
@@ -282,14 +282,6 @@ pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
         };
     }
     bail!("{typedef}: too many levels of indirection")
-}
-
-/// Whether tracefs lists a group of tracepoints (`events/GROUP`), where tracefs is
-/// mounted; a directory listing the kernel answers itself.
-fn tracefs_has_group(group: &str) -> bool {
-    ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-        .iter()
-        .any(|events| std::path::Path::new(events).join(group).is_dir())
 }
 
 #[cfg(test)]

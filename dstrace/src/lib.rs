@@ -13,6 +13,8 @@
 //! * [`symbols`]: kernel symbols and the choice of the blocking function;
 //! * [`syscalls`] and [`attribution`]: which syscall, mount and file a wait concerns;
 //! * [`file_locks`]: who holds the file lock a task waits for (/proc/locks);
+//! * [`tracefs`] and [`rpc`]: classic tracepoints' records, and the NFS/sunrpc RPC
+//!   a task waits for;
 //! * [`chain`]: from a task in D to the lock, its holder, the mount and the server;
 //! * [`record`]: one D wait as userspace shows it, ongoing or completed;
 //! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
@@ -48,8 +50,10 @@ pub mod record;
 pub mod recorder;
 pub mod recording;
 pub mod report;
+pub mod rpc;
 pub mod run;
 pub mod snapshot;
 pub mod symbols;
 pub mod syscalls;
+pub mod tracefs;
 pub mod tui;

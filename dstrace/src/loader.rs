@@ -6,16 +6,17 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{BtfTracePoint, FEntry, FExit},
+    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use dstrace_common::{
-    limits, names, syscall_args, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, COMM_LEN,
-    CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_FUSE_REQUESTS,
-    CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_SYSCALL_TARGET, CONFIG_USER_STACKS,
+    limits, names, syscall_args, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, RpcCall,
+    RpcKey, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID,
+    CONFIG_FUSE_REQUESTS, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_RPC, CONFIG_SYSCALL_TARGET,
+    CONFIG_USER_STACKS,
 };
 
-use crate::{clock::duration_ns, kernel_btf::KernelLayout, syscalls};
+use crate::{clock::duration_ns, kernel_btf::KernelLayout, rpc, syscalls};
 
 /// The eBPF object, built by `dstrace/build.rs` (never empty: the build checks it).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
@@ -109,6 +110,8 @@ pub struct Tracer {
     pub agg: HashMap<MapData, AggKey, AggValue>,
     /// FUSE requests not answered yet.
     pub fuse_inflight: HashMap<MapData, FuseKey, FuseRequest>,
+    /// RPC tasks in flight.
+    pub rpc_inflight: HashMap<MapData, RpcKey, RpcCall>,
 }
 
 impl Tracer {
@@ -153,13 +156,26 @@ impl Tracer {
                 true
             }
         };
-        skipped.push(if layout.has_sunrpc {
-            "NFS and sunrpc RPCs: the sunrpc tracepoints exist here, but attributing waits to RPCs is \
-             not implemented yet (NFS waits are attributed to their mount and file)"
-                .to_owned()
+        let rpc = if layout.has_sunrpc {
+            match rpc::offsets() {
+                Ok(offsets) => {
+                    config.flags |= CONFIG_RPC;
+                    config.rpc = offsets;
+                    true
+                }
+                Err(why) => {
+                    skipped.push(format!("NFS and sunrpc RPCs: {why}"));
+                    false
+                }
+            }
         } else {
-            "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (no NFS client loaded)".to_owned()
-        });
+            skipped.push(
+                "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (the sunrpc module is not \
+                 loaded: no NFS mount yet; start dstrace after mounting)"
+                    .to_owned(),
+            );
+            false
+        };
         let fuse = match &layout.fuse_offsets {
             Ok(fuse) => {
                 config.flags |= CONFIG_FUSE_REQUESTS;
@@ -211,6 +227,11 @@ impl Tracer {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
         }
+        if rpc {
+            if let Err(err) = attach_rpc(&mut ebpf) {
+                skipped.push(format!("NFS and sunrpc RPCs: {err:#}"));
+            }
+        }
         if lookups {
             if let Err(err) = attach_lookups(&mut ebpf, &btf) {
                 skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
@@ -225,7 +246,8 @@ impl Tracer {
         let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
         let fuse_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_FUSE_INFLIGHT)?)?;
-        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight })
+        let rpc_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_RPC_INFLIGHT)?)?;
+        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight, rpc_inflight })
     }
 
     /// Total run time and run count of a loaded program, as the kernel accounts them
@@ -266,6 +288,11 @@ impl Tracer {
     /// FUSE requests not answered yet (empty where the kernel lacks the tracepoints).
     pub fn fuse_requests(&self) -> Vec<(FuseKey, FuseRequest)> {
         self.fuse_inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// RPC tasks in flight (empty where the kernel lacks the sunrpc tracepoints).
+    pub fn rpc_calls(&self) -> Vec<(RpcKey, RpcCall)> {
+        self.rpc_inflight.iter().filter_map(Result::ok).collect()
     }
 
     /// The aggregation map as it is now (its counters only grow).
@@ -376,6 +403,38 @@ fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     attached
 }
 
+/// Attaches the sunrpc programs (classic tracepoints), or none: without
+/// `rpc_task_end`, entries would stay in `RPC_INFLIGHT` for ever.
+fn attach_rpc(ebpf: &mut Ebpf) -> Result<()> {
+    let programs = [
+        names::PROG_RPC_BEGIN,
+        names::PROG_RPC_REQUEST,
+        names::PROG_RPC_TRANSMIT,
+        names::PROG_RPC_TIMEOUT,
+        names::PROG_RPC_END,
+    ];
+    let attached = programs.iter().zip(rpc::EVENTS).try_for_each(|(&program, event)| {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+            .try_into()?;
+        prog.load()?;
+        prog.attach("sunrpc", event)
+            .map(drop)
+            .with_context(|| format!("the kernel refused the program {program} (on sunrpc:{event})"))
+    });
+    if attached.is_err() {
+        for program in programs {
+            if let Some(prog) =
+                ebpf.program_mut(program).and_then(|prog| <&mut TracePoint>::try_from(prog).ok())
+            {
+                let _ = prog.unload();
+            }
+        }
+    }
+    attached
+}
+
 /// Describes the syscalls whose arguments name a file (`crate::syscalls`).
 fn fill_syscall_args(ebpf: &mut Ebpf) -> Result<()> {
     let map = names::MAP_SYSCALL_ARGS;
@@ -427,6 +486,7 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
         offsets: dstrace_common::Offsets::UNSET,
         locks: dstrace_common::LockOffsets::UNSET,
         fuse: dstrace_common::FuseOffsets::UNSET,
+        rpc: dstrace_common::RpcOffsets::UNSET,
     }
 }
 

@@ -40,6 +40,14 @@ pub fn serialize_ms<S: serde::Serializer>(ns: &u64, serializer: S) -> Result<S::
     serializer.serialize_f64(json_ms(*ns))
 }
 
+/// As [`serialize_ms`], `null` for `None`.
+pub fn serialize_opt_ms<S: serde::Serializer>(ns: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match ns {
+        Some(ns) => serializer.serialize_f64(json_ms(*ns)),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// How waits are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

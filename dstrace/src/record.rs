@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use aya::maps::{MapData, StackTraceMap};
 use dstrace_common::{
     Cause, InFlight, WaitEvent, CAUSE_DENTRY, CAUSE_HOLDER_KNOWN, CAUSE_HOLDER_READER_HINT,
-    CAUSE_INODE_RWSEM, CAUSE_LOCK, COMM_LEN, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE,
-    NO_STACK, TASK_NOLOAD, TASK_WAKEKILL,
+    CAUSE_INODE_RWSEM, CAUSE_LOCK, LCB_F_MUTEX, LCB_F_PERCPU, LCB_F_READ, LCB_F_RT, LCB_F_WRITE, NO_STACK,
+    TASK_NOLOAD, TASK_WAKEKILL,
 };
 
 use crate::{
@@ -209,9 +209,10 @@ impl TaskState {
     }
 }
 
-/// `comm` bytes up to the first NUL, invalid UTF-8 replaced.
-pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+/// A NUL-padded kernel string (a `comm`, an RPC's names) up to the first NUL,
+/// invalid UTF-8 replaced.
+pub fn comm_string(comm: &[u8]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
@@ -252,8 +253,20 @@ impl Wait {
     }
 
     /// A wait still going on at `now_ns`, from its `INFLIGHT` entry.
+    ///
+    /// A stack the kernel side lost (a full or colliding stack map: counted as
+    /// `stack_lost`) is read from `/proc/PID/stack` instead: the task is still in
+    /// D, so the stack there is the one it sleeps with.
     pub fn ongoing(tid: u32, wait: &InFlight, now_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
-        Wait::traced(tid, wait, now_ns, resolver)
+        let mut ongoing = Wait::traced(tid, wait, now_ns, resolver);
+        if ongoing.stack.is_empty() {
+            let task = procfs::task(std::path::Path::new("/proc"), wait.tgid, tid);
+            if let Some(stack) = task.and_then(|task| task.stack).filter(|stack| !stack.is_empty()) {
+                ongoing.stack = Stack::from(stack);
+                ongoing.blocked_in = blocking_of(&ongoing.stack);
+            }
+        }
+        ongoing
     }
 
     fn traced(tid: u32, wait: &InFlight, until_ns: u64, resolver: &mut Resolver<'_>) -> Wait {

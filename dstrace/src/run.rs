@@ -129,7 +129,11 @@ impl Live {
     fn in_d_now(&mut self, tracer: Option<&Tracer>, options: &Options) -> Vec<Wait> {
         let now_ns = monotonic_ns();
         let min_duration_ns = self.min_duration_ns;
-        let context = chain::Context { fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(), now_ns };
+        let context = chain::Context {
+            fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
+            rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
+            now_ns,
+        };
         let mut waits: Vec<Wait> = match tracer {
             Some(tracer) => {
                 let inflight = tracer.inflight();

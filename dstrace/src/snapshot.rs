@@ -49,8 +49,8 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
 /// What this look could not see, one sentence each.
 fn cannot_see(tasks: &[procfs::ProcTask]) -> Vec<String> {
     let mut missing =
-        vec!["kernel locks and their holders, the paths tasks look up and FUSE requests in flight: \
-         they need live tracing (dstrace run)"
+        vec!["kernel locks and their holders, the paths tasks look up, FUSE requests and NFS RPCs in \
+         flight: they need live tracing (dstrace run)"
             .to_owned()];
     if !preflight::may_load_bpf() || tasks.iter().any(|task| task.stack.is_none()) {
         missing.push(

@@ -306,3 +306,68 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     );
     assert!(text.contains("By mount, lock and function:") && text.contains("chain: "), "{text}");
 }
+
+/// Seed 000's hunt in one step: a process holds a lock others queue for (here
+/// flock(1)'s FLOCK lock; the waiters sleep in S), and both `snapshot` and `run`
+/// name the holder, its state, the inode and each waiter, from /proc/locks.
+#[test]
+fn a_file_lock_queue_names_its_holder_and_waiters() {
+    if !require_root("a_file_lock_queue_names_its_holder_and_waiters") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dstrace-lockqueue-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("registry-lock");
+    std::fs::write(&path, b"").unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    let mut children = Children(Vec::new());
+    let flock = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("flock");
+        cmd.arg("-x").arg(&path).args(args);
+        cmd
+    };
+    let holder = children.spawn(&mut flock(&["sleep", "600"]));
+    // The holder has its lock once /proc/locks lists it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let listed = |pid: u32, waiting: bool| {
+        std::fs::read_to_string("/proc/locks").unwrap().lines().any(|line| {
+            line.contains(&format!(" {pid} "))
+                && line.contains(&format!(":{inode} "))
+                && line.contains("->") == waiting
+        })
+    };
+    while !listed(holder, false) {
+        assert!(Instant::now() < deadline, "flock did not take its lock");
+        sleep(Duration::from_millis(20));
+    }
+    let waiters = [children.spawn(&mut flock(&["true"])), children.spawn(&mut flock(&["true"]))];
+    for waiter in waiters {
+        while !listed(waiter, true) {
+            assert!(Instant::now() < deadline, "flock {waiter} did not queue");
+            sleep(Duration::from_millis(20));
+        }
+    }
+    let wanted = |advice: &Value| -> bool {
+        advice.as_array().unwrap().iter().filter_map(Value::as_str).any(|line| {
+            line.contains(&format!("flock[{holder}] in S holds the FLOCK WRITE lock on inode {inode} ("))
+                && line.contains("that 2 tasks wait for: ")
+                && waiters.iter().all(|waiter| line.contains(&format!("flock[{waiter}] in S")))
+        })
+    };
+    let out = std::process::Command::new(dstrace_tests::dstrace_bin())
+        .args(["snapshot", "--json"])
+        .output()
+        .expect("dstrace snapshot runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(wanted(&snapshot["advice"]), "snapshot: {}", snapshot["advice"]);
+
+    let run = Dstrace::spawn(&["run", "--json", "--duration", "2s"]);
+    let (status, lines) = run.finish();
+    assert!(status.success(), "{lines:?}");
+    let records = json_lines(&lines);
+    let summary = records.iter().find(|record| record["type"] == "summary").expect("a summary");
+    assert!(wanted(&summary["advice"]), "run: {}", summary["advice"]);
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
+}

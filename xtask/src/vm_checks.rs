@@ -63,19 +63,79 @@ struct Expected {
     stack_has: &'static str,
     /// Where it blocks, if that is known for every kernel.
     blocked_in: Option<&'static str>,
+    /// The procedures of the RPC `dstrace run` must name in its chain (one of
+    /// them); empty: any RPC (flock on v3 waits for statd's MONITOR or lockd's LOCK).
+    rpc: &'static [&'static str],
 }
 
 const RPC_WAIT: Option<&str> = Some("rpc_wait_bit_killable");
 
 /// The hung tasks of the `nfs` scenario (xtask/vm/scenarios/nfs.sh).
 const NFS_TASKS: &[Expected] = &[
-    Expected { comm: "flock-v3", fstype: "nfs", by_fd: true, stack_has: "nlmclnt_", blocked_in: RPC_WAIT },
-    Expected { comm: "fcntl-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs4_", blocked_in: RPC_WAIT },
-    Expected { comm: "fsync-v4", fstype: "nfs4", by_fd: true, stack_has: "nfs", blocked_in: None },
-    Expected { comm: "fstatfs-v3", fstype: "nfs", by_fd: true, stack_has: "nfs3_", blocked_in: RPC_WAIT },
-    Expected { comm: "df", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
-    Expected { comm: "stat", fstype: "nfs", by_fd: false, stack_has: "nfs3_", blocked_in: RPC_WAIT },
-    Expected { comm: "stat", fstype: "nfs4", by_fd: false, stack_has: "nfs4_", blocked_in: RPC_WAIT },
+    Expected {
+        comm: "flock-v3",
+        fstype: "nfs",
+        by_fd: true,
+        stack_has: "nlmclnt_",
+        blocked_in: RPC_WAIT,
+        rpc: &[],
+    },
+    Expected {
+        comm: "fcntl-v4",
+        fstype: "nfs4",
+        by_fd: true,
+        stack_has: "nfs4_",
+        blocked_in: RPC_WAIT,
+        rpc: &["LOCK"],
+    },
+    Expected {
+        comm: "fsync-v4",
+        fstype: "nfs4",
+        by_fd: true,
+        stack_has: "nfs",
+        blocked_in: None,
+        rpc: &["WRITE", "COMMIT"],
+    },
+    Expected {
+        comm: "fstatfs-v3",
+        fstype: "nfs",
+        by_fd: true,
+        stack_has: "nfs3_",
+        blocked_in: RPC_WAIT,
+        rpc: &["FSSTAT"],
+    },
+    Expected {
+        comm: "holder",
+        fstype: "nfs4",
+        by_fd: true,
+        stack_has: "nfs",
+        blocked_in: None,
+        rpc: &["WRITE", "COMMIT"],
+    },
+    Expected {
+        comm: "df",
+        fstype: "nfs",
+        by_fd: false,
+        stack_has: "nfs3_",
+        blocked_in: RPC_WAIT,
+        rpc: &["GETATTR", "FSSTAT", "ACCESS"],
+    },
+    Expected {
+        comm: "stat",
+        fstype: "nfs",
+        by_fd: false,
+        stack_has: "nfs3_",
+        blocked_in: RPC_WAIT,
+        rpc: &["GETATTR", "LOOKUP", "ACCESS"],
+    },
+    Expected {
+        comm: "stat",
+        fstype: "nfs4",
+        by_fd: false,
+        stack_has: "nfs4_",
+        blocked_in: RPC_WAIT,
+        rpc: &["LOOKUP", "GETATTR", "ACCESS"],
+    },
 ];
 
 /// The NFS server's export, as the mounts' `source` must name it.
@@ -115,14 +175,47 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
         let task = find_task(ongoing, expected, by)
             .with_context(|| format!("dstrace run's summary, {}", listing(ongoing)))?;
         facts.push(format!("run, still in D at the end: {}", describe(task)));
+        facts.push(format!("  its RPC: {}", rpc_link(task, expected)?));
     }
+    // The server has been silent for 20 s and more with timeo=30,retrans=1: the
+    // kernel's major timeouts must show in the chains and in the advice.
+    let timed_out = ongoing
+        .iter()
+        .flat_map(|task| task["chain"].as_array().map(Vec::as_slice).unwrap_or_default())
+        .filter(|link| link["link"] == "rpc" && link["timeouts"].as_u64().unwrap_or(0) > 0)
+        .count();
+    ensure!(timed_out > 0, "no RPC with a major timeout in any chain: {}", listing(ongoing));
     let advice = summary["advice"].as_array().map(Vec::as_slice).unwrap_or_default();
+    ensure!(
+        advice.iter().any(|line| line.as_str().is_some_and(|line| line.contains("NOT RESPONDING"))),
+        "the summary's advice does not say the server is not responding: {advice:?}"
+    );
     // The advice needs the mounts of the waits.
     ensure!(
         !run_names_mounts || advice.iter().any(|line| line.as_str().is_some_and(|line| line.contains("NFS"))),
         "the summary gives no NFS advice: {advice:?}"
     );
     facts.extend(advice.iter().map(|line| format!("advice: {}", text(line))));
+    // Seed 000: the holder of the lock file's POSIX lock, and its queue: the
+    // waiters /proc/locks lists (6.1 lists both; 5.10 only the first, the other
+    // polling the server in S).
+    let holder = fs::read_to_string(results.join("holder.pid")).context("no holder.pid")?;
+    let inode = fs::read_to_string(results.join("registry-lock.inode")).context("no registry-lock.inode")?;
+    let (holder, inode) = (holder.trim(), inode.trim());
+    for (what, advice) in
+        [("dstrace snapshot", &snapshot["advice"]), ("dstrace run's summary", &summary["advice"])]
+    {
+        let advice = advice.as_array().map(Vec::as_slice).unwrap_or_default();
+        ensure!(
+            advice.iter().filter_map(Value::as_str).any(|line| {
+                line.contains(&format!("holder[{holder}] in D"))
+                    && line.contains(&format!("holds the POSIX WRITE lock on inode {inode} "))
+                    && line.contains(" for: queue-")
+            }),
+            "{what} does not name holder[{holder}], in D, as the holder of the POSIX lock on inode {inode} \
+             that the queue tasks wait for: {advice:?}"
+        );
+    }
     facts.extend(kernel_facts(results, start));
     let dmesg = fs::read_to_string(results.join("dmesg.txt")).unwrap_or_default();
     facts.push(match dmesg.lines().find(|line| line.contains("not responding")) {
@@ -201,6 +294,32 @@ fn find_task<'a>(tasks: &'a [Value], expected: &Expected, by: By) -> Result<&'a 
             candidates[0]["function"]
         ),
     }
+}
+
+/// The `rpc` link of a task's chain, checked against what it must name:
+/// `NFSv3 FSSTAT, 5 major timeouts, not responding for 29632 ms`.
+fn rpc_link(task: &Value, expected: &Expected) -> Result<String> {
+    let chain = task["chain"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rpc = chain.iter().find(|link| link["link"] == "rpc").with_context(|| {
+        format!("task `{}` ({}): no RPC in its chain: {chain:?}", expected.comm, expected.fstype)
+    })?;
+    let procedure = rpc["procedure"].as_str().unwrap_or_default();
+    ensure!(
+        expected.rpc.is_empty() || expected.rpc.contains(&procedure),
+        "task `{}` ({}): its RPC is {procedure:?}, not one of {:?}: {rpc}",
+        expected.comm,
+        expected.fstype,
+        expected.rpc
+    );
+    ensure!(!text(&rpc["program"]).is_empty(), "task `{}`: an RPC without its program: {rpc}", expected.comm);
+    Ok(format!(
+        "{} v{} {procedure}, {} major timeouts, not responding for {} ms, sent {} times",
+        text(&rpc["program"]),
+        rpc["version"],
+        rpc["timeouts"],
+        text(&rpc["not_responding_ms"]),
+        rpc["transmits"]
+    ))
 }
 
 fn has_frame(task: &Value, prefix: &str) -> bool {

@@ -30,7 +30,8 @@ rpc.nfsd 4 || exit 1
 mount -t nfs -o vers=3,proto=tcp,timeo=30,retrans=1 127.0.0.1:/export /mnt/v3 || exit 1
 mount -t nfs -o vers=4.2,timeo=30,retrans=1 127.0.0.1:/export /mnt/v4 || exit 1
 grep nfs /proc/self/mountinfo > "$R/mounts.txt"
-touch /mnt/v3/lock3 /mnt/v4/lock4 /mnt/v3/data3 /mnt/v4/data4
+touch /mnt/v3/lock3 /mnt/v4/lock4 /mnt/v3/data3 /mnt/v4/data4 /mnt/v4/registry-lock
+stat -c %i /mnt/v4/registry-lock > "$R/registry-lock.inode"
 ls -l /mnt/v3 /mnt/v4
 # Tasks that will block on a file they opened while the server answered (the
 # snapshot can name the mount of those: from /proc it knows a file descriptor's
@@ -44,18 +45,29 @@ fd_task flock-v3 flock /mnt/v3/lock3
 fd_task fcntl-v4 fcntl /mnt/v4/lock4
 fd_task fsync-v4 fsync /mnt/v4/data4
 fd_task fstatfs-v3 fstatfs /mnt/v3/data3
+# Seed 000: a holder takes the POSIX lock of a lock file on the v4 mount; two
+# waiters queue behind it (see nfs-task.pl).
+fd_task holder hold /mnt/v4/registry-lock
+echo $! > "$R/holder.pid"
+for i in $(seq 600); do [ -e /tmp/held ] && break; sleep 0.1; done
+[ -e /tmp/held ] || { echo "the holder did not take its lock"; exit 1; }
 # Only now: the client modules (nfs, nfsv3, nfsv4, sunrpc, lockd) are loaded.
 kernel_facts
 for group in nfs nfs4 sunrpc; do
     ls "/sys/kernel/tracing/events/$group" > "$R/events-$group.txt" 2>/dev/null
 done
-for event in sunrpc/rpc_task_begin sunrpc/rpc_task_sleep sunrpc/rpc_timeout_status sunrpc/xprt_retransmit \
-    sunrpc/rpc_call_status nfs4/nfs4_set_lock nfs/nfs_getattr_enter; do
+for event in sunrpc/rpc_task_begin sunrpc/rpc_request sunrpc/xprt_transmit sunrpc/rpc_timeout_status \
+    sunrpc/rpc_task_end sunrpc/xprt_retransmit nfs4/nfs4_set_lock; do
     echo "== $event"
     cat "/sys/kernel/tracing/events/$event/format" 2>/dev/null || echo absent
 done > "$R/event-formats.txt"
 
 start_dstrace_run --duration 45s || exit 1
+
+# The waiters queue while the server still answers (and wait in S, polling).
+fd_task queue-1 queue /mnt/v4/registry-lock
+fd_task queue-2 queue /mnt/v4/registry-lock
+sleep 1
 
 # The server dies: every packet to rpcbind, nfsd, mountd and lockd is dropped.
 nft -f - <<NFT || exit 1
@@ -86,6 +98,7 @@ for pid in $(ps -eo pid=,stat= | awk '$2 ~ /^D/ { print $1 }'); do
     echo "== $pid $(cat "/proc/$pid/comm")"
     cat "/proc/$pid/stack"
 done > "$R/stacks.txt" 2>&1
+cat /proc/locks > "$R/locks.txt"
 
 finish_dstrace_run
 status=$?
