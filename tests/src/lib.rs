@@ -426,6 +426,36 @@ pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitSt
     }
 }
 
+/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
+/// it records), its standard error passed on.
+pub fn start_recording(file: &std::path::Path, args: &[&str]) -> Child {
+    let mut recorder = Command::new(dstrace_bin())
+        .args(["record", "-o", file.to_str().unwrap()])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(recorder.stderr.take().unwrap());
+    let (send, notes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = send.send(line);
+        }
+    });
+    loop {
+        match notes.recv_timeout(Duration::from_secs(60)) {
+            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
+            Ok(_) => {}
+            Err(err) => {
+                let _ = recorder.kill();
+                let status = recorder.wait();
+                panic!("dstrace record did not start ({err}; {status:?})");
+            }
+        }
+    }
+}
+
 /// Parses JSON lines, panicking with the line on error.
 pub fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
     lines

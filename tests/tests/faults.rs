@@ -14,8 +14,8 @@ use std::{
 };
 
 use dstrace_tests::{
-    children_of, dstrace_bin, fuse::FuseMount, json_lines, require_root, thread_capabilities, tmux::Tmux,
-    BpfWatch, Children, Dstrace, Pileup, Rng, Scratch,
+    children_of, dstrace_bin, fuse::FuseMount, json_lines, require_root, start_recording,
+    thread_capabilities, tmux::Tmux, BpfWatch, Children, Dstrace, Pileup, Rng, Scratch,
 };
 use serde_json::Value;
 
@@ -201,13 +201,7 @@ fn a_second_dstrace_works_beside_the_first() {
     first.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
     // Killed on drop if the test fails.
     let mut recorder = Children::default();
-    recorder.0.push(
-        Command::new(dstrace_bin())
-            .args(["record", "-o", rec_arg, "--interval", "500ms", "--min-duration", "0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    recorder.0.push(start_recording(&rec, &["--interval", "500ms", "--min-duration", "0"]));
     let mut second = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
     second.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
 

@@ -9,8 +9,8 @@ use std::{
 };
 
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, tmux::Tmux, Children, Dstrace, Pileup, Rng,
-    Scratch,
+    dstrace_bin, fuse::FuseMount, json_lines, require_root, start_recording, tmux::Tmux, Children, Dstrace,
+    Pileup, Rng, Scratch,
 };
 use serde_json::Value;
 
@@ -76,13 +76,7 @@ fn hostile_names_are_escaped_in_every_view() {
     plain.wait_for_line(START_TIMEOUT, |line| line.starts_with("TIME "));
     // Killed on drop if the test fails.
     let mut recorder = Children::default();
-    recorder.0.push(
-        Command::new(dstrace_bin())
-            .args(["record", "-o", rec_arg, "--interval", "1s", "--min-duration", "0"])
-            .spawn()
-            .unwrap(),
-    );
-    sleep(Duration::from_secs(3)); // the recorder loads
+    recorder.0.push(start_recording(&rec, &["--interval", "1s", "--min-duration", "0"]));
 
     let mut pileup = hostile_pileup(&mount, &dir, 2);
     let stuck = pileup.stuck.clone();

@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     thread::sleep,
     time::Duration,
 };
@@ -18,7 +17,8 @@ use dstrace::{
     symbols::Stack,
 };
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, Children, Dstrace, Pileup, Scratch,
+    dstrace_bin, fuse::FuseMount, json_lines, require_root, require_tool, start_recording, Children, Dstrace,
+    Pileup, Scratch,
 };
 use serde_json::Value;
 
@@ -55,36 +55,6 @@ fn folded_total(text: &str) -> u64 {
             weight.parse::<u64>().unwrap_or_else(|_| panic!("bad weight in {line:?}"))
         })
         .sum()
-}
-
-/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
-/// it records), its standard error passed on.
-fn start_recording(file: &Path, args: &[&str]) -> Child {
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", file.to_str().unwrap()])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(recorder.stderr.take().unwrap());
-    let (send, notes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = send.send(line);
-        }
-    });
-    loop {
-        match notes.recv_timeout(Duration::from_secs(60)) {
-            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
-            Ok(_) => {}
-            Err(err) => {
-                let _ = recorder.kill();
-                let status = recorder.wait();
-                panic!("dstrace record did not start ({err}; {status:?})");
-            }
-        }
-    }
 }
 
 /// Parses an SVG (flame graphs declare the SVG DTD), panicking unless well-formed.
