@@ -45,7 +45,12 @@ impl KernelLayout {
         let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
         // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
         //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
-        let params = tracepoint_params(btf, "sched_switch")?;
+        let params = tracepoint_params(btf, "sched_switch").map_err(|err| {
+            anyhow!(
+                "the kernel's BTF does not describe the sched_switch tracepoint ({err}): dstrace needs \
+                 BTF-enabled tracepoints, Linux 5.8 or later with CONFIG_DEBUG_INFO_BTF=y"
+            )
+        })?;
         Ok(KernelLayout {
             task_pid_offset,
             task_state_offset,

@@ -92,13 +92,15 @@ impl Dstrace {
 
     /// Starts `dstrace` with these arguments, its standard error to `stderr`.
     pub fn spawn_with_stderr(args: &[&str], stderr: impl Into<Stdio>) -> Dstrace {
-        let mut child = Command::new(dstrace_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("dstrace starts");
+        let mut cmd = Command::new(dstrace_bin());
+        cmd.args(args).stderr(stderr);
+        Dstrace::spawn_command(cmd)
+    }
+
+    /// Starts a command that runs dstrace in its process (`setpriv ... dstrace`,
+    /// which `exec`s it).
+    pub fn spawn_command(mut cmd: Command) -> Dstrace {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("dstrace starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -244,8 +246,19 @@ pub struct Pileup<'m> {
 impl<'m> Pileup<'m> {
     /// Holds the mount and starts `n` + 1 `stat` processes on a missing name.
     pub fn start(mount: &'m fuse::FuseMount, n: usize) -> Pileup<'m> {
-        let (target, owner, mut children) = hold_with_owner(mount);
-        let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new("stat").arg(&target))).collect();
+        Pileup::of(mount, std::path::Path::new("stat"), &mount.path().join("missing"), n)
+    }
+
+    /// Holds the mount and starts `n` + 1 processes running `program` (a `stat`,
+    /// under any name) on `target`, a name under the mount.
+    pub fn of(
+        mount: &'m fuse::FuseMount,
+        program: &std::path::Path,
+        target: &std::path::Path,
+        n: usize,
+    ) -> Pileup<'m> {
+        let (owner, mut children) = hold_with_owner(mount, program, target);
+        let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(program).arg(target))).collect();
         for &pid in &stuck {
             wait_for_state(pid, 'D', Duration::from_secs(10));
         }
@@ -280,16 +293,19 @@ impl Drop for Pileup<'_> {
     }
 }
 
-/// Holds the mount and starts the task that waits for the server (in S), which
-/// every later lookup of the same name piles up behind: returns the name, the
-/// owner's pid and the owner.
-fn hold_with_owner(mount: &fuse::FuseMount) -> (PathBuf, u32, Children) {
-    let target = mount.path().join("missing");
+/// Holds the mount and starts the task (`program` on `target`) that waits for
+/// the server (in S), which every later lookup of the same name piles up behind:
+/// returns the owner's pid and the owner.
+fn hold_with_owner(
+    mount: &fuse::FuseMount,
+    program: &std::path::Path,
+    target: &std::path::Path,
+) -> (u32, Children) {
     mount.hold();
     let mut children = Children::default();
-    let owner = children.spawn(Command::new("stat").arg(&target));
+    let owner = children.spawn(Command::new(program).arg(target));
     wait_for_state(owner, 'S', Duration::from_secs(10));
-    (target, owner, children)
+    (owner, children)
 }
 
 /// Tasks that pile up in D behind a held FUSE mount when told to, so that their
@@ -307,7 +323,8 @@ pub struct GatedPileup<'m> {
 impl<'m> GatedPileup<'m> {
     /// Holds the mount, starts the owner and `n` gated tasks, not yet blocked.
     pub fn prepare(mount: &'m fuse::FuseMount, n: usize) -> GatedPileup<'m> {
-        let (target, owner, owner_child) = hold_with_owner(mount);
+        let target = mount.path().join("missing");
+        let (owner, owner_child) = hold_with_owner(mount, std::path::Path::new("stat"), &target);
         let gated = (0..n)
             .map(|_| {
                 Command::new("sh")
@@ -359,8 +376,9 @@ impl Drop for GatedPileup<'_> {
 
 /// The state letter of a task (`/proc/PID/stat`), if it exists.
 pub fn task_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    dstrace::procfs::parse_stat(&stat).map(|stat| stat.state)
+    // Bytes: a command name need not be UTF-8.
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    dstrace::procfs::parse_stat(&String::from_utf8_lossy(&stat)).map(|stat| stat.state)
 }
 
 /// Waits until a task is in `state` and blocked in FUSE or the dcache (not still
@@ -383,8 +401,59 @@ pub fn wait_until_proc(pid: u32, timeout: Duration, ok: impl Fn(char, &str) -> b
         if task_state(pid).is_some_and(|state| ok(state, &wchan)) {
             return;
         }
-        assert!(Instant::now() < deadline, "pid {pid} not there within {timeout:?} (wchan {wchan:?})");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} not there within {timeout:?} (state {:?}, wchan {wchan:?})",
+            task_state(pid)
+        );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a child to end within `deadline` (a bound for "answers in bounded
+/// time", not a timing); past it, kills it and panics.
+pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
+/// it records), its standard error passed on.
+pub fn start_recording(file: &std::path::Path, args: &[&str]) -> Child {
+    let mut recorder = Command::new(dstrace_bin())
+        .args(["record", "-o", file.to_str().unwrap()])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(recorder.stderr.take().unwrap());
+    let (send, notes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = send.send(line);
+        }
+    });
+    loop {
+        match notes.recv_timeout(Duration::from_secs(60)) {
+            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
+            Ok(_) => {}
+            Err(err) => {
+                let _ = recorder.kill();
+                let status = recorder.wait();
+                panic!("dstrace record did not start ({err}; {status:?})");
+            }
+        }
     }
 }
 
@@ -605,20 +674,17 @@ pub fn thread_capabilities(pid: u32) -> Vec<std::collections::BTreeMap<String, S
         .collect()
 }
 
-/// Tasks with a [`HOSTILE_COMM`] piled up in D behind the held mount (a link to
-/// `stat` so named, in `dir`): the first waits for the server in S, the others
-/// for it in D. Returns the first, the others, and all of them.
-pub fn hostile_pileup(mount: &fuse::FuseMount, dir: &Scratch, n: usize) -> (u32, Vec<u32>, Children) {
-    let program = dir.path(HOSTILE_COMM);
+/// Tasks under a hostile command name (`comm`: a link to `stat` so named, in
+/// `dir`) piled up behind the held mount on its entry `name`: the first waits for
+/// the server in S, the others for it in D.
+pub fn hostile_pileup<'m>(
+    mount: &'m fuse::FuseMount,
+    dir: &Scratch,
+    comm: &std::ffi::OsStr,
+    name: &std::ffi::OsStr,
+    n: usize,
+) -> Pileup<'m> {
+    let program = dir.path(comm);
     std::os::unix::fs::symlink(std::path::Path::new("/usr/bin/stat"), &program).unwrap();
-    let target = mount.path().join("missing");
-    mount.hold();
-    let mut children = Children::default();
-    let owner = children.spawn(Command::new(&program).arg(&target));
-    wait_for_state(owner, 'S', Duration::from_secs(10));
-    let stuck: Vec<u32> = (0..n).map(|_| children.spawn(Command::new(&program).arg(&target))).collect();
-    for &pid in &stuck {
-        wait_for_state(pid, 'D', Duration::from_secs(10));
-    }
-    (owner, stuck, children)
+    Pileup::of(mount, &program, &mount.path().join(name), n)
 }

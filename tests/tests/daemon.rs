@@ -18,7 +18,7 @@ use dstrace_tests::{
     fuse::FuseMount,
     hostile_pileup,
     http::{self, encode, free_port},
-    require_root, require_tool, Pileup, Scratch,
+    require_root, require_tool, Pileup, Scratch, HOSTILE_COMM,
 };
 use serde_json::Value;
 
@@ -250,7 +250,7 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     let hostile = FuseMount::new(HOSTILE_MOUNT).expect("mount the hostile test filesystem");
     let (plain, hostile_label) = (label(mount.path()), label(hostile.path()));
     let pileup = Pileup::start(&mount, 3);
-    let (_owner, _stuck, mut hostile_children) = hostile_pileup(&hostile, &dir, 2);
+    let hostile_tasks = hostile_pileup(&hostile, &dir, HOSTILE_COMM.as_ref(), "missing".as_ref(), 2);
 
     // Tasks in D now, by mount (all lock kinds summed), as Prometheus has them.
     let in_d = |mount_label: &str| {
@@ -269,8 +269,7 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
 
     // Let them go: their waits reach the histogram.
     drop(pileup);
-    hostile.release();
-    hostile_children.wait_all(Duration::from_secs(10));
+    drop(hostile_tasks);
     let count = |mount_label: &str| {
         let result = prometheus.query("sum by (mount, function) (dstrace_wait_duration_seconds_count)");
         result

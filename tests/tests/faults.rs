@@ -14,8 +14,8 @@ use std::{
 };
 
 use dstrace_tests::{
-    children_of, dstrace_bin, fuse::FuseMount, json_lines, require_root, thread_capabilities, tmux::Tmux,
-    BpfWatch, Dstrace, Pileup, Rng, Scratch,
+    children_of, dstrace_bin, fuse::FuseMount, json_lines, require_root, start_recording,
+    thread_capabilities, tmux::Tmux, BpfWatch, Children, Dstrace, Pileup, Rng, Scratch,
 };
 use serde_json::Value;
 
@@ -23,20 +23,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A signal is answered within this (a bound, not a timing).
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Waits for a child to end within [`EXIT_DEADLINE`]; kills it and panics past it.
+/// Waits for a child to end within [`EXIT_DEADLINE`] of a signal.
 fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + EXIT_DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not end within {EXIT_DEADLINE:?} of its signal");
-        }
-        sleep(Duration::from_millis(20));
-    }
+    dstrace_tests::wait_bounded(child, EXIT_DEADLINE, what)
 }
 
 fn signal_name(signal: i32) -> &'static str {
@@ -210,11 +199,9 @@ fn a_second_dstrace_works_beside_the_first() {
     let mount = FuseMount::new("second").expect("mount the test filesystem");
     let mut first = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
     first.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", rec_arg, "--interval", "500ms", "--min-duration", "0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop if the test fails.
+    let mut recorder = Children::default();
+    recorder.0.push(start_recording(&rec, &["--interval", "500ms", "--min-duration", "0"]));
     let mut second = Dstrace::spawn(&["run", "--json", "--comm", "stat", "--min-duration", "0"]);
     second.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
 
@@ -241,8 +228,8 @@ fn a_second_dstrace_works_beside_the_first() {
         }
     }
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
-    assert!(wait_bounded(&mut recorder, "the recorder").success());
+    unsafe { libc::kill(recorder.0[0].id() as libc::pid_t, libc::SIGINT) };
+    assert!(wait_bounded(&mut recorder.0[0], "the recorder").success());
     let out = Command::new(dstrace_bin()).args(["report", rec_arg, "--format", "json"]).output().unwrap();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     for pid in &stuck {

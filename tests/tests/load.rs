@@ -10,7 +10,6 @@ use std::{
     path::Path,
     process::{Command, Stdio},
     sync::Mutex,
-    thread::sleep,
     time::{Duration, Instant},
 };
 
@@ -58,18 +57,8 @@ fn run_bounded(cmd: &mut Command, what: &str) -> std::process::Output {
         std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
         bytes
     });
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {COMMAND_DEADLINE:?} beside a dead mount");
-        }
-        sleep(Duration::from_millis(50));
-    };
+    let status =
+        dstrace_tests::wait_bounded(&mut child, COMMAND_DEADLINE, &format!("{what} beside a dead mount"));
     let mut stderr = Vec::new();
     std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     std::process::Output { status, stdout: reader.join().unwrap(), stderr }

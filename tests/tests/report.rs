@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     thread::sleep,
     time::Duration,
 };
@@ -18,8 +17,8 @@ use dstrace::{
     symbols::Stack,
 };
 use dstrace_tests::{
-    dstrace_bin, fuse::FuseMount, hostile_pileup, json_lines, require_root, require_tool, Children, Dstrace,
-    Scratch, HOSTILE_COMM,
+    dstrace_bin, fuse::FuseMount, hostile_pileup, json_lines, require_root, require_tool, start_recording,
+    Children, Dstrace, Scratch, HOSTILE_COMM,
 };
 use serde_json::Value;
 
@@ -54,36 +53,6 @@ fn folded_total(text: &str) -> u64 {
         .sum()
 }
 
-/// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
-/// it records), its standard error passed on.
-fn start_recording(file: &Path, args: &[&str]) -> Child {
-    let mut recorder = Command::new(dstrace_bin())
-        .args(["record", "-o", file.to_str().unwrap()])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(recorder.stderr.take().unwrap());
-    let (send, notes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = send.send(line);
-        }
-    });
-    loop {
-        match notes.recv_timeout(Duration::from_secs(60)) {
-            Ok(note) if note.starts_with("dstrace: recording to") => return recorder,
-            Ok(_) => {}
-            Err(err) => {
-                let _ = recorder.kill();
-                let status = recorder.wait();
-                panic!("dstrace record did not start ({err}; {status:?})");
-            }
-        }
-    }
-}
-
 /// Parses an SVG (flame graphs declare the SVG DTD), panicking unless well-formed.
 fn parse_svg(svg: &str) -> roxmltree::Document<'_> {
     let options = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
@@ -104,10 +73,11 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let mount = FuseMount::new("record").expect("mount the test filesystem");
 
     let mut recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
-    let (_owner, stuck, mut children) = hostile_pileup(&mount, &dir, 3);
+    let mut pileup = hostile_pileup(&mount, &dir, HOSTILE_COMM.as_ref(), "missing".as_ref(), 3);
+    let stuck = pileup.stuck.clone();
     sleep(Duration::from_secs(2));
     mount.release();
-    children.wait_all(Duration::from_secs(10));
+    pileup.children.wait_all(Duration::from_secs(10));
     sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
