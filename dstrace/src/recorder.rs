@@ -273,7 +273,7 @@ impl Recorder {
                 self.lock_names.get(&key.cause_key).cloned().or_else(|| {
                     let cause =
                         Cause { kind: key.cause_kind, key: key.cause_key, dev: key.cause_dev, ..Cause::NONE };
-                    lock_info(&cause).map(|lock| lock.name())
+                    lock_info(&cause, false).map(|lock| lock.name())
                 })
             })
             .flatten();
@@ -388,6 +388,7 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
     let mut tracer = Tracer::load(options)?;
     let events = tracer.take_events()?;
     let mut stacks = Stacks::new(Kallsyms::from_proc()?);
+    crate::loader::release_start_up_memory();
     let mut mounts = MountTable::read();
     let clock = Clock::now();
     for what in &tracer.skipped {
