@@ -58,8 +58,11 @@ pub struct MountTable {
     /// load) cost one `readlink` a second, not one each. An entry is used for
     /// [`FD_PATH_TTL`] (a rename shows within that), and the cache is emptied when
     /// it holds [`FD_PATHS`].
-    fd_paths: HashMap<(u32, i32, u32, u64), (Instant, Option<String>)>,
+    fd_paths: HashMap<FdKey, (Instant, Option<String>)>,
 }
+
+/// A file descriptor and the file behind it: pid, fd, device, inode.
+type FdKey = (u32, i32, u32, u64);
 
 /// How long a file descriptor's path is reused.
 const FD_PATH_TTL: Duration = Duration::from_secs(1);

@@ -95,6 +95,9 @@ struct PhaseResult {
 
 fn main() -> Result<()> {
     let bench_started = Instant::now();
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
     let output = std::env::args().nth(1).map(PathBuf::from);
     dstrace::preflight::check()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF statistics")?;
@@ -117,7 +120,7 @@ fn main() -> Result<()> {
         results.push(phase(&tracer, &programs, "switch-heavy (socket ping-pong)", order, ping_pong));
         results.push(phase(&tracer, &programs, "D-heavy (write + fsync)", order, || fsync_loop(&dir)));
     }
-    let mut report = report(&results);
+    let mut report = report(&results, &load_average);
     match &bpftrace {
         Some(binary) => {
             let tracer = Tracer::load_with_floors(&run_options(), Some(FloorOrder::Last))?;
@@ -252,7 +255,7 @@ fn fsync_loop(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn report(results: &[PhaseResult]) -> String {
+fn report(results: &[PhaseResult], load_average: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -264,11 +267,13 @@ fn report(results: &[PhaseResult]) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = String::new();
     out.push_str("# BENCHMARKS\n\n");
-    out.push_str("Written by `cargo xtask bench` (tests/src/bin/bench.rs); do not edit by hand.\n\n");
+    out.push_str("Written by `cargo xtask bench` (tests/src/bin/bench/main.rs); do not edit by hand.\n\n");
     out.push_str(&format!(
-        "- date: {}\n- kernel: {}\n- machine: {cpus} CPUs, {cpu}\n\n",
+        "- date: {}\n- kernel: {}\n- machine: {cpus} CPUs, {cpu}\n- load average when the bench began (1, 5, 15 \
+         min; anything else running inflates wall times and CPU shares): {}\n\n",
         rfc3339_utc(SystemTime::now()),
-        kernel.trim()
+        kernel.trim(),
+        load_average
     ));
     out.push_str(
         "## Cost of the eBPF programs per invocation\n\n\
