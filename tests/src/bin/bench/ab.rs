@@ -8,7 +8,7 @@
 //! 1.00 the slowdown is within the noise.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::Instant,
@@ -74,23 +74,9 @@ impl Drop for Attached {
 
 /// Two threads exchange a byte over a pair of pipes [`PIPE_ROUND_TRIPS`] times.
 pub fn pipe_ping_pong() -> Result<()> {
-    let (mut to_echo_read, mut to_echo) = std::io::pipe()?;
-    let (mut back, mut back_write) = std::io::pipe()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut byte = [0u8; 1];
-        for _ in 0..PIPE_ROUND_TRIPS {
-            to_echo_read.read_exact(&mut byte)?;
-            back_write.write_all(&byte)?;
-        }
-        Ok(())
-    });
-    let mut byte = [7u8; 1];
-    for _ in 0..PIPE_ROUND_TRIPS {
-        to_echo.write_all(&byte)?;
-        back.read_exact(&mut byte)?;
-    }
-    echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
-    Ok(())
+    let (to_echo_read, to_echo) = std::io::pipe()?;
+    let (back, back_write) = std::io::pipe()?;
+    crate::exchange(to_echo, back, to_echo_read, back_write, PIPE_ROUND_TRIPS)
 }
 
 /// Runs `workload` in [`PAIRS`] pairs, without and with dstrace.

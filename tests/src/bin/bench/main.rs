@@ -211,21 +211,33 @@ fn counter(tracer: &Tracer, which: Counter) -> u64 {
     tracer.counters().unwrap().into_iter().find(|(c, _)| *c == which).map_or(0, |(_, n)| n)
 }
 
-/// Two threads exchange a byte `PING_PONGS` times.
+/// Two threads exchange a byte over a socket pair `PING_PONGS` times.
 fn ping_pong() -> Result<()> {
-    let (mut a, mut b) = UnixStream::pair()?;
+    let (a, b) = UnixStream::pair()?;
+    exchange(a.try_clone()?, a, b.try_clone()?, b, PING_PONGS)
+}
+
+/// Two threads exchange a byte `round_trips` times: this one writes `out` and
+/// reads `back`; an echo thread reads `echo_in` and writes `echo_out`.
+fn exchange(
+    mut out: impl Write,
+    mut back: impl Read,
+    mut echo_in: impl Read + Send + 'static,
+    mut echo_out: impl Write + Send + 'static,
+    round_trips: usize,
+) -> Result<()> {
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let mut byte = [0u8; 1];
-        for _ in 0..PING_PONGS {
-            b.read_exact(&mut byte)?;
-            b.write_all(&byte)?;
+        for _ in 0..round_trips {
+            echo_in.read_exact(&mut byte)?;
+            echo_out.write_all(&byte)?;
         }
         Ok(())
     });
     let mut byte = [7u8; 1];
-    for _ in 0..PING_PONGS {
-        a.write_all(&byte)?;
-        a.read_exact(&mut byte)?;
+    for _ in 0..round_trips {
+        out.write_all(&byte)?;
+        back.read_exact(&mut byte)?;
     }
     echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
     Ok(())
