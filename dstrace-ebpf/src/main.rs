@@ -192,9 +192,18 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let kstack_id = stack_id(&ctx, 0);
+    let at_ns = now_ns();
+    // A kernel stack walk is most of what a wait costs here. The waker's is shown
+    // only with a streamed wait, one of at least `min_duration`: a wait woken
+    // sooner (nearly always) ends sooner too, save for a task that then waits for
+    // a CPU past it, which keeps its waker but not the waker's stack.
+    // SAFETY: a pointer from a successful lookup; the task is asleep, so nothing
+    // else writes its entry now.
+    let waited_ns = at_ns.wrapping_sub(unsafe { (*wait).start_ns });
+    let kstack_id =
+        if waited_ns >= config_u64(&CONFIG.min_duration_ns) { stack_id(&ctx, 0) } else { NO_STACK };
     let waker = Waker {
-        at_ns: now_ns(),
+        at_ns,
         tid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         kstack_id,

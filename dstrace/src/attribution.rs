@@ -9,7 +9,11 @@
 //! cache): it never stats, opens or lists anything under a mount it may be
 //! diagnosing.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use dstrace_common::Target;
 
@@ -46,24 +50,39 @@ pub struct Attribution {
 const LOCKING_SYSCALLS: [&str; 2] = ["flock", "fcntl"];
 
 /// The mount table, read again when a device number is not in it, or when the
-/// kernel says it changed ([`MountTable::refresh_if_changed`]).
+/// kernel says it changed ([`MountTable::refresh_if_changed`]); and the paths of
+/// file descriptors read lately.
 pub struct MountTable {
     mounts: Vec<Mount>,
     /// `/proc/self/mountinfo`, kept open: the kernel flags it (`POLLPRI`) when a
     /// mount is made or removed.
     watch: Option<std::fs::File>,
+    /// `readlink /proc/PID/fd/N` by pid, fd, and the device and inode the kernel
+    /// side saw behind the fd: waits on one open file (thousands a second, under
+    /// load) cost one `readlink` a second, not one each. An entry is used for
+    /// [`FD_PATH_TTL`] (a rename shows within that), and the cache is emptied when
+    /// it holds [`FD_PATHS`].
+    fd_paths: HashMap<FdKey, (Instant, Option<String>)>,
 }
+
+/// A file descriptor and the file behind it: pid, fd, device, inode.
+type FdKey = (u32, i32, u32, u64);
+
+/// How long a file descriptor's path is reused.
+const FD_PATH_TTL: Duration = Duration::from_secs(1);
+/// The most file descriptor paths kept.
+const FD_PATHS: usize = 4096;
 
 impl MountTable {
     /// Reads `/proc/self/mountinfo` (an empty table if it cannot be read).
     pub fn read() -> MountTable {
         let watch = std::fs::File::open("/proc/self/mountinfo").ok();
-        MountTable { mounts: mounts::read().unwrap_or_default(), watch }
+        MountTable { mounts: mounts::read().unwrap_or_default(), watch, fd_paths: HashMap::new() }
     }
 
     /// A table of these mounts (tests).
     pub fn of(mounts: Vec<Mount>) -> MountTable {
-        MountTable { mounts, watch: None }
+        MountTable { mounts, watch: None, fd_paths: HashMap::new() }
     }
 
     /// Reads the table again if a mount was made or removed since it was read (a
@@ -79,6 +98,26 @@ impl MountTable {
         if ready > 0 && fds[0].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
             *self = MountTable::read();
         }
+    }
+
+    /// The path of the file behind `fd` of `pid`, which the kernel side saw as
+    /// inode `ino` of device `dev` (0: unknown, then it is read every time).
+    fn fd_path(&mut self, pid: u32, fd: i32, dev: u32, ino: u64) -> Option<String> {
+        if ino == 0 {
+            return fd_link(pid, fd);
+        }
+        let key = (pid, fd, dev, ino);
+        if let Some((read, path)) = self.fd_paths.get(&key) {
+            if read.elapsed() < FD_PATH_TTL {
+                return path.clone();
+            }
+        }
+        if self.fd_paths.len() >= FD_PATHS {
+            self.fd_paths.clear();
+        }
+        let path = fd_link(pid, fd);
+        self.fd_paths.insert(key, (Instant::now(), path.clone()));
+        path
     }
 
     /// The mount of a device number in the kernel's encoding (`s_dev`: major in the
@@ -137,7 +176,7 @@ pub fn attribute(pid: u32, target: &Target, table: &mut MountTable) -> Attributi
     };
     let given = path_arg(target);
     // The file: the descriptor's, or the path made absolute.
-    let fd_path = (target.fd >= 0).then(|| fd_link(pid, target.fd)).flatten();
+    let fd_path = (target.fd >= 0).then(|| table.fd_path(pid, target.fd, target.dev, target.ino)).flatten();
     let path = match (&given, syscall.path_arg.is_some()) {
         (Some(given), true) => absolute(pid, target.fd, given),
         _ => fd_path.clone(),

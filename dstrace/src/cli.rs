@@ -146,7 +146,7 @@ pub struct SnapshotArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Show waits that lasted at least this long (e.g. 500us, 10ms, 2s).
-    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_MIN_DURATION, value_parser = parse_duration)]
     pub min_duration: Duration,
 
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
@@ -250,6 +250,9 @@ pub fn cgroup_id(cgroup: &str) -> anyhow::Result<u64> {
         .map_err(|err| anyhow::anyhow!("--cgroup {cgroup}: {}: {err}", path.display()))?;
     Ok(meta.ino())
 }
+
+/// The default `--min-duration` of `dstrace run`.
+pub const DEFAULT_MIN_DURATION: &str = "1ms";
 
 /// Parses durations such as `1ms`, `250us`, `2s`, `1m30s`, or a bare `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -308,6 +308,16 @@ impl Tracer {
     }
 }
 
+/// Gives the memory freed after start-up back to the system: parsing the kernel's
+/// BTF twice (offsets, then loading) and `/proc/kallsyms` takes tens of MiB for a
+/// moment, which the allocator would otherwise keep for the whole run. Call it once
+/// tracing is set up.
+pub fn release_start_up_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no
+    // preconditions and leaves every live allocation as it is.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Where the benchmarks' empty programs go among the programs of a hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloorOrder {

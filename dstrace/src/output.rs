@@ -178,14 +178,20 @@ impl<W: Write> Printer<W> {
     }
 
     /// One wait: completed, or still going on.
+    ///
+    /// Not flushed: a batch of waits is written at once by [`Printer::flush`].
     pub fn wait(&mut self, wait: &Wait) -> io::Result<()> {
         match self.format {
-            Format::Text { stacks } => self.text_wait(wait, stacks)?,
+            Format::Text { stacks } => self.text_wait(wait, stacks),
             Format::Json => {
                 serde_json::to_writer(&mut self.out, &JsonWait::of(wait))?;
-                writeln!(self.out)?;
+                writeln!(self.out)
             }
         }
+    }
+
+    /// Writes out what is buffered (after a batch of [`Printer::wait`]s).
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 

@@ -117,14 +117,23 @@ pub struct StatFields {
 /// skipped, and a file that cannot be read leaves its field `None`.
 pub fn tasks_in_states(proc_root: &Path, states: &[char]) -> io::Result<Vec<ProcTask>> {
     let mut tasks = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
     for entry in std::fs::read_dir(proc_root)? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = numeric_name(&entry.file_name()) else { continue };
         let task_dir = proc_root.join(pid.to_string()).join("task");
         let Ok(threads) = std::fs::read_dir(&task_dir) else { continue };
+        let Ok(task_dir_fd) = File::open(&task_dir) else { continue };
         for thread in threads {
             let Ok(thread) = thread else { continue };
-            let Some(tid) = numeric_name(&thread.file_name()) else { continue };
+            let name = thread.file_name();
+            let Some(tid) = numeric_name(&name) else { continue };
+            // Most threads are in no state asked for: their `stat` is read only
+            // to its state letter, into one buffer, opened from the open `task`
+            // directory (a short path walk).
+            if !state_at(&task_dir_fd, &name, &mut buf).is_some_and(|state| states.contains(&state)) {
+                continue;
+            }
             let dir = task_dir.join(tid.to_string());
             if let Some(task) = read_task(&dir, pid, tid, states) {
                 tasks.push(task);
@@ -176,6 +185,36 @@ pub fn task_clocks_now() -> std::collections::HashMap<u32, u64> {
         clocks
     });
     reader.join().unwrap_or_default()
+}
+
+/// The state letter of thread `tid` under an open `task` directory (`tid/stat`,
+/// read into `buf`); `None` if it is gone or unreadable.
+fn state_at(task_dir: &File, tid: &std::ffi::OsStr, buf: &mut Vec<u8>) -> Option<char> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    };
+    let mut path = tid.as_bytes().to_vec();
+    path.extend_from_slice(b"/stat\0");
+    let path = std::ffi::CStr::from_bytes_with_nul(&path).ok()?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated path that outlive
+    // the call.
+    let fd = unsafe { libc::openat(task_dir.as_raw_fd(), path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    buf.clear();
+    file.take(MAX_FILE_BYTES).read_to_end(buf).ok()?;
+    state_of_stat(buf)
+}
+
+/// The state letter of a `stat` text: the first field after the command name
+/// (which ends at the last `)`).
+pub fn state_of_stat(stat: &[u8]) -> Option<char> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat[close + 1..].iter().find(|b| !b.is_ascii_whitespace()).map(|&b| char::from(b))
 }
 
 /// A directory entry named by a decimal number (`/proc/self` and the like are not).
@@ -429,6 +468,14 @@ mod tests {
         se.vruntime                                  :            78.438502\n\
         se.sum_exec_runtime                          :            12.163689\n\
         nr_switches                                  :                   14\n";
+
+    #[test]
+    fn state_letter_follows_the_last_parenthesis() {
+        assert_eq!(state_of_stat(STAT_EVIL.as_bytes()), Some('D'));
+        assert_eq!(state_of_stat(STAT_KTHREADD.as_bytes()), Some('S'));
+        assert_eq!(state_of_stat(b"1 (no state)"), None);
+        assert_eq!(state_of_stat(b"garbage"), None);
+    }
 
     /// A read that blocks (here: opening a FIFO nobody writes to) is given up.
     #[test]

@@ -130,8 +130,11 @@ pub fn lock_kind(name: &str) -> &'static str {
     LOCK_KINDS.iter().find(|&&kind| kind == name).copied().unwrap_or("lock")
 }
 
-/// The lock of a recorded cause, its holder looked up in `/proc` now.
-pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
+/// The lock of a recorded cause. With `holder_now` (a wait still going on), what
+/// its holder does now is looked up in `/proc`; a completed wait's holder is left
+/// as it was recorded (what it does after the wait says nothing of the wait, and
+/// the look costs five reads of `/proc` per wait).
+pub fn lock_info(cause: &Cause, holder_now: bool) -> Option<LockInfo> {
     if cause.kind != CAUSE_LOCK && cause.kind != CAUSE_DENTRY {
         return None;
     }
@@ -153,7 +156,9 @@ pub fn lock_info(cause: &Cause) -> Option<LockInfo> {
     };
     let inode = (flags & CAUSE_INODE_RWSEM != 0).then(|| (kernel_dev(cause.dev), cause.ino));
     let holder = (flags & CAUSE_HOLDER_KNOWN != 0).then(|| {
-        let now = procfs::task(std::path::Path::new("/proc"), cause.holder_tgid, cause.holder_tid);
+        let now = holder_now
+            .then(|| procfs::task(std::path::Path::new("/proc"), cause.holder_tgid, cause.holder_tid))
+            .flatten();
         let function = now.as_ref().and_then(ProcTask::blocked_in);
         Holder {
             tid: cause.holder_tid,
@@ -247,7 +252,7 @@ pub struct Resolver<'a> {
 impl Wait {
     /// A completed wait from its ring buffer record.
     pub fn completed(event: &WaitEvent, resolver: &mut Resolver<'_>) -> Wait {
-        let mut wait = Wait::traced(event.tid, &event.wait, event.end_ns, resolver);
+        let mut wait = Wait::traced(event.tid, &event.wait, event.end_ns, false, resolver);
         wait.end = Some(resolver.clock.wall(event.end_ns));
         wait
     }
@@ -258,7 +263,7 @@ impl Wait {
     /// `stack_lost`) is read from `/proc/PID/stack` instead: the task is still in
     /// D, so the stack there is the one it sleeps with.
     pub fn ongoing(tid: u32, wait: &InFlight, now_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
-        let mut ongoing = Wait::traced(tid, wait, now_ns, resolver);
+        let mut ongoing = Wait::traced(tid, wait, now_ns, true, resolver);
         if ongoing.stack.is_empty() {
             let task = procfs::task(std::path::Path::new("/proc"), wait.tgid, tid);
             if let Some(stack) = task.and_then(|task| task.stack).filter(|stack| !stack.is_empty()) {
@@ -269,7 +274,7 @@ impl Wait {
         ongoing
     }
 
-    fn traced(tid: u32, wait: &InFlight, until_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
+    fn traced(tid: u32, wait: &InFlight, until_ns: u64, ongoing: bool, resolver: &mut Resolver<'_>) -> Wait {
         let stack = resolver.stacks.kernel(resolver.stack_map, wait.kstack_id);
         let user_stack = match wait.ustack_id {
             NO_STACK => Stack::from([]),
@@ -299,7 +304,7 @@ impl Wait {
             user_stack,
             waker,
             on: attribute_with_lock(wait, resolver.mounts),
-            lock: lock_info(&wait.cause),
+            lock: lock_info(&wait.cause, ongoing),
             chain: Vec::new(),
             source: Source::Traced,
         }
@@ -390,11 +395,11 @@ mod tests {
     #[test]
     fn lock_causes_are_named() {
         let mut cause = Cause::NONE;
-        assert_eq!(lock_info(&cause), None);
+        assert_eq!(lock_info(&cause, true), None);
         cause.kind = CAUSE_LOCK;
         cause.key = 0xffff_8880_1234_5678;
         cause.flags = LCB_F_MUTEX;
-        let lock = lock_info(&cause).unwrap();
+        let lock = lock_info(&cause, true).unwrap();
         assert_eq!((lock.kind, lock.holder.clone()), ("mutex", None));
         assert_eq!(lock.name(), "mutex 0xffff888012345678");
 
@@ -404,7 +409,7 @@ mod tests {
         cause.holder_tid = u32::MAX; // no such task: state and function unknown
         cause.holder_tgid = u32::MAX;
         cause.holder_comm[..5].copy_from_slice(b"touch");
-        let lock = lock_info(&cause).unwrap();
+        let lock = lock_info(&cause, true).unwrap();
         assert_eq!(lock.kind, "rwsem-write");
         assert_eq!(lock.name(), "i_rwsem of inode 1 (0:55)");
         let holder = lock.holder.unwrap();

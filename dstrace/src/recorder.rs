@@ -187,7 +187,7 @@ impl RowLabels {
                 self.locks.get(&key.cause_key).cloned().or_else(|| {
                     let cause =
                         Cause { kind: key.cause_kind, key: key.cause_key, dev: key.cause_dev, ..Cause::NONE };
-                    lock_info(&cause).map(|lock| (lock.name(), lock.kind))
+                    lock_info(&cause, false).map(|lock| (lock.name(), lock.kind))
                 })
             })
             .flatten();
@@ -425,6 +425,7 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
     for note in crate::privileges::notes(&privileges) {
         eprintln!("dstrace: {note}");
     }
+    crate::loader::release_start_up_memory();
     let mut mounts = MountTable::read();
     let clock = Clock::now();
     for what in &tracer.skipped {

@@ -71,7 +71,13 @@ enum View {
     /// The full-screen view.
     Screen(Box<Tui>),
     /// Lines of text or JSON on standard output.
-    Lines(Printer<io::StdoutLock<'static>>),
+    Lines(Printer<io::BufWriter<io::StdoutLock<'static>>>),
+}
+
+/// Lines on standard output, buffered: completed waits are written a batch at a
+/// time (one `write` per wake-up, not one per wait), every other output at once.
+fn lines(format: Format) -> View {
+    View::Lines(Printer::new(io::BufWriter::new(io::stdout().lock()), format))
 }
 
 /// What the run knows and shows.
@@ -177,8 +183,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     let view = if !json && !args.plain && tui::available() {
         View::Screen(Box::new(Tui::start().context("cannot take over the terminal (try --plain)")?))
     } else {
-        let format = if json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
-        View::Lines(Printer::new(io::stdout().lock(), format))
+        lines(if json { Format::Json } else { Format::Text { stacks: args.view.stacks } })
     };
     let mut live = Live {
         view,
@@ -208,7 +213,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
         Err(err) => {
             if let View::Screen(_) = live.view {
                 // Leave the full screen, and keep what it showed.
-                live.view = View::Lines(Printer::new(io::stdout().lock(), Format::Text { stacks: false }));
+                live.view = lines(Format::Text { stacks: false });
                 first_screen(&mut live)?;
             }
             return Err(err);
@@ -252,7 +257,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     if let View::Screen(_) = live.view {
         // Back to the normal screen (dropping the full-screen view restores the
         // terminal) for the notes held back and the summary, which stay on it.
-        live.view = View::Lines(Printer::new(io::stdout().lock(), Format::Text { stacks: false }));
+        live.view = lines(Format::Text { stacks: false });
         let held = std::mem::take(&mut live.notes);
         live.note(held);
     }
@@ -456,12 +461,15 @@ async fn follow(
     drain(ring.get_mut(), tracer, live)
 }
 
-/// Handles every record waiting in the ring buffer.
+/// Handles every record waiting in the ring buffer, then writes out the lines.
 fn drain(ring: &mut RingBuf<MapData>, tracer: &Tracer, live: &mut Live) -> io::Result<()> {
     while let Some(item) = ring.next() {
         live.record(&item, tracer)?;
     }
-    Ok(())
+    match &mut live.view {
+        View::Lines(printer) => printer.flush(),
+        View::Screen(_) => Ok(()),
+    }
 }
 
 /// Aggregated entries grouped by process and blocking function.

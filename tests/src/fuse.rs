@@ -13,6 +13,11 @@
 //! inode's lock, and every other writer waits for that lock in D, in `write(2)` on
 //! a file descriptor (which `/proc` alone attributes to the mount).
 //!
+//! For the load generator ([`crate::dload`]) a mount can also serve *lane* files
+//! ([`lane_name`]) whose writes of two bytes or more are answered after a fixed
+//! delay ([`FuseMount::with_delayed_writes`]): their writer holds the inode's lock
+//! that long, and a second writer of the same lane waits for it in D.
+//!
 //! The mount lives under the system's temporary directory, never in the
 //! repository, and [`FuseMount`]'s `Drop` always undoes it: it opens the gate and
 //! detaches the mount (`umount -l`), which ends the connection and fails whatever
@@ -25,8 +30,9 @@ use std::{
     io::{self, Read, Write},
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex},
+    sync::{mpsc, Arc, Condvar, Mutex},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 const FUSE_LOOKUP: u32 = 1;
@@ -46,6 +52,10 @@ const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 const FILE_ID: u64 = 2;
 /// The one regular file of the filesystem (empty; writes are held like lookups).
 pub const FILE_NAME: &str = "file";
+/// Node id of lane 0 ([`lane_name`]); lane `n` is `LANE_BASE_ID + n`.
+const LANE_BASE_ID: u64 = 1 << 20;
+/// The most lanes a mount serves.
+pub const MAX_LANES: u64 = 1 << 16;
 const IN_HEADER_LEN: usize = 40;
 
 /// Whether `LOOKUP` requests are answered.
@@ -68,6 +78,27 @@ impl Gate {
     }
 }
 
+/// The name of lane file `n` (`n` below [`MAX_LANES`]).
+pub fn lane_name(n: u64) -> String {
+    format!("lane-{n}")
+}
+
+/// The lane of a file name, if it is one.
+fn lane_of(name: &[u8]) -> Option<u64> {
+    let n: u64 = std::str::from_utf8(name.strip_prefix(b"lane-")?).ok()?.parse().ok()?;
+    (n < MAX_LANES).then_some(n)
+}
+
+/// Writes to lane files answered after a delay.
+pub struct DelayedWrites {
+    /// How long a write of two bytes or more waits for its answer (shorter writes
+    /// are answered at once).
+    pub delay: Duration,
+    /// Called on the server's thread with the lane as such a write arrives: its
+    /// writer holds the lane's inode lock from now until the answer.
+    pub on_held: Box<dyn Fn(u64) + Send>,
+}
+
 /// A mounted test filesystem served by a thread of this process.
 pub struct FuseMount {
     dir: PathBuf,
@@ -79,6 +110,16 @@ impl FuseMount {
     /// Mounts a new filesystem on a fresh directory under the temporary directory,
     /// with its gate open.
     pub fn new(name: &str) -> io::Result<FuseMount> {
+        FuseMount::mount(name, None)
+    }
+
+    /// As [`FuseMount::new`], and writes to the lane files ([`lane_name`]) are
+    /// answered as `delayed` says.
+    pub fn with_delayed_writes(name: &str, delayed: DelayedWrites) -> io::Result<FuseMount> {
+        FuseMount::mount(name, Some(delayed))
+    }
+
+    fn mount(name: &str, delayed: Option<DelayedWrites>) -> io::Result<FuseMount> {
         let dir = std::env::temp_dir().join(format!("dstrace-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dev = File::options().read(true).write(true).open("/dev/fuse")?;
@@ -88,7 +129,7 @@ impl FuseMount {
         let server_gate = gate.clone();
         let server = std::thread::Builder::new().name("fuse-server".into()).spawn(move || {
             // The server ends when the connection does (unmount or abort).
-            let _ = serve(dev, &server_gate);
+            let _ = serve(dev, &server_gate, delayed);
         })?;
         Ok(FuseMount { dir, gate, server: Some(server) })
     }
@@ -147,8 +188,9 @@ fn mount(dir: &Path, options: &str) -> io::Result<()> {
 
 /// Reads requests until the connection ends; each lookup runs on a thread of its
 /// own so that a held one does not stop the others.
-fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
+fn serve(dev: File, gate: &Arc<Gate>, delayed: Option<DelayedWrites>) -> io::Result<()> {
     let dev = Arc::new(dev);
+    let timer = delayed.as_ref().map(|_| Timer::start(dev.clone())).transpose()?;
     let mut buf = vec![0u8; 1 << 20 | 4096];
     loop {
         let len = match (&*dev).read(&mut buf) {
@@ -166,11 +208,15 @@ fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
         match opcode {
             FUSE_INIT => reply(&dev, unique, 0, &init_out())?,
             FUSE_GETATTR if nodeid == FUSE_ROOT_ID => reply(&dev, unique, 0, &attr_out(FUSE_ROOT_ID))?,
-            FUSE_GETATTR if nodeid == FILE_ID => reply(&dev, unique, 0, &attr_out(FILE_ID))?,
+            FUSE_GETATTR if is_file(nodeid) => reply(&dev, unique, 0, &attr_out(nodeid))?,
             FUSE_LOOKUP if lookup_name(&buf[IN_HEADER_LEN..len]) == FILE_NAME.as_bytes() => {
                 reply(&dev, unique, 0, &entry_out(FILE_ID))?
             }
-            FUSE_OPEN if nodeid == FILE_ID => {
+            FUSE_LOOKUP if lane_of(lookup_name(&buf[IN_HEADER_LEN..len])).is_some() => {
+                let lane = lane_of(lookup_name(&buf[IN_HEADER_LEN..len])).unwrap_or_default();
+                reply(&dev, unique, 0, &entry_out(LANE_BASE_ID + lane))?
+            }
+            FUSE_OPEN if is_file(nodeid) => {
                 // fuse_open_out: fh 0, FOPEN_KEEP_CACHE (an open does not wait for
                 // the page a held writer has locked).
                 let mut out = [0u8; 16];
@@ -183,11 +229,21 @@ fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
                 let size = u32::from_le_bytes(
                     buf[IN_HEADER_LEN + 16..IN_HEADER_LEN + 20].try_into().unwrap_or_default(),
                 );
+                let mut out = size.to_le_bytes().to_vec(); // fuse_write_out: size, padding
+                out.extend_from_slice(&[0u8; 4]);
+                if nodeid >= LANE_BASE_ID {
+                    match (&delayed, &timer) {
+                        (Some(delayed), Some(timer)) if size >= 2 => {
+                            (delayed.on_held)(nodeid - LANE_BASE_ID);
+                            timer.reply_at(Instant::now() + delayed.delay, unique, out);
+                        }
+                        _ => reply(&dev, unique, 0, &out)?,
+                    }
+                    continue;
+                }
                 let (dev, gate) = (dev.clone(), gate.clone());
                 std::thread::spawn(move || {
                     gate.wait_open();
-                    let mut out = size.to_le_bytes().to_vec(); // fuse_write_out: size, padding
-                    out.extend_from_slice(&[0u8; 4]);
                     let _ = reply(&dev, unique, 0, &out);
                 });
             }
@@ -202,6 +258,54 @@ fn serve(dev: File, gate: &Arc<Gate>) -> io::Result<()> {
             FUSE_DESTROY => return reply(&dev, unique, 0, &[]),
             _ => reply(&dev, unique, -libc::ENOSYS, &[])?,
         }
+    }
+}
+
+/// Whether a node is a regular file ([`FILE_NAME`] or a lane).
+fn is_file(nodeid: u64) -> bool {
+    nodeid == FILE_ID || (LANE_BASE_ID..LANE_BASE_ID + MAX_LANES).contains(&nodeid)
+}
+
+/// Replies sent at a chosen time, by a thread of their own.
+struct Timer {
+    send: mpsc::Sender<(Instant, u64, Vec<u8>)>,
+}
+
+impl Timer {
+    fn start(dev: Arc<File>) -> io::Result<Timer> {
+        let (send, receive) = mpsc::channel::<(Instant, u64, Vec<u8>)>();
+        std::thread::Builder::new().name("fuse-timer".into()).spawn(move || {
+            // SAFETY: prctl(PR_SET_TIMERSLACK) on this thread, no pointer involved:
+            // wake-ups on time to the microsecond rather than the default 50 us.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+            // Earliest first.
+            let mut due: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Vec<u8>)>> =
+                std::collections::BinaryHeap::new();
+            loop {
+                let next = match due.peek() {
+                    Some(std::cmp::Reverse((at, _, _))) => {
+                        receive.recv_timeout(at.saturating_duration_since(Instant::now()))
+                    }
+                    None => receive.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok(item) => due.push(std::cmp::Reverse(item)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                let now = Instant::now();
+                while due.peek().is_some_and(|std::cmp::Reverse((at, _, _))| *at <= now) {
+                    if let Some(std::cmp::Reverse((_, unique, out))) = due.pop() {
+                        let _ = reply(&dev, unique, 0, &out);
+                    }
+                }
+            }
+        })?;
+        Ok(Timer { send })
+    }
+
+    fn reply_at(&self, at: Instant, unique: u64, out: Vec<u8>) {
+        let _ = self.send.send((at, unique, out));
     }
 }
 

@@ -7,6 +7,7 @@
 // Test code: a panic with its message is how a failure is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dload;
 pub mod fuse;
 pub mod http;
 pub mod tmux;

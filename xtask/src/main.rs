@@ -49,8 +49,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure what dstrace's eBPF programs cost (kernel BPF statistics, beside an
-    /// empty program on the same hook) and write BENCHMARKS.md. Needs root.
+    /// Measure what dstrace costs and write BENCHMARKS.md (installs bpftrace, the
+    /// peer it is compared with): its eBPF programs per invocation beside an empty
+    /// program on the same hook and bpftrace's equivalent script, the highest rate
+    /// of D waits streamed without a drop with the collector's CPU and memory, the
+    /// time to the first screen, and the slowdown of workloads. About 10 minutes.
+    /// Needs root.
     Bench,
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu (TCG) and run scenarios there
     /// with the freshly built dstrace. Needs root.
@@ -104,6 +108,9 @@ fn run(cli: Cli) -> Result<()> {
     if matches!(cli.command, Cmd::Setup | Cmd::Test { .. }) {
         toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
     }
+    if matches!(cli.command, Cmd::Bench) {
+        toolchain::install_bench_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
+    }
     match cli.command {
         Cmd::Setup => {
             eprintln!("xtask: eBPF toolchain: {toolchain}");
@@ -130,6 +137,7 @@ fn run(cli: Cli) -> Result<()> {
             status(build)?;
             let mut bench = as_root(&root.join("target/release/dstrace-bench"));
             bench.arg(root.join("BENCHMARKS.md")).env("DSTRACE_BIN", root.join("target/release/dstrace"));
+            bench.env("DSTRACE_BENCH_BPFTRACE", toolchain::find_program("bpftrace").unwrap_or_default());
             status(bench)
         }
         Cmd::Vm { kernel, scenario, check_only } => {
@@ -209,7 +217,7 @@ fn as_root(binary: &std::path::Path) -> Command {
         Command::new(binary)
     } else {
         let mut cmd = Command::new("sudo");
-        cmd.arg("--preserve-env=DSTRACE_BIN");
+        cmd.arg("--preserve-env=DSTRACE_BIN,DSTRACE_BENCH_BPFTRACE");
         cmd.arg(binary);
         cmd
     }

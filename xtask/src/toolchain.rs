@@ -219,14 +219,7 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
 /// `inferno-flamegraph` (`cargo install inferno`, for the report tests).
 /// Idempotent: when everything is there it runs nothing.
 pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .filter(|(program, _)| find_program(program).is_none())
-        .map(|&(_, package)| package)
-        .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    install_missing(TEST_PACKAGES)?;
     if find_program("inferno-flamegraph").is_none() {
         eprintln!("xtask: building inferno {INFERNO_VERSION} (inferno-flamegraph, for the report tests)");
         let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -237,6 +230,29 @@ pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Commands the benchmarks run, from Debian packages: `bpftrace` (the peer whose
+/// equivalent D-state script dstrace is compared with).
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[("bpftrace", "bpftrace")];
+
+/// Installs what the benchmarks run, if missing (the [`BENCH_PACKAGES`]).
+pub fn install_bench_tools() -> Result<(), Box<dyn std::error::Error>> {
+    install_missing(BENCH_PACKAGES)
+}
+
+/// Installs the packages of the `(program, package)` pairs whose program is missing.
+fn install_missing(packages: &[(&str, &str)]) -> Result<(), Box<dyn std::error::Error>> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(program, _)| find_program(program).is_none())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        apt_install(&missing)
+    }
 }
 
 /// A program on `PATH` or in cargo's `bin` directory.

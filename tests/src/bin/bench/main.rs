@@ -17,6 +17,11 @@
 //! with [`FIRST_SCREEN_TASKS`] tasks already in D (wall clock, from spawning the
 //! binary; the median of [`ROUNDS`] runs).
 //!
+//! The same loads again with bpftrace running the equivalent script beside dstrace
+//! ([`peer`]); the highest rate of D waits followed without a drop and the
+//! collector's CPU and memory ([`rate`]); the start-up with 10,000 threads on the
+//! machine; the slowdown of workloads, measured in pairs ([`ab`]).
+//!
 //! Then `dstrace record` (the release binary beside this one) records for a minute
 //! (`DSTRACE_BENCH_RECORD_SECONDS`) under a steady fsync loop: the recording's size,
 //! extrapolated to an hour, and the recorder's CPU time.
@@ -25,6 +30,10 @@
 //! 600 for the ten-minute soak) under a steady D-wait load with process churn,
 //! scraped every second: its resident memory over time and its CPU per wait.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ab;
+mod peer;
+mod rate;
 
 use std::{
     fs::File,
@@ -55,6 +64,20 @@ const FSYNCS: usize = 300;
 
 /// Tasks in D while the first screen is timed.
 const FIRST_SCREEN_TASKS: usize = 100;
+/// Threads on the machine for the second start-up measure.
+const MANY_THREADS: usize = 10_000;
+
+/// The kernel side's settings of `dstrace run` with its defaults.
+fn run_options() -> Options {
+    let min_duration = dstrace::cli::parse_duration(dstrace::cli::DEFAULT_MIN_DURATION).unwrap_or_default();
+    Options { min_duration, ..Options::default() }
+}
+
+/// The median (the upper one of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
 
 /// One repetition's figures for one program.
 #[derive(Clone, Copy, Default)]
@@ -75,13 +98,19 @@ struct PhaseResult {
 }
 
 fn main() -> Result<()> {
+    let bench_started = Instant::now();
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
     let output = std::env::args().nth(1).map(PathBuf::from);
     dstrace::preflight::check()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF statistics")?;
     let dir = fsync_dir();
+    let bin = dstrace_tests::dstrace_bin();
+    let bpftrace = peer::binary();
     let mut results = Vec::new();
     for order in [FloorOrder::Last, FloorOrder::First] {
-        let tracer = Tracer::load_with_floors(&Options::default(), Some(order))?;
+        let tracer = Tracer::load_with_floors(&run_options(), Some(order))?;
         let programs = [
             tracer.program,
             names::PROG_SCHED_SWITCH_EMPTY,
@@ -95,8 +124,35 @@ fn main() -> Result<()> {
         results.push(phase(&tracer, &programs, "switch-heavy (socket ping-pong)", order, ping_pong));
         results.push(phase(&tracer, &programs, "D-heavy (write + fsync)", order, || fsync_loop(&dir)));
     }
-    let mut report = report(&results);
-    report.push_str(&first_screen()?);
+    let mut report = report(&results, &load_average);
+    match &bpftrace {
+        Some(binary) => {
+            let tracer = Tracer::load_with_floors(&run_options(), Some(FloorOrder::Last))?;
+            let mut peer = peer::Bpftrace::spawn(binary)?;
+            peer.wait_live(Instant::now(), Duration::from_secs(60))?;
+            let comparisons = [
+                peer::compare(&tracer, &peer, "switch-heavy (socket ping-pong)", ROUNDS, ping_pong)?,
+                peer::compare(&tracer, &peer, "D-heavy (write + fsync)", ROUNDS, || fsync_loop(&dir))?,
+            ];
+            drop(peer);
+            drop(tracer);
+            report.push_str(&peer::report(&peer::version(binary), &comparisons, ROUNDS));
+        }
+        None => report.push_str(
+            "\n## Beside bpftrace\n\nNot measured: bpftrace is not installed (`cargo xtask bench` installs it).\n",
+        ),
+    }
+    eprintln!("dstrace-bench: the rate of D waits without a drop");
+    report.push_str(&rate::report(&rate::run(&bin)?));
+    eprintln!("dstrace-bench: time to the first screen");
+    report.push_str(&first_screen(bpftrace.as_ref())?);
+    eprintln!("dstrace-bench: paired A/B of workloads");
+    let ab = [
+        ab::measure(&bin, "fsync-heavy", || fsync_loop(&dir))?,
+        ab::measure(&bin, "pipe-heavy", ab::pipe_ping_pong)?,
+    ];
+    report.push_str(&ab::report(&ab));
+    eprintln!("dstrace-bench: recording");
     let seconds =
         std::env::var("DSTRACE_BENCH_RECORD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let recordings = [
@@ -107,6 +163,10 @@ fn main() -> Result<()> {
     let soak_seconds =
         std::env::var("DSTRACE_BENCH_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     report.push_str(&soak_report(&soak_phase(&dir, soak_seconds).context("the daemon soak benchmark")?));
+    report.push_str(&format!(
+        "\n## This run\n\nThe whole bench took {:.1} min (the build before it not included).\n",
+        bench_started.elapsed().as_secs_f64() / 60.0
+    ));
     print!("{report}");
     if let Some(path) = output {
         std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
@@ -158,21 +218,33 @@ fn counter(tracer: &Tracer, which: Counter) -> u64 {
     tracer.counters().unwrap().into_iter().find(|(c, _)| *c == which).map_or(0, |(_, n)| n)
 }
 
-/// Two threads exchange a byte `PING_PONGS` times.
+/// Two threads exchange a byte over a socket pair `PING_PONGS` times.
 fn ping_pong() -> Result<()> {
-    let (mut a, mut b) = UnixStream::pair()?;
+    let (a, b) = UnixStream::pair()?;
+    exchange(a.try_clone()?, a, b.try_clone()?, b, PING_PONGS)
+}
+
+/// Two threads exchange a byte `round_trips` times: this one writes `out` and
+/// reads `back`; an echo thread reads `echo_in` and writes `echo_out`.
+fn exchange(
+    mut out: impl Write,
+    mut back: impl Read,
+    mut echo_in: impl Read + Send + 'static,
+    mut echo_out: impl Write + Send + 'static,
+    round_trips: usize,
+) -> Result<()> {
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let mut byte = [0u8; 1];
-        for _ in 0..PING_PONGS {
-            b.read_exact(&mut byte)?;
-            b.write_all(&byte)?;
+        for _ in 0..round_trips {
+            echo_in.read_exact(&mut byte)?;
+            echo_out.write_all(&byte)?;
         }
         Ok(())
     });
     let mut byte = [7u8; 1];
-    for _ in 0..PING_PONGS {
-        a.write_all(&byte)?;
-        a.read_exact(&mut byte)?;
+    for _ in 0..round_trips {
+        out.write_all(&byte)?;
+        back.read_exact(&mut byte)?;
     }
     echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
     Ok(())
@@ -202,7 +274,7 @@ fn fsync_loop(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn report(results: &[PhaseResult]) -> String {
+fn report(results: &[PhaseResult], load_average: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -214,16 +286,19 @@ fn report(results: &[PhaseResult]) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = String::new();
     out.push_str("# BENCHMARKS\n\n");
-    out.push_str("Written by `cargo xtask bench` (tests/src/bin/bench.rs); do not edit by hand.\n\n");
+    out.push_str("Written by `cargo xtask bench` (tests/src/bin/bench/main.rs); do not edit by hand.\n\n");
     out.push_str(&format!(
-        "- date: {}\n- kernel: {}\n- machine: {cpus} CPUs, {cpu}\n\n",
+        "- date: {}\n- kernel: {}\n- machine: {cpus} CPUs, {cpu}\n- load average when the bench began (1, 5, 15 \
+         min; anything else running inflates wall times and CPU shares): {}\n\n",
         rfc3339_utc(SystemTime::now()),
-        kernel.trim()
+        kernel.trim(),
+        load_average
     ));
     out.push_str(
         "## Cost of the eBPF programs per invocation\n\n\
          Method: BPF statistics (`BPF_ENABLE_STATS`: the kernel sums each program's run time and \
-         run count; no sysctl is changed). dstrace's `sched_switch` is attached beside an empty \
+         run count; no sysctl is changed). dstrace's programs are loaded with the settings of \
+         `dstrace run` by default (`--min-duration 1ms`). Its `sched_switch` is attached beside an empty \
          program on the same tracepoint, so both run on exactly the same context switches; the \
          empty one is the floor (the cost of being called at all, timing included). Each load \
          runs 5 times; the figures are the medians. `sched_waking` runs on every wake-up, beside its \
@@ -283,28 +358,84 @@ fn report(results: &[PhaseResult]) -> String {
     out.push_str(
         "\nGoal (issue 3): `sched_switch` within 1.5x of the floor for switches that do not enter D \
          (the switch-heavy load). The D-heavy figures are averages over every switch of the load, \
-         a third of which put a task in D and take its kernel stack (and the waker's).\n",
+         a third of which put a task in D and take its kernel stack (and the waker's, for a wait \
+         that has lasted `--min-duration` when it is woken).\n",
     );
     out
+}
+
+/// Start-up figures with a number of threads on the machine.
+struct StartUp {
+    threads: usize,
+    listed: f64,
+    live: f64,
+    snapshot: f64,
+    /// CPU time of `snapshot` (user + system, ms): what the machine's load does not inflate.
+    snapshot_cpu: f64,
 }
 
 /// Times `dstrace run --json` to its first screen (every task already in D
 /// listed) and to tracing live (the `start` record), and `dstrace snapshot --json`
 /// to its end, with [`FIRST_SCREEN_TASKS`] tasks piled up in D behind a FUSE
-/// mount; returns the report's section.
-fn first_screen() -> Result<String> {
-    use std::{
-        io::{BufRead as _, BufReader},
-        process::{Command, Stdio},
-    };
+/// mount, with the threads the machine has and with [`MANY_THREADS`]; and
+/// bpftrace to tracing live. Returns the report's section.
+fn first_screen(bpftrace: Option<&PathBuf>) -> Result<String> {
     let bin = dstrace_tests::dstrace_bin();
     let mount = dstrace_tests::fuse::FuseMount::new("bench-first-screen")?;
     let pileup = dstrace_tests::Pileup::start(&mount, FIRST_SCREEN_TASKS);
+    let mut rows = vec![start_up(&bin, &pileup)?];
+    let idle = dstrace_tests::dload::IdleThreads::start(MANY_THREADS.saturating_sub(count_threads()))?;
+    rows.push(start_up(&bin, &pileup)?);
+    drop(idle);
+    drop(pileup);
+    let bpftrace_live = match bpftrace {
+        Some(binary) => {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let started = Instant::now();
+                let mut peer = peer::Bpftrace::spawn(binary)?;
+                times.push(peer.wait_live(started, Duration::from_secs(60))?.as_secs_f64() * 1e3);
+            }
+            format!("{:.1}", median(times))
+        }
+        None => "not installed".to_owned(),
+    };
+    let mut out = format!(
+        "\n## Time to the first screen\n\n\
+         Method: wall clock from spawning `dstrace run --json` until it has printed every one of \
+         {FIRST_SCREEN_TASKS} tasks piled up in D behind a held FUSE mount (the first screen: read \
+         from /proc before anything is loaded; the full-screen view draws the same look first), and \
+         until tracing is live (the `start` record, after loading and attaching the eBPF programs); \
+         and the whole run of `dstrace snapshot --json` (and its CPU time, user + system from `wait4`, \
+         which the machine's other load inflates less than the wall time). Measured with \
+         the threads the machine has, then with {MANY_THREADS} (idle threads of this process, asleep in \
+         S). Median of {ROUNDS} runs, release build. bpftrace (the script of the comparison above) has \
+         no first screen: its row is the time from spawning it until its program has run (median of 3 \
+         runs).\n\n\
+         | threads on the machine | `run`: first screen ({FIRST_SCREEN_TASKS} tasks in D listed), ms | \
+         `run`: tracing live, ms | `snapshot --json`, ms | `snapshot` CPU, ms |\n\
+         |---:|---:|---:|---:|---:|\n"
+    );
+    for row in &rows {
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            row.threads, row.listed, row.live, row.snapshot, row.snapshot_cpu,
+        ));
+    }
+    out.push_str(&format!(
+        "\nbpftrace, from spawning to tracing: {bpftrace_live} ms.\n\n\
+         Goals (issues 5 and 9): the first screen under 500 ms; a snapshot of 10,000 threads under 200 ms.\n"
+    ));
+    Ok(out)
+}
+
+/// One start-up measure: medians of [`ROUNDS`] runs (ms).
+fn start_up(bin: &Path, pileup: &dstrace_tests::Pileup<'_>) -> Result<StartUp> {
     let threads = count_threads();
-    let (mut listed, mut live, mut snapshots) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut listed, mut live, mut snapshots, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(["run", "--json", "--duration", "1s", "--interval", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -324,40 +455,34 @@ fn first_screen() -> Result<String> {
                 }
             }
             if line.contains(r#""type":"start""#) {
-                live.push(started.elapsed().as_secs_f64());
+                live.push(started.elapsed().as_secs_f64() * 1e3);
                 break;
             }
         }
         child.wait()?;
-        listed.push(first.context("the first screen did not list every task in D")?.as_secs_f64());
+        listed.push(first.context("the first screen did not list every task in D")?.as_secs_f64() * 1e3);
 
         let started = Instant::now();
-        let out = Command::new(&bin).args(["snapshot", "--json"]).output()?;
-        snapshots.push(started.elapsed().as_secs_f64());
-        anyhow::ensure!(out.status.success(), "dstrace snapshot failed");
+        let child = Command::new(bin).args(["snapshot", "--json"]).stdout(Stdio::null()).spawn()?;
+        // SAFETY: wait4(2) on our own child; `usage` is plain data that outlives the call.
+        let (status, usage) = unsafe {
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+            (status, usage)
+        };
+        snapshots.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "dstrace snapshot failed");
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        cpu.push(ms(usage.ru_utime) + ms(usage.ru_stime));
     }
-    drop(pileup);
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2] * 1e3
-    };
-    Ok(format!(
-        "\n## Time to the first screen\n\n\
-         Method: wall clock from spawning `dstrace run --json` until it has printed every one of \
-         {FIRST_SCREEN_TASKS} tasks piled up in D behind a held FUSE mount (the first screen: read \
-         from /proc before anything is loaded; the full-screen view draws the same look first), and \
-         until tracing is live (the `start` record, after loading and attaching the eBPF programs); \
-         and the whole run of `dstrace snapshot --json`. {threads} threads on the machine. Median of \
-         {ROUNDS} runs, release build.\n\n\
-         | what | ms |\n|---|---:|\n\
-         | `run`: first screen ({FIRST_SCREEN_TASKS} tasks in D listed) | {:.1} |\n\
-         | `run`: tracing live | {:.1} |\n\
-         | `snapshot --json` | {:.1} |\n\n\
-         Goal (issue 5): the first screen under 500 ms.\n",
-        median(listed),
-        median(live),
-        median(snapshots),
-    ))
+    Ok(StartUp {
+        threads,
+        listed: median(listed),
+        live: median(live),
+        snapshot: median(snapshots),
+        snapshot_cpu: median(cpu),
+    })
 }
 
 /// Threads on the machine now.
