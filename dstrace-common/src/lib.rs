@@ -339,12 +339,8 @@ pub const RPC_PROCNAME_LEN: usize = 24;
 pub struct RpcCall {
     /// When the task began (`bpf_ktime_get_ns`); 0 when it began before tracing.
     pub started_ns: u64,
-    /// When the request was last transmitted; 0 = not seen.
-    pub transmitted_ns: u64,
     /// When the first major timeout was seen ("server not responding"); 0 = none.
     pub first_timeout_ns: u64,
-    /// When the last one was.
-    pub last_timeout_ns: u64,
     /// The task that began it (a synchronous RPC runs in the caller; an
     /// asynchronous one begins there and runs in `rpciod`).
     pub task: TaskId,
@@ -361,16 +357,14 @@ pub struct RpcCall {
     /// The procedure (`GETATTR`, `LOCK`, ...), NUL-padded.
     pub procname: [u8; RPC_PROCNAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<RpcCall>() == 112);
+const _: () = assert!(core::mem::size_of::<RpcCall>() == 96);
 
 impl RpcCall {
     /// A call first seen now, begun by `task`.
     pub const fn new(task: TaskId, started_ns: u64) -> RpcCall {
         RpcCall {
             started_ns,
-            transmitted_ns: 0,
             first_timeout_ns: 0,
-            last_timeout_ns: 0,
             task,
             xid: 0,
             version: 0,

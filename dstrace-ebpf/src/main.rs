@@ -90,11 +90,11 @@ static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_EN
 #[map(name = "FUSE_INFLIGHT")]
 static FUSE_INFLIGHT: HashMap<FuseKey, FuseRequest> = HashMap::with_max_entries(limits::FUSE_ENTRIES, 0);
 
-/// Tasks inside `d_alloc_parallel` now, and the name they look up.
 /// sunrpc tasks in flight, by client and task id (see `rpc_task_begin`).
 #[map(name = "RPC_INFLIGHT")]
 static RPC_INFLIGHT: HashMap<RpcKey, RpcCall> = HashMap::with_max_entries(limits::RPC_ENTRIES, 0);
 
+/// Tasks inside `d_alloc_parallel` now, and the name they look up.
 #[map(name = "DLOOKUP_WAITING")]
 static DLOOKUP_WAITING: HashMap<u32, DentryKey> = HashMap::with_max_entries(limits::DLOOKUP_ENTRIES, 0);
 
@@ -307,7 +307,6 @@ pub fn xprt_transmit(ctx: TracePointContext) -> u32 {
     let xid = read_field::<u32>(&ctx, config_u32(&CONFIG.rpc.transmit_xid));
     // SAFETY: as in `rpc_request`.
     unsafe {
-        (*call).transmitted_ns = now_ns();
         (*call).transmits += 1;
         if let Some(xid) = xid {
             (*call).xid = xid;
@@ -325,13 +324,11 @@ pub fn rpc_timeout_status(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(call) = rpc_call(&ctx, rpc_event::TIMEOUT) else { return 0 };
-    let now = now_ns();
     // SAFETY: as in `rpc_request`.
     unsafe {
         if (*call).first_timeout_ns == 0 {
-            (*call).first_timeout_ns = now;
+            (*call).first_timeout_ns = now_ns();
         }
-        (*call).last_timeout_ns = now;
         (*call).timeouts += 1;
     }
     0

@@ -5,13 +5,12 @@
 //! that does not answer, an NFS server, a task holding a lock others wait for, a
 //! file lock, writeback to a block device.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use crate::{
-    chain::Link,
+    chain::{self, Link},
     clock::human_duration,
     file_locks::{self, Queue},
-    procfs,
     record::Wait,
     rpc,
 };
@@ -250,12 +249,12 @@ fn rpc_state(links: &[&Link]) -> String {
 
 /// A task as `/proc` shows it now: `holder[194] in D in folio_wait_bit_common`.
 fn task_text(pid: u32) -> String {
-    match procfs::task(Path::new("/proc"), pid, pid) {
-        Some(task) => match task.blocked_in() {
-            Some(function) if task.state == 'D' => format!("{}[{pid}] in D in {function}", task.comm),
-            _ => format!("{}[{pid}] in {}", task.comm, task.state),
-        },
-        None => format!("pid {pid} (gone)"),
+    match chain::task_now(pid, pid) {
+        Link::Task { comm, state: Some('D'), function: Some(function), .. } => {
+            format!("{comm}[{pid}] in D in {function}")
+        }
+        Link::Task { comm, state: Some(state), .. } => format!("{comm}[{pid}] in {state}"),
+        _ => format!("pid {pid} (gone)"),
     }
 }
 

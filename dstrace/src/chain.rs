@@ -198,7 +198,7 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
 }
 
 /// A task as `/proc` shows it now.
-fn task_now(pid: u32, tid: u32) -> Link {
+pub(crate) fn task_now(pid: u32, tid: u32) -> Link {
     let task = procfs::task(Path::new("/proc"), pid, tid);
     Link::Task {
         tid,

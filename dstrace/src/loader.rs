@@ -228,7 +228,7 @@ impl Tracer {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
         }
         if rpc {
-            if let Err(err) = attach_rpc(&mut ebpf) {
+            if let Err(err) = attach_rpc(&mut ebpf, &btf) {
                 skipped.push(format!("NFS and sunrpc RPCs: {err:#}"));
             }
         }
@@ -380,6 +380,21 @@ macro_rules! attach_by_name {
 
 attach_by_name!(BtfTracePoint, FEntry, FExit);
 
+/// A classic tracepoint, by `category:name`; it needs no BTF.
+impl AttachByName for TracePoint {
+    fn load_and_attach(&mut self, target: &str, _btf: &Btf) -> Result<()> {
+        let (category, name) =
+            target.split_once(':').ok_or_else(|| anyhow!("{target}: not a category:name tracepoint"))?;
+        self.load()?;
+        self.attach(category, name)?;
+        Ok(())
+    }
+
+    fn unload_program(&mut self) -> Result<()> {
+        Ok(self.unload()?)
+    }
+}
+
 /// Loads program `program` of the object as a `P` and attaches it to `target` (a
 /// tracepoint for `tp_btf`, a function for fentry/fexit).
 fn attach<P>(ebpf: &mut Ebpf, btf: &Btf, program: &str, target: &str) -> Result<()>
@@ -420,33 +435,15 @@ fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     attached
 }
 
-/// Attaches the sunrpc programs (classic tracepoints), or none: without
-/// `rpc_task_end`, entries would stay in `RPC_INFLIGHT` for ever.
-fn attach_rpc(ebpf: &mut Ebpf) -> Result<()> {
-    let programs = [
-        names::PROG_RPC_BEGIN,
-        names::PROG_RPC_REQUEST,
-        names::PROG_RPC_TRANSMIT,
-        names::PROG_RPC_TIMEOUT,
-        names::PROG_RPC_END,
-    ];
-    let attached = programs.iter().zip(rpc::EVENTS).try_for_each(|(&program, event)| {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
-            .try_into()?;
-        prog.load()?;
-        prog.attach("sunrpc", event)
-            .map(drop)
-            .with_context(|| format!("the kernel refused the program {program} (on sunrpc:{event})"))
-    });
+/// Attaches the sunrpc programs (classic tracepoints, each named after its event),
+/// or none: without `rpc_task_end`, entries would stay in `RPC_INFLIGHT` for ever.
+fn attach_rpc(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let attached = rpc::EVENTS
+        .iter()
+        .try_for_each(|event| attach::<TracePoint>(ebpf, btf, event, &format!("sunrpc:{event}")));
     if attached.is_err() {
-        for program in programs {
-            if let Some(prog) =
-                ebpf.program_mut(program).and_then(|prog| <&mut TracePoint>::try_from(prog).ok())
-            {
-                let _ = prog.unload();
-            }
+        for event in rpc::EVENTS {
+            unload::<TracePoint>(ebpf, event);
         }
     }
     attached

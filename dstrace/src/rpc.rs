@@ -14,13 +14,19 @@
 //! 5.10 has no BTF). The events and fields used exist since Linux 5.2 (`xprt_transmit`
 //! with `xid`, `rpc_request` with names); each is checked, and what lacks is said.
 
-use dstrace_common::{rpc_event, RpcCall, RpcKey, RpcOffsets};
+use dstrace_common::{names, rpc_event, RpcCall, RpcKey, RpcOffsets};
 
 use crate::{chain::Link, record::comm_string, tracefs};
 
-/// The events, in the order of [`RpcOffsets::task_id`] (`rpc_event`).
-pub const EVENTS: [&str; 5] =
-    ["rpc_task_begin", "rpc_request", "xprt_transmit", "rpc_timeout_status", "rpc_task_end"];
+/// The events, in the order of [`RpcOffsets::task_id`] (`rpc_event`); the kernel
+/// side's program for each is named after it.
+pub const EVENTS: [&str; 5] = [
+    names::PROG_RPC_BEGIN,
+    names::PROG_RPC_REQUEST,
+    names::PROG_RPC_TRANSMIT,
+    names::PROG_RPC_TIMEOUT,
+    names::PROG_RPC_END,
+];
 
 /// The offsets of the fields the kernel side reads, from this kernel's tracefs; an
 /// error says what is missing.
