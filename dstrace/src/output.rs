@@ -836,7 +836,9 @@ pub fn drops_text(counters: &[(Counter, u64)], bad_records: u64) -> String {
     text
 }
 
-/// Text safe for a terminal: control characters and backslashes escaped.
+/// Text safe for a terminal: control characters and backslashes escaped, and the
+/// invisible characters that reorder or hide text (bidirectional overrides and
+/// isolates, zero-width characters: a name could otherwise show as another).
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -845,10 +847,20 @@ pub fn escape(text: &str) -> String {
             c if c.is_control() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
+            c if is_invisible_format(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
             c => out.push(c),
         }
     }
     out
+}
+
+/// Unicode format characters that change how the text around them is shown:
+/// zero-width ones, the bidirectional marks, embeddings, overrides and isolates,
+/// and the byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -933,6 +945,16 @@ mod tests {
         assert!(!text.contains('\x1b'));
         assert!(text.contains("\\x1b[2Jevil\\x0a"), "{text}");
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn text_escapes_bidirectional_overrides() {
+        // "evil\u{202e}fdp.exe" would show as "evilexe.pdf".
+        let text =
+            printed(Format::Text { stacks: false }, |p| p.wait(&wait("evil\u{202e}fdp\u{200b}")).unwrap());
+        assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'), "{text}");
+        assert!(text.contains("evil\\u{202e}fdp\\u{200b}"), "{text}");
+        assert_eq!(escape("é ü ß"), "é ü ß", "other non-ASCII text is left as it is");
     }
 
     #[test]
