@@ -106,9 +106,8 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     // The programs are loaded and attached, the socket is bound, the recording is
     // open: the capabilities nothing later needs are dropped (rotating or reopening
     // the recording on SIGHUP needs write access to its directory).
-    let privileges =
-        crate::privileges::drop_after_attach(&tracer, crate::privileges::Needs { write_files: true });
-    for note in crate::privileges::notes(&privileges) {
+    let needs = crate::privileges::Needs { write_files: true };
+    for note in crate::privileges::settle_after_attach(&tracer, needs) {
         eprintln!("dstrace: {note}");
     }
     let events = tracer.take_events()?;

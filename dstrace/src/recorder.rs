@@ -420,12 +420,10 @@ async fn record_loop(args: &RecordArgs, options: &Options) -> Result<()> {
     let mut tracer = Tracer::load(options)?;
     let events = tracer.take_events()?;
     let mut stacks = Stacks::new(Kallsyms::from_proc()?);
-    let privileges =
-        crate::privileges::drop_after_attach(&tracer, crate::privileges::Needs { write_files: true });
-    for note in crate::privileges::notes(&privileges) {
+    let needs = crate::privileges::Needs { write_files: true };
+    for note in crate::privileges::settle_after_attach(&tracer, needs) {
         eprintln!("dstrace: {note}");
     }
-    crate::loader::release_start_up_memory();
     let mut mounts = MountTable::read();
     let clock = Clock::now();
     for what in &tracer.skipped {

@@ -227,8 +227,7 @@ async fn trace(args: &RunArgs, options: &Options) -> Result<()> {
     let hidden_symbols = kallsyms.is_hidden();
     live.stacks = Stacks::new(kallsyms);
     let needs = crate::privileges::Needs { write_files: args.recording.output.is_some() };
-    let privileges = crate::privileges::drop_after_attach(&tracer, needs);
-    live.note(crate::privileges::notes(&privileges));
+    live.note(crate::privileges::settle_after_attach(&tracer, needs));
     live.traced_since = Some(Instant::now());
     let mut notes =
         tracer.skipped.iter().map(|what| format!("not recorded on this kernel: {what}")).collect::<Vec<_>>();
