@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dstrace_tests::{fuse::FuseMount, json_lines, require_root, Children, Dstrace, Pileup};
+use dstrace_tests::{
+    fuse::FuseMount, json_lines, require_root, scaled, skipped, wait_until_proc, Children, Dstrace, Pileup,
+};
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,7 +73,8 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
         assert_eq!(wait["comm"], "stat");
         let duration = Duration::from_secs_f64(wait["blocked_ms"].as_f64().unwrap() / 1e3);
         assert!(
-            duration >= HOLD - Duration::from_millis(500) && duration <= held + Duration::from_secs(2),
+            duration >= HOLD - Duration::from_millis(500)
+                && duration <= held + scaled(Duration::from_secs(2)),
             "pid {pid} waited {duration:?}, the server held for {held:?}"
         );
         let blocked_in = wait["function"].as_str().unwrap_or_default();
@@ -171,7 +174,8 @@ fn fsync_waits_name_the_mount_and_inode() {
     let dev = format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev()));
 
     let mut dstrace = Dstrace::spawn(&["run", "--json", "--min-duration", "0", "--comm", "dd"]);
-    dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    let start = dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    let attributed = !skipped(&serde_json::from_str(&start).unwrap(), "mount and file of each wait");
     let mut writers = Children::default();
     let mut pids = Vec::new();
     for _ in 0..5 {
@@ -188,6 +192,24 @@ fn fsync_waits_name_the_mount_and_inode() {
     let (_, lines) = dstrace.interrupt();
     let _ = std::fs::remove_file(&path);
     let records = json_lines(&lines);
+    if !attributed {
+        // This kernel cannot say (the start record says so): the waits in fsync are
+        // reported all the same, and claim no file or mount.
+        let fsyncs: Vec<&Value> = waits(&records)
+            .filter(|w| pids.iter().any(|pid| w["tgid"] == *pid))
+            .filter(|w| {
+                w["stack"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|frame| frame.as_str().unwrap().contains("sys_fsync"))
+            })
+            .collect();
+        assert!(!fsyncs.is_empty(), "no D wait in fsync: {lines:#?}");
+        assert!(fsyncs.iter().all(|w| w["file"].is_null() && w["mount"].is_null()), "{fsyncs:#?}");
+        eprintln!("this kernel has no file attribution (the start record says so): checked the waits only");
+        return;
+    }
     // Only these dd: others may run on the machine meanwhile.
     let fsyncs: Vec<&Value> = waits(&records)
         .filter(|w| w["syscall"] == "fsync" && pids.iter().any(|pid| w["tgid"] == *pid))
@@ -217,7 +239,7 @@ fn dstrace_never_blocks_on_a_dead_mount() {
     let watched_pid = watched.pid();
     let (status, lines) = watched.finish();
     assert!(status.success(), "dstrace failed beside a dead mount: {status}");
-    assert!(started.elapsed() < Duration::from_secs(20), "dstrace took {:?}", started.elapsed());
+    assert!(started.elapsed() < scaled(Duration::from_secs(20)), "dstrace took {:?}", started.elapsed());
     let records = json_lines(&lines);
     for pid in &pileup.stuck {
         assert!(
@@ -338,7 +360,7 @@ fn a_file_lock_queue_names_its_holder_and_waiters() {
     };
     let holder = children.spawn(&mut flock(&["sleep", "600"]));
     // The holder has its lock once /proc/locks lists it.
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + scaled(START_TIMEOUT);
     let listed = |pid: u32, waiting: bool| {
         std::fs::read_to_string("/proc/locks").unwrap().lines().any(|line| {
             line.contains(&format!(" {pid} "))
@@ -350,17 +372,26 @@ fn a_file_lock_queue_names_its_holder_and_waiters() {
         assert!(Instant::now() < deadline, "flock did not take its lock");
         sleep(Duration::from_millis(20));
     }
-    let waiters = [children.spawn(&mut flock(&["true"])), children.spawn(&mut flock(&["true"]))];
-    for waiter in waiters {
-        while !listed(waiter, true) {
-            assert!(Instant::now() < deadline, "flock {waiter} did not queue");
-            sleep(Duration::from_millis(20));
-        }
+    // The first waiter queues behind the holder; the second behind the holder too,
+    // or (Linux 5.3 to 5.12) behind the first waiter, where /proc/locks does not show
+    // it: the advice names the waiters /proc/locks lists.
+    let first = children.spawn(&mut flock(&["true"]));
+    while !listed(first, true) {
+        assert!(Instant::now() < deadline, "flock {first} did not queue");
+        sleep(Duration::from_millis(20));
     }
+    let second = children.spawn(&mut flock(&["true"]));
+    wait_until_proc(second, START_TIMEOUT, |state, wchan| state == 'S' && wchan.contains("lock"));
+    let waiters: Vec<u32> = if listed(second, true) {
+        vec![first, second]
+    } else {
+        eprintln!("this kernel's /proc/locks does not list a waiter queued behind another waiter");
+        vec![first]
+    };
     let wanted = |advice: &Value| -> bool {
         advice.as_array().unwrap().iter().filter_map(Value::as_str).any(|line| {
             line.contains(&format!("flock[{holder}] in S holds the FLOCK WRITE lock on inode {inode} ("))
-                && line.contains("that 2 tasks wait for: ")
+                && line.contains(&format!("that {} task", waiters.len()))
                 && waiters.iter().all(|waiter| line.contains(&format!("flock[{waiter}] in S")))
         })
     };
