@@ -63,7 +63,7 @@ enum Cmd {
         /// Kernel to boot: 5.10 (bullseye), 6.1 (bookworm), 6.12 (trixie), or all.
         #[arg(long, default_value = "all")]
         kernel: String,
-        /// Scenario to run: load, nfs, or all.
+        /// Scenario to run: load, nfs, tests, or all.
         #[arg(long, default_value = "all")]
         scenario: String,
         /// Boot nothing: check again the results the last run left in target/vm/.
@@ -82,6 +82,9 @@ Scenarios:
   nfs   an NFS server in the guest dies (nft drops) under v3 and v4 mounts over 127.0.0.1;
         `dstrace snapshot` and `dstrace run` must name the hung df, stat, flock and fcntl
         tasks, where they block, and the mounts (127.0.0.1:/export, nfs and nfs4)
+  tests the host's engine and d_states integration tests, run in the guest against its
+        kernel (FUSE servers that stop answering, the real eBPF object); a test whose
+        kernel feature is missing (lock owners before 5.19, ...) is skipped and named
 
 Each scenario boots its own guest (about a minute under TCG). Kernels (apt downloads
 through a private apt directory) and the guest image (mmdebstrap) are cached in
@@ -151,13 +154,19 @@ fn run(cli: Cli) -> Result<()> {
                 vm::SCENARIOS.iter().collect()
             } else {
                 let known = vm::SCENARIOS.iter().find(|known| known.name == scenario);
-                vec![known.with_context(|| format!("unknown scenario {scenario}: load, nfs or all"))?]
+                vec![known.with_context(|| format!("unknown scenario {scenario}: load, nfs, tests or all"))?]
             };
             if check_only {
                 return vm::check_only(&root, &kernels, &scenarios);
             }
             build(&root, true)?;
-            vm::run(&root, &root.join("target/release/dstrace"), &kernels, &scenarios)
+            let names: Vec<&str> =
+                scenarios.iter().flat_map(|scenario| scenario.tests.iter().copied()).collect();
+            let payload = vm::Payload {
+                dstrace: root.join("target/release/dstrace"),
+                tests: build_tests(&root, &names)?,
+            };
+            vm::run(&root, &payload, &kernels, &scenarios)
         }
     }
 }
@@ -169,6 +178,36 @@ fn build(root: &std::path::Path, release: bool) -> Result<()> {
         cmd.arg("--release");
     }
     status(cmd)
+}
+
+/// Builds the integration test binaries `names` (`tests/tests/<name>.rs`, the test
+/// profile `cargo xtask test` builds, so usually nothing to do) and returns each
+/// name with its executable, as cargo reports it.
+fn build_tests(root: &std::path::Path, names: &[&str]) -> Result<Vec<(String, std::path::PathBuf)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--package", "dstrace-tests", "--no-run", "--message-format=json-render-diagnostics"]);
+    for name in names {
+        cmd.args(["--test", name]);
+    }
+    cmd.stderr(std::process::Stdio::inherit());
+    let out = cmd.output().context("cannot run cargo test --no-run")?;
+    anyhow::ensure!(out.status.success(), "building the test binaries failed ({})", out.status);
+    let mut built = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(executable)) =
+            (message["target"]["name"].as_str(), message["executable"].as_str())
+        else {
+            continue;
+        };
+        if message["target"]["kind"] == serde_json::json!(["test"]) && names.contains(&name) {
+            built.push((name.to_owned(), std::path::PathBuf::from(executable)));
+        }
+    }
+    Ok(built)
 }
 
 fn test(root: &std::path::Path, args: &[String]) -> Result<()> {

@@ -71,6 +71,9 @@ pub struct Scenario {
     pub guest_timeout: Duration,
     /// Checks the results directory; returns facts worth printing.
     pub check: fn(&Path) -> Result<Vec<String>>,
+    /// The integration test binaries (`tests/tests/<name>.rs`) it carries into the
+    /// guest, in `/mnt/io/tests/`.
+    pub tests: &'static [&'static str],
 }
 
 impl fmt::Debug for Scenario {
@@ -80,12 +83,13 @@ impl fmt::Debug for Scenario {
 }
 
 /// Every scenario.
-pub const SCENARIOS: [Scenario; 2] = [
+pub const SCENARIOS: [Scenario; 3] = [
     Scenario {
         name: "load",
         about: "dstrace loads, attaches and reports real D waits (synchronous writes)",
         guest_timeout: Duration::from_secs(240),
         check: vm_checks::load,
+        tests: &[],
     },
     Scenario {
         name: "nfs",
@@ -93,8 +97,20 @@ pub const SCENARIOS: [Scenario; 2] = [
                 and the mounts",
         guest_timeout: Duration::from_secs(300),
         check: vm_checks::nfs,
+        tests: &[],
+    },
+    Scenario {
+        name: "tests",
+        about: "the host's engine and d_states integration tests pass against this kernel",
+        guest_timeout: Duration::from_secs(900),
+        check: vm_checks::tests,
+        tests: GUEST_TESTS,
     },
 ];
+
+/// The integration tests the `tests` scenario runs in the guest: those that make
+/// real D states and check what the engine and the attribution report.
+pub const GUEST_TESTS: &[&str] = &["engine", "d_states"];
 
 /// Packages of the guest, beside minbase.
 pub const GUEST_PACKAGES: &[&str] =
@@ -136,9 +152,18 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Runs `scenarios` on `kernels` with the `dstrace` binary at `binary`; fails if
-/// any run fails, after running them all.
-pub fn run(root: &Path, binary: &Path, kernels: &[&Kernel], scenarios: &[&Scenario]) -> Result<()> {
+/// What goes into the guest besides the scripts: the `dstrace` binary, and the
+/// integration test binaries by name (`engine` -> its executable).
+pub struct Payload {
+    /// `target/release/dstrace`.
+    pub dstrace: PathBuf,
+    /// The test binaries the scenarios carry.
+    pub tests: Vec<(String, PathBuf)>,
+}
+
+/// Runs `scenarios` on `kernels` with the binaries of `payload`; fails if any run
+/// fails, after running them all.
+pub fn run(root: &Path, payload: &Payload, kernels: &[&Kernel], scenarios: &[&Scenario]) -> Result<()> {
     let started = Instant::now();
     ensure!(
         toolchain::is_root(),
@@ -156,7 +181,7 @@ pub fn run(root: &Path, binary: &Path, kernels: &[&Kernel], scenarios: &[&Scenar
         for scenario in scenarios {
             let dir = run_dir(root, kernel, scenario);
             let boot_started = Instant::now();
-            let mut booted = boot(root, &dir, binary, &fetched, &busybox, &rootfs, scenario);
+            let mut booted = boot(root, &dir, payload, &fetched, &busybox, &rootfs, scenario);
             let mut wedged = None;
             if let Err(err) = &booted {
                 if let Some(first) = err.downcast_ref::<GuestWedged>() {
@@ -165,7 +190,7 @@ pub fn run(root: &Path, binary: &Path, kernels: &[&Kernel], scenarios: &[&Scenar
                     // dstrace; one more boot is.
                     eprintln!("xtask: vm: {}/{}: {first}; booting it once more", kernel.name, scenario.name);
                     wedged = Some(first.to_string());
-                    booted = boot(root, &dir, binary, &fetched, &busybox, &rootfs, scenario);
+                    booted = boot(root, &dir, payload, &fetched, &busybox, &rootfs, scenario);
                 }
             }
             let result = booted
@@ -563,7 +588,7 @@ fn initrd(root: &Path, dir: &Path, kernel: &FetchedKernel, busybox: &Path) -> Re
 fn boot(
     root: &Path,
     dir: &Path,
-    binary: &Path,
+    payload: &Payload,
     kernel: &FetchedKernel,
     busybox: &Path,
     rootfs: &Path,
@@ -576,7 +601,20 @@ fn boot(
     let results = io.join("results");
     fs::create_dir_all(io.join("scenarios"))?;
     fs::create_dir_all(&results)?;
+    let binary = &payload.dstrace;
     fs::copy(binary, io.join("dstrace")).with_context(|| format!("cannot copy {}", binary.display()))?;
+    if !scenario.tests.is_empty() {
+        fs::create_dir_all(io.join("tests"))?;
+    }
+    for name in scenario.tests {
+        let (_, binary) = payload
+            .tests
+            .iter()
+            .find(|(built, _)| built == name)
+            .with_context(|| format!("the {name} test binary was not built"))?;
+        fs::copy(binary, io.join("tests").join(name))
+            .with_context(|| format!("cannot copy {}", binary.display()))?;
+    }
     fs::copy(root.join("xtask/vm/guest-init"), io.join("guest-init"))?;
     for entry in fs::read_dir(root.join("xtask/vm/scenarios"))? {
         let path = entry?.path();

@@ -47,6 +47,47 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
     Ok(facts)
 }
 
+/// The `tests` scenario: each integration test binary it carried ran in the guest
+/// and passed every test it did not skip; the skipped ones (a kernel feature
+/// missing) are listed with their reason.
+pub fn tests(results: &Path) -> Result<Vec<String>> {
+    let mut facts = Vec::new();
+    for name in crate::vm::GUEST_TESTS {
+        let path = results.join(format!("test-{name}.log"));
+        let log = fs::read_to_string(&path).with_context(|| format!("the {name} tests did not run"))?;
+        let verdict = log
+            .lines()
+            .find(|line| line.starts_with("test result:"))
+            .with_context(|| format!("the {name} tests ended without a result:\n{}", last_lines(&log, 40)))?;
+        let count = |what: &str| -> u64 {
+            verdict
+                .split(';')
+                .find_map(|part| part.trim().trim_start_matches("test result: ok.").trim().strip_suffix(what))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        ensure!(
+            verdict.starts_with("test result: ok.") && count("failed") == 0 && count("passed") > 0,
+            "the {name} tests failed in the guest ({verdict}):\n{}",
+            last_lines(&log, 60)
+        );
+        facts.push(format!(
+            "{name}: {} passed, {} skipped by the scenario",
+            count("passed"),
+            count("filtered out")
+        ));
+    }
+    let skipped = fs::read_to_string(results.join("skipped.txt")).unwrap_or_default();
+    facts.extend(skipped.lines().map(|line| format!("skipped {line}")));
+    Ok(facts)
+}
+
+/// The last `n` lines of a text.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// What the `nfs` scenario expects of one hung task.
 struct Expected {
     /// Its command (the fd tasks are copies of perl named after their role).
