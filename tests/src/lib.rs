@@ -285,7 +285,8 @@ impl<'m> Pileup<'m> {
     /// Writers piled up behind a held `WRITE` to the mount's one file: the owner
     /// waits for the server in S holding the inode's lock; the next `n` wait for
     /// that lock in D, each in `write(2)` on a file descriptor, which `/proc` alone
-    /// attributes to the mount.
+    /// attributes to the mount. (On 5.10 and 6.1 their write goes through and they
+    /// wait for the lock in `close(2)`, in `fuse_flush`, the descriptor gone.)
     pub fn writers(mount: &'m fuse::FuseMount, n: usize) -> Pileup<'m> {
         let file = mount.path().join(fuse::FILE_NAME);
         let append = format!("echo x >> '{}'", file.display());
@@ -296,12 +297,16 @@ impl<'m> Pileup<'m> {
         // and they count as piled up once in D in write(2) (not in D at start-up).
         let owner = children.spawn(Command::new("sh").arg("-c").arg(&append));
         wait_until_proc(owner, Duration::from_secs(10), |state, wchan| {
-            state == 'S' && in_write(owner) && (wchan.contains("fuse") || wchan.contains("request_wait"))
+            state == 'S'
+                && in_syscall(owner, libc::SYS_write)
+                && (wchan.contains("fuse") || wchan.contains("request_wait"))
         });
         let stuck: Vec<u32> =
             (0..n).map(|_| children.spawn(Command::new("sh").arg("-c").arg(&append))).collect();
         for &pid in &stuck {
-            wait_until_proc(pid, Duration::from_secs(10), |state, _| state == 'D' && in_write(pid));
+            wait_until_proc(pid, Duration::from_secs(10), |state, wchan| {
+                state == 'D' && (in_syscall(pid, libc::SYS_write) || wchan.contains("fuse_flush"))
+            });
         }
         eprintln!("writer holding the inode lock: pid {owner}; piled up behind it in D: {stuck:?}");
         Pileup { mount, owner, stuck, children }
@@ -413,10 +418,10 @@ pub fn wait_for_state(pid: u32, state: char, timeout: Duration) {
     });
 }
 
-/// Whether a task is in write(2) now (`/proc/PID/syscall`).
-fn in_write(pid: u32) -> bool {
+/// Whether a task is in the system call `number` now (`/proc/PID/syscall`).
+fn in_syscall(pid: u32, number: libc::c_long) -> bool {
     let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-    syscall.split_whitespace().next() == Some(libc::SYS_write.to_string().as_str())
+    syscall.split_whitespace().next() == Some(number.to_string().as_str())
 }
 
 /// Where a task sleeps: `/proc/PID/wchan`, or, where the kernel shows `0` there

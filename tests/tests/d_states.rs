@@ -40,6 +40,8 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
 
     let mut dstrace = Dstrace::spawn(&["run", "--json", "--min-duration", "200ms", "--duration", "60s"]);
     let start = dstrace.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    // The path a task looks up needs Linux 5.18 (the start record says when not).
+    let attributed = !skipped(&serde_json::from_str(&start).unwrap(), "mount and file of each wait");
     // Naming the lookup owner needs fentry on d_alloc_parallel, which some kernels
     // (and sandboxes) refuse: then it is listed as skipped, and not checked here.
     let lookups_traced = !start.contains("d_alloc_parallel:");
@@ -84,15 +86,21 @@ fn tasks_stuck_behind_a_dead_fuse_server_are_reported() {
             wait["stack"]
         );
         eprintln!("stuck pid {pid}: {} {duration:?} in {blocked_in} on {}", wait["state"], wait["mount"]);
-        // Attributed to the dead mount and the file looked up, from the syscall.
-        assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap(), "{wait}");
-        assert_eq!(wait["mount"]["fstype"], "fuse.dstrace-test");
-        assert_eq!(wait["file"]["path"], mount.path().join("missing").to_str().unwrap());
-        assert!(
-            ["statx", "newfstatat", "lstat", "stat"].contains(&wait["syscall"].as_str().unwrap_or_default()),
-            "syscall {}",
-            wait["syscall"]
-        );
+        // Attributed to the dead mount and the file looked up, from the syscall;
+        // where the kernel cannot say, nothing is claimed.
+        if attributed {
+            assert_eq!(wait["mount"]["mountpoint"], mount.path().to_str().unwrap(), "{wait}");
+            assert_eq!(wait["mount"]["fstype"], "fuse.dstrace-test");
+            assert_eq!(wait["file"]["path"], mount.path().join("missing").to_str().unwrap());
+            assert!(
+                ["statx", "newfstatat", "lstat", "stat"]
+                    .contains(&wait["syscall"].as_str().unwrap_or_default()),
+                "syscall {}",
+                wait["syscall"]
+            );
+        } else {
+            assert!(wait["mount"].is_null() && wait["file"].is_null() && wait["syscall"].is_null(), "{wait}");
+        }
         assert!(wait["stack"].as_array().is_some_and(|s| s.iter().any(|f| f == "__schedule")));
         assert!(wait["state"].as_str().is_some_and(|s| s.starts_with('D')));
         // They wait for a name the lookup owner is looking up: it holds them.
@@ -305,7 +313,7 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
         assert_eq!(task["state"], "D");
         let age = task["blocked_ms"].as_f64().unwrap();
         assert!(
-            (150.0..5_000.0).contains(&age),
+            (150.0..scaled(Duration::from_secs(5)).as_secs_f64() * 1e3).contains(&age),
             "stuck for about 0.5 s (a lower bound), not {age} ms: {task}"
         );
         assert!(text.contains(&format!("{}/{}", task["tgid"], task["tid"])), "text lacks {task}:\n{text}");
@@ -317,6 +325,15 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     let file = mount.path().join(dstrace_tests::fuse::FILE_NAME);
     for pid in &writer_pids {
         let task = task(*pid);
+        if task["syscall"] == "close" {
+            // 5.10 and 6.1: the write went through; the writer waits for the inode's
+            // lock in close's flush, its descriptor already gone: no file to name,
+            // and none is claimed.
+            assert_eq!(task["function"], "fuse_flush", "{task}");
+            assert!(task["file"]["path"].is_null() && task["mount"].is_null(), "{task}");
+            eprintln!("writer {pid} waits in close (fuse_flush) on this kernel: its file is not named");
+            continue;
+        }
         assert_eq!(task["syscall"], "write", "{task}");
         assert_eq!(task["mount"]["mountpoint"], mountpoint, "{task}");
         assert_eq!(task["mount"]["fstype"], "fuse.dstrace-test", "{task}");
