@@ -341,10 +341,11 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
         assert_eq!(task["file"]["path"], file.to_str().unwrap(), "{task}");
         named += 1;
     }
-    assert!(text.contains("By mount, lock and function:") && text.contains("chain: "), "{text}");
+    assert!(text.contains("By mount, lock and function:"), "{text}");
     if named == 0 {
         return;
     }
+    assert!(text.contains("chain: "), "{text}");
     // The writers' group: the mount, its function, and the chain to the FUSE
     // daemon (this test process), which is what holds them all.
     let group = snapshot["groups"]
