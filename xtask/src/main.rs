@@ -86,9 +86,10 @@ Scenarios:
         kernel (FUSE servers that stop answering, the real eBPF object); a test whose
         kernel feature is missing (lock owners before 5.19, ...) is skipped and named
 
-Each scenario boots its own guest (under TCG: load about 35 s, nfs about 2 min, tests about 3 min). Kernels (apt downloads
-through a private apt directory) and the guest image (mmdebstrap) are cached in
-$DSTRACE_VM_CACHE or /var/cache/dstrace-vm; delete that directory to start afresh.
+Each scenario boots its own guest (under TCG: load about 35 s, nfs about 2 min, tests
+about 3 min). Kernels (apt downloads through a private apt directory) and the guest
+image (mmdebstrap) are cached in $DSTRACE_VM_CACHE or /var/cache/dstrace-vm; delete that
+directory to start afresh.
 Each run's files (console log, results) are in target/vm/<kernel>-<scenario>/.
 The guest powers itself off at the scenario's deadline and qemu is killed after a
 longer one; any failure makes the command fail.
