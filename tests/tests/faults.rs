@@ -110,14 +110,14 @@ fn signals_at_random_moments_leave_nothing_behind() {
         let bytes = std::fs::read(&rec).unwrap();
         let out = Command::new(dstrace_bin()).args(["report", rec_arg, "--format", "json"]).output().unwrap();
         let report_err = String::from_utf8_lossy(&out.stderr);
-        if bytes.len() < dstrace::recording::HEADER_LEN {
+        if bytes.len() < dstrace::sinks::recording::HEADER_LEN {
             // Killed between creating the file and writing its header: nothing recorded.
             assert_eq!(out.status.code(), Some(1), "{what}: {report_err}");
             continue;
         }
         assert!(out.status.success(), "{what}: report failed: {report_err}");
         let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let recording = dstrace::recording::read(&bytes).unwrap();
+        let recording = dstrace::sinks::recording::read(&bytes).unwrap();
         assert!(recording.damage.iter().all(|d| d.at_end), "{what}: {:?}", recording.damage);
         if status.success() {
             // Ended by its own hand: every frame whole, the last interval written.
@@ -158,8 +158,10 @@ fn the_terminal_is_restored_after_signals() {
         );
         let tmux = Tmux::start(&format!("signal{round}"), &command, 160, 40);
         let deadline = Instant::now() + START_TIMEOUT;
+        // The pane's shell runs `stty` first: the child wanted is dstrace itself.
         let pid = loop {
-            if let Some(&pid) = children_of(tmux.pane_pid()).first() {
+            let children = children_of(tmux.pane_pid());
+            if let Some(&pid) = children.iter().find(|&&pid| is_dstrace(pid)) {
                 break pid;
             }
             assert!(Instant::now() < deadline, "dstrace did not start in the pane");
@@ -241,7 +243,7 @@ fn a_second_dstrace_works_beside_the_first() {
 }
 
 /// Once attached, `run` keeps only the capabilities its later reads need
-/// (`dstrace::privileges`): every thread's effective, permitted and bounding sets
+/// (`dstrace::kernel::privileges`): every thread's effective, permitted and bounding sets
 /// are CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE and CAP_SYS_ADMIN, nothing is
 /// inheritable or ambient, and `no_new_privs` is set. And it still works: a D
 /// wait that begins after the drop is attributed in full (syscall, file, mount,
@@ -252,8 +254,9 @@ fn capabilities_are_dropped_after_attach_and_waits_stay_attributed() {
         return;
     }
     const KEPT: u64 = (1 << 2) | (1 << 19) | (1 << 21); // DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN
-    let ours = dstrace::preflight::parse_cap_eff(&std::fs::read_to_string("/proc/self/status").unwrap())
-        .expect("our CapEff");
+    let ours =
+        dstrace::kernel::preflight::parse_cap_eff(&std::fs::read_to_string("/proc/self/status").unwrap())
+            .expect("our CapEff");
     let expected = format!("{:016x}", KEPT & ours);
     let mount = FuseMount::new("caps").expect("mount the test filesystem");
     let mut dstrace = Dstrace::spawn(&["run", "--json", "--comm", "sh", "--min-duration", "0"]);
@@ -266,8 +269,8 @@ fn capabilities_are_dropped_after_attach_and_waits_stay_attributed() {
                 status[set],
                 expected,
                 "{set} of a dstrace thread: {:?} instead of {:?}",
-                dstrace::privileges::names(u64::from_str_radix(&status[set], 16).unwrap()),
-                dstrace::privileges::names(KEPT & ours)
+                dstrace::kernel::privileges::names(u64::from_str_radix(&status[set], 16).unwrap()),
+                dstrace::kernel::privileges::names(KEPT & ours)
             );
         }
         assert_eq!(status["CapInh"], "0000000000000000");
@@ -304,4 +307,9 @@ fn capabilities_are_dropped_after_attach_and_waits_stay_attributed() {
             "the chain reaches the FUSE daemon (/proc/PID/fd of every process): {wait}"
         );
     }
+}
+
+/// Whether a process runs the dstrace binary (its command name).
+fn is_dstrace(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "dstrace")
 }
