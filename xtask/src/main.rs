@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use xtask::{ebpf, toolchain};
 
 mod vm;
-mod vm_checks;
 
 #[derive(Parser)]
 #[command(about = "Build, run and test dstrace", long_about = None)]

@@ -1,6 +1,6 @@
 //! Finding, and on Debian/Ubuntu installing, a toolchain that builds the eBPF crate.
 //!
-//! The eBPF crate needs three things (../shared/TOOLCHAIN.md has the verified facts):
+//! The eBPF crate needs three things (docs/TOOLCHAIN.md has the verified facts):
 //!
 //! * a rustc that can build `core` for `bpfel-unknown-none` (`-Z build-std=core`),
 //!   which needs the `core` sources: either a rustup nightly with the `rust-src`
@@ -20,7 +20,7 @@ use std::{
     process::Command,
 };
 
-/// The bpf-linker release known to work here (../shared/TOOLCHAIN.md).
+/// The bpf-linker release known to work here (docs/TOOLCHAIN.md).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors that `bpf-linker` 0.13 can be built for.
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];

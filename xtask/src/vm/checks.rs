@@ -11,6 +11,10 @@ use std::{fs, path::Path};
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
+/// The integration tests the `tests` scenario runs in the guest: those that make
+/// real D states and check what the engine and the attribution report.
+pub const GUEST_TESTS: &[&str] = &["engine", "d_states"];
+
 /// The `load` scenario: dstrace started, and reported completed D waits of `dd`
 /// (synchronous writes) with the kernel function they blocked in.
 pub fn load(results: &Path) -> Result<Vec<String>> {
@@ -52,7 +56,7 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
 /// missing) are listed with their reason.
 pub fn tests(results: &Path) -> Result<Vec<String>> {
     let mut facts = Vec::new();
-    for name in crate::vm::GUEST_TESTS {
+    for name in GUEST_TESTS {
         let path = results.join(format!("test-{name}.log"));
         let log = fs::read_to_string(&path).with_context(|| format!("the {name} tests did not run"))?;
         let verdict = log

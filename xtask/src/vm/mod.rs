@@ -4,7 +4,7 @@
 //! users run Debian-like kernels from 5.10 up, with NFS. This module boots Debian's
 //! own kernels (5.10, 6.1, 6.12) in qemu, runs a scenario script in the guest with the
 //! freshly built `dstrace`, brings the results back over a 9p share, and checks them
-//! on the host ([`crate::vm_checks`]).
+//! on the host ([`checks`]).
 //!
 //! qemu runs under TCG (software emulation): this project's machines have a
 //! `/dev/kvm` on which a Debian guest never boots.
@@ -43,7 +43,7 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 use xtask::toolchain;
 
-use crate::vm_checks;
+pub mod checks;
 
 /// A Debian kernel the guest can boot.
 #[derive(Debug)]
@@ -88,7 +88,7 @@ pub const SCENARIOS: [Scenario; 3] = [
         name: "load",
         about: "dstrace loads, attaches and reports real D waits (synchronous writes)",
         guest_timeout: Duration::from_secs(240),
-        check: vm_checks::load,
+        check: checks::load,
         tests: &[],
     },
     Scenario {
@@ -96,21 +96,17 @@ pub const SCENARIOS: [Scenario; 3] = [
         about: "an NFS server dies under v3 and v4 mounts; dstrace names the tasks, where they wait, \
                 and the mounts",
         guest_timeout: Duration::from_secs(300),
-        check: vm_checks::nfs,
+        check: checks::nfs,
         tests: &[],
     },
     Scenario {
         name: "tests",
         about: "the host's engine and d_states integration tests pass against this kernel",
         guest_timeout: Duration::from_secs(900),
-        check: vm_checks::tests,
-        tests: GUEST_TESTS,
+        check: checks::tests,
+        tests: checks::GUEST_TESTS,
     },
 ];
-
-/// The integration tests the `tests` scenario runs in the guest: those that make
-/// real D states and check what the engine and the attribution report.
-pub const GUEST_TESTS: &[&str] = &["engine", "d_states"];
 
 /// Packages of the guest, beside minbase.
 pub const GUEST_PACKAGES: &[&str] =
