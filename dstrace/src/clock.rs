@@ -1,4 +1,6 @@
-//! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time.
+//! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time, and
+//! durations as people read them and as the JSON schema writes them: shared by
+//! every stage, so it depends on none.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +109,32 @@ pub fn human_duration(ns: u64) -> String {
         }
         _ => format!("{}h{:02}m", ns / 3_600_000_000_000, ns / 60_000_000_000 % 60),
     }
+}
+
+/// Nanoseconds as the milliseconds of the JSON schema (microsecond precision).
+pub fn json_ms(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1_000.0
+}
+
+/// Serializes nanoseconds as [`json_ms`] (for `#[serde(serialize_with)]`).
+pub fn serialize_ms<S: serde::Serializer>(ns: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(json_ms(*ns))
+}
+
+/// As [`serialize_ms`], `null` for `None`.
+pub fn serialize_opt_ms<S: serde::Serializer>(ns: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match ns {
+        Some(ns) => serializer.serialize_f64(json_ms(*ns)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// An interval whose first tick comes after one period, and that does not catch
+/// up on ticks it missed (a recording interval, a screen refresh).
+pub fn ticks(period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 #[cfg(test)]

@@ -1,67 +1,30 @@
 //! dstrace: which tasks are stuck in uninterruptible sleep (`D`), for how long, and
 //! in which kernel function.
 //!
-//! The modules follow the flow of data (../DESIGN.md):
+//! One folder per stage of the flow of data (docs/DESIGN.md), each importing only
+//! from the folders after it in this list, so a reader finds each box of the
+//! design's diagram in one place and no stage reaches back into a later one:
 //!
-//! * [`preflight`]: what must hold before anything is loaded (privileges, BTF);
-//! * [`kernel_btf`]: `task_struct` offsets and hook signatures of the running kernel;
-//! * [`mounts`]: the mount table, from /proc/self/mountinfo;
-//! * [`loader`]: loads the embedded eBPF object with its settings and attaches it;
-//! * [`privileges`]: the capabilities dropped once it is attached;
-//! * [`events`]: decodes what the kernel side streams;
-//! * [`procfs`]: tasks in D now, read from /proc without hanging;
-//! * [`symbols`]: kernel symbols and the choice of the blocking function;
-//! * [`syscalls`] and [`attribution`]: which syscall, mount and file a wait concerns;
-//! * [`file_locks`]: who holds the file lock a task waits for (/proc/locks);
-//! * [`tracefs`] and [`rpc`]: classic tracepoints' records, and the NFS/sunrpc RPC
-//!   a task waits for;
-//! * [`chain`]: from a task in D to the lock, its holder, the mount and the server;
-//! * [`record`]: one D wait as userspace shows it, ongoing or completed;
-//! * [`aggregate`]: completed waits grouped from the in-kernel aggregation;
-//! * [`board`]: waits grouped by mount, lock and blocking function, as shown;
-//! * [`advice`]: what to do about a recognised pattern, one line each;
-//! * [`output`]: the sinks (text lines, JSON lines);
-//! * [`tui`]: the full-screen view of `dstrace run` on a terminal;
-//! * [`recording`], [`recorder`]: the recording file, and writing it while tracing
-//!   (`dstrace record`, `run --output`);
-//! * [`report`] and [`pprof`]: recordings as folded stacks, flame graphs, pprof
-//!   profiles and JSON (`dstrace report`);
-//! * [`clock`]: kernel timestamps to wall-clock time;
-//! * [`daemon`], [`config`], [`metrics`], [`endpoint`], [`pyroscope`]: `dstrace
-//!   daemon`, its settings (flags and TOML file), its Prometheus metrics, their
-//!   HTTP endpoint, and profiles pushed to Pyroscope;
-//! * [`cli`], [`run`] and [`snapshot`]: the command line and the commands.
+//! * [`commands`]: one file per subcommand, and the one tracing session `run`,
+//!   `record` and `daemon` share (start-up, attach, ring buffer, draining, the
+//!   tasks in D now, ticks, signals);
+//! * [`cli`]: every flag and value parser, and the daemon's settings (flags and
+//!   TOML keys defined once);
+//! * [`sinks`]: where waits go: text, JSON, the full-screen view, recordings,
+//!   reports, pprof, Prometheus metrics, Pyroscope;
+//! * [`model`]: what dstrace knows of a wait: the wait, its chain, aggregation,
+//!   the board of groups, advice;
+//! * [`resolve`]: names for what the kernel gave: `/proc` read without hanging,
+//!   symbols, mounts, file locks, which mount and file a wait concerns;
+//! * [`kernel`]: the kernel side: what must hold first, BTF and tracefs layouts,
+//!   loading and attaching, privileges, decoding what it sends;
+//! * [`clock`] (used by all): kernel timestamps to wall-clock time, durations for
+//!   people and for JSON.
 
-pub mod advice;
-pub mod aggregate;
-pub mod attribution;
-pub mod board;
-pub mod chain;
 pub mod cli;
 pub mod clock;
-pub mod config;
-pub mod daemon;
-pub mod endpoint;
-pub mod events;
-pub mod file_locks;
-pub mod kernel_btf;
-pub mod loader;
-pub mod metrics;
-pub mod mounts;
-pub mod output;
-pub mod pprof;
-pub mod preflight;
-pub mod privileges;
-pub mod procfs;
-pub mod pyroscope;
-pub mod record;
-pub mod recorder;
-pub mod recording;
-pub mod report;
-pub mod rpc;
-pub mod run;
-pub mod snapshot;
-pub mod symbols;
-pub mod syscalls;
-pub mod tracefs;
-pub mod tui;
+pub mod commands;
+pub mod kernel;
+pub mod model;
+pub mod resolve;
+pub mod sinks;

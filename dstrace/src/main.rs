@@ -1,24 +1,38 @@
-//! The `dstrace` binary: parse the command line, run, print one error line on failure.
+//! The `dstrace` binary: parse the command line, run, print one error line on
+//! failure. A closed pipe (`dstrace run | head`) is where the reader stopped
+//! reading, not an error: it ends the command with status 0, whichever command
+//! and whichever write met it.
 
-use std::process::ExitCode;
+use std::{io, process::ExitCode};
 
 use clap::Parser as _;
-use dstrace::cli::{Cli, Command};
+use dstrace::{
+    cli::{Cli, Command},
+    commands,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => dstrace::run::run(&args),
-        Command::Snapshot(args) => dstrace::snapshot::snapshot(&args),
-        Command::Record(args) => dstrace::recorder::record(&args),
-        Command::Report(args) => dstrace::report::report(&args),
-        Command::Daemon(args) => dstrace::daemon::daemon(&args),
+        Command::Run(args) => commands::run::run(&args),
+        Command::Snapshot(args) => commands::snapshot::snapshot(&args),
+        Command::Record(args) => commands::record::record(&args),
+        Command::Report(args) => commands::report::report(&args),
+        Command::Daemon(args) => commands::daemon::daemon(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("dstrace: error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the error is, or was caused by, a write to a closed pipe.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|cause| cause.kind() == io::ErrorKind::BrokenPipe)
 }

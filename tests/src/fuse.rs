@@ -6,7 +6,7 @@
 //! a name up while the gate is closed waits for the answer in `request_wait_answer`;
 //! every other task looking up the same name waits for the first one in
 //! `d_alloc_parallel`, in `TASK_UNINTERRUPTIBLE`: the pile-up of a dead NFS or FUSE
-//! server (../shared/TOOLCHAIN.md).
+//! server (docs/TOOLCHAIN.md).
 //!
 //! One regular file, [`FILE_NAME`], is looked up, opened and flushed at once, but
 //! its `WRITE`s are held too: the first writer waits for the server holding the

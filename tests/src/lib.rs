@@ -404,7 +404,7 @@ impl Drop for GatedPileup<'_> {
 pub fn task_state(pid: u32) -> Option<char> {
     // Bytes: a command name need not be UTF-8.
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    dstrace::procfs::parse_stat(&String::from_utf8_lossy(&stat)).map(|stat| stat.state)
+    dstrace::resolve::procfs::parse_stat(&String::from_utf8_lossy(&stat)).map(|stat| stat.state)
 }
 
 /// Waits until a task is in `state` and blocked in FUSE or the dcache (not still
@@ -704,7 +704,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|stat| dstrace::procfs::parse_stat(&stat))
+                .and_then(|stat| dstrace::resolve::procfs::parse_stat(&stat))
                 .is_some_and(|stat| stat.ppid == parent)
         })
         .collect()

@@ -28,7 +28,7 @@ fn waits(records: &[Value]) -> impl Iterator<Item = &Value> {
 fn is_kernel_thread(pid: u64) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    dstrace::procfs::parse_stat(&stat).is_some_and(|stat| stat.flags & PF_KTHREAD != 0)
+    dstrace::resolve::procfs::parse_stat(&stat).is_some_and(|stat| stat.flags & PF_KTHREAD != 0)
 }
 
 #[test]

@@ -218,7 +218,7 @@ fn value(series: &Value) -> f64 {
 /// A mount point as dstrace labels it: control characters as \xNN, a backslash
 /// doubled (the escaping of every other output).
 fn label(path: &Path) -> String {
-    dstrace::output::escape(path.to_str().unwrap())
+    dstrace::sinks::escape::escape(path.to_str().unwrap())
 }
 
 /// A real Prometheus scrapes the daemon every second while tasks pile up in D
@@ -263,7 +263,7 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     let result = prometheus.query("dstrace_tasks_in_d");
     let plain_series = series(&result, "mount", &plain).unwrap();
     let kind = plain_series["metric"]["lock_kind"].as_str().unwrap();
-    assert!(kind == "none" || dstrace::record::LOCK_KINDS.contains(&kind), "{plain_series}");
+    assert!(kind == "none" || dstrace::model::wait::LOCK_KINDS.contains(&kind), "{plain_series}");
     let oldest = prometheus.query("dstrace_oldest_wait_seconds");
     assert!(value(series(&oldest, "mount", &plain).unwrap()) >= 0.2, "{oldest:?}");
 
@@ -409,7 +409,7 @@ fn assert_gone(programs: &[u32], links: &[u32], when: &str) {
 /// The intervals in a recording file, and whether it has damage.
 fn intervals(path: &Path) -> (usize, Vec<String>) {
     let bytes = std::fs::read(path).unwrap_or_default();
-    match dstrace::recording::read(&bytes) {
+    match dstrace::sinks::recording::read(&bytes) {
         Ok(recording) => {
             (recording.intervals.len(), recording.damage.iter().map(|damage| damage.to_string()).collect())
         }
@@ -576,7 +576,7 @@ fn profiles_are_pushed_to_a_pyroscope_ingest_url() {
         let request_line = head.lines().next().unwrap_or_default().to_owned();
         assert!(request_line.starts_with("POST /ingest?name=dstrace.blocked%7Bhost%3D"), "{request_line}");
         assert!(request_line.contains("&format=pprof") && request_line.contains("&from="), "{request_line}");
-        let profile = dstrace::pprof::decode(&body).expect("a gzip-compressed pprof profile");
+        let profile = dstrace::sinks::pprof::decode(&body).expect("a gzip-compressed pprof profile");
         let strings = &profile.string_table;
         if strings.iter().any(|s| s == &mount_point) && strings.iter().any(|s| s == "d_alloc_parallel") {
             break;

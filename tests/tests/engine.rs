@@ -6,7 +6,7 @@ use std::{thread::sleep, time::Duration};
 
 use dstrace::{
     clock::monotonic_ns,
-    loader::{Filters, Options, Tracer},
+    kernel::loader::{Filters, Options, Tracer},
 };
 use dstrace_tests::{
     fuse::FuseMount, json_lines, require_root, scaled, skipped, wait_until_proc, Children, Dstrace,
@@ -173,8 +173,9 @@ struct TestCgroup(std::path::PathBuf);
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let mounts = dstrace::mounts::read().unwrap();
-        let root = dstrace::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+        let mounts = dstrace::resolve::mounts::read().unwrap();
+        let root =
+            dstrace::resolve::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
         let dir = root.join(format!("dstrace-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a cgroup");
         TestCgroup(dir)
@@ -319,7 +320,7 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
         return;
     }
     let mount = FuseMount::new("rwsem").expect("mount the test filesystem");
-    let mounts = dstrace::mounts::read().unwrap();
+    let mounts = dstrace::resolve::mounts::read().unwrap();
     let fuse = mounts.iter().find(|m| m.mount_point == mount.path()).expect("the test mount is listed");
     let dev = format!("{}:{}", fuse.dev.0, fuse.dev.1);
 

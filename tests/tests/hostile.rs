@@ -143,7 +143,7 @@ fn hostile_names_are_escaped_in_every_view() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let profile = dstrace::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
+    let profile = dstrace::sinks::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
     assert!(profile.string_table.iter().any(|s| s.contains(r"\x1b]2;PWNED\x07")), "the comm label");
     for text in &profile.string_table {
         assert!(!text.chars().any(char::is_control), "a control character in the profile: {text:?}");
@@ -158,13 +158,15 @@ fn report_survives_random_damage_to_whole_files() {
     let mut rng = Rng::seeded("report_survives_random_damage_to_whole_files");
     let dir = Scratch::new("hostile-damage");
     let whole = dir.path("whole.rec");
-    let options = dstrace::recording::FileOptions { path: whole.clone(), max_size: 1 << 30, rotate: 0 };
+    let options =
+        dstrace::sinks::recording::FileOptions { path: whole.clone(), max_size: 1 << 30, rotate: 0 };
     let mut writer =
-        dstrace::recording::Writer::open(options, dstrace::recording::Session::default()).unwrap();
+        dstrace::sinks::recording::Writer::open(options, dstrace::sinks::recording::Session::default())
+            .unwrap();
     for second in 0..6u64 {
-        let mut totals = dstrace::aggregate::Totals::default();
+        let mut totals = dstrace::model::aggregate::Totals::default();
         totals.record(1_000_000 * (second + 1));
-        let row = dstrace::recording::RowData {
+        let row = dstrace::sinks::recording::RowData {
             pid: 100 + second as u32,
             comm: comm_text(),
             stack: ["__schedule", "d_alloc_parallel", "path_openat"].map(String::from).into_iter().collect(),
@@ -172,9 +174,9 @@ fn report_survives_random_damage_to_whole_files() {
             lock: Some("i_rwsem".into()),
             totals,
         };
-        let data = dstrace::recording::IntervalData {
-            start: dstrace::recording::from_unix_ns(second * 1_000_000_000),
-            end: dstrace::recording::from_unix_ns((second + 1) * 1_000_000_000),
+        let data = dstrace::sinks::recording::IntervalData {
+            start: dstrace::sinks::recording::from_unix_ns(second * 1_000_000_000),
+            end: dstrace::sinks::recording::from_unix_ns((second + 1) * 1_000_000_000),
             rows: vec![row],
             waits: Vec::new(),
             counters: vec![("ring_buffer_full".into(), second)],
@@ -217,7 +219,7 @@ fn report_survives_random_damage_to_whole_files() {
                             .unwrap_or_else(|err| panic!("{what}: not JSON ({err})"));
                     }
                     "pprof" => {
-                        dstrace::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
+                        dstrace::sinks::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
                     }
                     _ => {
                         let text = String::from_utf8(out.stdout).unwrap();

@@ -12,9 +12,9 @@ use std::{
 };
 
 use dstrace::{
-    aggregate::Totals,
-    recording::{self, FileOptions, IntervalData, RowData, Session, Writer},
-    symbols::Stack,
+    model::aggregate::Totals,
+    resolve::symbols::Stack,
+    sinks::recording::{self, FileOptions, IntervalData, RowData, Session, Writer},
 };
 use dstrace_tests::{
     dstrace_bin, fuse::FuseMount, hostile_pileup, json_lines, require_root, require_tool, start_recording,
@@ -158,7 +158,7 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     // pprof: the same blocked time in nanoseconds, the same count.
     let pb = dir.path("blocked.pb.gz");
     report(&[rec.to_str().unwrap(), "--format", "pprof", "-o", pb.to_str().unwrap()]);
-    let profile = dstrace::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
+    let profile = dstrace::sinks::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
     let sum = |i: usize| profile.sample.iter().map(|s| s.value[i] as u64).sum::<u64>();
     assert_eq!((sum(0) / 1000, sum(1)), (total_us, count));
 

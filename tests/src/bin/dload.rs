@@ -8,7 +8,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use dstrace::cli::parse_duration;
+use dstrace::cli::parse::parse_duration;
 use dstrace_tests::dload::{self, IdleThreads, Load};
 
 #[derive(Parser)]

@@ -51,7 +51,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use dstrace::{
     clock::rfc3339_utc,
-    loader::{FloorOrder, Options, ProgramStats, Tracer},
+    kernel::loader::{FloorOrder, Options, ProgramStats, Tracer},
 };
 use dstrace_common::{names, Counter};
 
@@ -69,7 +69,8 @@ const MANY_THREADS: usize = 10_000;
 
 /// The kernel side's settings of `dstrace run` with its defaults.
 fn run_options() -> Options {
-    let min_duration = dstrace::cli::parse_duration(dstrace::cli::DEFAULT_MIN_DURATION).unwrap_or_default();
+    let min_duration =
+        dstrace::cli::parse::parse_duration(dstrace::cli::parse::DEFAULT_MIN_DURATION).unwrap_or_default();
     Options { min_duration, ..Options::default() }
 }
 
@@ -103,7 +104,7 @@ fn main() -> Result<()> {
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
     let output = std::env::args().nth(1).map(PathBuf::from);
-    dstrace::preflight::check()?;
+    dstrace::kernel::preflight::check()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF statistics")?;
     let dir = fsync_dir();
     let bin = dstrace_tests::dstrace_bin();
@@ -516,7 +517,7 @@ struct RecordResult {
 
 /// user + system CPU seconds of a process so far (`/proc/PID/stat`).
 fn cpu_seconds(pid: u32) -> f64 {
-    dstrace::procfs::usage(pid).map_or(0.0, |usage| usage.cpu_ns as f64 / 1e9)
+    dstrace::resolve::procfs::usage(pid).map_or(0.0, |usage| usage.cpu_ns as f64 / 1e9)
 }
 
 /// A thread that writes and fsyncs 4 KiB in a loop in `dir` until `stop`: a steady
@@ -583,7 +584,7 @@ fn record_phase(dir: &Path, min_duration: &'static str, seconds: u64) -> Result<
     let cpu_steady = (cpu_total - cpu_start).max(0.0);
     let bytes = std::fs::read(&rec).with_context(|| format!("cannot read {}", rec.display()))?;
     let _ = std::fs::remove_file(&rec);
-    let recording = dstrace::recording::read(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let recording = dstrace::sinks::recording::read(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?;
     anyhow::ensure!(recording.damage.is_empty(), "the recording is damaged: {:?}", recording.damage);
     let intervals = &recording.intervals;
     Ok(RecordResult {
@@ -713,7 +714,7 @@ fn soak_phase(dir: &Path, seconds: u64) -> Result<SoakResult> {
             scrapes += 1;
             let waits = scraped(&text, "dstrace_waits_started_total").unwrap_or(0.0);
             if started.elapsed() >= next_sample {
-                let usage = dstrace::procfs::usage(pid).context("the daemon is gone")?;
+                let usage = dstrace::resolve::procfs::usage(pid).context("the daemon is gone")?;
                 samples.push((started.elapsed().as_secs_f64(), usage.rss_bytes, usage.cpu_ns as f64 / 1e9));
                 first_waits.get_or_insert(waits);
                 last_waits = waits;

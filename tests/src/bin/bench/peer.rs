@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use dstrace::loader::ProgramStats;
+use dstrace::kernel::loader::ProgramStats;
 
 /// The script, as kept in the repository.
 pub const SCRIPT: &str = include_str!("../../../../xtask/bench/doffcpu.bt");
@@ -141,7 +141,7 @@ pub struct Comparison {
 /// Runs `run` `rounds` times with dstrace's programs (and the empty floor) and
 /// bpftrace's attached, and compares what each spent.
 pub fn compare(
-    tracer: &dstrace::loader::Tracer,
+    tracer: &dstrace::kernel::loader::Tracer,
     peer: &Bpftrace,
     load: &'static str,
     rounds: usize,

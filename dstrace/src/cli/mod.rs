@@ -1,0 +1,137 @@
+//! The command line, defined once: `--help`, errors and (later) the man page and
+//! completions all come from these definitions.
+//!
+//! * this file: [`Cli`] and its [`Command`]s, with the help that teaches them;
+//! * [`args`]: every subcommand's flags;
+//! * [`parse`]: the value parsers (durations, sizes, cgroups, times);
+//! * [`daemon`]: the daemon's settings, each a flag and a TOML key at once.
+
+pub mod args;
+pub mod daemon;
+pub mod parse;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::args::{RecordArgs, ReportArgs, RunArgs, SnapshotArgs};
+
+/// Finds tasks stuck in uninterruptible sleep (the `D` of `ps`): for how long, and in
+/// which kernel function.
+///
+/// dstrace loads a small eBPF program into the running kernel that watches every
+/// context switch; it never touches the filesystems it diagnoses, so it cannot hang
+/// on a dead NFS or FUSE mount. It needs root (or CAP_BPF and CAP_PERFMON) and a
+/// kernel with BTF (CONFIG_DEBUG_INFO_BTF=y, Linux 5.8 or later).
+#[derive(Debug, Parser)]
+#[command(name = "dstrace", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace D waits live: what is stuck, on what, since when, and what to do.
+    ///
+    /// At once, the tasks already in D (from /proc); then, live, every task in D
+    /// and every D wait of at least --min-duration, grouped by mount, kernel lock
+    /// and the kernel function they block in (the first frame below the scheduler
+    /// and the lock and wait primitives), with the wait chain of each group
+    /// (waiter -> lock -> holder -> what the holder waits on -> daemon or server)
+    /// and advice for the patterns it knows. Idle kernel threads (TASK_IDLE) are
+    /// left out unless --include-idle is given. At the end (q, Ctrl-C, SIGTERM or
+    /// --duration): the groups, blocked time by process and function (every wait,
+    /// short ones included), the tasks still in D, the advice and the counters,
+    /// drops included.
+    ///
+    /// On a terminal this is a full-screen view: arrows or j/k move, Enter expands
+    /// a group to its tasks and stacks, s changes the order, / filters, q quits.
+    /// Otherwise (piped, or --plain): a line per completed wait and, every
+    /// --interval, the groups as a table. With --json: one JSON object per line
+    /// (the schema is in the README).
+    ///
+    /// Examples:
+    ///   sudo dstrace run
+    ///   sudo dstrace run --plain --min-duration 100ms --stacks
+    ///   sudo dstrace run --duration 30s --json > waits.ndjson
+    ///   sudo dstrace run --comm nova-compute --pid 4242,4243
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+
+    /// One look at the tasks in D now, from /proc alone: no BPF, no root needed.
+    ///
+    /// For each task: how long it has been in D at least, where in the kernel,
+    /// the syscall and, for one on a file descriptor, the file and mount, and the
+    /// chain to the FUSE daemon or NFS server. It never touches the mounts it
+    /// looks at. What only live tracing knows (lock holders, looked-up paths) is
+    /// listed as not seen: use `dstrace run` for it.
+    ///
+    /// Examples:
+    ///   dstrace snapshot
+    ///   sudo dstrace snapshot --json | jq '.tasks[] | {pid, comm, blocked_in}'
+    #[command(verbatim_doc_comment)]
+    Snapshot(SnapshotArgs),
+
+    /// Trace D waits to a recording file, for `dstrace report` later.
+    ///
+    /// Every --interval: blocked time by process, command, kernel stack and cause
+    /// (every wait, from the in-kernel aggregation; with symbols, mount and lock),
+    /// and each wait of at least --min-duration one by one. The file is private
+    /// (0600), never a symbolic link, appended to if it is a recording already;
+    /// past --max-size it is rotated to FILE.1 ... FILE.N (--rotate). A crash loses
+    /// at most the last interval.
+    ///
+    /// Examples:
+    ///   sudo dstrace record -o /var/tmp/dstrace.rec
+    ///   sudo dstrace record -o /var/tmp/dstrace.rec --interval 1m --max-size 1GiB --rotate 8
+    ///   sudo dstrace record -o incident.rec --duration 10m --min-duration 100ms
+    #[command(verbatim_doc_comment)]
+    Record(RecordArgs),
+
+    /// Report on recordings: folded stacks, an SVG flame graph, pprof, or JSON.
+    ///
+    /// Stacks are weighted by blocked time in microseconds (or by number of
+    /// waits); --group-by puts the mount, lock or command at the root of the
+    /// graph. The pprof profile has sample types blocked (nanoseconds) and count,
+    /// and labels comm, pid, mount, lock. Damaged parts of a recording are
+    /// reported on standard error and skipped.
+    ///
+    /// Examples:
+    ///   dstrace report dstrace.rec > blocked.folded
+    ///   dstrace report dstrace.rec.1 dstrace.rec --format svg --group-by mount -o blocked.svg
+    ///   dstrace report dstrace.rec --format pprof -o blocked.pb.gz && go tool pprof -top blocked.pb.gz
+    ///   dstrace report dstrace.rec --format json --since 30m --mount /mnt/nfs
+    #[command(verbatim_doc_comment)]
+    Report(ReportArgs),
+
+    /// Trace always, at the lowest overhead: Prometheus metrics and a recording.
+    ///
+    /// For every host, under systemd (dist/dstrace.service): serves /metrics in
+    /// the Prometheus text format on 127.0.0.1:9977 (tasks in D now by mount and
+    /// lock kind, the oldest wait by mount, a histogram of completed waits by
+    /// mount, lock kind and blocking function, waits started, drops, its own CPU
+    /// and memory), keeps a bounded recording for `dstrace report` (rotated by
+    /// size), and can push profiles of blocked time to Pyroscope. Only waits of
+    /// at least --min-duration are streamed; every wait is counted in the kernel.
+    /// Settings come from the flags, then the --config file, then the defaults.
+    /// SIGHUP reads the file again and reopens the recording; SIGTERM writes the
+    /// last interval and exits.
+    ///
+    /// Examples:
+    ///   sudo dstrace daemon
+    ///   sudo dstrace daemon --config /etc/dstrace/daemon.toml
+    ///   sudo dstrace daemon --listen 127.0.0.1:9100 --recording /var/tmp/d.rec --max-size 16MiB
+    ///   curl -s localhost:9977/metrics | grep dstrace_tasks_in_d
+    #[command(verbatim_doc_comment)]
+    Daemon(daemon::DaemonArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,61 @@
+//! `dstrace record`: trace to a recording file instead of the terminal, for hours
+//! or days, until Ctrl-C, SIGTERM or `--duration`.
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cli::args::RecordArgs,
+    clock::{duration_ns, human_duration},
+    commands::session::{self, Names, Session, Signals, Wake},
+    kernel::{loader::Options, preflight, privileges::Needs},
+    sinks::{
+        recording::recorder::{written_line, Recorder},
+        tree::drops_text,
+    },
+};
+
+/// Runs `dstrace record` to completion.
+pub fn record(args: &RecordArgs) -> Result<()> {
+    preflight::check()?;
+    if args.interval.is_zero() {
+        anyhow::bail!("--interval 0: give a recording interval such as 10s");
+    }
+    let options =
+        Options { min_duration: args.min_duration, include_idle: args.include_idle, ..Options::default() };
+    session::runtime()?.block_on(record_loop(args, options))
+}
+
+async fn record_loop(args: &RecordArgs, options: Options) -> Result<()> {
+    let signals = Signals::catch()?;
+    // The file first: a bad path fails before anything is loaded.
+    let mut recorder =
+        Recorder::create(args.caps.file(args.output.clone()), args.interval, args.min_duration)?;
+    let mut session = Session::start(options, Names::new(), signals, args.duration)?;
+    for note in session.settle(Needs { write_files: true }).into_iter().chain(session.skipped_notes()) {
+        eprintln!("dstrace: {note}");
+    }
+    eprintln!(
+        "dstrace: recording to {} every {} (waits of at least {} one by one); Ctrl-C stops",
+        args.output.display(),
+        human_duration(duration_ns(args.interval)),
+        human_duration(duration_ns(args.min_duration))
+    );
+
+    let mut ticks = recorder.ticks();
+    loop {
+        match session.next(ticks.tick()).await? {
+            Wake::Stop => break,
+            Wake::Waits => session.drain(|wait| recorder.wait(wait).context("cannot record"))?,
+            Wake::Input(_) => {
+                let names = &mut session.names;
+                recorder.interval(&session.tracer, &mut names.stacks, &mut names.mounts)?;
+            }
+        }
+    }
+    session.drain(|wait| recorder.wait(wait).context("cannot record"))?;
+    let names = &mut session.names;
+    let recorder = recorder.finish(&session.tracer, &mut names.stacks, &mut names.mounts)?;
+    let drops = drops_text(&session.tracer.counters().unwrap_or_default(), session.bad_records);
+    eprintln!("dstrace: {}{drops}", written_line(&recorder));
+    Ok(())
+}

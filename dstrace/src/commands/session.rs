@@ -1,0 +1,327 @@
+//! The tracing session `run`, `record` and `daemon` share: the runtime, the
+//! signals that end it, loading and attaching the programs, the ring buffer of
+//! completed waits and its draining, the tasks in D now, and the settling of
+//! privileges once attached. The commands differ only in what they do with the
+//! waits and in their own inputs (keys, ticks, scrapes).
+//!
+//! Each command's loop is the same shape:
+//!
+//! ```text
+//! let signals = Signals::catch()?;                    // first: a signal while loading counts
+//! let mut session = Session::start(options, names, signals, duration)?;
+//! notes(session.settle(needs));                       // after its own pre-drop work
+//! loop {
+//!     match session.next(command_inputs()).await? {   // stop, waits, or an input
+//!         Wake::Stop => break,
+//!         Wake::Waits => session.drain(|wait| ...)?,  // each completed wait, resolved
+//!         Wake::Input(input) => ...,
+//!     }
+//! }
+//! session.drain(|wait| ...)?;                          // what came before the stop
+//! ```
+
+use std::{collections::HashSet, future::Future, io, path::Path, time::Duration};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, Signal, SignalKind},
+    time::Instant,
+};
+
+use crate::{
+    clock::{monotonic_ns, Clock},
+    kernel::{
+        decode::decode_wait,
+        loader::{comm_key, Filters, Options, Tracer},
+        privileges::{self, Needs},
+    },
+    model::{
+        chain,
+        wait::{ProcNow, Resolver, Wait},
+    },
+    resolve::{
+        attribution::MountTable,
+        procfs,
+        symbols::{Kallsyms, Stacks},
+    },
+};
+
+/// The single-threaded runtime every command runs in (the capabilities are
+/// dropped per thread: one thread keeps it simple).
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// The signals that end a session: SIGINT and SIGTERM.
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Catches them from now on: one that comes while loading then ends the
+    /// session as soon as it is loaded, with what it owes written (a summary, a
+    /// recording's last interval).
+    pub fn catch() -> io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// What waits are named with: kernel symbols, the mount table, the clock.
+pub struct Names {
+    /// Symbols and resolved stacks.
+    pub stacks: Stacks,
+    /// The mount table.
+    pub mounts: MountTable,
+    /// Monotonic to wall-clock time.
+    pub clock: Clock,
+}
+
+impl Names {
+    /// Names before the programs are loaded: no kernel symbols yet (they are read
+    /// once the programs are loaded, so that their own frames, `bpf_prog_...`, are
+    /// known and left out of stacks; until then the only stacks are the kernel's
+    /// text in `/proc`).
+    pub fn new() -> Names {
+        Names { stacks: Stacks::new(Kallsyms::parse("")), mounts: MountTable::read(), clock: Clock::now() }
+    }
+
+    /// What turns the kernel side's records into waits.
+    pub fn resolver<'a>(&'a mut self, tracer: &'a Tracer) -> Resolver<'a> {
+        Resolver {
+            stacks: &mut self.stacks,
+            stack_map: &tracer.stacks,
+            clock: &self.clock,
+            mounts: &mut self.mounts,
+        }
+    }
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names::new()
+    }
+}
+
+/// What woke a session up ([`Session::next`]).
+pub enum Wake<I> {
+    /// SIGINT, SIGTERM or the end of `--duration`: the session is over.
+    Stop,
+    /// Completed waits are in the ring buffer: [`Session::drain`] them.
+    Waits,
+    /// One of the command's own inputs.
+    Input(I),
+}
+
+/// A tracing session: the programs attached, their ring buffer watched.
+pub struct Session {
+    /// The loaded and attached programs.
+    pub tracer: Tracer,
+    /// What waits are named with.
+    pub names: Names,
+    /// What the kernel side records.
+    pub options: Options,
+    /// Records of the ring buffer that could not be decoded.
+    pub bad_records: u64,
+    /// Whether `/proc/kallsyms` hides the kernel's addresses (stacks are raw).
+    pub hidden_symbols: bool,
+    /// When tracing began.
+    pub since: Instant,
+    ring: AsyncFd<RingBuf<MapData>>,
+    signals: Signals,
+    deadline: Option<Instant>,
+}
+
+impl Session {
+    /// Loads and attaches the programs for `options`, takes their ring buffer and
+    /// reads the kernel's symbols; it ends after `duration`, if given, or at a
+    /// signal. Runs inside [`runtime`] (the ring buffer is registered with it).
+    pub fn start(
+        options: Options,
+        mut names: Names,
+        signals: Signals,
+        duration: Option<Duration>,
+    ) -> Result<Session> {
+        let mut tracer = Tracer::load(&options)?;
+        let events = tracer.take_events()?;
+        let kallsyms = Kallsyms::from_proc()?;
+        let hidden_symbols = kallsyms.is_hidden();
+        names.stacks = Stacks::new(kallsyms);
+        // SAFETY: the ring buffer owns its map fd, which stays open and the same for
+        // as long as the `AsyncFd` owns the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        let since = Instant::now();
+        Ok(Session {
+            tracer,
+            names,
+            options,
+            bad_records: 0,
+            hidden_symbols,
+            since,
+            ring,
+            signals,
+            deadline: duration.map(|d| since + d),
+        })
+    }
+
+    /// Drops the capabilities nothing later needs and gives back the start-up
+    /// heap ([`privileges::settle_after_attach`]); call it once the command has
+    /// done what needs them (created its files). Returns the notes to show.
+    pub fn settle(&self, needs: Needs) -> Vec<String> {
+        privileges::settle_after_attach(&self.tracer, needs)
+    }
+
+    /// What this kernel cannot record, one note each.
+    pub fn skipped_notes(&self) -> Vec<String> {
+        self.tracer.skipped.iter().map(|what| format!("not recorded on this kernel: {what}")).collect()
+    }
+
+    /// Waits until the session is over, completed waits arrive, or `input` (the
+    /// command's own: keys, ticks, scrapes) is ready.
+    pub async fn next<I>(&mut self, input: impl Future<Output = I>) -> io::Result<Wake<I>> {
+        tokio::select! {
+            _ = self.signals.interrupt.recv() => Ok(Wake::Stop),
+            _ = self.signals.terminate.recv() => Ok(Wake::Stop),
+            _ = sleep_until(self.deadline) => Ok(Wake::Stop),
+            ready = self.ring.readable_mut() => {
+                // Cleared before the records are read: one that arrives while they
+                // are drained wakes the session again, and is never missed.
+                ready?.clear_ready();
+                Ok(Wake::Waits)
+            }
+            input = input => Ok(Wake::Input(input)),
+        }
+    }
+
+    /// Hands every completed wait waiting in the ring buffer to `each`, resolved
+    /// (symbols, mount, file, lock); counts the records that cannot be decoded.
+    ///
+    /// An error from `each` stops the drain and is returned: only for an error
+    /// that ends the session, since the kernel wakes a reader only once it has
+    /// read everything (records left behind would hold back the next wake-ups).
+    pub fn drain(&mut self, mut each: impl FnMut(&Wait) -> Result<()>) -> Result<()> {
+        // Mounts made since the last look are named, not the mount below them.
+        self.names.mounts.refresh_if_changed();
+        let Session { tracer, names, ring, bad_records, .. } = self;
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            let Ok(event) = decode_wait(&item) else {
+                *bad_records += 1;
+                continue;
+            };
+            let wait = Wait::completed(&event, &mut names.resolver(tracer));
+            each(&wait)?;
+        }
+        Ok(())
+    }
+
+    /// The tasks in D now for at least `min_duration_ns` ([`in_d_now`]).
+    pub fn in_d_now(&mut self, min_duration_ns: u64) -> Vec<Wait> {
+        in_d_now(Some(&self.tracer), &self.options, min_duration_ns, &mut self.names)
+    }
+}
+
+/// The tasks in D now for at least `min_duration_ns`, the longest first: those the
+/// kernel side tracks, then those only `/proc` knows (in D since before tracing
+/// began), with their chains. Without a tracer (before loading), `/proc`'s only.
+pub fn in_d_now(
+    tracer: Option<&Tracer>,
+    options: &Options,
+    min_duration_ns: u64,
+    names: &mut Names,
+) -> Vec<Wait> {
+    // Mounts made since the last look are named, not the mount below them.
+    names.mounts.refresh_if_changed();
+    let now_ns = monotonic_ns();
+    let context = chain::Context {
+        fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
+        rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
+        now_ns,
+    };
+    let mut waits: Vec<Wait> = match tracer {
+        Some(tracer) => {
+            let inflight = tracer.inflight();
+            let mut resolver = names.resolver(tracer);
+            inflight
+                .iter()
+                .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
+                .filter(|wait| wait.duration_ns >= min_duration_ns)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
+    waits.extend(
+        waits_in_proc(options, &mut names.mounts, &context)
+            .into_iter()
+            .filter(|wait| !traced.contains(&wait.tid)),
+    );
+    waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+    waits
+}
+
+/// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
+/// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
+fn waits_in_proc(options: &Options, mounts: &mut MountTable, context: &chain::Context) -> Vec<Wait> {
+    let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
+    let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
+    let now = ProcNow::read();
+    let filters = &options.filters;
+    tasks
+        .iter()
+        .filter(|task| task.pid != std::process::id())
+        .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
+        .map(|task| Wait::from_proc(task, &now, mounts).with_chain(context))
+        .collect()
+}
+
+/// Whether a task seen in `/proc` passes the pid, tid and comm filters.
+fn proc_task_wanted(filters: &Filters, pid: u32, tid: u32, comm: &str) -> bool {
+    (filters.tgids.is_empty() || filters.tgids.contains(&pid))
+        && (filters.tids.is_empty() || filters.tids.contains(&tid))
+        && (filters.comms.is_empty() || filters.comms.iter().any(|wanted| comm_key(wanted) == comm_key(comm)))
+}
+
+/// The next tick of an optional interval; never, without one.
+pub async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until the deadline, if there is one; forever, otherwise.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_tasks_are_filtered_like_the_kernel_side() {
+        let none = Filters::default();
+        assert!(proc_task_wanted(&none, 1, 2, "a"));
+        let pids = Filters { tgids: vec![1], ..Filters::default() };
+        assert!(proc_task_wanted(&pids, 1, 2, "a"));
+        assert!(!proc_task_wanted(&pids, 3, 3, "a"));
+        let comms = Filters { comms: vec!["a-very-long-command-name".into()], ..Filters::default() };
+        assert!(
+            proc_task_wanted(&comms, 1, 1, "a-very-long-com"),
+            "comm is cut to 15 bytes as the kernel does"
+        );
+        assert!(!proc_task_wanted(&comms, 1, 1, "other"));
+    }
+}

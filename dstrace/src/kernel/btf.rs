@@ -1,0 +1,315 @@
+//! What the eBPF side must know about the running kernel, read from its BTF at
+//! start-up: no kernel struct offset is compiled into dstrace.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, BtfType as _, Type};
+
+use dstrace_common::{FuseOffsets, LockOffsets, Offsets};
+
+use crate::kernel::preflight::VMLINUX_BTF;
+
+/// Offsets and signatures of the running kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Byte offset of `task_struct.pid`.
+    pub task_pid_offset: u32,
+    /// Byte offset of `task_struct.__state` (`state` before Linux 5.14).
+    pub task_state_offset: u32,
+    /// Whether `sched_switch` passes `prev_state` as an argument (Linux 5.18+).
+    pub sched_switch_has_state_arg: bool,
+    /// Offsets to read what a syscall names, or why they are unknown.
+    pub target_offsets: Result<Offsets, String>,
+    /// Offsets to name a lock's owner and inode, or why they are unknown.
+    pub lock_offsets: Result<LockOffsets, String>,
+    /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
+    pub has_lock_tracepoints: bool,
+    /// Whether the kernel has the `sunrpc` tracepoints (built in, the module's BTF
+    /// loaded, or, for a module without BTF as on 5.10, listed in tracefs).
+    pub has_sunrpc: bool,
+    /// Whether `d_alloc_parallel` and `__d_lookup_unhash_wake` can be hooked (6.x).
+    pub has_dlookup_functions: bool,
+    /// Offsets for the FUSE request tracepoints (6.13+), or why there are none.
+    pub fuse_offsets: Result<FuseOffsets, String>,
+}
+
+impl KernelLayout {
+    /// Reads the layout from `/sys/kernel/btf/vmlinux`.
+    pub fn from_running_kernel() -> Result<Self> {
+        let btf = Btf::from_file(VMLINUX_BTF).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err}"))?;
+        Self::from_btf(&btf)
+    }
+
+    /// Reads the layout from parsed BTF.
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
+        let task_pid_offset = member_offset(btf, "task_struct", &["pid"])?;
+        let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
+        // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
+        //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
+        let params = tracepoint_params(btf, "sched_switch").map_err(|err| {
+            anyhow!(
+                "the kernel's BTF does not describe the sched_switch tracepoint ({err}): dstrace needs \
+                 BTF-enabled tracepoints, Linux 5.8 or later with CONFIG_DEBUG_INFO_BTF=y"
+            )
+        })?;
+        Ok(KernelLayout {
+            task_pid_offset,
+            task_state_offset,
+            sched_switch_has_state_arg: params >= 5,
+            target_offsets: target_offsets(btf).map_err(|err| format!("{err:#}")),
+            lock_offsets: lock_offsets(btf).map_err(|err| format!("{err:#}")),
+            has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
+                && tracepoint_params(btf, "contention_end").is_ok(),
+            has_sunrpc: tracepoint_params(btf, "rpc_task_begin").is_ok()
+                || std::path::Path::new("/sys/kernel/btf/sunrpc").exists()
+                || crate::kernel::tracefs::has_group("sunrpc"),
+            has_dlookup_functions: has_function(btf, "d_alloc_parallel")
+                && has_function(btf, "__d_lookup_unhash_wake"),
+            fuse_offsets: if tracepoint_params(btf, "fuse_request_send").is_ok()
+                && tracepoint_params(btf, "fuse_request_end").is_ok()
+            {
+                fuse_offsets(btf).map_err(|err| format!("{err:#}"))
+            } else {
+                Err("the fuse tracepoints need Linux 6.13 and FUSE built in or loaded".to_owned())
+            },
+        })
+    }
+}
+
+/// The offsets the lock contention programs need to name an owner and an inode.
+pub fn lock_offsets(btf: &Btf) -> Result<LockOffsets> {
+    Ok(LockOffsets {
+        rwsem_owner: member_offset(btf, "rw_semaphore", &["owner"])?,
+        // PREEMPT_RT mutexes are rt-mutexes, whose owner is elsewhere: then only
+        // rwsem owners are read.
+        mutex_owner: member_offset(btf, "mutex", &["owner"]).unwrap_or(u32::MAX),
+        task_tgid: member_offset(btf, "task_struct", &["tgid"])?,
+        task_comm: member_offset(btf, "task_struct", &["comm"])?,
+        inode_rwsem: member_offset(btf, "inode", &["i_rwsem"])?,
+        sb_root: member_offset(btf, "super_block", &["s_root"])?,
+        dentry_sb: member_offset(btf, "dentry", &["d_sb"])?,
+        dentry_flags: member_offset(btf, "dentry", &["d_flags"])?,
+        dentry_parent: member_offset(btf, "dentry", &["d_parent"])?,
+        dentry_name: member_offset(btf, "dentry", &["d_name"])?,
+        qstr_hash_len: member_offset(btf, "qstr", &["hash_len"])?,
+        dcache_par_lookup: dcache_par_lookup(btf),
+    })
+}
+
+/// `DCACHE_PAR_LOOKUP`: from the `dentry_flags` enum where the kernel has one (its
+/// BTF then says it); before that a `#define`, 0x10000000 from 4.7 to 6.x.
+fn dcache_par_lookup(btf: &Btf) -> u32 {
+    const DEFINE: u32 = 0x1000_0000;
+    let Ok(types) = btf.resolve_types_by_name("dentry_flags") else { return DEFINE };
+    types
+        .iter()
+        .find_map(|ty| match ty {
+            Type::Enum(flags) => flags.members.iter().find_map(|member| {
+                (btf.resolve_name(member).ok()? == "DCACHE_PAR_LOOKUP").then(|| member.val())
+            }),
+            _ => None,
+        })
+        .unwrap_or(DEFINE)
+}
+
+/// Whether the kernel has a function of this name that fentry can attach to.
+pub fn has_function(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name).is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Func(_))))
+}
+
+/// The offsets the kernel side needs to read a task's syscall and the file behind a
+/// file descriptor, for this machine's architecture.
+pub fn target_offsets(btf: &Btf) -> Result<Offsets> {
+    let (regs_syscall_nr, regs_args) = syscall_registers(btf)?;
+    Ok(Offsets {
+        regs_syscall_nr,
+        regs_args,
+        task_files: member_offset(btf, "task_struct", &["files"])?,
+        files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
+        fdt_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
+        fdt_fd: member_offset(btf, "fdtable", &["fd"])?,
+        file_inode: member_offset(btf, "file", &["f_inode"])?,
+        inode_sb: member_offset(btf, "inode", &["i_sb"])?,
+        inode_ino: member_offset(btf, "inode", &["i_ino"])?,
+        sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
+        _pad: 0,
+    })
+}
+
+/// Where `struct pt_regs` keeps the syscall number and its six arguments.
+fn syscall_registers(btf: &Btf) -> Result<(u32, [u32; 6])> {
+    let field = |name: &str| member_offset(btf, "pt_regs", &[name]);
+    match std::env::consts::ARCH {
+        "x86_64" => Ok((
+            field("orig_ax")?,
+            [field("di")?, field("si")?, field("dx")?, field("r10")?, field("r8")?, field("r9")?],
+        )),
+        "aarch64" => {
+            // The first argument is also in orig_x0; regs[0] is overwritten by the
+            // return value only when the syscall returns.
+            let regs = field("regs")?;
+            Ok((field("syscallno")?, [0, 1, 2, 3, 4, 5].map(|i| regs + 8 * i)))
+        }
+        arch => bail!("reading syscall arguments is not supported on {arch}"),
+    }
+}
+
+/// Byte offset of the first of `names` found in `struct strukt`, looking into
+/// anonymous struct and union members as C does.
+pub fn member_offset(btf: &Btf, strukt: &str, names: &[&str]) -> Result<u32> {
+    let types =
+        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
+    let ty = types
+        .iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    for name in names {
+        if let Some(bits) = find_member(btf, ty, name, 0)? {
+            if bits % 8 != 0 {
+                bail!("{strukt}.{name} is a bit field");
+            }
+            return Ok(bits / 8);
+        }
+    }
+    bail!("BTF: struct {strukt} has no member {}", names.join(" or "))
+}
+
+/// Bit offset of `name` in `ty`, searching anonymous members too.
+fn find_member(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>> {
+    Ok(find_member_typed(btf, ty, name, base)?.map(|(bits, _)| bits))
+}
+
+/// As [`find_member`], with the member's type id.
+fn find_member_typed(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<(u32, u32)>> {
+    for member in &ty.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let type_id = member.get_type_id().map_err(|err| anyhow!("{err}"))?;
+        if member_name == name {
+            return Ok(Some((base + member.bit_offset(), type_id)));
+        }
+        if member_name.is_empty() {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_type_by_id(type_id) {
+                if let Some(found) = find_member_typed(btf, &inner, name, base + member.bit_offset())? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Byte offset of a member reached through nested structs, e.g.
+/// `fuse_req` + `["in", "h", "opcode"]` for `req->in.h.opcode`.
+pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    let types =
+        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
+    let mut ty = types
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    let mut bits = 0;
+    for (i, name) in path.iter().enumerate() {
+        let (offset, type_id) = find_member_typed(btf, &ty, name, 0)?
+            .ok_or_else(|| anyhow!("BTF: {strukt}.{} is missing", path.join(".")))?;
+        bits += offset;
+        if i + 1 < path.len() {
+            ty = match resolve_struct(btf, type_id)? {
+                Some(next) => next,
+                None => bail!("BTF: {strukt}.{} is not a struct", path[..=i].join(".")),
+            };
+        }
+    }
+    if bits % 8 != 0 {
+        bail!("{strukt}.{} is a bit field", path.join("."));
+    }
+    Ok(bits / 8)
+}
+
+/// The struct or union a type id names, through typedefs and qualifiers.
+fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>> {
+    for _ in 0..8 {
+        match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
+            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
+            ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
+                type_id = ty
+                    .as_btf_type()
+                    .context("untyped BTF entry")?
+                    .get_type_id()
+                    .map_err(|err| anyhow!("{err}"))?;
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// The offsets the FUSE request programs need.
+pub fn fuse_offsets(btf: &Btf) -> Result<FuseOffsets> {
+    Ok(FuseOffsets {
+        req_opcode: member_path_offset(btf, "fuse_req", &["in", "h", "opcode"])?,
+        req_unique: member_path_offset(btf, "fuse_req", &["in", "h", "unique"])?,
+        req_nodeid: member_path_offset(btf, "fuse_req", &["in", "h", "nodeid"])?,
+        req_fm: member_offset(btf, "fuse_req", &["fm"])?,
+        fm_fc: member_offset(btf, "fuse_mount", &["fc"])?,
+        fc_dev: member_offset(btf, "fuse_conn", &["dev"])?,
+    })
+}
+
+/// Number of parameters of the probe function of a tracepoint, `__data` included,
+/// from its `btf_trace_<name>` typedef.
+pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
+    let typedef = format!("btf_trace_{tracepoint}");
+    let types = btf.resolve_types_by_name(&typedef).map_err(|err| anyhow!("BTF has no {typedef}: {err}"))?;
+    let ty = types.first().ok_or_else(|| anyhow!("BTF has no {typedef}"))?;
+    let mut ty = ty.clone();
+    for _ in 0..4 {
+        ty = match ty {
+            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
+            Type::Typedef(_) | Type::Ptr(_) | Type::Const(_) => {
+                let next = ty
+                    .as_btf_type()
+                    .context("untyped BTF entry")?
+                    .get_type_id()
+                    .map_err(|err| anyhow!("{err}"))?;
+                btf.resolve_type_by_id(next).map_err(|err| anyhow!("{err}"))?
+            }
+            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
+        };
+    }
+    bail!("{typedef}: too many levels of indirection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF, where there is one (every machine dstrace runs on).
+    fn vmlinux() -> Option<Btf> {
+        Btf::from_file(VMLINUX_BTF).ok()
+    }
+
+    #[test]
+    fn reads_task_struct_layout_of_running_kernel() {
+        let Some(btf) = vmlinux() else {
+            assert!(std::env::var_os("CI").is_none(), "{VMLINUX_BTF} is missing on a CI machine");
+            eprintln!("skipped: {VMLINUX_BTF} is missing");
+            return;
+        };
+        let layout = KernelLayout::from_btf(&btf).unwrap();
+        assert!(layout.task_pid_offset > 0 && layout.task_pid_offset < 16384);
+        assert!(layout.task_state_offset < layout.task_pid_offset);
+        assert!(member_offset(&btf, "task_struct", &["no_such_member"]).is_err());
+        assert!(layout.lock_offsets.is_ok() && layout.has_lock_tracepoints, "Linux 6.18 has both");
+        assert_eq!(layout.lock_offsets.as_ref().unwrap().dcache_par_lookup, 1 << 24, "6.18's enum value");
+        assert!(layout.has_dlookup_functions);
+        let fuse = layout.fuse_offsets.unwrap();
+        assert_eq!(fuse.req_unique, fuse.req_opcode + 4, "fuse_in_header: len, opcode, unique");
+        let offsets = layout.target_offsets.unwrap();
+        assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
+    }
+}

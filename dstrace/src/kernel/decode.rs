@@ -1,0 +1,111 @@
+//! Decoding what the kernel side sends: ring buffer records, and the kernel's
+//! own encodings of strings and device numbers.
+
+use dstrace_common::WaitEvent;
+
+/// A ring buffer record that is not a [`WaitEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadRecord {
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a ring buffer record of {} bytes is not a wait ({} bytes)",
+            self.len,
+            size_of::<WaitEvent>()
+        )
+    }
+}
+
+impl std::error::Error for BadRecord {}
+
+/// Decodes one ring buffer record.
+pub fn decode_wait(bytes: &[u8]) -> Result<WaitEvent, BadRecord> {
+    if bytes.len() != size_of::<WaitEvent>() {
+        return Err(BadRecord { len: bytes.len() });
+    }
+    // SAFETY: the length was checked; `WaitEvent` is plain `repr(C)` data valid for
+    // any bit pattern; `read_unaligned` makes no alignment assumption.
+    Ok(unsafe { bytes.as_ptr().cast::<WaitEvent>().read_unaligned() })
+}
+
+/// A NUL-padded kernel string (a `comm`, an RPC's names) up to the first NUL,
+/// invalid UTF-8 replaced.
+pub fn comm_string(comm: &[u8]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+/// `(major, minor)` of a kernel-internal device number (`MKDEV`: `MINORBITS` = 20).
+pub fn kernel_dev(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & ((1 << 20) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use dstrace_common::{Cause, InFlight, Target, Waker, NO_STACK};
+
+    use super::*;
+
+    fn sample() -> WaitEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"stat");
+        let wait = InFlight {
+            start_ns: 10,
+            cgroup_id: 77,
+            tgid: 41,
+            kstack_id: 7,
+            ustack_id: NO_STACK,
+            state: 0x102,
+            comm,
+            waker: Waker { at_ns: 5, tid: 3, tgid: 3, kstack_id: 8, _pad: 0, comm },
+            cause: Cause::NONE,
+            target: Target::NONE,
+        };
+        WaitEvent { wait, end_ns: 2_000_000_010, tid: 42, _pad: 0 }
+    }
+
+    #[test]
+    fn decodes_its_own_layout() {
+        let event = sample();
+        // SAFETY: viewing a plain `repr(C)` value as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&event as *const WaitEvent).cast::<u8>(), size_of::<WaitEvent>())
+        };
+        assert_eq!(decode_wait(bytes), Ok(event));
+        // Field by field, as the kernel writes them (little endian, repr(C)).
+        assert_eq!(&bytes[0..8], &10u64.to_le_bytes()); // start_ns
+        assert_eq!(&bytes[8..16], &77u64.to_le_bytes()); // cgroup_id
+        assert_eq!(&bytes[16..20], &41u32.to_le_bytes()); // tgid
+        assert_eq!(&bytes[20..24], &7i32.to_le_bytes()); // kstack_id
+        assert_eq!(&bytes[32..36], b"stat"); // comm
+        let end = size_of::<InFlight>();
+        assert_eq!(&bytes[end..end + 8], &2_000_000_010u64.to_le_bytes()); // end_ns
+        assert_eq!(&bytes[end + 8..end + 12], &42u32.to_le_bytes()); // tid
+    }
+
+    #[test]
+    fn comm_is_cut_at_nul_and_lossy() {
+        assert_eq!(comm_string(b"stat\0\0\0\0\0\0\0\0\0\0\0\0"), "stat");
+        assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(comm_string(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn device_numbers() {
+        assert_eq!(kernel_dev((8 << 20) | 17), (8, 17));
+        assert_eq!(kernel_dev(55), (0, 55));
+    }
+
+    #[test]
+    fn rejects_other_sizes() {
+        let size = size_of::<WaitEvent>();
+        assert_eq!(decode_wait(&vec![0; size - 1]), Err(BadRecord { len: size - 1 }));
+        assert_eq!(decode_wait(&vec![0; size + 1]), Err(BadRecord { len: size + 1 }));
+        assert!(decode_wait(&[]).unwrap_err().to_string().contains("0 bytes"));
+    }
+}

@@ -1,0 +1,581 @@
+//! Loading the embedded eBPF object with the running kernel's settings, and
+//! attaching it.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
+    Btf, Ebpf, EbpfLoader, Pod,
+};
+use dstrace_common::{
+    limits, names, syscall_args, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, RpcCall,
+    RpcKey, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID,
+    CONFIG_FUSE_REQUESTS, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_RPC, CONFIG_SYSCALL_TARGET,
+    CONFIG_USER_STACKS,
+};
+
+use crate::{
+    clock::duration_ns,
+    kernel::{btf::KernelLayout, sunrpc, syscalls},
+};
+
+/// The eBPF object, built by `dstrace/build.rs` (never empty: the build checks it).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
+
+/// What the kernel side should record.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Completed waits shorter than this are aggregated but not streamed.
+    pub min_duration: Duration,
+    /// Also record `TASK_IDLE` waits.
+    pub include_idle: bool,
+    /// Also record user stacks.
+    pub user_stacks: bool,
+    /// Which tasks to record; empty filters let every task in.
+    pub filters: Filters,
+    /// Sizes of the kernel side's maps.
+    pub capacity: Capacity,
+}
+
+/// Sizes of the kernel side's maps: what it can hold before it counts drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Tasks tracked in D at once (`INFLIGHT`).
+    pub tasks: u32,
+    /// Bytes of the ring buffer of completed waits (`EVENTS`): a power of two, at
+    /// least a page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity { tasks: limits::INFLIGHT_ENTRIES, ring_buffer_bytes: limits::EVENTS_BYTES }
+    }
+}
+
+/// Task filters applied in the kernel, before a wait costs anything: a task is
+/// recorded when it matches every non-empty set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Thread group ids (`--pid`).
+    pub tgids: Vec<u32>,
+    /// Thread ids (`--tid`).
+    pub tids: Vec<u32>,
+    /// cgroup v2 ids (`--cgroup`).
+    pub cgroups: Vec<u64>,
+    /// Command names (`--comm`), at most 15 bytes each as the kernel keeps them.
+    pub comms: Vec<String>,
+}
+
+impl Filters {
+    /// The `CONFIG_FILTER_*` bits of the non-empty sets.
+    pub fn flags(&self) -> u32 {
+        [
+            (!self.tgids.is_empty(), CONFIG_FILTER_TGID),
+            (!self.tids.is_empty(), CONFIG_FILTER_TID),
+            (!self.cgroups.is_empty(), CONFIG_FILTER_CGROUP),
+            (!self.comms.is_empty(), CONFIG_FILTER_COMM),
+        ]
+        .into_iter()
+        .filter(|&(set, _)| set)
+        .fold(0, |flags, (_, bit)| flags | bit)
+    }
+}
+
+/// A command name as the kernel's `comm`: cut to 15 bytes, NUL-padded.
+pub fn comm_key(comm: &str) -> [u8; COMM_LEN] {
+    let mut key = [0u8; COMM_LEN];
+    let bytes = comm.as_bytes();
+    let len = bytes.len().min(COMM_LEN - 1);
+    key[..len].copy_from_slice(&bytes[..len]);
+    key
+}
+
+/// The loaded and attached programs, and the maps userspace reads.
+///
+/// Dropping it detaches the programs and frees the maps.
+pub struct Tracer {
+    /// Owns the programs, their links and the maps not taken out.
+    ebpf: Ebpf,
+    /// Name of the `sched_switch` variant in use.
+    pub program: &'static str,
+    /// What this kernel lacks and dstrace therefore does not record, one line each.
+    pub skipped: Vec<String>,
+    /// Kernel stacks by id.
+    pub stacks: StackTraceMap<MapData>,
+    /// Per-CPU counters, indexed by [`Counter`].
+    pub counters: PerCpuArray<MapData, u64>,
+    /// Tasks in D now, by tid.
+    pub inflight: HashMap<MapData, u32, InFlight>,
+    /// Completed waits aggregated in the kernel.
+    pub agg: HashMap<MapData, AggKey, AggValue>,
+    /// FUSE requests not answered yet.
+    pub fuse_inflight: HashMap<MapData, FuseKey, FuseRequest>,
+    /// RPC tasks in flight.
+    pub rpc_inflight: HashMap<MapData, RpcKey, RpcCall>,
+}
+
+impl Tracer {
+    /// Loads the object, configured for the running kernel, and attaches it.
+    pub fn load(options: &Options) -> Result<Tracer> {
+        Tracer::load_with_floors(options, None)
+    }
+
+    /// As [`Tracer::load`], and also attaches the empty `sched_switch` and
+    /// `sched_waking` programs, the floors the benchmarks compare with (the cost of
+    /// being called at all), before or after the real ones: programs on one hook run
+    /// in the order they were attached, and the first pays for the cold caches.
+    pub fn load_with_floors(options: &Options, floors: Option<FloorOrder>) -> Result<Tracer> {
+        let layout = KernelLayout::from_running_kernel()?;
+        let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let mut skipped = Vec::new();
+        let mut config = config(&layout, options);
+        match (&layout.target_offsets, layout.sched_switch_has_state_arg) {
+            (Ok(offsets), true) => {
+                config.flags |= CONFIG_SYSCALL_TARGET;
+                config.offsets = *offsets;
+            }
+            (Err(why), _) => skipped.push(format!("mount and file of each wait: {why}")),
+            (Ok(_), false) => {
+                skipped.push("mount and file of each wait: needs Linux 5.18 or later".to_owned())
+            }
+        }
+        let locks = match (&layout.lock_offsets, &layout.target_offsets, layout.has_lock_tracepoints) {
+            (_, _, false) => {
+                skipped
+                    .push("kernel locks: the lock:contention_begin tracepoint needs Linux 5.19".to_owned());
+                false
+            }
+            (Ok(locks), Ok(offsets), true) => {
+                config.flags |= CONFIG_LOCK_OWNERS;
+                config.locks = *locks;
+                config.offsets = *offsets;
+                true
+            }
+            (Err(why), _, true) | (_, Err(why), true) => {
+                skipped.push(format!("owners of kernel locks: {why}"));
+                true
+            }
+        };
+        let rpc = if layout.has_sunrpc {
+            match sunrpc::offsets() {
+                Ok(offsets) => {
+                    config.flags |= CONFIG_RPC;
+                    config.rpc = offsets;
+                    true
+                }
+                Err(why) => {
+                    skipped.push(format!("NFS and sunrpc RPCs: {why}"));
+                    false
+                }
+            }
+        } else {
+            skipped.push(
+                "NFS and sunrpc RPCs: this kernel has no sunrpc tracepoints (the sunrpc module is not \
+                 loaded: no NFS mount yet; start dstrace after mounting)"
+                    .to_owned(),
+            );
+            false
+        };
+        let fuse = match &layout.fuse_offsets {
+            Ok(fuse) => {
+                config.flags |= CONFIG_FUSE_REQUESTS;
+                config.fuse = *fuse;
+                true
+            }
+            Err(why) => {
+                skipped.push(format!("FUSE requests in flight: {why}"));
+                false
+            }
+        };
+        let lookups = (config.flags & CONFIG_LOCK_OWNERS != 0) && layout.has_dlookup_functions;
+        if !lookups {
+            skipped.push(
+                "who looks up the name a task waits for in d_alloc_parallel: needs fentry on \
+                 d_alloc_parallel and __d_lookup_unhash_wake (Linux 6.x) and lock owners"
+                    .to_owned(),
+            );
+        }
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(names::GLOBAL_CONFIG, &config, true)
+            .map_max_entries(names::MAP_INFLIGHT, options.capacity.tasks)
+            .map_max_entries(names::MAP_EVENTS, options.capacity.ring_buffer_bytes)
+            .load(OBJECT)
+            .context("cannot load the eBPF object")?;
+        fill_filters(&mut ebpf, &options.filters)?;
+        fill_syscall_args(&mut ebpf)?;
+
+        let program = if layout.sched_switch_has_state_arg {
+            names::PROG_SCHED_SWITCH
+        } else {
+            names::PROG_SCHED_SWITCH_PRE518
+        };
+        let attach_floors = |ebpf: &mut Ebpf| -> Result<()> {
+            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
+            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
+        };
+        if floors == Some(FloorOrder::First) {
+            attach_floors(&mut ebpf)?;
+        }
+        attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
+        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        if locks {
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
+        }
+        if fuse {
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
+        }
+        if rpc {
+            if let Err(err) = attach_rpc(&mut ebpf, &btf) {
+                skipped.push(format!("NFS and sunrpc RPCs: {err:#}"));
+            }
+        }
+        if lookups {
+            if let Err(err) = attach_lookups(&mut ebpf, &btf) {
+                skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
+            }
+        }
+        if floors == Some(FloorOrder::Last) {
+            attach_floors(&mut ebpf)?;
+        }
+
+        let stacks = StackTraceMap::try_from(take_map(&mut ebpf, names::MAP_STACKS)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)?;
+        let inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_INFLIGHT)?)?;
+        let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
+        let fuse_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_FUSE_INFLIGHT)?)?;
+        let rpc_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_RPC_INFLIGHT)?)?;
+        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight, rpc_inflight })
+    }
+
+    /// Total run time and run count of a loaded program, as the kernel accounts them
+    /// while BPF statistics are enabled (`BPF_ENABLE_STATS`, or the
+    /// `kernel.bpf_stats_enabled` sysctl); zero otherwise.
+    pub fn program_stats(&self, program: &str) -> Result<ProgramStats> {
+        let info = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+            .info()
+            .with_context(|| format!("no information on the program {program}"))?;
+        Ok(ProgramStats { run_time_ns: duration_ns(info.run_time()), run_count: info.run_count() })
+    }
+
+    /// Takes the ring buffer of completed waits (once) for a reader that owns it.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(take_map(&mut self.ebpf, names::MAP_EVENTS)?)?)
+    }
+
+    /// The sum over CPUs of every counter, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let values = self.counters.get(&(counter as u32), 0)?;
+                Ok((counter, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Tasks in D now, as the kernel side tracks them (tid, wait).
+    pub fn inflight(&self) -> Vec<(u32, InFlight)> {
+        // An entry removed while iterating ends that key's read: skip it.
+        self.inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// FUSE requests not answered yet (empty where the kernel lacks the tracepoints).
+    pub fn fuse_requests(&self) -> Vec<(FuseKey, FuseRequest)> {
+        self.fuse_inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// RPC tasks in flight (empty where the kernel lacks the sunrpc tracepoints).
+    pub fn rpc_calls(&self) -> Vec<(RpcKey, RpcCall)> {
+        self.rpc_inflight.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The aggregation map as it is now (its counters only grow).
+    pub fn aggregates(&self) -> Vec<(AggKey, AggValue)> {
+        self.agg.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes entries from the aggregation map (those of processes that have
+    /// ended, already read), so that a tracer that runs for weeks does not fill it
+    /// with the keys of processes long gone. Returns how many were removed.
+    pub fn remove_aggregates(&mut self, keys: &[AggKey]) -> usize {
+        keys.iter().filter(|key| self.agg.remove(key).is_ok()).count()
+    }
+}
+
+/// Gives the memory freed after start-up back to the system: parsing the kernel's
+/// BTF twice (offsets, then loading) and `/proc/kallsyms` takes tens of MiB for a
+/// moment, which the allocator would otherwise keep for the whole run. Call it once
+/// tracing is set up.
+pub fn release_start_up_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no
+    // preconditions and leaves every live allocation as it is.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Where the benchmarks' empty programs go among the programs of a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorOrder {
+    /// Attached before the real programs: they run first.
+    First,
+    /// Attached after the real programs: they run last.
+    Last,
+}
+
+/// Run time and count of a program, from the kernel's BPF statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Total time spent in the program, in nanoseconds.
+    pub run_time_ns: u64,
+    /// Number of runs.
+    pub run_count: u64,
+}
+
+impl ProgramStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &ProgramStats) -> ProgramStats {
+        ProgramStats {
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+            run_count: self.run_count.saturating_sub(earlier.run_count),
+        }
+    }
+
+    /// Mean nanoseconds per run (0 without runs).
+    pub fn ns_per_run(&self) -> f64 {
+        if self.run_count == 0 {
+            0.0
+        } else {
+            self.run_time_ns as f64 / self.run_count as f64
+        }
+    }
+}
+
+/// The program kinds loaded and attached by the name of a kernel tracepoint or
+/// function.
+trait AttachByName {
+    fn load_and_attach(&mut self, target: &str, btf: &Btf) -> Result<()>;
+    fn unload_program(&mut self) -> Result<()>;
+}
+
+macro_rules! attach_by_name {
+    ($($kind:ty),*) => {$(
+        impl AttachByName for $kind {
+            fn load_and_attach(&mut self, target: &str, btf: &Btf) -> Result<()> {
+                self.load(target, btf)?;
+                self.attach()?;
+                Ok(())
+            }
+
+            fn unload_program(&mut self) -> Result<()> {
+                Ok(self.unload()?)
+            }
+        }
+    )*};
+}
+
+attach_by_name!(BtfTracePoint, FEntry, FExit);
+
+/// A classic tracepoint, by `category:name`; it needs no BTF.
+impl AttachByName for TracePoint {
+    fn load_and_attach(&mut self, target: &str, _btf: &Btf) -> Result<()> {
+        let (category, name) =
+            target.split_once(':').ok_or_else(|| anyhow!("{target}: not a category:name tracepoint"))?;
+        self.load()?;
+        self.attach(category, name)?;
+        Ok(())
+    }
+
+    fn unload_program(&mut self) -> Result<()> {
+        Ok(self.unload()?)
+    }
+}
+
+/// Loads program `program` of the object as a `P` and attaches it to `target` (a
+/// tracepoint for `tp_btf`, a function for fentry/fexit).
+fn attach<P>(ebpf: &mut Ebpf, btf: &Btf, program: &str, target: &str) -> Result<()>
+where
+    P: AttachByName,
+    for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut P = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+        .try_into()?;
+    prog.load_and_attach(target, btf)
+        .with_context(|| format!("the kernel refused the program {program} (on {target})"))
+}
+
+/// Unloads (and so detaches) program `program`, if it was loaded.
+fn unload<P>(ebpf: &mut Ebpf, program: &str)
+where
+    P: AttachByName,
+    for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    if let Some(prog) = ebpf.program_mut(program).and_then(|prog| <&mut P>::try_from(prog).ok()) {
+        let _ = prog.unload_program();
+    }
+}
+
+/// Attaches the three name-lookup programs, or none: with only some of them, the
+/// maps they share would fill with entries nothing removes.
+fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let attached = attach::<FEntry>(ebpf, btf, names::PROG_DALLOC_ENTRY, "d_alloc_parallel")
+        .and_then(|()| attach::<FExit>(ebpf, btf, names::PROG_DALLOC_EXIT, "d_alloc_parallel"))
+        .and_then(|()| attach::<FEntry>(ebpf, btf, names::PROG_DLOOKUP_DONE, "__d_lookup_unhash_wake"));
+    if attached.is_err() {
+        unload::<FEntry>(ebpf, names::PROG_DALLOC_ENTRY);
+        unload::<FExit>(ebpf, names::PROG_DALLOC_EXIT);
+        unload::<FEntry>(ebpf, names::PROG_DLOOKUP_DONE);
+    }
+    attached
+}
+
+/// Attaches the sunrpc programs (classic tracepoints, each named after its event),
+/// or none: without `rpc_task_end`, entries would stay in `RPC_INFLIGHT` for ever.
+fn attach_rpc(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let attached = sunrpc::EVENTS
+        .iter()
+        .try_for_each(|event| attach::<TracePoint>(ebpf, btf, event, &format!("sunrpc:{event}")));
+    if attached.is_err() {
+        for event in sunrpc::EVENTS {
+            unload::<TracePoint>(ebpf, event);
+        }
+    }
+    attached
+}
+
+/// Describes the syscalls whose arguments name a file (`crate::kernel::syscalls`).
+fn fill_syscall_args(ebpf: &mut Ebpf) -> Result<()> {
+    let map = names::MAP_SYSCALL_ARGS;
+    let mut args: Array<_, u8> =
+        Array::try_from(ebpf.map_mut(map).ok_or_else(|| anyhow!("the eBPF object has no map {map}"))?)?;
+    for syscall in syscalls::TABLE {
+        args.set(syscall.nr, syscall_args(syscall.path_arg, syscall.fd_arg), 0)
+            .with_context(|| format!("cannot describe the syscall {}", syscall.name))?;
+    }
+    Ok(())
+}
+
+/// Writes the filter sets into their maps.
+fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
+    fill(ebpf, names::MAP_FILTER_TGIDS, &filters.tgids, "--pid")?;
+    fill(ebpf, names::MAP_FILTER_TIDS, &filters.tids, "--tid")?;
+    fill(ebpf, names::MAP_FILTER_CGROUPS, &filters.cgroups, "--cgroup")?;
+    let comms: Vec<[u8; COMM_LEN]> = filters.comms.iter().map(|comm| comm_key(comm)).collect();
+    fill(ebpf, names::MAP_FILTER_COMMS, &comms, "--comm")
+}
+
+fn fill<K: Pod>(ebpf: &mut Ebpf, map: &str, keys: &[K], flag: &str) -> Result<()> {
+    if keys.len() > limits::FILTER_ENTRIES as usize {
+        anyhow::bail!("at most {} values of {flag}", limits::FILTER_ENTRIES);
+    }
+    let mut set: HashMap<_, K, u8> =
+        HashMap::try_from(ebpf.map_mut(map).ok_or_else(|| anyhow!("the eBPF object has no map {map}"))?)?;
+    for key in keys {
+        set.insert(key, 1, 0).with_context(|| format!("cannot set the {flag} filter"))?;
+    }
+    Ok(())
+}
+
+/// The `CONFIG` global for this kernel and these options.
+pub fn config(layout: &KernelLayout, options: &Options) -> Config {
+    let mut flags = options.filters.flags();
+    if options.include_idle {
+        flags |= CONFIG_INCLUDE_IDLE;
+    }
+    if options.user_stacks {
+        flags |= CONFIG_USER_STACKS;
+    }
+    Config {
+        min_duration_ns: duration_ns(options.min_duration),
+        task_pid_offset: layout.task_pid_offset,
+        task_state_offset: layout.task_state_offset,
+        flags,
+        _pad: 0,
+        offsets: dstrace_common::Offsets::UNSET,
+        locks: dstrace_common::LockOffsets::UNSET,
+        fuse: dstrace_common::FuseOffsets::UNSET,
+        rpc: dstrace_common::RpcOffsets::UNSET,
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object has every program and map userspace asks for by name,
+    /// and the sections that hold the globals.
+    #[test]
+    fn object_has_every_name_userspace_uses() {
+        let object = aya_obj::Object::parse(OBJECT).unwrap();
+        for program in names::PROGRAMS {
+            assert!(object.programs.contains_key(program), "no program {program}");
+        }
+        for map in names::MAPS {
+            assert!(object.maps.contains_key(map), "no map {map}");
+        }
+        // CONFIG lives in .rodata, INFLIGHT_COUNT in .bss.
+        for section in [".rodata", ".bss"] {
+            assert!(object.maps.contains_key(section), "no {section} section");
+        }
+        assert!(
+            object.license.to_bytes().ends_with(b"GPL"),
+            "the probe helpers need a GPL-compatible license"
+        );
+    }
+
+    #[test]
+    fn config_carries_layout_and_options() {
+        let layout = KernelLayout {
+            task_pid_offset: 2000,
+            task_state_offset: 24,
+            sched_switch_has_state_arg: true,
+            target_offsets: Err("not in this test".into()),
+            lock_offsets: Err("not in this test".into()),
+            has_lock_tracepoints: false,
+            has_sunrpc: false,
+            has_dlookup_functions: false,
+            fuse_offsets: Err("not in this test".into()),
+        };
+        let options =
+            Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };
+        let config = config(&layout, &options);
+        assert_eq!(config.min_duration_ns, 5_000_000);
+        assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
+        assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
+        let options = Options { include_idle: false, ..options };
+        assert_eq!(super::config(&layout, &options).flags, 0);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn filter_flags_follow_the_sets() {
+        assert_eq!(Filters::default().flags(), 0);
+        let filters = Filters { tgids: vec![1], comms: vec!["x".into()], ..Filters::default() };
+        assert_eq!(filters.flags(), CONFIG_FILTER_TGID | CONFIG_FILTER_COMM);
+    }
+
+    #[test]
+    fn comm_keys_are_cut_like_the_kernel_does() {
+        assert_eq!(&comm_key("stat")[..5], b"stat\0");
+        let long = comm_key("a-very-long-command-name");
+        assert_eq!(&long[..15], b"a-very-long-com");
+        assert_eq!(long[15], 0);
+    }
+}

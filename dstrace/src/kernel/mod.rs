@@ -1,0 +1,22 @@
+//! The kernel side, as userspace sees it: what must hold before anything is
+//! loaded, the running kernel's layouts (BTF, tracefs), loading and attaching the
+//! embedded eBPF object, the capabilities dropped after that, and decoding what
+//! the programs send. Nothing here knows what a wait means to a person; that is
+//! [`crate::model`]'s.
+//!
+//! * [`preflight`]: privileges and BTF, each missing one a one-line error;
+//! * [`btf`]: `task_struct` offsets and hook signatures of the running kernel;
+//! * [`tracefs`] and [`sunrpc`]: classic tracepoints' record layouts;
+//! * [`syscalls`]: the syscalls whose arguments name a file, by architecture;
+//! * [`loader`]: the [`loader::Tracer`]: the object loaded, configured, attached;
+//! * [`privileges`]: what is dropped once attached;
+//! * [`decode`]: ring buffer records, kernel strings and device numbers.
+
+pub mod btf;
+pub mod decode;
+pub mod loader;
+pub mod preflight;
+pub mod privileges;
+pub mod sunrpc;
+pub mod syscalls;
+pub mod tracefs;

@@ -1,0 +1,500 @@
+//! Advice: for each recognised pattern among the waits still going on, one short,
+//! correct line saying what it is and what can be done. No pattern, no advice.
+//!
+//! The patterns are read from the wait chains ([`crate::model::chain`]): a FUSE daemon
+//! that does not answer, an NFS server, a task holding a lock others wait for, a
+//! file lock, writeback to a block device.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    clock::human_duration,
+    model::{chain, link::Link, rpc, wait::Wait},
+    resolve::file_locks::{self, Queue},
+};
+
+/// Waits at least this old are worth advice.
+pub const MIN_AGE_NS: u64 = 1_000_000_000;
+
+/// Functions of the block layer a task waits in while its I/O is with the device.
+const BLOCK_WAITS: [&str; 5] =
+    ["submit_bio_wait", "__filemap_fdatawait_range", "blk_mq_get_tag", "rq_qos_wait", "__bio_queue_enter"];
+
+/// The advice for these waits (those still going on) and for the file locks
+/// others queue for now (`/proc/locks`), most tasks first.
+pub fn advise(waits: &[Wait]) -> Vec<String> {
+    advise_with(waits, &file_locks::queues(&file_locks::read()))
+}
+
+/// As [`advise`], with the file lock queues given.
+pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
+    let stuck: Vec<&Wait> = waits.iter().filter(|w| w.is_ongoing() && w.duration_ns >= MIN_AGE_NS).collect();
+    let mut advice = Vec::new();
+
+    // By mount: a FUSE daemon or an NFS server not answering.
+    let mut by_mount: BTreeMap<String, Vec<&Wait>> = BTreeMap::new();
+    for wait in &stuck {
+        if let Some(mount) = &wait.on.mount {
+            by_mount.entry(mount.mount_point.to_string_lossy().into_owned()).or_default().push(wait);
+        }
+    }
+    for (mount_point, waits) in &by_mount {
+        let oldest = waits.iter().map(|w| w.duration_ns).max().unwrap_or(0);
+        let Some(mount) = waits.iter().find_map(|w| w.on.mount.as_ref()) else { continue };
+        let n = waits.len();
+        let links: Vec<&Link> = waits.iter().flat_map(|w| w.chain.iter()).collect();
+        if mount.fs_type.starts_with("fuse") {
+            let daemons: Vec<(u32, &str, Option<char>)> = dedup(links.iter().filter_map(|link| match link {
+                Link::FuseDaemon { pid, comm, state, .. } => Some((*pid, comm.as_str(), *state)),
+                _ => None,
+            }));
+            let mut line = format!(
+                "{n} {} on the FUSE mount {mount_point} ({}) for up to {}: ",
+                tasks_wait(n),
+                mount.source,
+                human_duration(oldest)
+            );
+            match daemons.as_slice() {
+                [(pid, comm, Some('T'))] => line.push_str(&format!(
+                    "its daemon {comm}[{pid}] is stopped, `kill -CONT {pid}` resumes it; "
+                )),
+                [(pid, comm, _)] => line.push_str(&format!("its daemon {comm}[{pid}] does not answer; ")),
+                _ => line.push_str("its daemon does not answer; "),
+            }
+            line.push_str(&format!(
+                "`umount -l {mount_point}` detaches the mount point; writing 1 to \
+                 /sys/fs/fuse/connections/{}/abort fails every pending request",
+                mount.dev.1
+            ));
+            advice.push((n, line));
+        } else if mount.fs_type.starts_with("nfs") {
+            let server = links
+                .iter()
+                .find_map(|link| match link {
+                    Link::NfsServer { address, .. } => Some(address.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| mount.source.clone());
+            advice.push((
+                n,
+                format!(
+                    "{n} {} on the NFS mount {mount_point} ({}) for up to {}{}: they cannot be killed until \
+                     the server {server} answers; `umount -l {mount_point}` detaches the mount point, \
+                     `umount -f {mount_point}` aborts pending RPCs",
+                    tasks_wait(n),
+                    mount.source,
+                    human_duration(oldest),
+                    rpc_state(&links),
+                ),
+            ));
+        } else if mount.source.starts_with("/dev/")
+            && waits.iter().all(|w| w.blocked_in.as_deref().is_some_and(|f| BLOCK_WAITS.contains(&f)))
+        {
+            let device = mount.source.trim_start_matches("/dev/");
+            advice.push((
+                n,
+                format!(
+                    "{n} {} for I/O to {} ({mount_point}) for up to {}: see its queue \
+                     (/sys/block/{device}/inflight, iostat -x)",
+                    tasks_wait(n),
+                    mount.source,
+                    human_duration(oldest)
+                ),
+            ));
+        }
+    }
+
+    // RPCs of waits whose mount is not known (a path not resolved, or a kernel
+    // that cannot say): the RPC alone says an NFS (or NLM) server does not answer.
+    let unmounted: Vec<&Wait> = stuck
+        .iter()
+        .copied()
+        .filter(|wait| {
+            wait.on.mount.is_none() && wait.chain.iter().any(|link| matches!(link, Link::Rpc { .. }))
+        })
+        .collect();
+    if !unmounted.is_empty() {
+        let n = unmounted.len();
+        let oldest = unmounted.iter().map(|w| w.duration_ns).max().unwrap_or(0);
+        let links: Vec<&Link> = unmounted.iter().flat_map(|w| w.chain.iter()).collect();
+        let calls: Vec<String> = dedup(links.iter().filter_map(|link| match link {
+            Link::Rpc { program, version, procedure, .. } => {
+                Some(rpc::call_name(program, *version, procedure))
+            }
+            _ => None,
+        }));
+        advice.push((
+            n,
+            format!(
+                "{n} {} for RPCs ({}) for up to {}{}: an NFS mount whose server does not answer; its \
+                 tasks cannot be killed until it does; `umount -l` of the mount detaches it",
+                tasks_wait(n),
+                calls.join(", "),
+                human_duration(oldest),
+                rpc_state(&links),
+            ),
+        ));
+    }
+
+    // By holder: a task holding a lock others wait for.
+    let mut by_lock: BTreeMap<String, Vec<&Wait>> = BTreeMap::new();
+    for wait in &stuck {
+        if let Some(lock) = wait.lock.as_ref().filter(|lock| lock.holder.is_some()) {
+            by_lock.entry(lock.name()).or_default().push(wait);
+        }
+    }
+    for (name, waits) in &by_lock {
+        let Some(holder) = waits.iter().find_map(|w| w.lock.as_ref()?.holder.clone()) else { continue };
+        let n = waits.len();
+        let doing = match (holder.state, &holder.function) {
+            (Some(state), Some(function)) => format!("; it is in {state} in {function}"),
+            (Some(state), None) => format!("; it is in {state}"),
+            (None, _) => "; it has exited since".to_owned(),
+        };
+        let what = if name.starts_with("lookup of a name") { "is looking up the name" } else { "holds" };
+        advice.push((
+            n,
+            format!(
+                "pid {} ({}) {what} {name} that {n} {} for{doing}",
+                holder.pid,
+                holder.comm,
+                tasks_wait(n),
+            ),
+        ));
+    }
+
+    // File locks: the queues the kernel lists (waiters in any state: a POSIX or
+    // flock waiter sleeps in S), with the tasks in D whose lock request names the
+    // holder (an NFS client's request goes to the server, so it is not queued
+    // here); then holders only tasks in D name.
+    let mut covered: Vec<(u32, u64)> = Vec::new();
+    for queue in queues {
+        let Some(pid) = queue.held.pid else { continue };
+        let mut waiters: Vec<u32> = queue.waiters.iter().filter_map(|w| w.pid).collect();
+        for wait in &stuck {
+            let names_it =
+                wait.on.file_locks.iter().any(|held| held.pid == Some(pid) && held.ino == queue.held.ino);
+            if names_it && !waiters.contains(&wait.pid) {
+                waiters.push(wait.pid);
+            }
+        }
+        covered.push((pid, queue.held.ino));
+        let n = waiters.len();
+        let on = stuck
+            .iter()
+            .filter_map(|wait| wait.on.mount.as_ref())
+            .find(|mount| mount.dev == queue.held.dev)
+            .map_or(String::new(), |mount| format!(" of {}", mount.mount_point.to_string_lossy()));
+        let who: Vec<String> = waiters.iter().map(|&pid| task_text(pid)).collect();
+        advice.push((
+            n,
+            format!(
+                "{} holds the {} {} lock on inode {} ({}:{}{on}) that {n} {} for: {}",
+                task_text(pid),
+                queue.held.kind,
+                queue.held.access,
+                queue.held.ino,
+                queue.held.dev.0,
+                queue.held.dev.1,
+                tasks_wait(n),
+                who.join(", ")
+            ),
+        ));
+    }
+    let mut by_file_lock: BTreeMap<(u32, String), usize> = BTreeMap::new();
+    for wait in &stuck {
+        for held in &wait.on.file_locks {
+            if let Some(pid) = held.pid.filter(|&pid| !covered.contains(&(pid, held.ino))) {
+                let inode =
+                    wait.on.file.as_ref().and_then(|f| f.inode).map_or("?".to_owned(), |i| i.to_string());
+                *by_file_lock.entry((pid, format!("{} lock on inode {inode}", held.kind))).or_default() += 1;
+            }
+        }
+    }
+    for ((pid, what), n) in by_file_lock {
+        advice.push((n, format!("pid {pid} holds the {what} that {n} {} for", tasks_wait(n))));
+    }
+
+    advice.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    advice.into_iter().map(|(_, line)| line).collect()
+}
+
+/// What the RPCs of these links say of the server: `, the server not responding
+/// for 2m10s (3 major timeouts of NFSv4 LOCK)`, or nothing when none timed out.
+fn rpc_state(links: &[&Link]) -> String {
+    let worst = links
+        .iter()
+        .filter_map(|link| match link {
+            Link::Rpc { program, version, procedure, timeouts, not_responding_ns, .. } if *timeouts > 0 => {
+                Some((
+                    not_responding_ns.unwrap_or(0),
+                    *timeouts,
+                    rpc::call_name(program, *version, procedure),
+                ))
+            }
+            _ => None,
+        })
+        .max();
+    match worst {
+        Some((since, timeouts, call)) => format!(
+            ", the server NOT RESPONDING for {} ({timeouts} major timeout{} of {call})",
+            human_duration(since),
+            if timeouts == 1 { "" } else { "s" }
+        ),
+        None => String::new(),
+    }
+}
+
+/// A task as `/proc` shows it now: `holder[194] in D in folio_wait_bit_common`.
+fn task_text(pid: u32) -> String {
+    match chain::task_now(pid, pid) {
+        Link::Task { comm, state: Some('D'), function: Some(function), .. } => {
+            format!("{comm}[{pid}] in D in {function}")
+        }
+        Link::Task { comm, state: Some(state), .. } => format!("{comm}[{pid}] in {state}"),
+        _ => format!("pid {pid} (gone)"),
+    }
+}
+
+fn tasks_wait(n: usize) -> &'static str {
+    if n == 1 {
+        "task waits"
+    } else {
+        "tasks wait"
+    }
+}
+
+fn dedup<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        resolve::attribution::{Attribution, FileRef},
+        resolve::file_locks::FileLock,
+    };
+
+    /// The advice with no file lock queues (this machine's would vary).
+    fn advise(waits: &[Wait]) -> Vec<String> {
+        advise_with(waits, &[])
+    }
+    use crate::{
+        model::wait::{Holder, LockInfo, Source, TaskState},
+        resolve::mounts,
+    };
+
+    fn wait(pid: u32, mount: &str, age_ns: u64) -> Wait {
+        Wait {
+            start: None,
+            end: None,
+            duration_ns: age_ns,
+            tid: pid,
+            pid,
+            comm: "df".into(),
+            cgroup_id: 0,
+            state: TaskState::Uninterruptible,
+            blocked_in: Some("rpc_wait_bit_killable".into()),
+            stack: [].into(),
+            user_stack: [].into(),
+            waker: None,
+            on: Attribution { mount: mounts::parse(mount).pop(), ..Attribution::default() },
+            lock: None,
+            chain: Vec::new(),
+            source: Source::Proc,
+        }
+    }
+
+    const NFS: &str = "91 22 0:29 / /var/lib/nova rw - nfs4 10.0.0.5:/export rw,addr=10.0.0.5\n";
+    const FUSE: &str = "92 22 0:55 / /mnt/x rw - fuse.sshfs sshfs rw\n";
+    const DISK: &str = "93 22 8:16 / /data rw - ext4 /dev/sdb rw\n";
+
+    #[test]
+    fn nfs_server_not_answering() {
+        let mut waits: Vec<Wait> = (1..=3).map(|pid| wait(pid, NFS, 240_000_000_000)).collect();
+        waits[0].chain =
+            vec![Link::NfsServer { address: "10.0.0.5".into(), nfs_version: Some("4.2".into()) }];
+        let advice = advise(&waits);
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(
+            advice[0],
+            "3 tasks wait on the NFS mount /var/lib/nova (10.0.0.5:/export) for up to 4m00s: they cannot be \
+             killed until the server 10.0.0.5 answers; `umount -l /var/lib/nova` detaches the mount point, \
+             `umount -f /var/lib/nova` aborts pending RPCs"
+        );
+    }
+
+    fn rpc(timeouts: u32, not_responding_ns: Option<u64>) -> Link {
+        Link::Rpc {
+            program: "nfs".into(),
+            version: 4,
+            procedure: "LOCK".into(),
+            xid: Some(7),
+            age_ns: Some(200_000_000_000),
+            transmits: 3,
+            timeouts,
+            not_responding_ns,
+            others: 0,
+        }
+    }
+
+    #[test]
+    fn nfs_server_not_responding_by_its_rpcs() {
+        let mut waits: Vec<Wait> = (1..=2).map(|pid| wait(pid, NFS, 240_000_000_000)).collect();
+        waits[0].chain = vec![rpc(0, None)];
+        waits[1].chain = vec![rpc(3, Some(130_000_000_000)), rpc(1, Some(10_000_000_000))];
+        let advice = advise(&waits);
+        assert!(
+            advice[0].starts_with(
+                "2 tasks wait on the NFS mount /var/lib/nova (10.0.0.5:/export) for up to 4m00s, the server \
+                 NOT RESPONDING for 2m10s (3 major timeouts of NFSv4 LOCK): they cannot be killed"
+            ),
+            "{advice:?}"
+        );
+        // Without a major timeout, nothing is said of the server's state.
+        waits[1].chain = vec![rpc(0, None)];
+        assert!(!advise(&waits)[0].contains("RESPONDING"));
+    }
+
+    #[test]
+    fn rpcs_of_waits_without_a_mount() {
+        let mut one = wait(1, NFS, 30_000_000_000);
+        one.on.mount = None;
+        assert!(advise(std::slice::from_ref(&one)).is_empty());
+        one.chain = vec![rpc(2, Some(20_000_000_000))];
+        assert_eq!(
+            advise(&[one]),
+            ["1 task waits for RPCs (NFSv4 LOCK) for up to 30.000s, the server NOT RESPONDING for 20.000s (2 \
+              major timeouts of NFSv4 LOCK): an NFS mount whose server does not answer; its tasks cannot be \
+              killed until it does; `umount -l` of the mount detaches it"]
+        );
+    }
+
+    #[test]
+    fn stopped_fuse_daemon() {
+        let mut one = wait(1, FUSE, 5_000_000_000);
+        one.chain =
+            vec![Link::FuseDaemon { pid: 77, comm: "sshfs".into(), state: Some('T'), waiting: Some(2) }];
+        let advice = advise(&[one]);
+        assert!(
+            advice[0].starts_with("1 task waits on the FUSE mount /mnt/x (sshfs) for up to 5.000s"),
+            "{advice:?}"
+        );
+        assert!(advice[0].contains("sshfs[77] is stopped, `kill -CONT 77` resumes it"), "{advice:?}");
+        assert!(advice[0].contains("`umount -l /mnt/x`") && advice[0].contains("connections/55/abort"));
+    }
+
+    #[test]
+    fn lock_holder() {
+        let mut waits: Vec<Wait> = (1..=2).map(|pid| wait(pid, DISK, 3_000_000_000)).collect();
+        for wait in &mut waits {
+            wait.blocked_in = Some("path_openat".into());
+            wait.lock = Some(LockInfo {
+                kind: "rwsem-write",
+                addr: 1,
+                inode: Some(((0, 55), 1)),
+                holder: Some(Holder {
+                    tid: 28331,
+                    pid: 28331,
+                    comm: "nova-compute".into(),
+                    reader_hint: false,
+                    state: Some('S'),
+                    function: Some("request_wait_answer".into()),
+                }),
+            });
+        }
+        let advice = advise(&waits);
+        assert_eq!(
+            advice,
+            ["pid 28331 (nova-compute) holds i_rwsem of inode 1 (0:55) that 2 tasks wait for; it is in S in \
+              request_wait_answer"]
+        );
+    }
+
+    #[test]
+    fn file_lock_holder() {
+        let mut one = wait(1, NFS, 2_000_000_000);
+        one.on.mount = None;
+        one.on.file = Some(FileRef { path: None, inode: Some(2199054015793) });
+        one.on.file_locks = vec![FileLock {
+            id: 1,
+            kind: "POSIX".into(),
+            access: "WRITE".into(),
+            pid: Some(28331),
+            dev: (0, 29),
+            ino: 2199054015793,
+            range: (0, None),
+            waiting: false,
+        }];
+        assert_eq!(
+            advise(&[one]),
+            ["pid 28331 holds the POSIX lock on inode 2199054015793 that 1 task waits for"]
+        );
+    }
+
+    /// Seed 000 in one line: the holder of a lock others queue for, and who.
+    #[test]
+    fn file_lock_queue() {
+        // The holder is pid 1, which every machine has; the waiters are gone.
+        let holder = 1;
+        let lock = |pid: u32, waiting: bool| FileLock {
+            id: 5,
+            kind: "POSIX".into(),
+            access: "WRITE".into(),
+            pid: Some(pid),
+            dev: (0, 29),
+            ino: 11381,
+            range: (0, None),
+            waiting,
+        };
+        let queue = Queue { held: lock(holder, false), waiters: vec![lock(4243, true)] };
+        // A task in D (an NFS client's request, which the server queues) names the
+        // same holder: it is counted once among the waiters.
+        let mut one = wait(4242, NFS, 2_000_000_000);
+        one.on.file_locks = vec![lock(holder, false)];
+        let advice = advise_with(&[one.clone(), one], &[queue]);
+        // The NFS mount's line, and the queue's.
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        let advice: Vec<&String> = advice.iter().filter(|line| line.contains("holds the")).collect();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].contains("[1] in "), "{advice:?}");
+        assert!(
+            advice[0].contains(
+                "holds the POSIX WRITE lock on inode 11381 (0:29 of /var/lib/nova) that 2 tasks wait for: "
+            ),
+            "{advice:?}"
+        );
+        assert!(advice[0].ends_with("wait for: pid 4243 (gone), pid 4242 (gone)"), "{advice:?}");
+    }
+
+    #[test]
+    fn block_device_writeback() {
+        let mut one = wait(1, DISK, 9_000_000_000);
+        one.blocked_in = Some("submit_bio_wait".into());
+        let advice = advise(&[one]);
+        assert!(
+            advice[0].contains("I/O to /dev/sdb (/data)") && advice[0].contains("/sys/block/sdb/inflight")
+        );
+    }
+
+    #[test]
+    fn no_pattern_no_advice() {
+        // Too young, completed, or on nothing recognised: nothing to say.
+        assert!(advise(&[wait(1, NFS, 10_000_000)]).is_empty());
+        let mut done = wait(1, NFS, 10_000_000_000);
+        done.end = Some(SystemTime::now());
+        assert!(advise(&[done]).is_empty());
+        let mut ext4 = wait(1, DISK, 10_000_000_000);
+        ext4.blocked_in = Some("jbd2_log_wait_commit".into());
+        assert!(advise(&[ext4]).is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! The wait chain: from a task in D to the lock it waits for, to the lock's holder
+//! and what that one does, to the mount, to the server or daemon at the end, with
+//! the state of each link. What an engineer in an incident otherwise rebuilds by
+//! hand from `ps`, `/proc/PID/stack`, `/proc/locks` and `lsof`.
+//!
+//! Everything here comes from the record and from `/proc` and `/sys/fs/fuse`
+//! (files the kernel answers itself); nothing under a diagnosed mount is touched.
+
+use std::path::Path;
+
+use dstrace_common::{FuseKey, FuseRequest, RpcCall, RpcKey};
+
+use crate::{
+    kernel::decode::comm_string,
+    model::{
+        link::Link,
+        rpc,
+        wait::{TaskState, Wait},
+    },
+    resolve::procfs,
+};
+
+/// What the chains of one moment are built from, beside `/proc`.
+#[derive(Default)]
+pub struct Context {
+    /// FUSE requests in flight (from the kernel side), with the time of the read.
+    pub fuse: Vec<(FuseKey, FuseRequest)>,
+    /// RPC tasks in flight (from the kernel side).
+    pub rpc: Vec<(RpcKey, RpcCall)>,
+    /// CLOCK_MONOTONIC when they were read.
+    pub now_ns: u64,
+}
+
+impl Wait {
+    /// Works out the wait chain (for a wait still going on): the chain is built
+    /// from the wait, so it is added here rather than where the wait is made.
+    pub fn with_chain(mut self, context: &Context) -> Wait {
+        self.chain = chain(&self, context);
+        self
+    }
+}
+
+/// The chain of a wait: the waiting task first.
+pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
+    let mut links = vec![Link::Task {
+        tid: wait.tid,
+        pid: wait.pid,
+        comm: wait.comm.clone(),
+        state: Some(if wait.state == TaskState::Idle { 'I' } else { 'D' }),
+        function: wait.blocked_in.clone(),
+    }];
+    if let Some(lock) = &wait.lock {
+        links.push(Link::Lock { name: lock.name() });
+        if let Some(holder) = &lock.holder {
+            links.push(Link::Task {
+                tid: holder.tid,
+                pid: holder.pid,
+                comm: holder.comm.clone(),
+                state: holder.state,
+                function: holder.function.clone(),
+            });
+        }
+    }
+    for held in &wait.on.file_locks {
+        links.push(Link::FileLock { kind: held.kind.clone() });
+        if let Some(pid) = held.pid {
+            links.push(task_now(pid, pid));
+        }
+    }
+    if let Some(mount) = &wait.on.mount {
+        links.push(Link::Mount {
+            mountpoint: mount.mount_point.to_string_lossy().into_owned(),
+            fstype: mount.fs_type.clone(),
+            source: mount.source.clone(),
+        });
+        if mount.fs_type == "fuse" || mount.fs_type.starts_with("fuse.") || mount.fs_type == "fuseblk" {
+            let dev = (mount.dev.0 << 20) | mount.dev.1;
+            let requests: Vec<&FuseRequest> =
+                context.fuse.iter().filter(|(key, _)| key.dev == dev).map(|(_, request)| request).collect();
+            if let Some(oldest) = requests.iter().min_by_key(|request| request.sent_ns) {
+                links.push(Link::FuseRequests {
+                    in_flight: requests.len() as u64,
+                    oldest_ns: context.now_ns.saturating_sub(oldest.sent_ns),
+                    oldest_opcode: fuse_opcode(oldest.opcode),
+                    oldest_tid: oldest.task.tid,
+                    oldest_comm: comm_string(&oldest.task.comm),
+                });
+            }
+            let waiting = fuse_waiting(mount.dev.1);
+            links.extend(
+                fuse_daemons(Path::new("/proc")).into_iter().map(|(pid, comm, state)| Link::FuseDaemon {
+                    pid,
+                    comm,
+                    state,
+                    waiting,
+                }),
+            );
+        } else if mount.fs_type.starts_with("nfs") {
+            links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
+            if let Some(address) = nfs_server(&mount.super_options, &mount.source) {
+                links.push(Link::NfsServer { address, nfs_version: rpc::nfs_version(&mount.super_options) });
+            }
+            return links;
+        }
+    }
+    // The mount unknown (a path not resolved, or a kernel that cannot say): the
+    // RPC still says what the task waits for.
+    links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
+    links
+}
+
+/// A task as `/proc` shows it now.
+pub(crate) fn task_now(pid: u32, tid: u32) -> Link {
+    let task = procfs::task(Path::new("/proc"), pid, tid);
+    Link::Task {
+        tid,
+        pid,
+        comm: task.as_ref().map(|t| t.comm.clone()).unwrap_or_default(),
+        state: task.as_ref().map(|t| t.state),
+        function: task.as_ref().and_then(procfs::ProcTask::blocked_in),
+    }
+}
+
+/// Processes with `/dev/fuse` open, with their command and state: `readlink` of
+/// `/proc/PID/fd/*`, which the kernel answers from its own records.
+pub fn fuse_daemons(proc_root: &Path) -> Vec<(u32, String, Option<char>)> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let mut daemons: Vec<(u32, String, Option<char>)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|target| target == Path::new("/dev/fuse"))
+                })
+            })
+        })
+        .map(|pid| {
+            let task = procfs::task(proc_root, pid, pid);
+            (pid, task.as_ref().map(|t| t.comm.clone()).unwrap_or_default(), task.map(|t| t.state))
+        })
+        .collect();
+    daemons.sort();
+    daemons
+}
+
+/// The name of a FUSE operation (include/uapi/linux/fuse.h).
+pub fn fuse_opcode(opcode: u32) -> String {
+    let name = match opcode {
+        1 => "LOOKUP",
+        3 => "GETATTR",
+        4 => "SETATTR",
+        5 => "READLINK",
+        8 => "MKNOD",
+        9 => "MKDIR",
+        10 => "UNLINK",
+        11 => "RMDIR",
+        12 => "RENAME",
+        14 => "OPEN",
+        15 => "READ",
+        16 => "WRITE",
+        17 => "STATFS",
+        18 => "RELEASE",
+        20 => "FSYNC",
+        25 => "FLUSH",
+        26 => "INIT",
+        27 => "OPENDIR",
+        28 => "READDIR",
+        31 => "GETLK",
+        32 => "SETLK",
+        33 => "SETLKW",
+        34 => "ACCESS",
+        35 => "CREATE",
+        44 => "READDIRPLUS",
+        45 => "RENAME2",
+        52 => "STATX",
+        other => return format!("opcode {other}"),
+    };
+    name.to_owned()
+}
+
+/// Requests waiting on the FUSE connection of a mount (its device minor), when the
+/// fusectl filesystem is mounted.
+fn fuse_waiting(minor: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/fs/fuse/connections/{minor}/waiting")).ok()?.trim().parse().ok()
+}
+
+/// The NFS server of a mount: `addr=` in its options, or the host of its source.
+pub fn nfs_server(super_options: &str, source: &str) -> Option<String> {
+    super_options
+        .split(',')
+        .find_map(|option| option.strip_prefix("addr="))
+        .map(str::to_owned)
+        .or_else(|| source.rsplit_once(":/").map(|(host, _)| host.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfs_servers() {
+        assert_eq!(
+            nfs_server("rw,vers=4.2,addr=10.0.0.5,clientaddr=10.0.0.9", "x:/y"),
+            Some("10.0.0.5".into())
+        );
+        assert_eq!(nfs_server("rw", "fileserver:/export"), Some("fileserver".into()));
+        assert_eq!(nfs_server("rw", "/dev/sda1"), None);
+    }
+
+    #[test]
+    fn fuse_opcodes() {
+        assert_eq!(fuse_opcode(1), "LOOKUP");
+        assert_eq!(fuse_opcode(999), "opcode 999");
+    }
+
+    #[test]
+    fn this_process_is_no_fuse_daemon() {
+        let daemons = fuse_daemons(Path::new("/proc"));
+        assert!(daemons.iter().all(|(pid, _, _)| *pid != std::process::id()));
+    }
+}

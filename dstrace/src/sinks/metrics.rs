@@ -1,0 +1,318 @@
+//! Prometheus metrics of `dstrace daemon`, in the text exposition format.
+//!
+//! What a fleet dashboard needs of each host: the tasks in D now (by mount and
+//! kind of kernel lock), the age of the oldest wait by mount, a histogram of
+//! completed waits (by mount, lock kind and blocking function), waits started,
+//! drops, and the tracer's own CPU and memory. Everything is computed when
+//! Prometheus scrapes: the in-kernel aggregation is read then (no per-wait work
+//! in userspace), the tasks in D are looked at then.
+//!
+//! Label cardinality is bounded: the lock kind is one of a fixed set; mounts and
+//! blocking functions get a label of their own first come, first served, up to
+//! `max-mounts` and `max-functions`, and the rest share the label `other`. First
+//! come rather than "top N now" because a counter's series must never go down:
+//! a function that left the top N would take its counts out of `other`. So the
+//! series are at most (max-mounts + 2) x 8 x (max-functions + 1) histograms.
+//!
+//! Label values are written as dstrace writes names everywhere else
+//! ([`crate::sinks::escape::escape`]: control characters as `\xNN`, a backslash doubled),
+//! then escaped as the exposition format wants (`\` and `"` preceded by `\`): a
+//! hostile process or mount name can neither break the format nor reach the
+//! terminal of whoever reads a scrape with curl.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt::{Display, Write as _},
+};
+
+use dstrace_common::{hist_bucket_floor_ns, Counter, HIST_BUCKETS};
+
+use crate::{
+    model::aggregate::Totals, resolve::procfs::Usage, resolve::symbols::blocking_function,
+    sinks::escape::escape, sinks::recording::RowData,
+};
+
+/// The label of a wait with no mount or no lock.
+pub const NONE: &str = "none";
+/// The label of the mounts and functions past the bounds.
+pub const OTHER: &str = "other";
+
+/// The kernel histogram buckets whose upper bounds are the `le` of the
+/// Prometheus histogram: bucket `i` holds waits of 2^i to 2^(i+1) us, so the
+/// waits below 2^(i+1) us are those of buckets 0 to i. Every other power of two
+/// from 64 us to about 268 s.
+const LE_BUCKETS: [usize; 12] = [5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27];
+
+/// Values that get a label of their own, first come first served, up to a bound;
+/// past it, [`OTHER`].
+#[derive(Debug)]
+pub struct Slots {
+    max: usize,
+    admitted: HashSet<String>,
+}
+
+impl Slots {
+    /// At most `max` values of their own.
+    pub fn new(max: usize) -> Slots {
+        Slots { max, admitted: HashSet::new() }
+    }
+
+    /// The label of a value: itself, or [`OTHER`] once `max` others have theirs.
+    pub fn label(&mut self, value: &str) -> String {
+        if self.admitted.contains(value) {
+            return value.to_owned();
+        }
+        if self.admitted.len() < self.max && value != OTHER {
+            self.admitted.insert(value.to_owned());
+            return value.to_owned();
+        }
+        OTHER.to_owned()
+    }
+}
+
+/// The labels of a histogram series.
+type HistKey = (String, &'static str, String);
+
+/// What the metrics remember between scrapes.
+#[derive(Debug)]
+pub struct Metrics {
+    mounts: Slots,
+    functions: Slots,
+    /// Completed waits since start, by (mount, lock kind, function).
+    histograms: BTreeMap<HistKey, Totals>,
+    /// Ring buffer records that could not be decoded.
+    pub bad_records: u64,
+}
+
+/// What is read afresh at each scrape.
+pub struct Now<'a> {
+    /// The tasks in D now (at least `min-duration`).
+    pub in_d: &'a [crate::model::wait::Wait],
+    /// The kernel side's counters.
+    pub counters: &'a [(Counter, u64)],
+    /// The daemon's own CPU and memory.
+    pub usage: Usage,
+}
+
+impl Metrics {
+    /// Metrics with these label bounds.
+    pub fn new(max_mounts: usize, max_functions: usize) -> Metrics {
+        Metrics {
+            mounts: Slots::new(max_mounts),
+            functions: Slots::new(max_functions),
+            histograms: BTreeMap::new(),
+            bad_records: 0,
+        }
+    }
+
+    /// Adds completed waits (an aggregated row, labelled) to the histogram.
+    pub fn add(&mut self, row: &RowData, lock_kind: Option<&'static str>) {
+        let mount = self.mounts.label(row.mount.as_deref().unwrap_or(NONE));
+        let function = blocking_function(row.stack.iter().map(String::as_str)).unwrap_or("?");
+        let function = self.functions.label(function);
+        self.histograms.entry((mount, lock_kind.unwrap_or(NONE), function)).or_default().add(&row.totals);
+    }
+
+    /// The exposition text.
+    pub fn render(&mut self, now: &Now<'_>) -> String {
+        let mut out = Exposition::default();
+
+        let mut in_d: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut oldest: BTreeMap<String, u64> = BTreeMap::new();
+        for wait in now.in_d {
+            let mount = wait.on.mount.as_ref().map(|m| m.mount_point.to_string_lossy().into_owned());
+            let mount = self.mounts.label(mount.as_deref().unwrap_or(NONE));
+            let kind = wait.lock.as_ref().map_or(NONE, |lock| lock.kind);
+            *in_d.entry((mount.clone(), kind)).or_default() += 1;
+            let age = oldest.entry(mount).or_default();
+            *age = (*age).max(wait.duration_ns);
+        }
+        out.family(
+            "dstrace_tasks_in_d",
+            "gauge",
+            "Tasks in D (for at least min-duration) now, by mount and lock kind.",
+        );
+        for ((mount, kind), n) in &in_d {
+            out.sample("dstrace_tasks_in_d", &[("mount", mount), ("lock_kind", kind)], n);
+        }
+        out.family("dstrace_oldest_wait_seconds", "gauge", "Age of the oldest ongoing D wait, by mount.");
+        for (mount, ns) in &oldest {
+            out.sample("dstrace_oldest_wait_seconds", &[("mount", mount)], seconds(*ns));
+        }
+
+        let name = "dstrace_wait_duration_seconds";
+        out.family(name, "histogram", "Completed D waits by mount, lock kind and blocking function.");
+        for ((mount, kind, function), totals) in &self.histograms {
+            let labels = [("mount", mount.as_str()), ("lock_kind", kind), ("function", function.as_str())];
+            let mut below = 0;
+            let mut next = 0;
+            for bucket in LE_BUCKETS {
+                while next <= bucket && next < HIST_BUCKETS {
+                    below += totals.hist[next];
+                    next += 1;
+                }
+                let le = seconds(hist_bucket_floor_ns(bucket + 1)).to_string();
+                out.sample(&format!("{name}_bucket"), &with(&labels, ("le", &le)), below);
+            }
+            out.sample(&format!("{name}_bucket"), &with(&labels, ("le", "+Inf")), totals.count);
+            out.sample(&format!("{name}_sum"), &labels, seconds(totals.total_ns));
+            out.sample(&format!("{name}_count"), &labels, totals.count);
+        }
+
+        let counter =
+            |wanted: Counter| now.counters.iter().find(|(c, _)| *c == wanted).map_or(0, |&(_, n)| n);
+        out.family("dstrace_waits_started_total", "counter", "D waits the kernel side began to track.");
+        out.sample("dstrace_waits_started_total", &[], counter(Counter::WaitsStarted));
+        out.family(
+            "dstrace_drops_total",
+            "counter",
+            "Data lost, by reason (each is also in dstrace's output).",
+        );
+        for &(c, n) in now.counters.iter().filter(|(c, _)| c.is_drop()) {
+            out.sample("dstrace_drops_total", &[("reason", c.name())], n);
+        }
+        out.sample("dstrace_drops_total", &[("reason", "undecodable_record")], self.bad_records);
+        out.family("dstrace_cpu_seconds_total", "counter", "User and system CPU time of the daemon.");
+        out.sample("dstrace_cpu_seconds_total", &[], seconds(now.usage.cpu_ns));
+        out.family("dstrace_resident_memory_bytes", "gauge", "Resident memory of the daemon.");
+        out.sample("dstrace_resident_memory_bytes", &[], now.usage.rss_bytes);
+        out.family("dstrace_build_info", "gauge", "The dstrace version running.");
+        out.sample("dstrace_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+        out.0
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn with<'a>(labels: &[(&'a str, &'a str)], more: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    let mut all = labels.to_vec();
+    all.push(more);
+    all
+}
+
+/// Text in the Prometheus exposition format (version 0.0.4).
+#[derive(Default)]
+pub struct Exposition(pub String);
+
+impl Exposition {
+    /// The `# HELP` and `# TYPE` lines of a metric family.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    /// One sample.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{key}=\"{}\"", label_value(value));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// A label value as written in a scrape: [`escape`]d as in dstrace's other
+/// outputs, then `\` and `"` escaped for the exposition format (no line feed is
+/// left to escape).
+pub fn label_value(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in escape(raw).chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use dstrace_common::hist_bucket;
+
+    use super::*;
+
+    fn row(mount: Option<&str>, function: &str, durations_ms: &[u64]) -> RowData {
+        let mut totals = Totals::default();
+        for &ms in durations_ms {
+            totals.record(ms * 1_000_000);
+        }
+        RowData {
+            pid: 1,
+            comm: "x".into(),
+            stack: ["__schedule".to_owned(), function.to_owned()].into(),
+            mount: mount.map(str::to_owned),
+            lock: None,
+            totals,
+        }
+    }
+
+    #[test]
+    fn label_values_cannot_break_the_format_or_a_terminal() {
+        assert_eq!(label_value("/mnt/plain"), "/mnt/plain");
+        // " is escaped; \ is doubled by escape() and each half again; control
+        // characters (the line feed among them) become \xNN.
+        assert_eq!(label_value("a\"b\\c\n\x1b[1m"), r#"a\"b\\\\c\\x0a\\x1b[1m"#);
+        let mut out = Exposition::default();
+        out.sample("m", &[("mount", "dst;at \n\x1b[1m\"")], 1);
+        assert_eq!(out.0, "m{mount=\"dst;at \\\\x0a\\\\x1b[1m\\\"\"} 1\n");
+        assert_eq!(out.0.lines().count(), 1);
+    }
+
+    #[test]
+    fn slots_are_first_come_and_bounded() {
+        let mut slots = Slots::new(2);
+        assert_eq!(slots.label("a"), "a");
+        assert_eq!(slots.label("b"), "b");
+        assert_eq!(slots.label("c"), OTHER);
+        assert_eq!(slots.label("a"), "a");
+        assert_eq!(slots.label(OTHER), OTHER);
+    }
+
+    #[test]
+    fn histogram_is_cumulative_with_sum_and_count() {
+        let mut metrics = Metrics::new(8, 8);
+        metrics.add(&row(Some("/mnt/nfs"), "d_alloc_parallel", &[1, 3000]), Some("dentry-lookup"));
+        metrics.add(&row(Some("/mnt/nfs"), "d_alloc_parallel", &[2]), Some("dentry-lookup"));
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let labels = r#"mount="/mnt/nfs",lock_kind="dentry-lookup",function="d_alloc_parallel""#;
+        assert!(text.contains(&format!("dstrace_wait_duration_seconds_count{{{labels}}} 3\n")), "{text}");
+        assert!(text.contains(&format!("dstrace_wait_duration_seconds_sum{{{labels}}} 3.003\n")), "{text}");
+        // 1 ms and 2 ms are below 4.096 ms; 3 s is not below 1.048576 s.
+        assert_eq!(hist_bucket(2_000_000), 10);
+        assert!(text.contains(&format!("_bucket{{{labels},le=\"0.001024\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("_bucket{{{labels},le=\"0.004096\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("_bucket{{{labels},le=\"1.048576\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("_bucket{{{labels},le=\"4.194304\"}} 3\n")), "{text}");
+        assert!(text.contains(&format!("_bucket{{{labels},le=\"+Inf\"}} 3\n")), "{text}");
+        assert!(text.contains("# TYPE dstrace_wait_duration_seconds histogram\n"));
+    }
+
+    #[test]
+    fn functions_past_the_bound_are_other() {
+        let mut metrics = Metrics::new(8, 1);
+        metrics.add(&row(None, "f1", &[1]), None);
+        metrics.add(&row(None, "f2", &[1]), None);
+        metrics.add(&row(None, "f3", &[1]), None);
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let count = |function: &str| {
+            let series = format!(
+                "dstrace_wait_duration_seconds_count{{mount=\"none\",lock_kind=\"none\",function=\"{function}\"}} "
+            );
+            text.lines().find_map(|line| line.strip_prefix(&series)).map(str::to_owned)
+        };
+        assert_eq!(count("f1").as_deref(), Some("1"));
+        assert_eq!(count(OTHER).as_deref(), Some("2"));
+        assert_eq!(count("f2"), None);
+    }
+}

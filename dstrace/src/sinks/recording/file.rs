@@ -1,0 +1,273 @@
+//! Recording files on disk: created with mode 0600, never through a symbolic
+//! link, appended to only when they are this user's recordings, by one writer at
+//! a time (`flock`), rotated at their size cap; and read back, refusing what is
+//! not a regular file.
+
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::sinks::recording::{
+    frames::{check_header, frame, header, HEADER_LEN},
+    intern::Interner,
+    schema::{IntervalData, Record, Session},
+};
+
+/// Where a recording goes, and how big its files may grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOptions {
+    /// The file.
+    pub path: PathBuf,
+    /// Bytes a file may hold before it is rotated.
+    pub max_size: u64,
+    /// Rotated files kept (`FILE.1` ... `FILE.N`); 0: when the file is full,
+    /// recording stops.
+    pub rotate: u32,
+}
+
+/// Writes a recording: frames appended, files rotated at their size cap.
+pub struct Writer {
+    options: FileOptions,
+    session: Session,
+    file: File,
+    size: u64,
+    interner: Interner,
+    /// A write failed: the next frame must start a new session.
+    needs_session: bool,
+    /// The file's size when its last session began.
+    session_end: u64,
+    full: bool,
+    /// Bytes written, all files together.
+    pub written: u64,
+}
+
+impl Writer {
+    /// Opens (or creates) the file and starts a session in it.
+    pub fn open(options: FileOptions, session: Session) -> Result<Writer> {
+        let (file, size) = open_recording(&options.path)?;
+        let mut writer = Writer {
+            options,
+            session,
+            file,
+            size,
+            interner: Interner::default(),
+            needs_session: false,
+            session_end: 0,
+            full: false,
+            written: 0,
+        };
+        writer.start_session()?;
+        Ok(writer)
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.options.path
+    }
+
+    /// Whether the file is full and recording has stopped (`rotate` 0).
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    fn start_session(&mut self) -> Result<()> {
+        self.interner = Interner::default();
+        self.needs_session = false;
+        let frame = frame(&Record::Session(self.session.clone()))?;
+        self.append(&frame)?;
+        self.session_end = self.size;
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let result = self.file.write_all(bytes);
+        if let Err(err) = result {
+            // The frame may be half written: the next one starts a new session,
+            // so that nothing refers to what the reader may not have.
+            self.needs_session = true;
+            return Err(err).with_context(|| format!("cannot write to {}", self.options.path.display()));
+        }
+        self.size += bytes.len() as u64;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes one interval, rotating first if the file would grow past its cap.
+    pub fn write_interval(&mut self, data: &IntervalData) -> Result<()> {
+        if self.full {
+            return Ok(());
+        }
+        if self.needs_session {
+            self.start_session()?;
+        }
+        let mut bytes = frame(&Record::Interval(self.interner.interval(data)))?;
+        // A file holding no interval yet takes one whatever its size: rotating it
+        // would only make another such file.
+        if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
+            if self.options.rotate == 0 {
+                self.full = true;
+                eprintln!(
+                    "dstrace: warning: {} reached its size cap of {} bytes: recording stops \
+                     (use --rotate N to keep the last N files instead)",
+                    self.options.path.display(),
+                    self.options.max_size
+                );
+                return Ok(());
+            }
+            self.rotate()?;
+            self.start_session()?;
+            bytes = frame(&Record::Interval(self.interner.interval(data)))?;
+        }
+        self.append(&bytes)
+    }
+
+    /// `FILE.N-1` to `FILE.N`, ..., `FILE` to `FILE.1`; then a new `FILE`.
+    fn rotate(&mut self) -> Result<()> {
+        let path = &self.options.path;
+        let numbered = |n: u32| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        for n in (1..=self.options.rotate).rev() {
+            let from = if n == 1 { path.clone() } else { numbered(n - 1) };
+            let to = numbered(n);
+            if !exists(&from) {
+                continue;
+            }
+            if exists(&to) {
+                is_recording_file(&to).with_context(|| {
+                    format!("cannot rotate {}: {} is in the way", path.display(), to.display())
+                })?;
+            }
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot rotate {} to {}", from.display(), to.display()))?;
+        }
+        let (file, size) = open_recording(path)?;
+        self.file = file;
+        self.size = size;
+        Ok(())
+    }
+}
+
+/// Whether a path exists, without following a final symbolic link.
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Checks that `path` is a regular file of this user that starts like a recording.
+fn is_recording_file(path: &Path) -> Result<()> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| open_error(path, err))?;
+    check_existing(path, &file).map(|_| ())
+}
+
+fn open_error(path: &Path, err: io::Error) -> anyhow::Error {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        anyhow::anyhow!(
+            "{} is a symbolic link: recordings are never written through one (it could point \
+             anywhere); give the real path",
+            path.display()
+        )
+    } else {
+        anyhow::anyhow!("cannot open {}: {err}", path.display())
+    }
+}
+
+/// Checks an open file that may hold a recording: a regular file owned by us,
+/// empty or starting with a recording's header. Returns its size.
+fn check_existing(path: &Path, file: &File) -> Result<u64> {
+    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        bail!("{} is not a regular file: give the path of a recording file", path.display());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        bail!(
+            "{} belongs to uid {}, not to this user ({euid}): recordings are only appended to by their \
+             owner; choose another path",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.len() > 0 {
+        let mut head = [0u8; HEADER_LEN];
+        let read = file.read_at(&mut head, 0).with_context(|| format!("cannot read {}", path.display()))?;
+        check_header(&head[..read]).map_err(|err| {
+            anyhow::anyhow!(
+                "{} exists and is {err}: dstrace never overwrites it; choose another path or remove it",
+                path.display()
+            )
+        })?;
+    }
+    Ok(meta.len())
+}
+
+/// Takes the file's write lock (`flock`, held while the file is open): two
+/// dstrace processes appending to one file would interleave their frames.
+fn lock_for_writing(path: &Path, file: &File) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor this `File` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        bail!(
+            "{} is being written by another dstrace (record or run --output): give each its own file",
+            path.display()
+        );
+    }
+    Err(err).with_context(|| format!("cannot lock {}", path.display()))
+}
+
+/// Opens a recording for appending, creating it (mode 0600) if missing, never
+/// through a symbolic link; writes the header of a new file.
+fn open_recording(path: &Path) -> Result<(File, u64)> {
+    let mut file = File::options()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| open_error(path, err))?;
+    let mut size = check_existing(path, &file)?;
+    lock_for_writing(path, &file)?;
+    let mode = file.metadata().map(|meta| meta.permissions().mode()).unwrap_or(0);
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
+    }
+    if size == 0 {
+        file.write_all(&header()).with_context(|| format!("cannot write to {}", path.display()))?;
+        size = HEADER_LEN as u64;
+    }
+    Ok((file, size))
+}
+
+/// Reads a recording file (a regular file; a FIFO or device is refused, not read).
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        bail!("{} is not a regular file: give a recording written by `dstrace record`", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}

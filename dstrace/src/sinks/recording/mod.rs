@@ -1,0 +1,445 @@
+//! The recording file that `dstrace record` and `dstrace run --output` write and
+//! `dstrace report` reads: its layout, the writer (rotation, size cap, safe
+//! creation) and the reader (damage detected, reported and skipped).
+//!
+//! # Why this shape
+//!
+//! A recording runs for days on a machine in trouble and is read after a crash,
+//! a full disk or a power cut. So it is a sequence of independent, checksummed
+//! frames that is only ever appended to: a crash loses at most the frame being
+//! written (the last interval), a reader finds every intact frame before and
+//! after a damaged one, and a later dstrace appends a new session to an old file.
+//!
+//! The layers: [`schema`] is what a record holds; this file reads and resolves a
+//! whole file; [`intern`] numbers strings and stacks per session;
+//! [`frames`] is bytes only (header, framing, checksums, damage); [`file`] is the
+//! safe handling of the files on disk (0600, no symbolic links, `flock`,
+//! rotation); [`recorder`] feeds a recording from a trace loop.
+//!
+//! # Layout (format version [`VERSION`]; integers little endian)
+//!
+//! ```text
+//! file    = header frame*
+//! header  = "DSTRREC\0" (8 bytes) | version: u16 | 6 reserved bytes (zero)
+//! frame   = marker "\xd5FRM" (4 bytes) | len: u32 | crc32(payload): u32 | payload (len bytes)
+//! payload = one Record, encoded with postcard 1.x (its wire format is specified and
+//!           stable: variable-length integers, strings as length + UTF-8)
+//! ```
+//!
+//! A [`Record`] is a [`Record::Session`] (who recorded, when, with what settings)
+//! or a [`Record::Interval`]: the in-kernel aggregation drained over one interval
+//! (one [`Row`] per process, command, kernel stack and cause, with count, total,
+//! maximum and log2 histogram), the individual waits above the threshold of that
+//! interval, and the kernel side's counters. Strings (symbols, commands, mount
+//! points, lock names) and stacks are interned per session: an interval lists the
+//! strings and stacks it uses for the first time, and refers to all of them by
+//! number, so a symbol is written once per file. Every file starts with a session,
+//! and so does each run of dstrace that appends to a file, so each file (and each
+//! part of one) is read on its own. An id whose definition was in a damaged frame
+//! reads as `<lost string N>`.
+//!
+//! The reader checks the header's magic and version, then each frame's marker,
+//! length ([`MAX_FRAME_LEN`] at most) and checksum. A frame that fails is reported
+//! as [`Damage`] (its offset and what was wrong) and skipped: the reader looks for
+//! the next intact frame after it, so one bad frame costs one interval.
+//!
+//! # Files
+//!
+//! Recordings hold process names and paths: they are created with mode 0600 and
+//! `O_NOFOLLOW` (a symbolic link planted in a shared directory is refused, not
+//! followed), only ever appended to (never truncated), and an existing file is
+//! appended to only if it is a dstrace recording of this user, by one dstrace at a
+//! time (an exclusive `flock` while it is open). When a file would
+//! grow past its size cap it is rotated: `FILE.N-1` becomes `FILE.N` (the oldest is
+//! dropped), ..., `FILE` becomes `FILE.1`, and a new `FILE` starts; a file in the
+//! way that is not a recording stops the rotation with an error.
+
+pub mod file;
+pub mod frames;
+pub mod intern;
+pub mod recorder;
+pub mod schema;
+
+pub use file::{FileOptions, Writer};
+pub use frames::{
+    check_header, decode, frame, header, Damage, Decoded, NotARecording, FRAME_HEADER_LEN, FRAME_MARKER,
+    HEADER_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+};
+pub use intern::{Interner, Table};
+pub use schema::{
+    from_unix_ns, unix_ns, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record, Row,
+    RowData, Session, WaitRecord, WakerRecord,
+};
+
+/// A recording read and resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recording {
+    /// Its sessions.
+    pub sessions: Vec<Session>,
+    /// Its intervals, in file order.
+    pub intervals: Vec<IntervalData>,
+    /// What was damaged.
+    pub damage: Vec<Damage>,
+}
+
+/// Reads a recording's bytes: decodes the frames and resolves their strings.
+pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
+    let decoded = decode(bytes)?;
+    let mut recording = Recording { damage: decoded.damage, ..Recording::default() };
+    let mut table = Table::default();
+    for (_, record) in decoded.records {
+        match record {
+            Record::Session(session) => {
+                table = Table::default();
+                recording.sessions.push(session);
+            }
+            Record::Interval(interval) => recording.intervals.push(table.interval(&interval)),
+        }
+    }
+    Ok(recording)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::{
+        model::{
+            aggregate::Totals,
+            wait::{Holder, LockInfo, Source, TaskState, Wait, WakerInfo},
+        },
+        resolve::{
+            attribution::{Attribution, FileRef},
+            mounts::Mount,
+            symbols::Stack,
+        },
+    };
+
+    pub(crate) fn sample_interval(seconds: u64) -> IntervalData {
+        let stack: Stack =
+            ["__schedule", "schedule", "d_alloc_parallel", "path_openat"].map(String::from).into();
+        let mut totals = Totals::default();
+        totals.record(2_000_000_000);
+        totals.record(3_000);
+        let mount =
+            crate::resolve::mounts::parse("92 22 0:55 / /tmp/fuse rw - fuse.dstrace-test dstrace-test rw\n")
+                .pop();
+        let wait = Wait {
+            start: Some(from_unix_ns(seconds * 1_000_000_000)),
+            end: Some(from_unix_ns(seconds * 1_000_000_000 + 2_000_000_000)),
+            duration_ns: 2_000_000_000,
+            tid: 11,
+            pid: 10,
+            comm: "st;at \n\u{fffd}".into(),
+            cgroup_id: 5,
+            state: TaskState::Killable,
+            blocked_in: Some("d_alloc_parallel".into()),
+            stack: stack.clone(),
+            user_stack: Stack::from([]),
+            waker: Some(WakerInfo {
+                tid: 9,
+                pid: 9,
+                comm: "fuse".into(),
+                interrupt: false,
+                stack: ["try_to_wake_up"].map(String::from).into(),
+            }),
+            on: Attribution {
+                syscall: crate::kernel::syscalls::TABLE.first().map(|s| s.name),
+                mount: mount.map(|m| Mount { id: 0, parent_id: 0, super_options: String::new(), ..m }),
+                file: Some(FileRef { path: Some("/tmp/fuse/missing".into()), inode: None }),
+                file_locks: Vec::new(),
+            },
+            lock: Some(LockInfo {
+                kind: "dentry-lookup",
+                addr: 0xffff_8880_0000_1000,
+                inode: None,
+                holder: Some(Holder {
+                    tid: 8,
+                    pid: 8,
+                    comm: "stat".into(),
+                    reader_hint: false,
+                    state: Some('S'),
+                    function: Some("request_wait_answer".into()),
+                }),
+            }),
+            chain: Vec::new(),
+            source: Source::Traced,
+        };
+        IntervalData {
+            start: from_unix_ns(seconds * 1_000_000_000),
+            end: from_unix_ns((seconds + 10) * 1_000_000_000),
+            rows: vec![
+                RowData {
+                    pid: 10,
+                    comm: "st;at \n\u{fffd}".into(),
+                    stack: stack.clone(),
+                    mount: Some("/tmp/fuse".into()),
+                    lock: Some("lookup of a name in dentry 0xffff888000001000".into()),
+                    totals,
+                },
+                RowData {
+                    pid: 1,
+                    comm: "jbd2/sda1-8".into(),
+                    stack: Stack::from([]),
+                    mount: None,
+                    lock: None,
+                    totals,
+                },
+            ],
+            waits: vec![wait],
+            counters: vec![("waits_ended".into(), 42), ("ring_buffer_full".into(), 0)],
+        }
+    }
+
+    fn file_of(intervals: &[IntervalData]) -> Vec<u8> {
+        let mut bytes = header().to_vec();
+        let mut interner = Interner::default();
+        bytes.extend(
+            frame(&Record::Session(Session { dstrace: "test".into(), ..Session::default() })).unwrap(),
+        );
+        for interval in intervals {
+            bytes.extend(frame(&Record::Interval(interner.interval(interval))).unwrap());
+        }
+        bytes
+    }
+
+    #[test]
+    fn intervals_round_trip() {
+        let intervals = [sample_interval(100), sample_interval(110)];
+        let bytes = file_of(&intervals);
+        let recording = read(&bytes).unwrap();
+        assert_eq!(recording.damage, []);
+        assert_eq!(recording.sessions.len(), 1);
+        assert_eq!(recording.intervals, intervals);
+    }
+
+    #[test]
+    fn symbols_are_written_once_per_session() {
+        let one = file_of(&[sample_interval(100)]).len();
+        let two = file_of(&[sample_interval(100), sample_interval(110)]).len();
+        assert!(two - one < one / 2, "a second interval with the same stacks costs {} bytes", two - one);
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        assert_eq!(read(b"DSTR"), Err(NotARecording::Short(4)));
+        assert_eq!(read(&[0u8; 32]), Err(NotARecording::Magic));
+        let mut newer = header();
+        newer[8] = 99;
+        assert_eq!(read(&newer), Err(NotARecording::Version(99)));
+        assert!(NotARecording::Version(99).to_string().contains("newer dstrace"));
+        assert_eq!(read(&header()).unwrap(), Recording::default());
+    }
+
+    #[test]
+    fn a_torn_tail_is_reported_and_skipped() {
+        let whole = file_of(&[sample_interval(100), sample_interval(110)]);
+        let first_two = read(&whole).unwrap().intervals.len();
+        assert_eq!(first_two, 2);
+        let last = decode(&whole).unwrap().records.last().unwrap().0 as usize;
+        // Cut inside the last frame's header, just after it, and one byte short.
+        for cut in [last + 5, last + FRAME_HEADER_LEN + 1, whole.len() - 1] {
+            let recording = read(&whole[..cut]).unwrap();
+            assert_eq!(recording.intervals.len(), 1, "cut at {cut}");
+            assert_eq!(recording.damage.len(), 1);
+            let damage = &recording.damage[0];
+            assert!(damage.at_end, "{damage}");
+            assert!(damage.to_string().contains("torn frame"), "{damage}");
+            assert_eq!(damage.offset + damage.skipped, cut as u64);
+        }
+    }
+
+    #[test]
+    fn a_corrupted_frame_costs_that_frame_only() {
+        let whole = file_of(&[sample_interval(100), sample_interval(110), sample_interval(120)]);
+        let frames = decode(&whole).unwrap().records;
+        let second = frames[2].0 as usize; // session, first, second
+        let mut bad = whole.clone();
+        bad[second + FRAME_HEADER_LEN + 3] ^= 0x40;
+        let recording = read(&bad).unwrap();
+        assert_eq!(recording.intervals.len(), 2, "the first and third survive");
+        assert_eq!(recording.damage.len(), 1);
+        let damage = &recording.damage[0];
+        assert_eq!(damage.offset, second as u64);
+        assert!(!damage.at_end);
+        assert!(damage.to_string().contains("checksum does not match"), "{damage}");
+        assert_eq!(recording.intervals[1].end, sample_interval(120).end);
+    }
+
+    #[test]
+    fn appended_sessions_start_their_own_tables() {
+        let mut bytes = file_of(&[sample_interval(100)]);
+        // A crash left half a frame; a new dstrace appends its own session.
+        bytes.extend_from_slice(&FRAME_MARKER);
+        bytes.extend_from_slice(&[0xff, 0, 0]);
+        bytes.extend_from_slice(&file_of(&[sample_interval(200)])[HEADER_LEN..]);
+        let recording = read(&bytes).unwrap();
+        assert_eq!(recording.sessions.len(), 2);
+        assert_eq!(recording.intervals, [sample_interval(100), sample_interval(200)]);
+        assert_eq!(recording.damage.len(), 1);
+    }
+
+    /// Bounded mutation fuzzing of the decoder: it must never panic nor loop, and
+    /// what it reads from a damaged file must be a prefix-and-suffix of the intact
+    /// intervals (never invented data). cargo-fuzz needs a nightly toolchain with
+    /// sanitizers, which CI machines may lack; this runs everywhere, in well
+    /// under a second, from a fixed seed.
+    #[test]
+    fn decoder_survives_random_damage() {
+        let intervals: Vec<IntervalData> = (0..4).map(|i| sample_interval(100 + 10 * i)).collect();
+        let whole = file_of(&intervals);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..3000 {
+            let mut bytes = whole.clone();
+            let edits = 1 + next() % 4;
+            for _ in 0..edits {
+                let at = (next() as usize) % bytes.len();
+                match next() % 4 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes[at] = next() as u8,
+                    2 => bytes.truncate(at.max(HEADER_LEN)),
+                    _ => {
+                        let len = (next() % 16) as usize;
+                        bytes.splice(at..at, (0..len).map(|_| next() as u8));
+                    }
+                }
+            }
+            let Ok(recording) = read(&bytes) else { continue };
+            for interval in &recording.intervals {
+                // A frame that passed its checksum was written as it is: with
+                // overwhelming likelihood one of ours (strings may be lost).
+                assert!(
+                    intervals.iter().any(|i| i.end == interval.end),
+                    "round {round}: an interval out of nowhere"
+                );
+            }
+        }
+    }
+
+    /// The same, inside the checksum: payloads mutated and checksummed again, so
+    /// that the record decoder and the string tables see arbitrary input (ids out
+    /// of range, huge lengths, bad variants). No panic, no unbounded allocation.
+    #[test]
+    fn record_decoder_survives_random_payloads() {
+        let intervals: Vec<IntervalData> = (0..3).map(|i| sample_interval(100 + 10 * i)).collect();
+        let whole = file_of(&intervals);
+        let frames: Vec<usize> = decode(&whole).unwrap().records.iter().map(|(at, _)| *at as usize).collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut undecodable = 0;
+        for _ in 0..3000 {
+            let mut bytes = whole.clone();
+            let at = frames[(next() as usize) % frames.len()];
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            let payload = at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + len;
+            for _ in 0..1 + next() % 4 {
+                let i = payload.start + (next() as usize) % len;
+                bytes[i] = match next() % 3 {
+                    0 => bytes[i] ^ (1 << (next() % 8)),
+                    1 => 0xff,
+                    _ => next() as u8,
+                };
+            }
+            let crc = crc32fast::hash(&bytes[payload]);
+            bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+            let recording = read(&bytes).unwrap();
+            undecodable += recording.damage.len();
+            assert!(
+                recording.damage.iter().all(|d| !d.at_end && d.what.contains("record")),
+                "{:?}",
+                recording.damage
+            );
+        }
+        assert!(undecodable > 0, "no mutation made a record undecodable: the test tests nothing");
+    }
+
+    #[test]
+    fn files_are_private_never_followed_and_never_clobbered() {
+        let dir = std::env::temp_dir().join(format!("dstrace-recording-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rec");
+        let options = FileOptions { path: path.clone(), max_size: 1 << 20, rotate: 2 };
+        let mut writer = Writer::open(options.clone(), Session::default()).unwrap();
+        writer.write_interval(&sample_interval(100)).unwrap();
+        drop(writer);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Appending a second session keeps the first; a second writer at the same
+        // time is refused, in one line that says why.
+        let mut writer = Writer::open(options.clone(), Session::default()).unwrap();
+        let err = Writer::open(options.clone(), Session::default()).err().unwrap();
+        assert!(err.to_string().contains("being written by another dstrace"), "{err}");
+        writer.write_interval(&sample_interval(200)).unwrap();
+        drop(writer);
+        let recording = read(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(recording.intervals.len(), 2);
+        assert_eq!(recording.sessions.len(), 2);
+
+        // Not a recording: refused, untouched.
+        let other = dir.join("notes.txt");
+        std::fs::write(&other, b"precious").unwrap();
+        let err = Writer::open(FileOptions { path: other.clone(), ..options.clone() }, Session::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a dstrace recording"), "{err}");
+        assert_eq!(std::fs::read(&other).unwrap(), b"precious");
+
+        // A symbolic link: refused, its target untouched.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let err =
+            Writer::open(FileOptions { path: link, ..options.clone() }, Session::default()).err().unwrap();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&other).unwrap(), b"precious");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_rotate_at_their_cap() {
+        let dir = std::env::temp_dir().join(format!("dstrace-rotation-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rec");
+        let one = file_of(&[sample_interval(100)]).len() as u64;
+        let options = FileOptions { path: path.clone(), max_size: one + 100, rotate: 2 };
+        let mut writer = Writer::open(options, Session::default()).unwrap();
+        for i in 0..5 {
+            writer.write_interval(&sample_interval(100 + 10 * i)).unwrap();
+        }
+        drop(writer);
+        let read_file = |name: &str| read(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        // Every file is a whole recording of its own: a session, then intervals.
+        assert_eq!(read_file("rec").intervals, [sample_interval(140)]);
+        assert_eq!(read_file("rec.1").intervals, [sample_interval(130)]);
+        assert_eq!(read_file("rec.2").intervals, [sample_interval(120)]);
+        assert!(!dir.join("rec.3").exists());
+        for name in ["rec", "rec.1", "rec.2"] {
+            assert!(std::fs::metadata(dir.join(name)).unwrap().len() <= one + 100);
+        }
+
+        // Full, without rotation: recording stops, nothing is lost or truncated.
+        let options = FileOptions { path: dir.join("capped"), max_size: one + 100, rotate: 0 };
+        let mut writer = Writer::open(options, Session::default()).unwrap();
+        for i in 0..3 {
+            writer.write_interval(&sample_interval(100 + 10 * i)).unwrap();
+        }
+        assert!(writer.is_full());
+        drop(writer);
+        assert_eq!(read_file("capped").intervals, [sample_interval(100)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

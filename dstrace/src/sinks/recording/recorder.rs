@@ -1,0 +1,315 @@
+//! Recording while tracing: `dstrace record`, and `dstrace run --output`.
+//!
+//! A [`Recorder`] is fed what a trace loop sees: each completed wait above the
+//! threshold ([`Recorder::wait`]) and, once per interval, the in-kernel aggregation
+//! ([`Recorder::interval`], which takes its own difference from the previous read,
+//! independent of any other reader). It writes one frame per interval to a
+//! [`crate::sinks::recording`] file, so a crash loses at most the interval in progress.
+//!
+//! # In a trace loop
+//!
+//! `dstrace run` holds a [`RunRecording`] (nothing when `--output` is not given)
+//! and makes five calls, each a no-op without a recording, none failing (a write
+//! error is one warning, and the recording stops):
+//!
+//! ```text
+//! let mut recording = RunRecording::start(args.recording.file(), args.interval, args.min_duration)?;
+//! let mut ticks = recording.ticks();                 // Option<tokio::time::Interval>
+//! recording.wait(&wait);                             // each completed wait shown
+//! recording.interval(&tracer, &mut stacks, &mut mounts);  // on each tick
+//! recording.finish(&tracer, &mut stacks, &mut mounts);    // once, after the last drain
+//! ```
+//!
+//! Aggregated rows carry a mount and a lock label where one is known: the lock
+//! from the row's cause (named as the waits streamed for it name it), the mount
+//! from the cause's device, or else from the waits of the same process and stack.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Result;
+use dstrace_common::{AggKey, Cause, CAUSE_DENTRY, CAUSE_LOCK};
+
+use crate::{
+    clock::{duration_ns, human_duration, ticks},
+    kernel::{decode::comm_string, loader::Tracer},
+    model::{
+        aggregate::{Aggregator, Totals},
+        wait::{lock_info, Wait},
+    },
+    resolve::{
+        attribution::MountTable,
+        symbols::{Stack, Stacks},
+    },
+    sinks::recording::{unix_ns, FileOptions, IntervalData, RowData, Session, Writer},
+};
+
+/// Waits buffered before they are written without waiting for the interval's end.
+const MAX_BUFFERED_WAITS: usize = 10_000;
+
+/// Labels remembered from waits (mount by process and stack, lock names) at most:
+/// past it they are forgotten and learnt again, so a recording of days stays
+/// within bounded memory.
+const MAX_LABELS: usize = 65_536;
+
+/// Labels of aggregated rows, learnt from the waits seen (completed or ongoing):
+/// the mount of each process and stack, the name and kind of each lock.
+#[derive(Default)]
+pub struct RowLabels {
+    /// Mount points of the waits seen, by process and stack.
+    mount_of: HashMap<(u32, Stack), String>,
+    /// Names and kinds of the locks seen, by address.
+    locks: HashMap<u64, (String, &'static str)>,
+}
+
+impl RowLabels {
+    /// Learns the labels of a wait.
+    pub fn learn(&mut self, wait: &Wait) {
+        if self.mount_of.len() >= MAX_LABELS {
+            self.mount_of.clear();
+        }
+        if self.locks.len() >= MAX_LABELS {
+            self.locks.clear();
+        }
+        if let Some(mount) = &wait.on.mount {
+            self.mount_of
+                .entry((wait.pid, wait.stack.clone()))
+                .or_insert_with(|| mount.mount_point.to_string_lossy().into_owned());
+        }
+        if let Some(lock) = &wait.lock {
+            self.locks.entry(lock.addr).or_insert_with(|| (lock.name(), lock.kind));
+        }
+    }
+
+    /// An aggregated entry with its stack resolved and its labels, and the kind of
+    /// the lock it waits for ([`crate::model::wait::LockInfo::kind`]), if one.
+    pub fn row(
+        &self,
+        key: &AggKey,
+        totals: &Totals,
+        tracer: &Tracer,
+        stacks: &mut Stacks,
+        mounts: &mut MountTable,
+    ) -> (RowData, Option<&'static str>) {
+        let stack = stacks.kernel(&tracer.stacks, key.kstack_id);
+        let mount = match key.cause_dev {
+            0 => None,
+            dev => mounts.by_dev(dev).map(|mount| mount.mount_point.to_string_lossy().into_owned()),
+        }
+        .or_else(|| self.mount_of.get(&(key.tgid, stack.clone())).cloned());
+        let lock = (key.cause_kind == CAUSE_LOCK || key.cause_kind == CAUSE_DENTRY)
+            .then(|| {
+                self.locks.get(&key.cause_key).cloned().or_else(|| {
+                    let cause =
+                        Cause { kind: key.cause_kind, key: key.cause_key, dev: key.cause_dev, ..Cause::NONE };
+                    lock_info(&cause, false).map(|lock| (lock.name(), lock.kind))
+                })
+            })
+            .flatten();
+        let (lock, kind) = match lock {
+            Some((name, kind)) => (Some(name), Some(kind)),
+            None => (None, None),
+        };
+        let row =
+            RowData { pid: key.tgid, comm: comm_string(&key.comm), stack, mount, lock, totals: *totals };
+        (row, kind)
+    }
+}
+
+/// Writes what a trace loop sees to a recording.
+pub struct Recorder {
+    writer: Writer,
+    aggregator: Aggregator,
+    waits: Vec<Wait>,
+    start: SystemTime,
+    period: Duration,
+    labels: RowLabels,
+    /// Intervals written.
+    pub intervals: u64,
+    /// Waits written one by one.
+    pub waits_written: u64,
+}
+
+impl Recorder {
+    /// Opens the file (see [`crate::sinks::recording`] for how) and starts a session.
+    pub fn create(options: FileOptions, period: Duration, min_duration: Duration) -> Result<Recorder> {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).unwrap_or_default().trim().to_owned()
+        };
+        let start = SystemTime::now();
+        let session = Session {
+            started_ns: unix_ns(start),
+            dstrace: env!("CARGO_PKG_VERSION").to_owned(),
+            hostname: read("hostname"),
+            kernel: read("osrelease"),
+            interval_ns: duration_ns(period),
+            min_duration_ns: duration_ns(min_duration),
+        };
+        Ok(Recorder {
+            writer: Writer::open(options, session)?,
+            aggregator: Aggregator::default(),
+            waits: Vec::new(),
+            start,
+            period,
+            labels: RowLabels::default(),
+            intervals: 0,
+            waits_written: 0,
+        })
+    }
+
+    /// Ticks every interval, the first one interval from now.
+    pub fn ticks(&self) -> tokio::time::Interval {
+        ticks(self.period)
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.writer.written
+    }
+
+    /// Takes a completed wait; it is written with its interval.
+    pub fn wait(&mut self, wait: &Wait) -> Result<()> {
+        self.labels.learn(wait);
+        self.waits.push(wait.clone());
+        if self.waits.len() >= MAX_BUFFERED_WAITS {
+            // A storm: write the waits now, the aggregation at the interval's end.
+            let data = IntervalData {
+                start: self.start,
+                end: SystemTime::now(),
+                rows: Vec::new(),
+                waits: std::mem::take(&mut self.waits),
+                counters: Vec::new(),
+            };
+            self.write(&data)?;
+        }
+        Ok(())
+    }
+
+    /// Ends an interval: reads the aggregation and writes it with the waits.
+    pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) -> Result<()> {
+        let entries = self.aggregator.delta(tracer.aggregates());
+        let rows = entries
+            .iter()
+            .map(|(key, totals)| self.labels.row(key, totals, tracer, stacks, mounts).0)
+            .collect();
+        self.interval_of(rows, tracer)
+    }
+
+    /// Ends an interval with these rows (read and labelled by the caller, who then
+    /// reads the aggregation for other uses too: `dstrace daemon`).
+    pub fn interval_of(&mut self, rows: Vec<RowData>, tracer: &Tracer) -> Result<()> {
+        let counters = tracer
+            .counters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(counter, n)| (counter.name().to_owned(), n))
+            .collect();
+        let end = SystemTime::now();
+        let data =
+            IntervalData { start: self.start, end, rows, waits: std::mem::take(&mut self.waits), counters };
+        self.start = end;
+        self.intervals += 1;
+        self.write(&data)
+    }
+
+    fn write(&mut self, data: &IntervalData) -> Result<()> {
+        self.waits_written += data.waits.len() as u64;
+        self.writer.write_interval(data)
+    }
+
+    /// Writes the last interval.
+    pub fn finish(
+        mut self,
+        tracer: &Tracer,
+        stacks: &mut Stacks,
+        mounts: &mut MountTable,
+    ) -> Result<Recorder> {
+        self.interval(tracer, stacks, mounts)?;
+        Ok(self)
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &std::path::Path {
+        self.writer.path()
+    }
+}
+
+/// The recording of `dstrace run --output`: a write error is a warning (the live
+/// view goes on) and ends the recording. What it has to say (where it records, a
+/// warning, what it wrote) waits in [`RunRecording::notes`] for the run to show
+/// when it can: not in the middle of the full-screen view.
+#[derive(Default)]
+pub struct RunRecording {
+    recorder: Option<Recorder>,
+    notes: Vec<String>,
+}
+
+impl RunRecording {
+    /// Starts recording if a file was given (`--output`).
+    pub fn start(
+        file: Option<FileOptions>,
+        interval: Option<Duration>,
+        min_duration: Duration,
+    ) -> Result<RunRecording> {
+        let Some(file) = file else { return Ok(RunRecording::default()) };
+        let period = interval.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(10));
+        let recorder = Recorder::create(file, period, min_duration)?;
+        let note = format!(
+            "recording to {} every {}",
+            recorder.path().display(),
+            human_duration(duration_ns(period))
+        );
+        Ok(RunRecording { recorder: Some(recorder), notes: vec![note] })
+    }
+
+    /// What it has to say since the last call, one line each.
+    pub fn notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// The recording's interval ticks, if recording.
+    pub fn ticks(&self) -> Option<tokio::time::Interval> {
+        self.recorder.as_ref().map(Recorder::ticks)
+    }
+
+    /// See [`Recorder::wait`].
+    pub fn wait(&mut self, wait: &Wait) {
+        let result = self.recorder.as_mut().map(|recorder| recorder.wait(wait));
+        self.check(result);
+    }
+
+    /// See [`Recorder::interval`].
+    pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
+        let result = self.recorder.as_mut().map(|recorder| recorder.interval(tracer, stacks, mounts));
+        self.check(result);
+    }
+
+    /// Writes the last interval.
+    pub fn finish(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
+        self.interval(tracer, stacks, mounts);
+        if let Some(recorder) = self.recorder.take() {
+            self.notes.push(written_line(&recorder));
+        }
+    }
+
+    fn check(&mut self, result: Option<Result<()>>) {
+        if let Some(Err(err)) = result {
+            self.notes.push(format!("warning: recording stopped: {err:#}"));
+            self.recorder = None;
+        }
+    }
+}
+
+/// What a recorder wrote, in one line, with the command that reads it.
+pub fn written_line(recorder: &Recorder) -> String {
+    format!(
+        "recorded {} intervals and {} waits ({} bytes) to {}; read it with `dstrace report {}`",
+        recorder.intervals,
+        recorder.waits_written,
+        recorder.written(),
+        recorder.path().display(),
+        recorder.path().display()
+    )
+}
