@@ -42,7 +42,8 @@ use crate::{
         wait::{ProcNow, Resolver, Wait},
     },
     resolve::{
-        attribution::MountTable,
+        attribution::FilePaths,
+        mounts::MountTable,
         procfs,
         symbols::{Kallsyms, Stacks},
     },
@@ -76,8 +77,10 @@ impl Signals {
 pub struct Names {
     /// Symbols and resolved stacks.
     pub stacks: Stacks,
-    /// The mount table.
+    /// The mount tables.
     pub mounts: MountTable,
+    /// The paths of file descriptors read lately.
+    pub files: FilePaths,
     /// Monotonic to wall-clock time.
     pub clock: Clock,
 }
@@ -88,7 +91,12 @@ impl Names {
     /// known and left out of stacks; until then the only stacks are the kernel's
     /// text in `/proc`).
     pub fn new() -> Names {
-        Names { stacks: Stacks::new(Kallsyms::parse("")), mounts: MountTable::read(), clock: Clock::now() }
+        Names {
+            stacks: Stacks::new(Kallsyms::parse("")),
+            mounts: MountTable::read(),
+            files: FilePaths::default(),
+            clock: Clock::now(),
+        }
     }
 
     /// What turns the kernel side's records into waits.
@@ -98,6 +106,7 @@ impl Names {
             stack_map: &tracer.stacks,
             clock: &self.clock,
             mounts: &mut self.mounts,
+            files: &mut self.files,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::{
         chain,
         wait::{ProcNow, Wait},
     },
-    resolve::{attribution::MountTable, procfs},
+    resolve::{mounts::MountTable, procfs},
     sinks::{self, Format, Snapshot},
 };
 

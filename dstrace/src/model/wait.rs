@@ -19,7 +19,8 @@ use crate::{
     kernel::decode::{comm_string, kernel_dev},
     model::link::Link,
     resolve::{
-        attribution::{attribute, attribute_proc, Attribution, MountTable},
+        attribution::{attribute, attribute_proc, Attribution, FilePaths},
+        mounts::MountTable,
         procfs::{self, ProcTask, Syscall},
         symbols::{blocking_function, is_interrupt_frame, Stack, Stacks},
     },
@@ -242,8 +243,10 @@ pub struct Resolver<'a> {
     pub stack_map: &'a StackTraceMap<MapData>,
     /// Monotonic to wall-clock time.
     pub clock: &'a Clock,
-    /// The mount table.
+    /// The mount tables.
     pub mounts: &'a mut MountTable,
+    /// The paths of file descriptors read lately.
+    pub files: &'a mut FilePaths,
 }
 
 impl Wait {
@@ -300,7 +303,7 @@ impl Wait {
             stack,
             user_stack,
             waker,
-            on: attribute_with_lock(wait, resolver.mounts),
+            on: attribute_with_lock(wait, resolver.mounts, resolver.files),
             lock: lock_info(&wait.cause, ongoing),
             chain: Vec::new(),
             source: Source::Traced,
@@ -353,10 +356,10 @@ impl Wait {
 
 /// The syscall's attribution; the mount of the inode whose lock it waits for when
 /// the syscall names none.
-fn attribute_with_lock(wait: &InFlight, mounts: &mut MountTable) -> Attribution {
-    let mut on = attribute(wait.tgid, &wait.target, mounts);
+fn attribute_with_lock(wait: &InFlight, mounts: &mut MountTable, files: &mut FilePaths) -> Attribution {
+    let mut on = attribute(wait.tgid, &wait.target, mounts, files);
     if on.mount.is_none() && wait.cause.kind == CAUSE_LOCK && wait.cause.flags & CAUSE_INODE_RWSEM != 0 {
-        on.mount = mounts.by_dev(wait.cause.dev);
+        on.mount = mounts.by_dev(wait.tgid, wait.cause.dev);
     }
     on
 }

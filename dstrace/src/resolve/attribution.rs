@@ -24,7 +24,7 @@ use crate::{
     },
     resolve::{
         file_locks::{self, FileLock},
-        mounts::{self, Mount},
+        mounts::{Mount, MountTable},
     },
 };
 
@@ -54,20 +54,14 @@ pub struct Attribution {
 /// Syscalls that wait for a file lock.
 const LOCKING_SYSCALLS: [&str; 2] = ["flock", "fcntl"];
 
-/// The mount table, read again when a device number is not in it, or when the
-/// kernel says it changed ([`MountTable::refresh_if_changed`]); and the paths of
-/// file descriptors read lately.
-pub struct MountTable {
-    mounts: Vec<Mount>,
-    /// `/proc/self/mountinfo`, kept open: the kernel flags it (`POLLPRI`) when a
-    /// mount is made or removed.
-    watch: Option<std::fs::File>,
-    /// `readlink /proc/PID/fd/N` by pid, fd, and the device and inode the kernel
-    /// side saw behind the fd: waits on one open file (thousands a second, under
-    /// load) cost one `readlink` a second, not one each. An entry is used for
-    /// [`FD_PATH_TTL`] (a rename shows within that), and the cache is emptied when
-    /// it holds [`FD_PATHS`].
-    fd_paths: HashMap<FdKey, (Instant, Option<String>)>,
+/// The paths of file descriptors read lately: `readlink /proc/PID/fd/N` by pid,
+/// fd, and the device and inode the kernel side saw behind the fd, so that waits
+/// on one open file (thousands a second, under load) cost one `readlink` a second,
+/// not one each. An entry is used for [`FD_PATH_TTL`] (a rename shows within
+/// that), and the cache is emptied when it holds [`FD_PATHS`].
+#[derive(Default)]
+pub struct FilePaths {
+    paths: HashMap<FdKey, (Instant, Option<String>)>,
 }
 
 /// A file descriptor and the file behind it: pid, fd, device, inode.
@@ -78,105 +72,36 @@ const FD_PATH_TTL: Duration = Duration::from_secs(1);
 /// The most file descriptor paths kept.
 const FD_PATHS: usize = 4096;
 
-impl MountTable {
-    /// Reads `/proc/self/mountinfo` (an empty table if it cannot be read).
-    pub fn read() -> MountTable {
-        let watch = std::fs::File::open("/proc/self/mountinfo").ok();
-        MountTable { mounts: mounts::read().unwrap_or_default(), watch, fd_paths: HashMap::new() }
-    }
-
-    /// A table of these mounts (tests).
-    pub fn of(mounts: Vec<Mount>) -> MountTable {
-        MountTable { mounts, watch: None, fd_paths: HashMap::new() }
-    }
-
-    /// Reads the table again if a mount was made or removed since it was read (a
-    /// `poll` of `mountinfo`, which costs one system call): a path is attributed
-    /// to the longest mount point that prefixes it, so a table that misses a newer
-    /// mount would name the one below it.
-    pub fn refresh_if_changed(&mut self) {
-        use std::os::fd::AsRawFd as _;
-        let Some(watch) = &self.watch else { return };
-        let mut fds = [libc::pollfd { fd: watch.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
-        // SAFETY: one valid pollfd whose fd stays open for the call; no wait.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-        if ready > 0 && fds[0].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
-            *self = MountTable::read();
-        }
-    }
-
+impl FilePaths {
     /// The path of the file behind `fd` of `pid`, which the kernel side saw as
     /// inode `ino` of device `dev` (0: unknown, then it is read every time).
-    fn fd_path(&mut self, pid: u32, fd: i32, dev: u32, ino: u64) -> Option<String> {
+    fn path(&mut self, pid: u32, fd: i32, dev: u32, ino: u64) -> Option<String> {
         if ino == 0 {
             return fd_link(pid, fd);
         }
         let key = (pid, fd, dev, ino);
-        if let Some((read, path)) = self.fd_paths.get(&key) {
+        if let Some((read, path)) = self.paths.get(&key) {
             if read.elapsed() < FD_PATH_TTL {
                 return path.clone();
             }
         }
-        if self.fd_paths.len() >= FD_PATHS {
-            self.fd_paths.clear();
+        if self.paths.len() >= FD_PATHS {
+            self.paths.clear();
         }
         let path = fd_link(pid, fd);
-        self.fd_paths.insert(key, (Instant::now(), path.clone()));
+        self.paths.insert(key, (Instant::now(), path.clone()));
         path
-    }
-
-    /// The mount of a device number in the kernel's encoding (`s_dev`: major in the
-    /// high 12 bits, minor in the low 20), read again once if missing.
-    pub fn by_dev(&mut self, dev: u32) -> Option<Mount> {
-        let wanted = kernel_dev(dev);
-        if let Some(found) = self.find_dev(wanted) {
-            return Some(found);
-        }
-        *self = MountTable::read();
-        self.find_dev(wanted)
-    }
-
-    fn find_dev(&self, dev: (u32, u32)) -> Option<Mount> {
-        // Bind mounts share a device: prefer the one of the whole filesystem.
-        let mut candidates = self.mounts.iter().filter(|mount| mount.dev == dev);
-        let first = candidates.next()?;
-        Some(
-            std::iter::once(first)
-                .chain(candidates)
-                .find(|mount| mount.root == Path::new("/"))
-                .unwrap_or(first)
-                .clone(),
-        )
-    }
-
-    /// The mount with this mount id, read again once if missing.
-    pub fn by_id(&mut self, id: u32) -> Option<Mount> {
-        if let Some(found) = self.mounts.iter().find(|mount| mount.id == id) {
-            return Some(found.clone());
-        }
-        *self = MountTable::read();
-        self.mounts.iter().find(|mount| mount.id == id).cloned()
-    }
-
-    /// The mount an absolute path lies on: the longest mount point that prefixes it
-    /// (the last such mount, when several are stacked on one point).
-    pub fn by_path(&self, path: &Path) -> Option<Mount> {
-        self.mounts
-            .iter()
-            .filter(|mount| path.starts_with(&mount.mount_point))
-            .max_by_key(|mount| mount.mount_point.components().count())
-            .cloned()
     }
 }
 
 /// Attributes a wait of task `pid` from what the kernel side noted.
-pub fn attribute(pid: u32, target: &Target, table: &mut MountTable) -> Attribution {
+pub fn attribute(pid: u32, target: &Target, table: &mut MountTable, files: &mut FilePaths) -> Attribution {
     let Some(syscall) = syscalls::by_nr(target.syscall) else {
         return Attribution::default();
     };
     let given = path_arg(target);
     // The file: the descriptor's, or the path made absolute.
-    let fd_path = (target.fd >= 0).then(|| table.fd_path(pid, target.fd, target.dev, target.ino)).flatten();
+    let fd_path = (target.fd >= 0).then(|| files.path(pid, target.fd, target.dev, target.ino)).flatten();
     let path = match (&given, syscall.path_arg.is_some()) {
         (Some(given), true) => absolute(pid, target.fd, given),
         _ => fd_path.clone(),
@@ -185,10 +110,10 @@ pub fn attribute(pid: u32, target: &Target, table: &mut MountTable) -> Attributi
     // The mount: by the path when there is one (the descriptor of an `*at` call
     // is only the directory it starts from), else by the descriptor's device.
     let mount = match &path {
-        Some(path) if given.is_some() => table.by_path(Path::new(path)),
+        Some(path) if given.is_some() => table.by_path(pid, Path::new(path)),
         _ => None,
     }
-    .or_else(|| (target.dev != 0).then(|| table.by_dev(target.dev)).flatten());
+    .or_else(|| (target.dev != 0).then(|| table.by_dev(pid, target.dev)).flatten());
     let file = (path.is_some() || inode.is_some()).then_some(FileRef { path, inode });
     let file_locks = match inode {
         Some(ino) if LOCKING_SYSCALLS.contains(&syscall.name) => {
@@ -212,7 +137,7 @@ pub fn attribute_proc(pid: u32, nr: i64, args: &[u64; 6], table: &mut MountTable
         return Attribution { syscall: Some(syscall.name), ..Attribution::default() };
     };
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-    let mount = fdinfo_field(&fdinfo, "mnt_id:").and_then(|id| table.by_id(id as u32));
+    let mount = fdinfo_field(&fdinfo, "mnt_id:").and_then(|id| table.by_id(pid, id as u32, 0));
     let inode = fdinfo_field(&fdinfo, "ino:");
     let file_locks = match (&mount, inode) {
         (Some(mount), Some(ino)) if LOCKING_SYSCALLS.contains(&syscall.name) => {
@@ -274,6 +199,10 @@ mod tests {
     use dstrace_common::PATH_LEN;
 
     use super::*;
+    use crate::resolve::mounts;
+
+    /// A pid no task has: its namespace is dstrace's own, the table's.
+    const NO_TASK: u32 = u32::MAX;
 
     fn table() -> MountTable {
         MountTable::of(mounts::parse(
@@ -290,28 +219,16 @@ mod tests {
         Target { syscall, fd, dev, _pad: 0, ino, path: bytes }
     }
 
-    #[test]
-    fn mounts_by_device_prefer_the_whole_filesystem() {
-        let mut table = table();
-        let mount = table.by_dev(29).unwrap();
-        assert_eq!(mount.mount_point, Path::new("/var/lib/nova"));
-        assert_eq!(mount.source, "10.0.0.5:/export");
-    }
-
-    #[test]
-    fn mounts_by_path_take_the_longest_prefix() {
-        let table = table();
-        assert_eq!(table.by_path(Path::new("/tmp/fuse/missing")).unwrap().fs_type, "fuse.dstrace-test");
-        assert_eq!(table.by_path(Path::new("/tmp/fusex")).unwrap().fs_type, "ext4");
-        assert_eq!(table.by_path(Path::new("/")).unwrap().fs_type, "ext4");
-    }
-
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn an_absolute_path_argument_names_mount_and_file() {
         // statx(AT_FDCWD, "/tmp/fuse/./a/../missing", ...)
-        let attribution =
-            attribute(1, &target(332, AT_FDCWD, 0, 0, "/tmp/fuse/./a/../missing"), &mut table());
+        let attribution = attribute(
+            NO_TASK,
+            &target(332, AT_FDCWD, 0, 0, "/tmp/fuse/./a/../missing"),
+            &mut table(),
+            &mut FilePaths::default(),
+        );
         assert_eq!(attribution.syscall, Some("statx"));
         assert_eq!(attribution.mount.unwrap().mount_point, Path::new("/tmp/fuse"));
         let file = attribution.file.unwrap();
@@ -323,7 +240,12 @@ mod tests {
     #[test]
     fn a_descriptor_names_mount_and_inode() {
         // fsync(fd) on a file of the NFS mount, in a task that no longer exists.
-        let attribution = attribute(u32::MAX, &target(74, 3, 29, 2199054015793, ""), &mut table());
+        let attribution = attribute(
+            NO_TASK,
+            &target(74, 3, 29, 2199054015793, ""),
+            &mut table(),
+            &mut FilePaths::default(),
+        );
         assert_eq!(attribution.syscall, Some("fsync"));
         assert_eq!(attribution.mount.unwrap().fs_type, "nfs4");
         assert_eq!(attribution.file.unwrap(), FileRef { path: None, inode: Some(2199054015793) });
@@ -331,7 +253,8 @@ mod tests {
 
     #[test]
     fn nothing_without_a_described_syscall() {
-        assert_eq!(attribute(1, &Target::NONE, &mut table()), Attribution::default());
+        let attribution = attribute(NO_TASK, &Target::NONE, &mut table(), &mut FilePaths::default());
+        assert_eq!(attribution, Attribution::default());
     }
 
     #[test]

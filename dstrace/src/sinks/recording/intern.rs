@@ -243,6 +243,7 @@ impl Table {
                     fs_type: self.string(mount.fs_type),
                     source: self.string(mount.source),
                     super_options: String::new(),
+                    namespace: 0,
                 }),
                 file: record
                     .file

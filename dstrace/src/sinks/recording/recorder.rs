@@ -40,7 +40,7 @@ use crate::{
         wait::{lock_info, Wait},
     },
     resolve::{
-        attribution::MountTable,
+        mounts::MountTable,
         symbols::{Stack, Stacks},
     },
     sinks::recording::{unix_ns, FileOptions, IntervalData, RowData, Session, Writer},
@@ -96,7 +96,7 @@ impl RowLabels {
         let stack = stacks.kernel(&tracer.stacks, key.kstack_id);
         let mount = match key.cause_dev {
             0 => None,
-            dev => mounts.by_dev(dev).map(|mount| mount.mount_point.to_string_lossy().into_owned()),
+            dev => mounts.by_dev(key.tgid, dev).map(|mount| mount.mount_point.to_string_lossy().into_owned()),
         }
         .or_else(|| self.mount_of.get(&(key.tgid, stack.clone())).cloned());
         let lock = (key.cause_kind == CAUSE_LOCK || key.cause_kind == CAUSE_DENTRY)
