@@ -407,6 +407,7 @@ mod tests {
                     pid: 28331,
                     comm: "nova-compute".into(),
                     reader_hint: false,
+                    looked: true,
                     state: Some('S'),
                     function: Some("request_wait_answer".into()),
                 }),

@@ -119,7 +119,11 @@ pub struct Holder {
     pub comm: String,
     /// For a rwsem held for reading: only the last reader to take it (a hint).
     pub reader_hint: bool,
-    /// Its state letter now (`/proc`), if it still exists.
+    /// Whether it was looked at now (the holder of a wait still going on): then
+    /// a `state` of `None` means it has exited. A completed wait's holder is
+    /// left as it was when the wait began.
+    pub looked: bool,
+    /// Its state letter now (`/proc`), if it was looked at and still exists.
     pub state: Option<char>,
     /// Where it is blocked now (`/proc` stack or wchan), if it is.
     pub function: Option<String>,
@@ -170,6 +174,7 @@ pub fn lock_info(cause: &Cause, holder_now: bool) -> Option<LockInfo> {
             pid: cause.holder_tgid,
             comm: comm_string(&cause.holder_comm),
             reader_hint: flags & CAUSE_HOLDER_READER_HINT != 0,
+            looked: holder_now,
             state: now.map(|task| task.state),
             function,
         }

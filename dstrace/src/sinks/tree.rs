@@ -101,10 +101,12 @@ pub fn holder_text(lock: Option<&LockInfo>) -> String {
     if holder.reader_hint {
         text.push_str(" (a reader)");
     }
-    match (holder.state, &holder.function) {
-        (Some(state), Some(function)) => text.push_str(&format!(" ({state} in {function})")),
-        (Some(state), None) => text.push_str(&format!(" ({state})")),
-        (None, _) => text.push_str(" (gone)"),
+    match (holder.looked, holder.state, &holder.function) {
+        // A completed wait's holder: what it does now says nothing of the wait.
+        (false, _, _) => {}
+        (true, Some(state), Some(function)) => text.push_str(&format!(" ({state} in {function})")),
+        (true, Some(state), None) => text.push_str(&format!(" ({state})")),
+        (true, None, _) => text.push_str(" (gone)"),
     }
     text
 }
@@ -363,5 +365,24 @@ mod tests {
             "touch[7] D in path_openat -> i_rwsem of inode 1 (0:55) -> touch[6] S -> fuse.sshfs /mnt/x (sshfs) \
              -> FUSE daemon sshfs[5] STOPPED, 3 requests waiting"
         );
+    }
+
+    #[test]
+    fn a_holder_is_gone_only_when_it_was_looked_for_and_not_found() {
+        let holder = crate::model::wait::Holder {
+            tid: 7,
+            pid: 7,
+            comm: "x".into(),
+            reader_hint: false,
+            looked: false,
+            state: None,
+            function: None,
+        };
+        let lock = |holder| LockInfo { kind: "mutex", addr: 1, inode: None, holder: Some(holder) };
+        assert_eq!(holder_text(Some(&lock(holder.clone()))), "held by x[7]", "a completed wait's holder");
+        let looked = crate::model::wait::Holder { looked: true, ..holder.clone() };
+        assert_eq!(holder_text(Some(&lock(looked.clone()))), "held by x[7] (gone)");
+        let there = crate::model::wait::Holder { state: Some('S'), ..looked };
+        assert_eq!(holder_text(Some(&lock(there))), "held by x[7] (S)");
     }
 }

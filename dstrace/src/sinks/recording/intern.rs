@@ -259,6 +259,8 @@ impl Table {
                     pid: holder.pid,
                     comm: self.string(holder.comm),
                     reader_hint: holder.reader_hint,
+                    // A state is recorded only for a holder looked at.
+                    looked: holder.state.is_some(),
                     state: holder.state,
                     function: holder.function.map(|id| self.string(id)),
                 }),

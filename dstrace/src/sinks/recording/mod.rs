@@ -159,6 +159,7 @@ mod tests {
                     pid: 8,
                     comm: "stat".into(),
                     reader_hint: false,
+                    looked: true,
                     state: Some('S'),
                     function: Some("request_wait_answer".into()),
                 }),
