@@ -36,12 +36,13 @@ use tokio::{
 use crate::{
     cli::daemon::{self as config, Config, DaemonArgs},
     clock::{duration_ns, ticks},
-    commands::session::{self, next_tick, Names, Session, Signals, Wake},
+    commands::session::{self, next_tick, Session, Signals, Wake},
     kernel::{loader::Options, preflight, privileges::Needs},
     model::{
         aggregate::{Aggregator, Totals},
         wait::Wait,
     },
+    resolve::Names,
     sinks::{
         endpoint::{self, Limits, Scrape},
         metrics::{Metrics, Now},

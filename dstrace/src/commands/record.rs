@@ -6,8 +6,9 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::args::RecordArgs,
     clock::{duration_ns, human_duration},
-    commands::session::{self, Names, Session, Signals, Wake},
+    commands::session::{self, Session, Signals, Wake},
     kernel::{loader::Options, preflight, privileges::Needs},
+    resolve::Names,
     sinks::{
         recording::recorder::{written_line, Recorder},
         tree::drops_text,

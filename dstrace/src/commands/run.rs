@@ -20,7 +20,7 @@ use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
 use crate::{
     cli::args::RunArgs,
     clock::{duration_ns, human_duration, local_time_of_day, ticks},
-    commands::session::{self, in_d_now, next_tick, Names, Session, Signals, Wake},
+    commands::session::{self, in_d_now, next_tick, Session, Signals, Wake},
     kernel::{
         loader::{Options, Tracer},
         preflight,
@@ -33,6 +33,7 @@ use crate::{
         wait::Wait,
     },
     resolve::symbols::{blocking_function, Stacks},
+    resolve::Names,
     sinks::{
         self,
         recording::recorder::RunRecording,

@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use crate::{
-    clock::{monotonic_ns, Clock},
+    clock::monotonic_ns,
     kernel::{
         decode::decode_wait,
         loader::{comm_key, Filters, Options, Tracer},
@@ -41,12 +41,7 @@ use crate::{
         chain,
         wait::{ProcNow, Resolver, Wait},
     },
-    resolve::{
-        attribution::FilePaths,
-        mounts::MountTable,
-        procfs,
-        symbols::{Kallsyms, Stacks},
-    },
+    resolve::{procfs, Names},
 };
 
 /// The single-threaded runtime every command runs in (the capabilities are
@@ -70,50 +65,6 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
         })
-    }
-}
-
-/// What waits are named with: kernel symbols, the mount table, the clock.
-pub struct Names {
-    /// Symbols and resolved stacks.
-    pub stacks: Stacks,
-    /// The mount tables.
-    pub mounts: MountTable,
-    /// The paths of file descriptors read lately.
-    pub files: FilePaths,
-    /// Monotonic to wall-clock time.
-    pub clock: Clock,
-}
-
-impl Names {
-    /// Names before the programs are loaded: no kernel symbols yet (they are read
-    /// once the programs are loaded, so that their own frames, `bpf_prog_...`, are
-    /// known and left out of stacks; until then the only stacks are the kernel's
-    /// text in `/proc`).
-    pub fn new() -> Names {
-        Names {
-            stacks: Stacks::new(Kallsyms::parse("")),
-            mounts: MountTable::read(),
-            files: FilePaths::default(),
-            clock: Clock::now(),
-        }
-    }
-
-    /// What turns the kernel side's records into waits.
-    pub fn resolver<'a>(&'a mut self, tracer: &'a Tracer) -> Resolver<'a> {
-        Resolver {
-            stacks: &mut self.stacks,
-            stack_map: &tracer.stacks,
-            clock: &self.clock,
-            mounts: &mut self.mounts,
-            files: &mut self.files,
-        }
-    }
-}
-
-impl Default for Names {
-    fn default() -> Names {
-        Names::new()
     }
 }
 
@@ -158,9 +109,7 @@ impl Session {
     ) -> Result<Session> {
         let mut tracer = Tracer::load(&options)?;
         let events = tracer.take_events()?;
-        let kallsyms = Kallsyms::from_proc()?;
-        let hidden_symbols = kallsyms.is_hidden();
-        names.stacks = Stacks::new(kallsyms);
+        let hidden_symbols = names.read_symbols()?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the same for
         // as long as the `AsyncFd` owns the ring buffer.
         let ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
@@ -224,7 +173,7 @@ impl Session {
                 *bad_records += 1;
                 continue;
             };
-            let wait = Wait::completed(&event, &mut names.resolver(tracer));
+            let wait = Wait::completed(&event, &mut Resolver { names, stack_map: &tracer.stacks });
             each(&wait)?;
         }
         Ok(())
@@ -256,7 +205,7 @@ pub fn in_d_now(
     let mut waits: Vec<Wait> = match tracer {
         Some(tracer) => {
             let inflight = tracer.inflight();
-            let mut resolver = names.resolver(tracer);
+            let mut resolver = Resolver { names, stack_map: &tracer.stacks };
             inflight
                 .iter()
                 .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
@@ -267,9 +216,7 @@ pub fn in_d_now(
     };
     let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
     waits.extend(
-        waits_in_proc(options, &mut names.mounts, &context)
-            .into_iter()
-            .filter(|wait| !traced.contains(&wait.tid)),
+        waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
     );
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
     waits
@@ -277,7 +224,7 @@ pub fn in_d_now(
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(options: &Options, mounts: &mut MountTable, context: &chain::Context) -> Vec<Wait> {
+fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
     let now = ProcNow::read();
@@ -286,7 +233,7 @@ fn waits_in_proc(options: &Options, mounts: &mut MountTable, context: &chain::Co
         .iter()
         .filter(|task| task.pid != std::process::id())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, &now, mounts).with_chain(context))
+        .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
         .collect()
 }
 

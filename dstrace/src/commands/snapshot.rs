@@ -18,7 +18,7 @@ use crate::{
         chain,
         wait::{ProcNow, Wait},
     },
-    resolve::{mounts::MountTable, procfs},
+    resolve::{procfs, Names},
     sinks::{self, Format, Snapshot},
 };
 
@@ -27,12 +27,12 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
     let states: &[char] = if args.view.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
     let now = ProcNow::read();
-    let mut mounts = MountTable::read();
+    let mut names = Names::new();
     let context = chain::Context::default();
     let mut waits: Vec<Wait> = tasks
         .iter()
         .filter(|task| task.pid != std::process::id())
-        .map(|task| Wait::from_proc(task, &now, &mut mounts).with_chain(&context))
+        .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
         .collect();
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
     let snapshot = Snapshot {

@@ -302,6 +302,7 @@ mod tests {
             pid,
             comm: "df".into(),
             cgroup_id: 0,
+            cgroup: None,
             state: TaskState::Uninterruptible,
             blocked_in: Some("rpc_wait_bit_killable".into()),
             stack: [].into(),

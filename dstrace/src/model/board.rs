@@ -326,6 +326,7 @@ mod tests {
             pid,
             comm: "x".into(),
             cgroup_id: 0,
+            cgroup: None,
             state: TaskState::Uninterruptible,
             blocked_in: Some(function.into()),
             stack: [].into(),

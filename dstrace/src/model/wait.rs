@@ -15,14 +15,14 @@ use dstrace_common::{
 };
 
 use crate::{
-    clock::Clock,
     kernel::decode::{comm_string, kernel_dev},
     model::link::Link,
     resolve::{
         attribution::{attribute, attribute_proc, Attribution, FilePaths},
         mounts::MountTable,
         procfs::{self, ProcTask, Syscall},
-        symbols::{blocking_function, is_interrupt_frame, Stack, Stacks},
+        symbols::{blocking_function, is_interrupt_frame, Stack},
+        Names,
     },
 };
 
@@ -44,6 +44,8 @@ pub struct Wait {
     pub comm: String,
     /// The task's cgroup v2 id (0 when unknown).
     pub cgroup_id: u64,
+    /// Its cgroup v2 path (its container or service), when known.
+    pub cgroup: Option<String>,
     /// The kind of sleep.
     pub state: TaskState,
     /// The kernel function it blocked in, when the stack is known.
@@ -240,25 +242,20 @@ impl ProcNow {
     }
 }
 
-/// What turns kernel records into [`Wait`]s: the stacks and the clock.
+/// What turns kernel records into [`Wait`]s: the names, and the kernel side's
+/// stack map their stack ids refer to.
 pub struct Resolver<'a> {
-    /// Symbols and resolved stacks.
-    pub stacks: &'a mut Stacks,
+    /// Symbols, mounts, files, cgroups, the clock.
+    pub names: &'a mut Names,
     /// The kernel side's stack map.
     pub stack_map: &'a StackTraceMap<MapData>,
-    /// Monotonic to wall-clock time.
-    pub clock: &'a Clock,
-    /// The mount tables.
-    pub mounts: &'a mut MountTable,
-    /// The paths of file descriptors read lately.
-    pub files: &'a mut FilePaths,
 }
 
 impl Wait {
     /// A completed wait from its ring buffer record.
     pub fn completed(event: &WaitEvent, resolver: &mut Resolver<'_>) -> Wait {
         let mut wait = Wait::traced(event.tid, &event.wait, event.end_ns, false, resolver);
-        wait.end = Some(resolver.clock.wall(event.end_ns));
+        wait.end = Some(resolver.names.clock.wall(event.end_ns));
         wait
     }
 
@@ -280,13 +277,14 @@ impl Wait {
     }
 
     fn traced(tid: u32, wait: &InFlight, until_ns: u64, ongoing: bool, resolver: &mut Resolver<'_>) -> Wait {
-        let stack = resolver.stacks.kernel(resolver.stack_map, wait.kstack_id);
+        let names = &mut *resolver.names;
+        let stack = names.stacks.kernel(resolver.stack_map, wait.kstack_id);
         let user_stack = match wait.ustack_id {
             NO_STACK => Stack::from([]),
-            id => resolver.stacks.user(resolver.stack_map, id),
+            id => names.stacks.user(resolver.stack_map, id),
         };
         let waker = (wait.waker.at_ns != 0).then(|| {
-            let stack = resolver.stacks.kernel(resolver.stack_map, wait.waker.kstack_id);
+            let stack = names.stacks.kernel(resolver.stack_map, wait.waker.kstack_id);
             WakerInfo {
                 tid: wait.waker.tid,
                 pid: wait.waker.tgid,
@@ -296,19 +294,20 @@ impl Wait {
             }
         });
         Wait {
-            start: Some(resolver.clock.wall(wait.start_ns)),
+            start: Some(names.clock.wall(wait.start_ns)),
             end: None,
             duration_ns: until_ns.saturating_sub(wait.start_ns),
             tid,
             pid: wait.tgid,
             comm: comm_string(&wait.comm),
             cgroup_id: wait.cgroup_id,
+            cgroup: names.cgroups.path(wait.tgid, wait.cgroup_id),
             state: TaskState::from_bits(wait.state),
             blocked_in: blocking_of(&stack),
             stack,
             user_stack,
             waker,
-            on: attribute_with_lock(wait, resolver.mounts, resolver.files),
+            on: attribute_with_lock(wait, &mut names.mounts, &mut names.files),
             lock: lock_info(&wait.cause, ongoing),
             chain: Vec::new(),
             source: Source::Traced,
@@ -322,7 +321,7 @@ impl Wait {
     /// minus its `se.exec_start` then. That clock runs behind CLOCK_MONOTONIC by the
     /// CPU's time in interrupts and stolen by the hypervisor, so neither it and
     /// CLOCK_MONOTONIC nor two CPUs' clocks may be mixed.
-    pub fn from_proc(task: &ProcTask, now: &ProcNow, mounts: &mut MountTable) -> Wait {
+    pub fn from_proc(task: &ProcTask, now: &ProcNow, names: &mut Names) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
         let blocked_in = task.blocked_in();
         let clock = task.cpu.and_then(|cpu| now.task_clocks.get(&cpu)).copied();
@@ -338,13 +337,14 @@ impl Wait {
             pid: task.pid,
             comm: task.comm.clone(),
             cgroup_id: 0,
+            cgroup: names.cgroups.path(task.pid, 0),
             state: if task.state == 'I' { TaskState::Idle } else { TaskState::Uninterruptible },
             blocked_in,
             stack,
             user_stack: Stack::from([]),
             waker: None,
             on: match task.syscall {
-                Some(Syscall::Blocked { nr, args }) => attribute_proc(task.pid, nr, &args, mounts),
+                Some(Syscall::Blocked { nr, args }) => attribute_proc(task.pid, nr, &args, &mut names.mounts),
                 _ => Attribution::default(),
             },
             lock: None,
@@ -423,12 +423,12 @@ mod tests {
             last_ran_ns: Some(1_000_000_000),
             cpu: Some(3),
         };
-        let mut mounts = MountTable::of(Vec::new());
+        let mut names = Names::new();
         let now = ProcNow {
             wall: std::time::UNIX_EPOCH + std::time::Duration::from_secs(100),
             task_clocks: [(3, 5_000_000_000), (4, 1)].into(),
         };
-        let wait = Wait::from_proc(&task, &now, &mut mounts);
+        let wait = Wait::from_proc(&task, &now, &mut names);
         assert!(wait.is_ongoing());
         assert_eq!(wait.duration_ns, 4_000_000_000);
         assert_eq!(wait.start, Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(96)));
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(wait.source, Source::Proc);
 
         let unknown = ProcTask { stack: None, last_ran_ns: None, ..task };
-        let wait = Wait::from_proc(&unknown, &now, &mut mounts);
+        let wait = Wait::from_proc(&unknown, &now, &mut names);
         assert_eq!((wait.start, wait.duration_ns), (None, 0));
         assert_eq!(
             wait.blocked_in.as_deref(),

@@ -8,10 +8,69 @@
 //! * [`symbols`]: `/proc/kallsyms`, and the choice of the blocking function;
 //! * [`mounts`]: the mount table (`mountinfo`);
 //! * [`attribution`]: which syscall, mount and file a wait concerns;
-//! * [`file_locks`]: `/proc/locks`: who holds the file lock a task waits for.
+//! * [`file_locks`]: `/proc/locks`: who holds the file lock a task waits for;
+//! * [`cgroups`]: the cgroup (container, service) of a task, by path;
+//! * [`Names`]: all of them together, as a command keeps them.
 
 pub mod attribution;
+pub mod cgroups;
 pub mod file_locks;
 pub mod mounts;
 pub mod procfs;
 pub mod symbols;
+
+use crate::{
+    clock::Clock,
+    resolve::{
+        attribution::FilePaths,
+        cgroups::Cgroups,
+        mounts::MountTable,
+        symbols::{Kallsyms, Stacks},
+    },
+};
+
+/// What waits are named with: kernel symbols, mounts, file paths, cgroups, the
+/// clock. A command keeps one for its life, so that what it learnt is reused.
+pub struct Names {
+    /// Symbols and resolved stacks.
+    pub stacks: Stacks,
+    /// The mount tables.
+    pub mounts: MountTable,
+    /// The paths of file descriptors read lately.
+    pub files: FilePaths,
+    /// Cgroup paths.
+    pub cgroups: Cgroups,
+    /// Monotonic to wall-clock time.
+    pub clock: Clock,
+}
+
+impl Names {
+    /// Names without kernel symbols yet: they are read once the programs are
+    /// loaded ([`Names::read_symbols`]), so that the programs' own frames
+    /// (`bpf_prog_...`) are known and left out of stacks; until then the only
+    /// stacks are the kernel's text in `/proc`.
+    pub fn new() -> Names {
+        Names {
+            stacks: Stacks::new(Kallsyms::parse("")),
+            mounts: MountTable::read(),
+            files: FilePaths::default(),
+            cgroups: Cgroups::default(),
+            clock: Clock::now(),
+        }
+    }
+
+    /// Reads the kernel's symbols (`/proc/kallsyms`); returns whether they hide
+    /// the addresses (`kernel.kptr_restrict`: stacks are raw addresses).
+    pub fn read_symbols(&mut self) -> anyhow::Result<bool> {
+        let kallsyms = Kallsyms::from_proc()?;
+        let hidden = kallsyms.is_hidden();
+        self.stacks = Stacks::new(kallsyms);
+        Ok(hidden)
+    }
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names::new()
+    }
+}

@@ -208,6 +208,8 @@ struct JsonWait<'a> {
     tgid: u32,
     comm: &'a str,
     cgroup_id: u64,
+    /// The cgroup v2 path.
+    cgroup: Option<&'a str>,
     state: &'static str,
     function: Option<&'a str>,
     stack: &'a [String],
@@ -331,6 +333,7 @@ impl<'a> JsonWait<'a> {
             tgid: wait.pid,
             comm: &wait.comm,
             cgroup_id: wait.cgroup_id,
+            cgroup: wait.cgroup.as_deref(),
             state: wait.state.name(),
             function: wait.blocked_in.as_deref(),
             stack: &wait.stack,

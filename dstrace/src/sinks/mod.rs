@@ -173,6 +173,7 @@ mod tests {
             pid: 10,
             comm: comm.to_owned(),
             cgroup_id: 1234,
+            cgroup: None,
             state: TaskState::Killable,
             blocked_in: Some("d_alloc_parallel".to_owned()),
             stack: ["__schedule", "d_alloc_parallel"].map(String::from).into(),

@@ -64,7 +64,7 @@ impl<W: Write> TextSink<W> {
             duration,
             escape(wait.blocked_in.as_deref().unwrap_or("?")),
             escape(&waker),
-            escape(&on_text(&wait.on, wait.lock.as_ref())),
+            escape(&on_text(wait)),
         )?;
         if stacks {
             self.text_stack(&wait.stack)?;

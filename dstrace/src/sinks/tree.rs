@@ -17,7 +17,6 @@ use crate::{
         rpc,
         wait::{LockInfo, Wait},
     },
-    resolve::attribution::Attribution,
 };
 
 /// One row of the groups drawn as a tree ([`rows`]).
@@ -214,8 +213,10 @@ pub fn in_d_text(waits: &[Wait]) -> String {
 }
 
 /// Where a wait is, for people: `fuse.sshfs /mnt/x: /mnt/x/file (statx)`, then
-/// the lock it waits for and its holder; `-` when nothing is known.
-pub fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
+/// the lock it waits for and its holder, then the task's cgroup; `-` when nothing
+/// is known.
+pub fn on_text(wait: &Wait) -> String {
+    let (on, lock) = (&wait.on, wait.lock.as_ref());
     let mut text = String::new();
     if let Some(mount) = &on.mount {
         let _ = write!(text, "{} {}", mount.fs_type, mount.mount_point.display());
@@ -256,6 +257,12 @@ pub fn on_text(on: &Attribution, lock: Option<&LockInfo>) -> String {
         if !holder.is_empty() {
             let _ = write!(text, " {holder}");
         }
+    }
+    if let Some(cgroup) = &wait.cgroup {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        let _ = write!(text, "cgroup {cgroup}");
     }
     if text.is_empty() {
         text.push('-');
@@ -304,6 +311,7 @@ mod tests {
             pid,
             comm: "x".into(),
             cgroup_id: 0,
+            cgroup: None,
             state: TaskState::Uninterruptible,
             blocked_in: Some(function.into()),
             stack: [].into(),

@@ -215,6 +215,8 @@ impl Table {
             pid: record.pid,
             comm: self.string(record.comm),
             cgroup_id: record.cgroup_id,
+            // Not recorded: the cgroup id stands for it.
+            cgroup: None,
             state: match record.state {
                 1 => TaskState::Killable,
                 2 => TaskState::Idle,

@@ -133,6 +133,7 @@ mod tests {
             pid: 10,
             comm: "st;at \n\u{fffd}".into(),
             cgroup_id: 5,
+            cgroup: None,
             state: TaskState::Killable,
             blocked_in: Some("d_alloc_parallel".into()),
             stack: stack.clone(),
