@@ -1,0 +1,89 @@
+//! What the programs read: kernel memory (through the probe helpers, which never
+//! fault), classic tracepoint records, `CONFIG` as the loader set it, the clock and
+//! the current task.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
+    },
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use dstrace_common::{TaskId, COMM_LEN};
+
+/// Reads a `u32` at `offset` bytes into a kernel object.
+#[inline(always)]
+pub(crate) fn read_u32(base: *const u8, offset: u32) -> Option<u32> {
+    // SAFETY: a read of kernel memory through the probe helper, which checks it.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u32>()) }.ok()
+}
+
+/// Reads a `u64` at `offset` bytes into a kernel object.
+#[inline(always)]
+pub(crate) fn read_u64(base: *const u8, offset: u32) -> Option<u64> {
+    // SAFETY: as in `read_u32`.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u64>()) }.ok()
+}
+
+/// Reads a non-null pointer at `offset` bytes into a kernel object.
+#[inline(always)]
+pub(crate) fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    read_u64(base, offset).filter(|&ptr| ptr != 0).map(|ptr| ptr as *const u8)
+}
+
+/// Reads a field of a classic tracepoint's record; `u32::MAX` marks a field the
+/// event does not have.
+#[inline(always)]
+pub(crate) fn read_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == u32::MAX {
+        return None;
+    }
+    // SAFETY: a read of the record through the probe helper, which checks it.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Copies a `__data_loc char[]` field of a classic tracepoint's record (a `u32`:
+/// the string's offset in the record in the low half, its length in the high half)
+/// into `out`, NUL-terminated; leaves `out` as it is when the field is missing.
+#[inline(always)]
+pub(crate) fn read_data_loc(ctx: &TracePointContext, offset: u32, out: &mut [u8]) {
+    let Some(loc) = read_field::<u32>(ctx, offset) else { return };
+    let start = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    // SAFETY: a read of the record through the probe helper, which checks it and
+    // stops at `out`'s length.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(start, out) };
+}
+
+/// Reads a `CONFIG` field as set by the loader, not as seen by the compiler.
+#[inline(always)]
+pub(crate) fn config_u32(field: &u32) -> u32 {
+    // SAFETY: a valid reference; the volatile read stops the compiler from folding
+    // the build-time placeholder into the code.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// As [`config_u32`], for a `u64` field.
+#[inline(always)]
+pub(crate) fn config_u64(field: &u64) -> u64 {
+    // SAFETY: as in `config_u32`.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of every timestamp in the records.
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: the helper takes no argument and cannot fail.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The task running now.
+#[inline(always)]
+pub(crate) fn current_task() -> TaskId {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    TaskId {
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
