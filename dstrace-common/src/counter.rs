@@ -31,11 +31,18 @@ pub enum Counter {
     DropFuseMapFull = 10,
     /// Drop: `RPC_INFLIGHT` was full, an RPC was not tracked.
     DropRpcMapFull = 11,
+    /// Drop: `DLOOKUP_WAITING` or `DLOOKUP_OWNERS` was full, a name lookup was not
+    /// tracked (a wait for that name cannot name the task looking it up).
+    DropLookupMapFull = 12,
+    /// Drop: a slot of an array map (`SCRATCH`, `AGG_ZERO`, `SYSCALL_ARGS`) could not
+    /// be looked up, so a wait, its aggregation or its target was lost. Not expected
+    /// (the slots exist from load time on), counted all the same.
+    DropSlotMissing = 13,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -50,6 +57,8 @@ impl Counter {
         Counter::DropLockMapFull,
         Counter::DropFuseMapFull,
         Counter::DropRpcMapFull,
+        Counter::DropLookupMapFull,
+        Counter::DropSlotMissing,
     ];
 
     /// Whether this counter counts lost data.
@@ -64,6 +73,8 @@ impl Counter {
                 | Counter::DropLockMapFull
                 | Counter::DropFuseMapFull
                 | Counter::DropRpcMapFull
+                | Counter::DropLookupMapFull
+                | Counter::DropSlotMissing
         )
     }
 
@@ -82,6 +93,8 @@ impl Counter {
             Counter::DropLockMapFull => "lock_map_full",
             Counter::DropFuseMapFull => "fuse_map_full",
             Counter::DropRpcMapFull => "rpc_map_full",
+            Counter::DropLookupMapFull => "lookup_map_full",
+            Counter::DropSlotMissing => "map_slot_missing",
         }
     }
 }
@@ -96,5 +109,14 @@ mod tests {
             assert_eq!(*counter as usize, index);
         }
         assert_eq!(Counter::ALL.len(), Counter::COUNT as usize);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_snake_case() {
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            let name = counter.name();
+            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name}");
+            assert!(Counter::ALL[index + 1..].iter().all(|other| other.name() != name), "{name} twice");
+        }
     }
 }
