@@ -15,9 +15,15 @@
 //!   `EVENTS`.
 //!
 //! Every failure increments a per-CPU counter in `COUNTERS` (see
-//! `dstrace_common::Counter`); nothing is lost silently. No kernel struct offset is
-//! compiled in: `task_struct` offsets arrive in `CONFIG`, read by userspace from the
-//! running kernel's BTF.
+//! `dstrace_common::Counter`); nothing is lost silently. Each program is the same
+//! three lines, `match try_prog(&ctx) { Ok(()) => 0, Err(counter) => { count(counter);
+//! 0 } }`, around a `try_prog` that returns `Result<(), Counter>`: "nothing to do" (a
+//! task not tracked, a spinning lock) is `Ok(())`, a failed read or a full map an
+//! `Err`, and a step the program goes on after anyway (a detail of a record, the
+//! switch-in half of a switch) is counted where it fails (`maps::counted`).
+//!
+//! No kernel struct offset is compiled in: `task_struct` offsets arrive in `CONFIG`,
+//! read by userspace from the running kernel's BTF.
 //!
 //! Hooks: `tp_btf/sched_switch` (`trace_sched_switch()` in `__schedule`,
 //! kernel/sched/core.c) and `tp_btf/sched_waking` (`trace_sched_waking()` in

@@ -1,5 +1,5 @@
-//! Every map and global of the object, and the two writes all hooks share: a counter
-//! (`COUNTERS`) and a stack (`STACKS`). Their names are `dstrace_common::names`.
+//! Every map and global of the object (their names are `dstrace_common::names`), and
+//! the writes all hooks share: a counter (`COUNTERS`) and a stack (`STACKS`).
 
 use core::sync::atomic::AtomicU64;
 
@@ -21,18 +21,24 @@ pub(crate) static CONFIG: Config = Config::UNSET;
 #[no_mangle]
 pub(crate) static INFLIGHT_COUNT: AtomicU64 = AtomicU64::new(0);
 
+/// Tasks in D now, by tid: what the wait is (`sched_switch` switch-out) until it ends
+/// (switch-in).
 #[map(name = "INFLIGHT")]
 pub(crate) static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(limits::INFLIGHT_ENTRIES, 0);
 
+/// Kernel and user stacks, by the id the records carry.
 #[map(name = "STACKS")]
 pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(limits::STACK_ENTRIES, 0);
 
+/// Completed waits of at least `CONFIG.min_duration_ns`, streamed to userspace.
 #[map(name = "EVENTS")]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 
+/// Per-CPU counters, indexed by `Counter`: what happened and what was lost.
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Completed waits, every one, aggregated by process, command, stack and cause.
 #[map(name = "AGG")]
 pub(crate) static AGG: HashMap<AggKey, AggValue> = HashMap::with_max_entries(limits::AGG_ENTRIES, 0);
 
@@ -72,26 +78,46 @@ pub(crate) static SCRATCH: PerCpuArray<InFlight> = PerCpuArray::with_max_entries
 #[map(name = "AGG_ZERO")]
 pub(crate) static AGG_ZERO: Array<AggValue> = Array::with_max_entries(1, 0);
 
+/// The filters (`--pid`, `--tid`, `--cgroup`, `--comm`): a key present is wanted.
 #[map(name = "FILTER_TGIDS")]
 pub(crate) static FILTER_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
+/// See `FILTER_TGIDS`.
 #[map(name = "FILTER_TIDS")]
 pub(crate) static FILTER_TIDS: HashMap<u32, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
+/// See `FILTER_TGIDS`.
 #[map(name = "FILTER_CGROUPS")]
 pub(crate) static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
+/// See `FILTER_TGIDS`.
 #[map(name = "FILTER_COMMS")]
 pub(crate) static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> =
     HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
 /// Adds one to a per-CPU counter.
+///
+/// A program's entry point counts the failure its `try_` function returns; a step
+/// that the program goes on after, failed or not, is counted with [`counted`].
 #[inline(always)]
 pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU array slot: only this CPU writes it, and programs do not
         // nest on one CPU for these hooks.
         unsafe { *slot += 1 };
+    }
+}
+
+/// The value of a step the program goes on after whether it worked or not (a part of
+/// a record, an independent second half): `None`, the failure counted, if it failed.
+#[inline(always)]
+pub(crate) fn counted<T>(result: Result<T, Counter>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(counter) => {
+            count(counter);
+            None
+        }
     }
 }
 
