@@ -1,0 +1,277 @@
+//! Settings the kernel side reads: the `CONFIG` global (its flags and the kernel
+//! struct offsets userspace resolves from the running kernel's BTF or tracefs) and
+//! the `SYSCALL_ARGS` entries.
+
+/// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
+pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
+/// `Config::flags`: also record the user stack of each wait.
+pub const CONFIG_USER_STACKS: u32 = 1 << 1;
+/// `Config::flags`: only tasks whose tgid is in `FILTER_TGIDS`.
+pub const CONFIG_FILTER_TGID: u32 = 1 << 2;
+/// `Config::flags`: only tasks whose tid is in `FILTER_TIDS`.
+pub const CONFIG_FILTER_TID: u32 = 1 << 3;
+/// `Config::flags`: only tasks whose cgroup (v2 id) is in `FILTER_CGROUPS`.
+pub const CONFIG_FILTER_CGROUP: u32 = 1 << 4;
+/// `Config::flags`: only tasks whose comm is in `FILTER_COMMS`.
+pub const CONFIG_FILTER_COMM: u32 = 1 << 5;
+
+/// `Config::flags`: `Config::offsets` are set: record what the syscall in
+/// progress names (Linux 5.18+ program only: it needs `bpf_task_pt_regs`).
+pub const CONFIG_SYSCALL_TARGET: u32 = 1 << 6;
+
+/// `Config::flags`: `Config::locks` are set: the lock contention programs name
+/// the lock's owner and, for an inode's `i_rwsem`, the inode.
+pub const CONFIG_LOCK_OWNERS: u32 = 1 << 7;
+
+/// Byte offsets for the lock contention programs, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOffsets {
+    /// `rw_semaphore.owner`.
+    pub rwsem_owner: u32,
+    /// `mutex.owner`.
+    pub mutex_owner: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `inode.i_rwsem`.
+    pub inode_rwsem: u32,
+    /// `super_block.s_root`.
+    pub sb_root: u32,
+    /// `dentry.d_sb`.
+    pub dentry_sb: u32,
+    /// `dentry.d_flags`.
+    pub dentry_flags: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_name` (a `qstr`).
+    pub dentry_name: u32,
+    /// `qstr.hash_len`.
+    pub qstr_hash_len: u32,
+    /// The value of `DCACHE_PAR_LOOKUP` (a dentry being looked up).
+    pub dcache_par_lookup: u32,
+}
+const _: () = assert!(core::mem::size_of::<LockOffsets>() == 48);
+
+impl LockOffsets {
+    /// All zero: unknown.
+    pub const UNSET: LockOffsets = LockOffsets {
+        rwsem_owner: 0,
+        mutex_owner: 0,
+        task_tgid: 0,
+        task_comm: 0,
+        inode_rwsem: 0,
+        sb_root: 0,
+        dentry_sb: 0,
+        dentry_flags: 0,
+        dentry_parent: 0,
+        dentry_name: 0,
+        qstr_hash_len: 0,
+        dcache_par_lookup: 0,
+    };
+}
+
+/// `Config::flags`: `Config::fuse` is set: the FUSE request programs are attached.
+pub const CONFIG_FUSE_REQUESTS: u32 = 1 << 8;
+
+/// Byte offsets for the FUSE request programs, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseOffsets {
+    /// `fuse_req.in.h.opcode`.
+    pub req_opcode: u32,
+    /// `fuse_req.in.h.unique`.
+    pub req_unique: u32,
+    /// `fuse_req.in.h.nodeid`.
+    pub req_nodeid: u32,
+    /// `fuse_req.fm`.
+    pub req_fm: u32,
+    /// `fuse_mount.fc`.
+    pub fm_fc: u32,
+    /// `fuse_conn.dev`.
+    pub fc_dev: u32,
+}
+const _: () = assert!(core::mem::size_of::<FuseOffsets>() == 24);
+
+impl FuseOffsets {
+    /// All zero: unknown.
+    pub const UNSET: FuseOffsets =
+        FuseOffsets { req_opcode: 0, req_unique: 0, req_nodeid: 0, req_fm: 0, fm_fc: 0, fc_dev: 0 };
+}
+
+/// `Config::flags`: `Config::rpc` is set: the sunrpc programs are attached.
+pub const CONFIG_RPC: u32 = 1 << 9;
+
+/// Where a field is in a sunrpc tracepoint's record: byte offsets read at start-up
+/// from the event's `format` file in tracefs (`u32::MAX`: the event lacks it).
+///
+/// Classic tracepoints rather than BTF ones: their records are described by tracefs
+/// on every kernel, including those whose sunrpc module has no BTF (Debian 5.10), and
+/// they carry the strings (program and procedure names) already copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcOffsets {
+    /// `task_id` (the RPC task's debug id, `tk_pid`) in each of the five events,
+    /// in the order begin, request, transmit, timeout, end.
+    pub task_id: [u32; 5],
+    /// `client_id` (`cl_clid`) in each of the five events, in the same order.
+    pub client_id: [u32; 5],
+    /// `rpc_request.version`.
+    pub request_version: u32,
+    /// `rpc_request.progname` (a `__data_loc char[]`).
+    pub request_progname: u32,
+    /// `rpc_request.procname` (a `__data_loc char[]`).
+    pub request_procname: u32,
+    /// `xprt_transmit.xid`.
+    pub transmit_xid: u32,
+}
+const _: () = assert!(core::mem::size_of::<RpcOffsets>() == 56);
+
+impl RpcOffsets {
+    /// Unknown.
+    pub const UNSET: RpcOffsets = RpcOffsets {
+        task_id: [u32::MAX; 5],
+        client_id: [u32::MAX; 5],
+        request_version: u32::MAX,
+        request_progname: u32::MAX,
+        request_procname: u32::MAX,
+        transmit_xid: u32::MAX,
+    };
+}
+
+/// Byte offsets of the kernel fields the kernel side reads to learn what a task's
+/// syscall names, all from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `pt_regs` field holding the syscall number (`orig_ax` on x86-64).
+    pub regs_syscall_nr: u32,
+    /// `pt_regs` fields holding the six syscall arguments.
+    pub regs_args: [u32; 6],
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+
+impl Offsets {
+    /// All zero: unknown.
+    pub const UNSET: Offsets = Offsets {
+        regs_syscall_nr: 0,
+        regs_args: [0; 6],
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        inode_sb: 0,
+        inode_ino: 0,
+        sb_dev: 0,
+        _pad: 0,
+    };
+}
+
+/// A `SYSCALL_ARGS` entry: which argument (0-5) of a syscall is a path and which a
+/// file descriptor. Each is stored plus one, so that 0 (a syscall not described)
+/// means neither.
+pub const fn syscall_args(path_arg: Option<u8>, fd_arg: Option<u8>) -> u8 {
+    let path = match path_arg {
+        Some(i) => (i & 0x7) + 1,
+        None => 0,
+    };
+    let fd = match fd_arg {
+        Some(i) => (i & 0x7) + 1,
+        None => 0,
+    };
+    path | (fd << 4)
+}
+
+/// The path and fd argument indexes of a [`syscall_args`] entry.
+#[inline(always)]
+pub const fn syscall_arg_indexes(entry: u8) -> (Option<u8>, Option<u8>) {
+    (arg_index(entry & 0xf), arg_index(entry >> 4))
+}
+
+#[inline(always)]
+const fn arg_index(stored: u8) -> Option<u8> {
+    if stored == 0 {
+        None
+    } else {
+        Some(stored - 1)
+    }
+}
+
+/// Settings the kernel side reads, written once into `.rodata` at load time.
+///
+/// Offsets come from the running kernel's BTF, never from the build host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Waits shorter than this are not streamed on the ring buffer (they are
+    /// still aggregated).
+    pub min_duration_ns: u64,
+    /// Byte offset of `task_struct.pid` (the thread id).
+    pub task_pid_offset: u32,
+    /// Byte offset of `task_struct.__state` (`state` before 5.14); read only by
+    /// the program for kernels whose `sched_switch` has no `prev_state` (< 5.18).
+    pub task_state_offset: u32,
+    /// `CONFIG_*` bits.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Offsets for [`CONFIG_SYSCALL_TARGET`].
+    pub offsets: Offsets,
+    /// Offsets for [`CONFIG_LOCK_OWNERS`].
+    pub locks: LockOffsets,
+    /// Offsets for [`CONFIG_FUSE_REQUESTS`].
+    pub fuse: FuseOffsets,
+    /// Offsets for [`CONFIG_RPC`].
+    pub rpc: RpcOffsets,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 216);
+
+impl Config {
+    /// A configuration that records nothing useful; the loader replaces it.
+    pub const UNSET: Config = Config {
+        min_duration_ns: u64::MAX,
+        task_pid_offset: 0,
+        task_state_offset: 0,
+        flags: 0,
+        _pad: 0,
+        offsets: Offsets::UNSET,
+        locks: LockOffsets::UNSET,
+        fuse: FuseOffsets::UNSET,
+        rpc: RpcOffsets::UNSET,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_arg_entries_round_trip() {
+        for path in [None, Some(0), Some(1), Some(5)] {
+            for fd in [None, Some(0), Some(4)] {
+                assert_eq!(syscall_arg_indexes(syscall_args(path, fd)), (path, fd));
+            }
+        }
+        assert_eq!(syscall_arg_indexes(0), (None, None));
+    }
+}
