@@ -39,6 +39,7 @@ use crate::{
     },
     model::{
         chain,
+        seen::Seen,
         wait::{ProcNow, Resolver, Wait},
     },
     resolve::{procfs, Names},
@@ -201,6 +202,7 @@ pub fn in_d_now(
         fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
         rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
         now_ns,
+        seen: Seen::default(),
     };
     let mut waits: Vec<Wait> = match tracer {
         Some(tracer) => {

@@ -40,6 +40,20 @@ pub fn comm_string(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
+/// The letter `ps` shows for a task's `__state` bits (`task_state_index()`,
+/// fs/proc/array.c): `R`, `S`, `D`, `T`, `t`, `X`, `Z`, `P`, `I`.
+pub fn state_letter(state: u32) -> char {
+    const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+    const TASK_NOLOAD: u32 = 0x400;
+    if state & (TASK_UNINTERRUPTIBLE | TASK_NOLOAD) == TASK_UNINTERRUPTIBLE | TASK_NOLOAD {
+        return 'I';
+    }
+    // __TASK_STOPPED, __TASK_TRACED, EXIT_DEAD, EXIT_ZOMBIE, TASK_PARKED, in order.
+    const LETTERS: [(u32, char); 7] =
+        [(0x1, 'S'), (0x2, 'D'), (0x4, 'T'), (0x8, 't'), (0x10, 'X'), (0x20, 'Z'), (0x40, 'P')];
+    LETTERS.iter().find(|&&(bit, _)| state & bit != 0).map_or('R', |&(_, letter)| letter)
+}
+
 /// `(major, minor)` of a kernel-internal device number (`MKDEV`: `MINORBITS` = 20).
 pub fn kernel_dev(dev: u32) -> (u32, u32) {
     (dev >> 20, dev & ((1 << 20) - 1))
@@ -93,6 +107,17 @@ mod tests {
         assert_eq!(comm_string(b"stat\0\0\0\0\0\0\0\0\0\0\0\0"), "stat");
         assert_eq!(comm_string(b"0123456789abcdef"), "0123456789abcdef");
         assert_eq!(comm_string(b"a\xffb\0\0\0\0\0\0\0\0\0\0\0\0\0"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn states_are_the_letters_of_ps() {
+        assert_eq!(state_letter(0), 'R');
+        assert_eq!(state_letter(0x1), 'S');
+        assert_eq!(state_letter(0x2), 'D');
+        assert_eq!(state_letter(0x102), 'D', "killable");
+        assert_eq!(state_letter(0x402), 'I', "TASK_IDLE");
+        assert_eq!(state_letter(0x104), 'T', "TASK_STOPPED");
+        assert_eq!(state_letter(0x8), 't');
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod iter;
 pub mod loader;
 pub mod preflight;
 pub mod privileges;

@@ -3,22 +3,30 @@
 //! the state of each link. What an engineer in an incident otherwise rebuilds by
 //! hand from `ps`, `/proc/PID/stack`, `/proc/locks` and `lsof`.
 //!
-//! Everything here comes from the record and from `/proc` and `/sys/fs/fuse`
-//! (files the kernel answers itself); nothing under a diagnosed mount is touched.
+//! Everything here comes from the record, the task iterator's look
+//! ([`crate::model::seen`]: the holders' own waits, so a chain goes several hops,
+//! and the processes serving a FUSE connection), and from `/proc` and
+//! `/sys/fs/fuse` (files the kernel answers itself); nothing under a diagnosed
+//! mount is touched.
 
 use std::path::Path;
 
 use dstrace_common::{FuseKey, FuseRequest, RpcCall, RpcKey};
 
 use crate::{
-    kernel::decode::comm_string,
+    kernel::decode::{comm_string, state_letter},
     model::{
         link::Link,
         rpc,
-        wait::{TaskState, Wait},
+        seen::Seen,
+        wait::{Holder, TaskState, Wait},
     },
     resolve::procfs,
 };
+
+/// Holders followed past the first one, at most: a chain of locks held by tasks
+/// waiting for other locks.
+const MAX_HOPS: usize = 4;
 
 /// What the chains of one moment are built from, beside `/proc`.
 #[derive(Default)]
@@ -29,6 +37,8 @@ pub struct Context {
     pub rpc: Vec<(RpcKey, RpcCall)>,
     /// CLOCK_MONOTONIC when they were read.
     pub now_ns: u64,
+    /// The task iterator's look (empty when it did not run).
+    pub seen: Seen,
 }
 
 impl Wait {
@@ -52,13 +62,8 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
     if let Some(lock) = &wait.lock {
         links.push(Link::Lock { name: lock.name() });
         if let Some(holder) = &lock.holder {
-            links.push(Link::Task {
-                tid: holder.tid,
-                pid: holder.pid,
-                comm: holder.comm.clone(),
-                state: holder.state,
-                function: holder.function.clone(),
-            });
+            links.push(holder_link(holder));
+            hops(holder.tid, wait.tid, &context.seen, &mut links);
         }
     }
     for held in &wait.on.file_locks {
@@ -80,21 +85,15 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
             if let Some(oldest) = requests.iter().min_by_key(|request| request.sent_ns) {
                 links.push(Link::FuseRequests {
                     in_flight: requests.len() as u64,
-                    oldest_ns: context.now_ns.saturating_sub(oldest.sent_ns),
+                    oldest_ns: Some(context.now_ns.saturating_sub(oldest.sent_ns)),
                     oldest_opcode: fuse_opcode(oldest.opcode),
                     oldest_tid: oldest.task.tid,
                     oldest_comm: comm_string(&oldest.task.comm),
                 });
+            } else if let Some(link) = pending_requests(&context.seen, dev) {
+                links.push(link);
             }
-            let waiting = fuse_waiting(mount.dev.1);
-            links.extend(
-                fuse_daemons(Path::new("/proc")).into_iter().map(|(pid, comm, state)| Link::FuseDaemon {
-                    pid,
-                    comm,
-                    state,
-                    waiting,
-                }),
-            );
+            links.extend(daemons(&context.seen, dev, mount.dev.1));
         } else if mount.fs_type.starts_with("nfs") {
             links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
             if let Some(address) = nfs_server(&mount.super_options, &mount.source) {
@@ -107,6 +106,95 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
     // RPC still says what the task waits for.
     links.extend(rpc::link(wait.tid, &context.rpc, context.now_ns));
     links
+}
+
+/// The link of a lock's holder, as it was when looked at.
+fn holder_link(holder: &Holder) -> Link {
+    Link::Task {
+        tid: holder.tid,
+        pid: holder.pid,
+        comm: holder.comm.clone(),
+        state: holder.state,
+        function: holder.function.clone(),
+    }
+}
+
+/// The holders past the first (`holder`, of the wait of `waiter`): while the
+/// holder itself waits for a lock the look proves, that lock and its holder.
+fn hops(mut holder: u32, waiter: u32, seen: &Seen, links: &mut Vec<Link>) {
+    let mut visited = vec![waiter, holder];
+    for _ in 0..MAX_HOPS {
+        let Some(next) = seen.task(holder).and_then(|task| seen.lock_of(task)) else { return };
+        links.push(Link::Lock { name: next.name() });
+        let Some(next_holder) = next.holder else { return };
+        links.push(holder_link(&next_holder));
+        if visited.contains(&next_holder.tid) {
+            // A cycle: a deadlock, shown once around.
+            return;
+        }
+        visited.push(next_holder.tid);
+        holder = next_holder.tid;
+    }
+}
+
+/// The FUSE requests pending on the connection `dev` (kernel encoding), as the
+/// look read them from the connection itself: how many, and the first queued.
+fn pending_requests(seen: &Seen, dev: u32) -> Option<Link> {
+    let file = seen.serving(dev).find(|file| file.pending > 0)?;
+    let oldest = file.requests.first()?;
+    let comm = seen
+        .task(oldest.pid)
+        .map(|task| task.task.comm.clone())
+        .or_else(|| procfs::task(Path::new("/proc"), oldest.pid, oldest.pid).map(|task| task.comm))
+        .unwrap_or_default();
+    Some(Link::FuseRequests {
+        in_flight: u64::from(file.pending),
+        oldest_ns: oldest.age_ns,
+        oldest_opcode: fuse_opcode(oldest.opcode),
+        oldest_tid: oldest.pid,
+        oldest_comm: comm,
+    })
+}
+
+/// The daemons of the FUSE connection `dev` (kernel encoding; `minor` its
+/// number under /sys/fs/fuse/connections): the processes holding a `/dev/fuse`
+/// file of that connection, from the look. Without a look, a process is named
+/// only when it is provably the one: the only process with `/dev/fuse` open on a
+/// machine with only this FUSE connection.
+fn daemons(seen: &Seen, dev: u32, minor: u32) -> Vec<Link> {
+    let waiting = fuse_waiting(minor);
+    if seen.looked {
+        let mut daemons: Vec<Link> = Vec::new();
+        for file in seen.serving(dev) {
+            if daemons.iter().any(|link| matches!(link, Link::FuseDaemon { pid, .. } if *pid == file.tgid)) {
+                continue;
+            }
+            daemons.push(Link::FuseDaemon {
+                pid: file.tgid,
+                comm: file.comm.clone(),
+                state: Some(state_letter(file.state)),
+                waiting: waiting.or(Some(u64::from(file.num_waiting))),
+            });
+        }
+        return daemons;
+    }
+    let only_connection = fuse_connections().is_some_and(|connections| connections == [minor]);
+    match fuse_daemons(Path::new("/proc")).as_slice() {
+        [(pid, comm, state)] if only_connection => {
+            vec![Link::FuseDaemon { pid: *pid, comm: comm.clone(), state: *state, waiting }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The FUSE connections the kernel lists (`/sys/fs/fuse/connections`, when
+/// fusectl is mounted).
+fn fuse_connections() -> Option<Vec<u32>> {
+    let entries = std::fs::read_dir("/sys/fs/fuse/connections").ok()?;
+    let mut connections: Vec<u32> =
+        entries.filter_map(Result::ok).filter_map(|entry| entry.file_name().to_str()?.parse().ok()).collect();
+    connections.sort_unstable();
+    Some(connections)
 }
 
 /// A task as `/proc` shows it now.

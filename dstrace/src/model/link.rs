@@ -44,9 +44,10 @@ pub enum Link {
     FuseRequests {
         /// How many are in flight.
         in_flight: u64,
-        /// The oldest one's age, in nanoseconds (`oldest_ms` in JSON).
-        #[serde(rename = "oldest_ms", serialize_with = "crate::clock::serialize_ms")]
-        oldest_ns: u64,
+        /// The oldest one's age, in nanoseconds (`oldest_ms` in JSON), when the
+        /// kernel says when it was sent.
+        #[serde(rename = "oldest_ms", serialize_with = "crate::clock::serialize_opt_ms")]
+        oldest_ns: Option<u64>,
         /// The oldest one's operation (`LOOKUP`, ...).
         oldest_opcode: String,
         /// Who sent the oldest one: thread id.

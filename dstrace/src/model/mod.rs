@@ -7,6 +7,8 @@
 //! * [`chain`]: from a task in D to the lock, its holder, the mount and the
 //!   daemon or server at the end;
 //! * [`rpc`]: the NFS/sunrpc RPC a task waits for;
+//! * [`seen`]: one look of the task iterator: waits that began before dstrace
+//!   did, and the hops of a chain past the first holder;
 //! * [`aggregate`]: the in-kernel aggregation read as differences, grouped;
 //! * [`board`]: waits grouped by mount, lock and blocking function;
 //! * [`advice`]: what to do about a recognised pattern, one line each.
@@ -17,4 +19,5 @@ pub mod board;
 pub mod chain;
 pub mod link;
 pub mod rpc;
+pub mod seen;
 pub mod wait;

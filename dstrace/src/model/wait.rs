@@ -86,7 +86,8 @@ pub struct WakerInfo {
 /// A kernel lock a task waits for (`lock:contention_begin`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
-    /// `mutex`, `rwsem-write`, `rwsem-read`, `rt-mutex`, `percpu-rwsem`, `lock`, or
+    /// `mutex`, `rwsem-write`, `rwsem-read`, `rt-mutex`, `percpu-rwsem`,
+    /// `semaphore`, `lock`, or
     /// `dentry-lookup`: not a lock but a name another task (the holder) is looking
     /// up, which the waiter waits for in `d_alloc_parallel`.
     pub kind: &'static str,
@@ -132,8 +133,8 @@ pub struct Holder {
 }
 
 /// Every [`LockInfo::kind`].
-pub const LOCK_KINDS: [&str; 7] =
-    ["mutex", "rwsem-write", "rwsem-read", "rt-mutex", "percpu-rwsem", "lock", "dentry-lookup"];
+pub const LOCK_KINDS: [&str; 8] =
+    ["mutex", "rwsem-write", "rwsem-read", "rt-mutex", "percpu-rwsem", "semaphore", "lock", "dentry-lookup"];
 
 /// The [`LockInfo::kind`] of this name (read back from a recording); `lock` when
 /// unknown.
@@ -191,6 +192,9 @@ pub enum Source {
     Traced,
     /// Seen in `/proc`: it began before tracing did (or nothing is traced).
     Proc,
+    /// Read from kernel memory by the task iterator: it began before tracing did
+    /// (or nothing is traced), and is explained from the kernel's own objects.
+    Iterator,
 }
 
 /// The kind of uninterruptible sleep.

@@ -20,6 +20,7 @@ use dstrace_common::Target;
 use crate::{
     kernel::{
         decode::kernel_dev,
+        iter::TaskSeen,
         syscalls::{self, AT_FDCWD},
     },
     resolve::{
@@ -122,6 +123,79 @@ pub fn attribute(pid: u32, target: &Target, table: &mut MountTable, files: &mut 
         _ => Vec::new(),
     };
     Attribution { syscall: Some(syscall.name), mount, file, file_locks }
+}
+
+/// What the kernel side read of a task's syscall: the kernel objects a wait is
+/// attributed from (never a path string matched against mount points).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Objects<'a> {
+    /// The syscall in progress, when known and described (none for a kernel
+    /// thread).
+    pub syscall: Option<&'static syscalls::Syscall>,
+    /// Its file descriptor argument (for an `*at` call, the directory a relative
+    /// path starts from).
+    pub fd: Option<i32>,
+    /// The file behind that descriptor: mount ID, superblock device (kernel
+    /// encoding), inode.
+    pub fd_file: Option<(u32, u32, u64)>,
+    /// The path walk in progress: the kernel's copy of the path the task passed,
+    /// and the mount ID and device of the directory being walked.
+    pub walk: Option<(&'a str, u32, u32)>,
+}
+
+/// Attributes a wait of task `pid` from the kernel objects of its syscall: the
+/// mount of the directory its path walk is in, or of the file behind its
+/// descriptor, by mount ID as its own mount namespace names it; the path the
+/// kernel copied (made absolute against the `*at` directory or the working
+/// directory), or the descriptor's path.
+pub fn attribute_objects(
+    pid: u32,
+    objects: &Objects<'_>,
+    mounts: &mut MountTable,
+    files: &mut FilePaths,
+) -> Attribution {
+    let syscall = objects.syscall.map(|syscall| syscall.name);
+    let (mount, file) = match (objects.walk, objects.fd_file) {
+        (Some((path, mnt_id, dev)), _) => {
+            let mount = mounts.by_id(pid, mnt_id, dev);
+            let path = absolute(pid, objects.fd.unwrap_or(AT_FDCWD), path);
+            (mount, path.map(|path| FileRef { path: Some(path), inode: None }))
+        }
+        (None, Some((mnt_id, dev, ino))) => {
+            let mount = match mnt_id {
+                0 => (dev != 0).then(|| mounts.by_dev(pid, dev)).flatten(),
+                id => mounts.by_id(pid, id, dev),
+            };
+            let path = objects.fd.and_then(|fd| files.path(pid, fd, dev, ino));
+            (mount, Some(FileRef { path, inode: (ino != 0).then_some(ino) }))
+        }
+        (None, None) => (None, None),
+    };
+    let file_locks = match (objects.fd_file, syscall) {
+        (Some((_, dev, ino)), Some(name)) if ino != 0 && LOCKING_SYSCALLS.contains(&name) => {
+            file_locks::holders(&file_locks::read(), kernel_dev(dev), ino, pid)
+        }
+        _ => Vec::new(),
+    };
+    Attribution { syscall, mount, file, file_locks }
+}
+
+/// The kernel objects of a task the task iterator read.
+pub fn objects_seen(task: &TaskSeen) -> Objects<'_> {
+    let (syscall, fd) = match task.syscall {
+        Some((nr, args)) => {
+            let syscall = i32::try_from(nr).ok().and_then(syscalls::by_nr);
+            let fd = syscall.and_then(|syscall| syscall.fd_arg).map(|i| args[usize::from(i)] as i32);
+            (syscall, fd)
+        }
+        None => (None, None),
+    };
+    Objects {
+        syscall,
+        fd: task.fd_file.as_ref().map(|file| file.fd).or(fd),
+        fd_file: task.fd_file.as_ref().map(|file| (file.mnt_id, file.dev, file.ino)),
+        walk: task.walk.as_ref().map(|walk| (walk.path.as_str(), walk.mnt_id, walk.dev)),
+    }
 }
 
 /// Attributes the wait of a task seen in `/proc` (it began before tracing): its

@@ -247,6 +247,11 @@ impl Stacks {
         stack
     }
 
+    /// A kernel stack given as addresses (the task iterator's), symbolized.
+    pub fn addresses(&self, ips: &[u64]) -> Stack {
+        self.kallsyms.symbolize(ips.iter().copied()).into()
+    }
+
     /// As [`Stacks::kernel`], with the instruction pointers from `read`.
     pub fn kernel_with(&mut self, id: i32, read: impl FnOnce() -> Option<Vec<u64>>) -> Stack {
         if let Some(stack) = self.kernel.get(&id) {

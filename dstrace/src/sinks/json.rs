@@ -274,6 +274,12 @@ struct JsonMount<'a> {
     source: &'a str,
     /// `major:minor`.
     dev: String,
+    /// The mount ID (`/proc/PID/mountinfo`'s first field), `null` when unknown
+    /// (read back from a recording).
+    id: Option<u32>,
+    /// The mount namespace it was named in (the inode number of
+    /// `/proc/PID/ns/mnt`), `null` when unknown.
+    namespace: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -299,6 +305,8 @@ impl<'a> JsonMount<'a> {
             fstype: &mount.fs_type,
             source: &mount.source,
             dev: format!("{}:{}", mount.dev.0, mount.dev.1),
+            id: (mount.id != 0).then_some(mount.id),
+            namespace: (mount.namespace != 0).then_some(mount.namespace),
         }
     }
 }
@@ -369,6 +377,7 @@ impl<'a> JsonWait<'a> {
             source: match wait.source {
                 Source::Traced => "traced",
                 Source::Proc => "proc",
+                Source::Iterator => "iterator",
             },
         }
     }

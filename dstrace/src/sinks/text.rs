@@ -50,8 +50,8 @@ impl<W: Write> TextSink<W> {
         let duration = match (wait.is_ongoing(), wait.source) {
             (false, _) => human_duration(wait.duration_ns),
             (true, Source::Traced) => format!("{}+", human_duration(wait.duration_ns)),
-            (true, Source::Proc) if wait.start.is_none() => "?".to_owned(),
-            (true, Source::Proc) => format!(">={}", human_duration(wait.duration_ns)),
+            (true, Source::Proc | Source::Iterator) if wait.start.is_none() => "?".to_owned(),
+            (true, Source::Proc | Source::Iterator) => format!(">={}", human_duration(wait.duration_ns)),
         };
         let waker = wait.waker.as_ref().map_or_else(|| "-".to_owned(), waker_name);
         writeln!(

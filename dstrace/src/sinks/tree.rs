@@ -142,10 +142,19 @@ pub fn chain_text(links: &[Link]) -> String {
             Link::Lock { name } => name.clone(),
             Link::FileLock { kind } => format!("{kind} file lock"),
             Link::Mount { mountpoint, fstype, source } => format!("{fstype} {mountpoint} ({source})"),
-            Link::FuseRequests { in_flight, oldest_ns, oldest_opcode, oldest_tid, oldest_comm } => format!(
-                "{in_flight} FUSE requests unanswered, the oldest for {} ({oldest_opcode} from {oldest_comm}[{oldest_tid}])",
-                human_duration(*oldest_ns)
-            ),
+            Link::FuseRequests { in_flight, oldest_ns, oldest_opcode, oldest_tid, oldest_comm } => {
+                match oldest_ns {
+                    Some(age) => format!(
+                        "{in_flight} FUSE requests unanswered, the oldest for {} ({oldest_opcode} from \
+                         {oldest_comm}[{oldest_tid}])",
+                        human_duration(*age)
+                    ),
+                    None => format!(
+                        "{in_flight} FUSE requests unanswered, the first {oldest_opcode} from \
+                         {oldest_comm}[{oldest_tid}]"
+                    ),
+                }
+            }
             Link::FuseDaemon { pid, comm, state, waiting } => {
                 let mut text = format!("FUSE daemon {comm}[{pid}]");
                 match state {
