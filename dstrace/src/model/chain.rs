@@ -307,4 +307,92 @@ mod tests {
         let daemons = fuse_daemons(Path::new("/proc"));
         assert!(daemons.iter().all(|(pid, _, _)| *pid != std::process::id()));
     }
+
+    #[test]
+    fn a_chain_follows_the_holders_and_names_only_its_connections_daemon() {
+        use crate::{
+            kernel::iter::{BlockerKind, BlockerSeen, FuseFileSeen, FuseRequestSeen, Peer, TaskSeen},
+            model::{seen::SeenTask, wait::LockInfo},
+            resolve::{attribution::Attribution, mounts},
+        };
+        let task = |tid: u32, state: u32, owner: Option<u32>, top: &str| SeenTask {
+            task: TaskSeen {
+                tid,
+                tgid: tid,
+                comm: format!("t{tid}"),
+                state,
+                kernel_thread: false,
+                last_ran_ns: None,
+                cpu: None,
+                cgroup_id: 0,
+                stack: Vec::new(),
+                syscall: None,
+                fd_file: None,
+                walk: None,
+                blocker: owner.map(|owner| BlockerSeen {
+                    lock: 0x1000 + u64::from(tid),
+                    kind: BlockerKind::Mutex,
+                    owner: Some(Peer { tid: owner, tgid: owner, comm: format!("t{owner}"), state: 2 }),
+                    reader_hint: false,
+                }),
+            },
+            stack: [top.to_owned()].into(),
+            blocked_in: Some(top.to_owned()),
+        };
+        let fuse = |tgid: u32, dev: u32, state: u32| FuseFileSeen {
+            tgid,
+            tid: tgid,
+            comm: format!("daemon{tgid}"),
+            state,
+            fd: 3,
+            dev,
+            connected: true,
+            num_waiting: 1,
+            pending: 1,
+            requests: vec![FuseRequestSeen { opcode: 1, unique: 2, nodeid: 1, pid: 8, age_ns: None }],
+        };
+        let seen = Seen::from_parts(
+            vec![task(9, 2, Some(8), "lock_two_directories"), task(8, 1, None, "request_wait_answer")],
+            vec![fuse(100, 42, 0x104), fuse(200, 43, 1)],
+        );
+        let wait = Wait {
+            start: None,
+            end: None,
+            duration_ns: 5,
+            tid: 10,
+            pid: 10,
+            comm: "t10".into(),
+            cgroup_id: 0,
+            cgroup: None,
+            state: TaskState::Uninterruptible,
+            blocked_in: Some("do_renameat2".into()),
+            stack: [].into(),
+            user_stack: [].into(),
+            waker: None,
+            on: Attribution {
+                mount: mounts::parse("47 22 0:42 / /mnt/x rw - fuse.x x rw\n").pop(),
+                ..Attribution::default()
+            },
+            lock: Some(LockInfo {
+                kind: "mutex",
+                addr: 0x10,
+                inode: None,
+                holder: Some(seen.holder(&Peer { tid: 9, tgid: 9, comm: "t9".into(), state: 2 }, false)),
+            }),
+            chain: Vec::new(),
+            source: crate::model::wait::Source::Iterator,
+        };
+        let context = Context { seen, ..Context::default() };
+        let links = chain(&wait, &context);
+        let text = crate::sinks::tree::chain_text(&links);
+        assert!(
+            text.starts_with(
+                "t10[10] D in do_renameat2 -> mutex 0x10 -> t9[9] D in lock_two_directories -> mutex 0x1009 \
+                 -> t8[8] S in request_wait_answer -> fuse.x /mnt/x (x) -> 1 FUSE requests unanswered, the first \
+                 LOOKUP from t8[8] -> FUSE daemon daemon100[100] STOPPED"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("daemon200"), "another connection's daemon: {text}");
+    }
 }

@@ -74,6 +74,16 @@ impl Seen {
         Seen { tasks, fuse_files: look.fuse_files, looked: true }
     }
 
+    /// A look of these tasks and files (tests).
+    #[cfg(test)]
+    pub(crate) fn from_parts(tasks: Vec<SeenTask>, fuse_files: Vec<FuseFileSeen>) -> Seen {
+        Seen {
+            tasks: tasks.into_iter().map(|seen| (seen.task.tid, seen)).collect(),
+            fuse_files,
+            looked: true,
+        }
+    }
+
     /// A task of the look.
     pub fn task(&self, tid: u32) -> Option<&SeenTask> {
         self.tasks.get(&tid)
