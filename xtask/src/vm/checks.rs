@@ -98,11 +98,11 @@ struct Expected {
     comm: &'static str,
     /// `nfs` (v3) or `nfs4`.
     fstype: &'static str,
-    /// It blocks on a file descriptor opened before the server died. `dstrace
-    /// snapshot` names the mount of those only: from `/proc` it sees a file
-    /// descriptor's mount but not where a path argument leads (that needs the
-    /// task's memory). `dstrace run` names both (it reads the path at the switch).
-    by_fd: bool,
+    /// Its mount is named from a kernel object: the file it blocks on (opened
+    /// before the server died) or the path walk it waits in (a `stat`). A task
+    /// whose path walk is over when it waits (the `statfs` of `df`, waiting for
+    /// FSSTAT) has no object left that names its mount: it is found by its stack.
+    named: bool,
     /// A function of the NFS client its stack has, telling v3 from v4 where the
     /// snapshot names no mount.
     stack_has: &'static str,
@@ -120,7 +120,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "flock-v3",
         fstype: "nfs",
-        by_fd: true,
+        named: true,
         stack_has: "nlmclnt_",
         blocked_in: RPC_WAIT,
         rpc: &[],
@@ -128,7 +128,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "fcntl-v4",
         fstype: "nfs4",
-        by_fd: true,
+        named: true,
         stack_has: "nfs4_",
         blocked_in: RPC_WAIT,
         rpc: &["LOCK"],
@@ -136,7 +136,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "fsync-v4",
         fstype: "nfs4",
-        by_fd: true,
+        named: true,
         stack_has: "nfs",
         blocked_in: None,
         rpc: &["WRITE", "COMMIT"],
@@ -144,7 +144,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "fstatfs-v3",
         fstype: "nfs",
-        by_fd: true,
+        named: true,
         stack_has: "nfs3_",
         blocked_in: RPC_WAIT,
         rpc: &["FSSTAT"],
@@ -152,7 +152,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "holder",
         fstype: "nfs4",
-        by_fd: true,
+        named: true,
         stack_has: "nfs",
         blocked_in: None,
         rpc: &["WRITE", "COMMIT"],
@@ -160,7 +160,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "df",
         fstype: "nfs",
-        by_fd: false,
+        named: false,
         stack_has: "nfs3_",
         blocked_in: RPC_WAIT,
         rpc: &["GETATTR", "FSSTAT", "ACCESS"],
@@ -168,7 +168,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "stat",
         fstype: "nfs",
-        by_fd: false,
+        named: true,
         stack_has: "nfs3_",
         blocked_in: RPC_WAIT,
         rpc: &["GETATTR", "LOOKUP", "ACCESS"],
@@ -176,7 +176,7 @@ const NFS_TASKS: &[Expected] = &[
     Expected {
         comm: "stat",
         fstype: "nfs4",
-        by_fd: false,
+        named: true,
         stack_has: "nfs4_",
         blocked_in: RPC_WAIT,
         rpc: &["LOOKUP", "GETATTR", "ACCESS"],
@@ -198,10 +198,19 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
         serde_json::from_str(&json).with_context(|| format!("{} is not JSON", path.display()))?;
     let tasks = snapshot["tasks"].as_array().context("the snapshot has no tasks array")?;
     let mut facts = Vec::new();
+    // The snapshot is taken as root: the task iterator reads every task in D from
+    // kernel memory, and names the mount of each one that a kernel object ties to
+    // one (its file, or the path walk it waits in).
     for expected in NFS_TASKS {
-        let by = if expected.by_fd { By::Mount } else { By::Stack };
+        let by = if expected.named { By::Mount } else { By::Stack };
         let task = find_task(tasks, expected, by)
             .with_context(|| format!("dstrace snapshot, {}", listing(tasks)))?;
+        ensure!(
+            task["source"] == "iterator",
+            "dstrace snapshot: task `{}` was not read by the task iterator (source {})",
+            expected.comm,
+            task["source"]
+        );
         facts.push(format!("snapshot: {}", describe(task)));
     }
 
@@ -215,8 +224,12 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
     // Before Linux 5.18 the kernel side cannot read syscall arguments, and says so;
     // then only the command is checked (a stack can be lost: the counters say so).
     let run_names_mounts = !skipped(start).iter().any(|why| why.starts_with("mount and file of each wait"));
-    let by = if run_names_mounts { By::Mount } else { By::Comm };
     for expected in NFS_TASKS {
+        let by = match (run_names_mounts, expected.named) {
+            (true, true) => By::Mount,
+            (true, false) => By::Stack,
+            (false, _) => By::Comm,
+        };
         let task = find_task(ongoing, expected, by)
             .with_context(|| format!("dstrace run's summary, {}", listing(ongoing)))?;
         facts.push(format!("run, still in D at the end: {}", describe(task)));
@@ -261,12 +274,64 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
              that the queue tasks wait for: {advice:?}"
         );
     }
+    facts.extend(after_the_hang(results, holder, inode)?);
     facts.extend(kernel_facts(results, start));
     let dmesg = fs::read_to_string(results.join("dmesg.txt")).unwrap_or_default();
     facts.push(match dmesg.lines().find(|line| line.contains("not responding")) {
         Some(line) => format!("kernel: {}", line.trim()),
         None => "kernel: no \"not responding\" line in dmesg".to_owned(),
     });
+    Ok(facts)
+}
+
+/// The `dstrace run` started once everything hung: every hung task is listed at
+/// once as already in D, read by the task iterator, with the mount a kernel object
+/// names; the advice names the NFS mounts and seed 000's holder.
+fn after_the_hang(results: &Path, holder: &str, inode: &str) -> Result<Vec<String>> {
+    let records = json_lines(&results.join("run-after.json"))?;
+    let start_at = records
+        .iter()
+        .position(|record| record["type"] == "start")
+        .context("the run started after the hang never started")?;
+    let first: Vec<Value> =
+        records[..start_at].iter().filter(|record| record["type"] == "ongoing").cloned().collect();
+    let summary = records
+        .iter()
+        .find(|record| record["type"] == "summary")
+        .context("no summary record: the run started after the hang did not end cleanly")?;
+    let mut facts = Vec::new();
+    for (what, tasks) in [
+        ("first screen", first.as_slice()),
+        ("summary", summary["ongoing"].as_array().map(Vec::as_slice).unwrap_or_default()),
+    ] {
+        for expected in NFS_TASKS {
+            let by = if expected.named { By::Mount } else { By::Stack };
+            let task = find_task(tasks, expected, by)
+                .with_context(|| format!("dstrace run started after the hang, {what}, {}", listing(tasks)))?;
+            ensure!(
+                task["source"] == "iterator",
+                "dstrace run started after the hang, {what}: task `{}` has source {}, not iterator",
+                expected.comm,
+                task["source"]
+            );
+            if what == "first screen" {
+                facts.push(format!("run after the hang: {}", describe(task)));
+            }
+        }
+    }
+    let advice = summary["advice"].as_array().map(Vec::as_slice).unwrap_or_default();
+    ensure!(
+        advice.iter().filter_map(Value::as_str).any(|line| line.contains("on the NFS mount")),
+        "the run started after the hang gives no NFS mount advice: {advice:?}"
+    );
+    ensure!(
+        advice.iter().filter_map(Value::as_str).any(|line| {
+            line.contains(&format!("holder[{holder}] in D"))
+                && line.contains(&format!("holds the POSIX WRITE lock on inode {inode} "))
+        }),
+        "the run started after the hang does not name holder[{holder}] as the lock holder: {advice:?}"
+    );
+    facts.extend(advice.iter().map(|line| format!("advice after the hang: {}", text(line))));
     Ok(facts)
 }
 

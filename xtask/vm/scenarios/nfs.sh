@@ -93,6 +93,12 @@ echo "snapshot at $(date +%T)"
 "$DSTRACE" snapshot --json > "$R/snapshot.json" 2> "$R/snapshot.stderr"
 echo "dstrace snapshot: status $?"
 "$DSTRACE" snapshot > "$R/snapshot.txt" 2>&1
+# Arrive after the hang: a second `dstrace run`, started now that everything is
+# stuck, must explain the tasks already in D as the first one does (from kernel
+# memory: the task iterator).
+"$DSTRACE" run --json --duration 6s > /tmp/run-after.json 2> /tmp/run-after.stderr
+echo "dstrace run (after the hang): status $?"
+cp /tmp/run-after.json /tmp/run-after.stderr "$R/"
 ps -eo pid,stat,wchan:32,comm > "$R/ps.txt"
 for pid in $(ps -eo pid=,stat= | awk '$2 ~ /^D/ { print $1 }'); do
     echo "== $pid $(cat "/proc/$pid/comm")"
