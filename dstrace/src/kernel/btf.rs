@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, BtfType as _, Type};
 
-use dstrace_common::{FuseOffsets, LockOffsets, Offsets};
+use dstrace_common::{FuseOffsets, LockOffsets, Offsets, VfsOffsets};
 
 use crate::kernel::preflight::VMLINUX_BTF;
 
@@ -15,10 +15,14 @@ pub struct KernelLayout {
     pub task_pid_offset: u32,
     /// Byte offset of `task_struct.__state` (`state` before Linux 5.14).
     pub task_state_offset: u32,
+    /// Byte offset of `task_struct.flags`.
+    pub task_flags_offset: u32,
     /// Whether `sched_switch` passes `prev_state` as an argument (Linux 5.18+).
     pub sched_switch_has_state_arg: bool,
     /// Offsets to read what a syscall names, or why they are unknown.
     pub target_offsets: Result<Offsets, String>,
+    /// Offsets to name a file's mount and a path walk, or why they are unknown.
+    pub vfs_offsets: Result<VfsOffsets, String>,
     /// Offsets to name a lock's owner and inode, or why they are unknown.
     pub lock_offsets: Result<LockOffsets, String>,
     /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
@@ -43,6 +47,7 @@ impl KernelLayout {
     pub fn from_btf(btf: &Btf) -> Result<Self> {
         let task_pid_offset = member_offset(btf, "task_struct", &["pid"])?;
         let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
+        let task_flags_offset = member_offset(btf, "task_struct", &["flags"])?;
         // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
         //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
         let params = tracepoint_params(btf, "sched_switch").map_err(|err| {
@@ -54,8 +59,10 @@ impl KernelLayout {
         Ok(KernelLayout {
             task_pid_offset,
             task_state_offset,
+            task_flags_offset,
             sched_switch_has_state_arg: params >= 5,
             target_offsets: target_offsets(btf).map_err(|err| format!("{err:#}")),
+            vfs_offsets: vfs_offsets(btf).map_err(|err| format!("{err:#}")),
             lock_offsets: lock_offsets(btf).map_err(|err| format!("{err:#}")),
             has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
                 && tracepoint_params(btf, "contention_end").is_ok(),
@@ -131,6 +138,24 @@ pub fn target_offsets(btf: &Btf) -> Result<Offsets> {
         inode_sb: member_offset(btf, "inode", &["i_sb"])?,
         inode_ino: member_offset(btf, "inode", &["i_ino"])?,
         sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
+        _pad: 0,
+    })
+}
+
+/// The offsets that name a file's mount and a path walk by kernel identity.
+pub fn vfs_offsets(btf: &Btf) -> Result<VfsOffsets> {
+    Ok(VfsOffsets {
+        file_path_mnt: member_path_offset(btf, "file", &["f_path", "mnt"])?,
+        mount_mnt: member_offset(btf, "mount", &["mnt"])?,
+        mount_mnt_id: member_offset(btf, "mount", &["mnt_id"])?,
+        vfsmount_sb: member_offset(btf, "vfsmount", &["mnt_sb"])?,
+        task_nameidata: member_offset(btf, "task_struct", &["nameidata"])?,
+        nd_path_mnt: member_path_offset(btf, "nameidata", &["path", "mnt"])?,
+        nd_path_dentry: member_path_offset(btf, "nameidata", &["path", "dentry"])?,
+        nd_last_name: member_path_offset(btf, "nameidata", &["last", "name"])?,
+        nd_name: member_offset(btf, "nameidata", &["name"])?,
+        filename_name: member_offset(btf, "filename", &["name"])?,
+        dentry_inode: member_offset(btf, "dentry", &["d_inode"])?,
         _pad: 0,
     })
 }
@@ -285,6 +310,26 @@ pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
 }
 
 #[cfg(test)]
+impl KernelLayout {
+    /// A kernel with task offsets and nothing else, for tests.
+    pub(crate) fn sample() -> KernelLayout {
+        KernelLayout {
+            task_pid_offset: 2000,
+            task_state_offset: 24,
+            task_flags_offset: 44,
+            sched_switch_has_state_arg: true,
+            target_offsets: Err("not in this test".into()),
+            vfs_offsets: Err("not in this test".into()),
+            lock_offsets: Err("not in this test".into()),
+            has_lock_tracepoints: false,
+            has_sunrpc: false,
+            has_dlookup_functions: false,
+            fuse_offsets: Err("not in this test".into()),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -311,5 +356,7 @@ mod tests {
         assert_eq!(fuse.req_unique, fuse.req_opcode + 4, "fuse_in_header: len, opcode, unique");
         let offsets = layout.target_offsets.unwrap();
         assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
+        let vfs = layout.vfs_offsets.unwrap();
+        assert!(vfs.nd_path_dentry == vfs.nd_path_mnt + 8, "struct path: mnt, dentry");
     }
 }
