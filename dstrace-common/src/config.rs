@@ -3,15 +3,16 @@
 //! the `SYSCALL_ARGS` entries.
 //!
 //! Each group of offsets is filled wherever the running kernel's BTF has every field
-//! of the group, whether or not a live program uses it; a group this kernel lacks is
-//! left at its `UNSET` value, [`NO_OFFSET`] in every field. The `CONFIG_*` flags say
-//! which live programs use which group.
+//! of the group, whether or not a live program uses it (the task iterator reads them
+//! too); a group this kernel lacks is left at its `UNSET` value, [`NO_OFFSET`] in
+//! every field. The `CONFIG_*` flags say which live programs use which group.
 
 /// An offset this kernel does not have (a field, or a whole group of offsets,
-/// unknown).
+/// unknown): the iterator programs skip what needs it.
 pub const NO_OFFSET: u32 = u32::MAX;
 
-/// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
+/// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads), live and in
+/// the task iterator's pass of tasks in D.
 pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
 /// `Config::flags`: also record the user stack of each wait.
 pub const CONFIG_USER_STACKS: u32 = 1 << 1;
@@ -259,6 +260,83 @@ impl VfsOffsets {
     };
 }
 
+/// Byte offsets only the task iterator reads, each [`NO_OFFSET`] where this kernel
+/// lacks the field (a kernel too old for `task_struct.blocker`, FUSE a module whose
+/// BTF is not loaded, ...). It reads [`Offsets`], [`VfsOffsets`], [`LockOffsets`] and
+/// [`FuseOffsets`] too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IterOffsets {
+    /// `task_struct.se.exec_start`: when it last began to run (rq task clock, ns).
+    pub task_exec_start: u32,
+    /// `task_struct.thread_info.cpu` (5.16+), or `task_struct.cpu` before.
+    pub task_cpu: u32,
+    /// `task_struct.blocker` (6.16+, `CONFIG_DETECT_HUNG_TASK_BLOCKER`): the lock it
+    /// waits for, its type in the low bits.
+    pub task_blocker: u32,
+    /// `task_struct.blocker_mutex` (6.15 only, same option): the mutex it waits for.
+    pub task_blocker_mutex: u32,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (its cgroup on the v2 hierarchy).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (the cgroup v2 id).
+    pub kernfs_node_id: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `inode.i_rdev`.
+    pub inode_rdev: u32,
+    /// `rw_semaphore.count` (0: not held).
+    pub rwsem_count: u32,
+    /// `semaphore.last_holder` (6.16+, `CONFIG_DETECT_HUNG_TASK_BLOCKER`).
+    pub sem_last_holder: u32,
+    /// `file.private_data` (a `/dev/fuse` file's `struct fuse_dev *`).
+    pub file_private_data: u32,
+    /// `fuse_dev.fc`.
+    pub fud_fc: u32,
+    /// `fuse_conn.connected`.
+    pub fc_connected: u32,
+    /// `fuse_conn.num_waiting`.
+    pub fc_num_waiting: u32,
+    /// `fuse_conn.iq.pending` (a `list_head` of `fuse_req.list`).
+    pub fc_iq_pending: u32,
+    /// `fuse_req.list`.
+    pub req_list: u32,
+    /// `fuse_req.in.h.pid`.
+    pub req_pid: u32,
+    /// `fuse_req.create_time` (jiffies, 6.14+).
+    pub req_create_time: u32,
+}
+const _: () = assert!(core::mem::size_of::<IterOffsets>() == 80);
+
+impl IterOffsets {
+    /// Unknown.
+    pub const UNSET: IterOffsets = IterOffsets {
+        task_exec_start: NO_OFFSET,
+        task_cpu: NO_OFFSET,
+        task_blocker: NO_OFFSET,
+        task_blocker_mutex: NO_OFFSET,
+        task_cgroups: NO_OFFSET,
+        css_set_dfl_cgrp: NO_OFFSET,
+        cgroup_kn: NO_OFFSET,
+        kernfs_node_id: NO_OFFSET,
+        inode_mode: NO_OFFSET,
+        inode_rdev: NO_OFFSET,
+        rwsem_count: NO_OFFSET,
+        sem_last_holder: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        fud_fc: NO_OFFSET,
+        fc_connected: NO_OFFSET,
+        fc_num_waiting: NO_OFFSET,
+        fc_iq_pending: NO_OFFSET,
+        req_list: NO_OFFSET,
+        req_pid: NO_OFFSET,
+        req_create_time: NO_OFFSET,
+    };
+}
+
 /// A `SYSCALL_ARGS` entry: which argument (0-5) of a syscall is a path and which a
 /// file descriptor. Each is stored plus one, so that 0 (a syscall not described)
 /// means neither.
@@ -322,8 +400,10 @@ pub struct Config {
     pub fuse: FuseOffsets,
     /// Offsets for [`CONFIG_RPC`].
     pub rpc: RpcOffsets,
+    /// Offsets only the task iterator reads.
+    pub iter: IterOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 272);
+const _: () = assert!(core::mem::size_of::<Config>() == 352);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -340,6 +420,7 @@ impl Config {
         locks: LockOffsets::UNSET,
         fuse: FuseOffsets::UNSET,
         rpc: RpcOffsets::UNSET,
+        iter: IterOffsets::UNSET,
     };
 }
 

@@ -52,6 +52,12 @@ pub(crate) fn read_str(address: *const u8, out: &mut [u8]) -> Result<(), Counter
     })
 }
 
+/// Reads a `u16` at `offset` bytes into a kernel object.
+#[inline(always)]
+pub(crate) fn read_u16(base: *const u8, offset: u32) -> Result<u16, Counter> {
+    read::<u16>(base, offset)
+}
+
 /// Reads a `u32` at `offset` bytes into a kernel object.
 #[inline(always)]
 pub(crate) fn read_u32(base: *const u8, offset: u32) -> Result<u32, Counter> {

@@ -20,6 +20,7 @@ use crate::{
     clock::duration_ns,
     kernel::{
         btf::KernelLayout,
+        iter::{self, Iterators, Look},
         object::{self, fill_syscall_args, take_map, OBJECT},
         sunrpc,
     },
@@ -102,8 +103,13 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Name of the `sched_switch` variant in use.
     pub program: &'static str,
-    /// What this kernel lacks and dstrace therefore does not record, one line each.
+    /// What this kernel lacks and dstrace therefore does not record, one line each
+    /// (what the task iterator cannot give included: [`Tracer::iterator_skipped`]).
     pub skipped: Vec<String>,
+    /// The task iterator programs, where the kernel has them.
+    iterators: Option<Iterators>,
+    /// What the task iterator cannot give on this kernel, one line each.
+    iterator_skipped: Vec<String>,
     /// Kernel stacks by id.
     pub stacks: StackTraceMap<MapData>,
     /// Per-CPU counters, indexed by [`Counter`].
@@ -181,12 +187,19 @@ impl Tracer {
             );
             false
         };
-        let fuse = match &layout.fuse_offsets {
-            Ok(_) => {
+        let fuse = match (&layout.fuse_offsets, layout.has_fuse_tracepoints) {
+            (Ok(_), true) => {
                 config.flags |= CONFIG_FUSE_REQUESTS;
                 true
             }
-            Err(why) => {
+            (_, false) => {
+                skipped.push(
+                    "FUSE requests in flight: the fuse tracepoints need Linux 6.13 and FUSE built in"
+                        .to_owned(),
+                );
+                false
+            }
+            (Err(why), true) => {
                 skipped.push(format!("FUSE requests in flight: {why}"));
                 false
             }
@@ -208,6 +221,16 @@ impl Tracer {
             .context("cannot load the eBPF object")?;
         fill_filters(&mut ebpf, &options.filters)?;
         fill_syscall_args(&mut ebpf)?;
+        let plan = iter::plan(&layout);
+        let mut iterator_skipped = plan.skipped.clone();
+        let iterators = match Iterators::load(&mut ebpf, &btf, &plan, &mut iterator_skipped) {
+            Ok(iterators) => iterators,
+            Err(err) => {
+                iterator_skipped.push(format!("tasks already in D: {err:#}"));
+                None
+            }
+        };
+        skipped.extend(iterator_skipped.iter().cloned());
 
         let program = if layout.sched_switch_has_state_arg {
             names::PROG_SCHED_SWITCH
@@ -251,7 +274,19 @@ impl Tracer {
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
         let fuse_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_FUSE_INFLIGHT)?)?;
         let rpc_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_RPC_INFLIGHT)?)?;
-        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight, rpc_inflight })
+        Ok(Tracer {
+            ebpf,
+            program,
+            skipped,
+            iterators,
+            iterator_skipped,
+            stacks,
+            counters,
+            inflight,
+            agg,
+            fuse_inflight,
+            rpc_inflight,
+        })
     }
 
     /// Total run time and run count of a loaded program, as the kernel accounts them
@@ -275,6 +310,23 @@ impl Tracer {
     /// The sum over CPUs of every counter, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
         object::counters(&self.counters)
+    }
+
+    /// Every task in D now, and the tasks their waits lead to, read from kernel
+    /// memory by the task iterator (see [`crate::kernel::iter`]); `extra_tids` are
+    /// read too, whatever their state. An error where this kernel has no iterator
+    /// ([`Tracer::iterator_skipped`] says why).
+    pub fn look(&mut self, extra_tids: &[u32]) -> Result<Look> {
+        match &mut self.iterators {
+            Some(iterators) => iterators.look(&mut self.ebpf, extra_tids),
+            None => Err(anyhow!("the task iterator is not loaded: {}", self.iterator_skipped.join("; "))),
+        }
+    }
+
+    /// What the task iterator cannot give on this kernel, one line each with the
+    /// oldest kernel that has it (also in [`Tracer::skipped`]).
+    pub fn iterator_skipped(&self) -> &[String] {
+        &self.iterator_skipped
     }
 
     /// Tasks in D now, as the kernel side tracks them (tid, wait).

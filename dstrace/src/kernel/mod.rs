@@ -10,11 +10,14 @@
 //! * [`syscalls`]: the syscalls whose arguments name a file, by architecture;
 //! * [`object`]: the embedded object and what every load of it shares;
 //! * [`loader`]: the [`loader::Tracer`]: the object loaded, configured, attached;
+//! * [`iter`]: the task iterator's passes: every task in D now, whenever its wait
+//!   began, and the `/dev/fuse` files ([`iter::Looker`] loads them alone);
 //! * [`privileges`]: what is dropped once attached;
 //! * [`decode`]: ring buffer records, kernel strings and device numbers.
 
 pub mod btf;
 pub mod decode;
+pub mod iter;
 pub mod loader;
 pub mod object;
 pub mod preflight;

@@ -1,7 +1,7 @@
 //! The embedded eBPF object, and what every load of it shares: the `CONFIG` global
 //! for the running kernel, the `SYSCALL_ARGS` table, the maps taken out by name and
-//! the counters (what the [`crate::kernel::loader::Tracer`] and any other load of it
-//! share).
+//! the counters. The [`crate::kernel::loader::Tracer`] (every program) and the
+//! [`crate::kernel::iter::Looker`] (the task iterators only) both load it.
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -28,6 +28,7 @@ pub fn kernel_config(layout: &KernelLayout) -> Config {
         vfs: layout.vfs_offsets.clone().unwrap_or(VfsOffsets::UNSET),
         locks: layout.lock_offsets.clone().unwrap_or(LockOffsets::UNSET),
         fuse: layout.fuse_offsets.clone().unwrap_or(FuseOffsets::UNSET),
+        iter: layout.iter.offsets,
         ..Config::UNSET
     }
 }
