@@ -1,8 +1,18 @@
 //! Settings the kernel side reads: the `CONFIG` global (its flags and the kernel
 //! struct offsets userspace resolves from the running kernel's BTF or tracefs) and
 //! the `SYSCALL_ARGS` entries.
+//!
+//! Each group of offsets is filled wherever the running kernel's BTF has every field
+//! of the group, whether or not a live program uses it (the task iterator reads them
+//! too); a group this kernel lacks is left at its `UNSET` value, [`NO_OFFSET`] in
+//! every field. The `CONFIG_*` flags say which live programs use which group.
 
-/// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads).
+/// An offset this kernel does not have (a field, or a whole group of offsets,
+/// unknown): the iterator programs skip what needs it.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// `Config::flags`: also record `TASK_IDLE` waits (idle kernel threads), live and in
+/// the task iterator's pass of tasks in D.
 pub const CONFIG_INCLUDE_IDLE: u32 = 1 << 0;
 /// `Config::flags`: also record the user stack of each wait.
 pub const CONFIG_USER_STACKS: u32 = 1 << 1;
@@ -18,6 +28,11 @@ pub const CONFIG_FILTER_COMM: u32 = 1 << 5;
 /// `Config::flags`: `Config::offsets` are set: record what the syscall in
 /// progress names (Linux 5.18+ program only: it needs `bpf_task_pt_regs`).
 pub const CONFIG_SYSCALL_TARGET: u32 = 1 << 6;
+
+/// `Config::flags`: `Config::vfs` and `Config::offsets` are set: record the path walk
+/// of a task entering D (both `sched_switch` programs) and, with
+/// [`CONFIG_SYSCALL_TARGET`], the mount ID of its file descriptor's file.
+pub const CONFIG_VFS: u32 = 1 << 10;
 
 /// `Config::flags`: `Config::locks` are set: the lock contention programs name
 /// the lock's owner and, for an inode's `i_rwsem`, the inode.
@@ -55,19 +70,19 @@ pub struct LockOffsets {
 const _: () = assert!(core::mem::size_of::<LockOffsets>() == 48);
 
 impl LockOffsets {
-    /// All zero: unknown.
+    /// Unknown.
     pub const UNSET: LockOffsets = LockOffsets {
-        rwsem_owner: 0,
-        mutex_owner: 0,
-        task_tgid: 0,
-        task_comm: 0,
-        inode_rwsem: 0,
-        sb_root: 0,
-        dentry_sb: 0,
-        dentry_flags: 0,
-        dentry_parent: 0,
-        dentry_name: 0,
-        qstr_hash_len: 0,
+        rwsem_owner: NO_OFFSET,
+        mutex_owner: NO_OFFSET,
+        task_tgid: NO_OFFSET,
+        task_comm: NO_OFFSET,
+        inode_rwsem: NO_OFFSET,
+        sb_root: NO_OFFSET,
+        dentry_sb: NO_OFFSET,
+        dentry_flags: NO_OFFSET,
+        dentry_parent: NO_OFFSET,
+        dentry_name: NO_OFFSET,
+        qstr_hash_len: NO_OFFSET,
         dcache_par_lookup: 0,
     };
 }
@@ -95,9 +110,15 @@ pub struct FuseOffsets {
 const _: () = assert!(core::mem::size_of::<FuseOffsets>() == 24);
 
 impl FuseOffsets {
-    /// All zero: unknown.
-    pub const UNSET: FuseOffsets =
-        FuseOffsets { req_opcode: 0, req_unique: 0, req_nodeid: 0, req_fm: 0, fm_fc: 0, fc_dev: 0 };
+    /// Unknown.
+    pub const UNSET: FuseOffsets = FuseOffsets {
+        req_opcode: NO_OFFSET,
+        req_unique: NO_OFFSET,
+        req_nodeid: NO_OFFSET,
+        req_fm: NO_OFFSET,
+        fm_fc: NO_OFFSET,
+        fc_dev: NO_OFFSET,
+    };
 }
 
 /// `Config::flags`: `Config::rpc` is set: the sunrpc programs are attached.
@@ -171,19 +192,148 @@ pub struct Offsets {
 const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
 
 impl Offsets {
-    /// All zero: unknown.
+    /// Unknown.
     pub const UNSET: Offsets = Offsets {
-        regs_syscall_nr: 0,
-        regs_args: [0; 6],
-        task_files: 0,
-        files_fdt: 0,
-        fdt_max_fds: 0,
-        fdt_fd: 0,
-        file_inode: 0,
-        inode_sb: 0,
-        inode_ino: 0,
-        sb_dev: 0,
+        regs_syscall_nr: NO_OFFSET,
+        regs_args: [NO_OFFSET; 6],
+        task_files: NO_OFFSET,
+        files_fdt: NO_OFFSET,
+        fdt_max_fds: NO_OFFSET,
+        fdt_fd: NO_OFFSET,
+        file_inode: NO_OFFSET,
+        inode_sb: NO_OFFSET,
+        inode_ino: NO_OFFSET,
+        sb_dev: NO_OFFSET,
         _pad: 0,
+    };
+}
+
+/// Byte offsets of what names a task's file and its path walk by kernel identity
+/// (mount IDs, the directory walked, the kernel's copy of the path), all from the
+/// running kernel's BTF: `struct mount` and `struct nameidata` are private to fs/,
+/// but described there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VfsOffsets {
+    /// `file.f_path.mnt` (the `vfsmount` a file was opened through).
+    pub file_path_mnt: u32,
+    /// `mount.mnt`: where the `vfsmount` sits in its `struct mount` (fs/mount.h).
+    pub mount_mnt: u32,
+    /// `mount.mnt_id`.
+    pub mount_mnt_id: u32,
+    /// `vfsmount.mnt_sb`.
+    pub vfsmount_sb: u32,
+    /// `task_struct.nameidata` (non-null during a path walk).
+    pub task_nameidata: u32,
+    /// `nameidata.path.mnt` (fs/namei.c).
+    pub nd_path_mnt: u32,
+    /// `nameidata.path.dentry`: the directory being walked.
+    pub nd_path_dentry: u32,
+    /// `nameidata.last.name`: the component being looked up.
+    pub nd_last_name: u32,
+    /// `nameidata.name` (a `struct filename *`).
+    pub nd_name: u32,
+    /// `filename.name`: the kernel's copy of the path.
+    pub filename_name: u32,
+    /// `dentry.d_inode`.
+    pub dentry_inode: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VfsOffsets>() == 48);
+
+impl VfsOffsets {
+    /// Unknown.
+    pub const UNSET: VfsOffsets = VfsOffsets {
+        file_path_mnt: NO_OFFSET,
+        mount_mnt: NO_OFFSET,
+        mount_mnt_id: NO_OFFSET,
+        vfsmount_sb: NO_OFFSET,
+        task_nameidata: NO_OFFSET,
+        nd_path_mnt: NO_OFFSET,
+        nd_path_dentry: NO_OFFSET,
+        nd_last_name: NO_OFFSET,
+        nd_name: NO_OFFSET,
+        filename_name: NO_OFFSET,
+        dentry_inode: NO_OFFSET,
+        _pad: 0,
+    };
+}
+
+/// Byte offsets only the task iterator reads, each [`NO_OFFSET`] where this kernel
+/// lacks the field (a kernel too old for `task_struct.blocker`, FUSE a module whose
+/// BTF is not loaded, ...). It reads [`Offsets`], [`VfsOffsets`], [`LockOffsets`] and
+/// [`FuseOffsets`] too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IterOffsets {
+    /// `task_struct.se.exec_start`: when it last began to run (rq task clock, ns).
+    pub task_exec_start: u32,
+    /// `task_struct.thread_info.cpu` (5.16+), or `task_struct.cpu` before.
+    pub task_cpu: u32,
+    /// `task_struct.blocker` (6.16+, `CONFIG_DETECT_HUNG_TASK_BLOCKER`): the lock it
+    /// waits for, its type in the low bits.
+    pub task_blocker: u32,
+    /// `task_struct.blocker_mutex` (6.15 only, same option): the mutex it waits for.
+    pub task_blocker_mutex: u32,
+    /// `task_struct.cgroups`.
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (its cgroup on the v2 hierarchy).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (the cgroup v2 id).
+    pub kernfs_node_id: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `inode.i_rdev`.
+    pub inode_rdev: u32,
+    /// `rw_semaphore.count` (0: not held).
+    pub rwsem_count: u32,
+    /// `semaphore.last_holder` (6.16+, `CONFIG_DETECT_HUNG_TASK_BLOCKER`).
+    pub sem_last_holder: u32,
+    /// `file.private_data` (a `/dev/fuse` file's `struct fuse_dev *`).
+    pub file_private_data: u32,
+    /// `fuse_dev.fc`.
+    pub fud_fc: u32,
+    /// `fuse_conn.connected`.
+    pub fc_connected: u32,
+    /// `fuse_conn.num_waiting`.
+    pub fc_num_waiting: u32,
+    /// `fuse_conn.iq.pending` (a `list_head` of `fuse_req.list`).
+    pub fc_iq_pending: u32,
+    /// `fuse_req.list`.
+    pub req_list: u32,
+    /// `fuse_req.in.h.pid`.
+    pub req_pid: u32,
+    /// `fuse_req.create_time` (jiffies, 6.14+).
+    pub req_create_time: u32,
+}
+const _: () = assert!(core::mem::size_of::<IterOffsets>() == 80);
+
+impl IterOffsets {
+    /// Unknown.
+    pub const UNSET: IterOffsets = IterOffsets {
+        task_exec_start: NO_OFFSET,
+        task_cpu: NO_OFFSET,
+        task_blocker: NO_OFFSET,
+        task_blocker_mutex: NO_OFFSET,
+        task_cgroups: NO_OFFSET,
+        css_set_dfl_cgrp: NO_OFFSET,
+        cgroup_kn: NO_OFFSET,
+        kernfs_node_id: NO_OFFSET,
+        inode_mode: NO_OFFSET,
+        inode_rdev: NO_OFFSET,
+        rwsem_count: NO_OFFSET,
+        sem_last_holder: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        fud_fc: NO_OFFSET,
+        fc_connected: NO_OFFSET,
+        fc_num_waiting: NO_OFFSET,
+        fc_iq_pending: NO_OFFSET,
+        req_list: NO_OFFSET,
+        req_pid: NO_OFFSET,
+        req_create_time: NO_OFFSET,
     };
 }
 
@@ -233,18 +383,27 @@ pub struct Config {
     pub task_state_offset: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,
+    /// dstrace's own process: its waits are not the machine's, and neither the
+    /// switch-out path nor the iterator's pass of tasks in D records them (0: none).
+    pub self_tgid: u32,
+    /// Byte offset of `task_struct.flags` (`PF_KTHREAD`).
+    pub task_flags_offset: u32,
     /// Explicit padding.
     pub _pad: u32,
     /// Offsets for [`CONFIG_SYSCALL_TARGET`].
     pub offsets: Offsets,
+    /// Offsets for [`CONFIG_VFS`].
+    pub vfs: VfsOffsets,
     /// Offsets for [`CONFIG_LOCK_OWNERS`].
     pub locks: LockOffsets,
     /// Offsets for [`CONFIG_FUSE_REQUESTS`].
     pub fuse: FuseOffsets,
     /// Offsets for [`CONFIG_RPC`].
     pub rpc: RpcOffsets,
+    /// Offsets only the task iterator reads.
+    pub iter: IterOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 216);
+const _: () = assert!(core::mem::size_of::<Config>() == 352);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.
@@ -253,11 +412,15 @@ impl Config {
         task_pid_offset: 0,
         task_state_offset: 0,
         flags: 0,
+        self_tgid: 0,
+        task_flags_offset: NO_OFFSET,
         _pad: 0,
         offsets: Offsets::UNSET,
+        vfs: VfsOffsets::UNSET,
         locks: LockOffsets::UNSET,
         fuse: FuseOffsets::UNSET,
         rpc: RpcOffsets::UNSET,
+        iter: IterOffsets::UNSET,
     };
 }
 

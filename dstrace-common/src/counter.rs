@@ -34,15 +34,20 @@ pub enum Counter {
     /// Drop: `DLOOKUP_WAITING` or `DLOOKUP_OWNERS` was full, a name lookup was not
     /// tracked (a wait for that name cannot name the task looking it up).
     DropLookupMapFull = 12,
-    /// Drop: a slot of an array map (`SCRATCH`, `AGG_ZERO`, `SYSCALL_ARGS`) could not
+    /// Drop: a slot of an array map (`SCRATCH`, `AGG_ZERO`, `SYSCALL_ARGS`, the
+    /// iterators' `ITER_TASK` and `ITER_FUSE`) could not
     /// be looked up, so a wait, its aggregation or its target was lost. Not expected
     /// (the slots exist from load time on), counted all the same.
     DropSlotMissing = 13,
+    /// Task iterator records the read's buffer could not take (`bpf_seq_write`
+    /// failed): not lost, the kernel runs the program again for that task or file at
+    /// the start of the next read (the programs are idempotent), or fails the read.
+    IterRecordRetried = 14,
 }
 
 impl Counter {
     /// Number of counters, the size of `COUNTERS`.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::WaitsStarted,
@@ -59,6 +64,7 @@ impl Counter {
         Counter::DropRpcMapFull,
         Counter::DropLookupMapFull,
         Counter::DropSlotMissing,
+        Counter::IterRecordRetried,
     ];
 
     /// Whether this counter counts lost data.
@@ -95,6 +101,7 @@ impl Counter {
             Counter::DropRpcMapFull => "rpc_map_full",
             Counter::DropLookupMapFull => "lookup_map_full",
             Counter::DropSlotMissing => "map_slot_missing",
+            Counter::IterRecordRetried => "iter_record_retried",
         }
     }
 }

@@ -20,3 +20,6 @@ pub const DLOOKUP_ENTRIES: u32 = 8_192;
 pub const CONTENDING_ENTRIES: u32 = 8_192;
 /// Syscall numbers described in `SYSCALL_ARGS`.
 pub const SYSCALLS: u32 = 1024;
+/// Tids, and directories, one task iterator pass looks for (more are read in
+/// several passes).
+pub const ITER_WANTED_ENTRIES: u32 = 4096;

@@ -70,6 +70,32 @@ pub const MAP_CONTENDING: &str = "CONTENDING";
 pub const MAP_SYSCALL_ARGS: &str = "SYSCALL_ARGS";
 /// Per-CPU scratch space where a wait record is built (too large for the stack).
 pub const MAP_SCRATCH: &str = "SCRATCH";
+/// `iter/task`: every task in D now (`TASK_UNINTERRUPTIBLE`, not `TASK_NOLOAD` unless
+/// `CONFIG_INCLUDE_IDLE`), dstrace's own excepted: one [`crate::TaskRecord`] each.
+pub const PROG_ITER_IN_D: &str = "iter_in_d";
+/// `iter/task`: the tasks whose tids are in `ITER_WANTED_TIDS`, whatever their state.
+pub const PROG_ITER_WANTED: &str = "iter_wanted";
+/// `iter/task`: the tasks whose path walk is in a directory (dentry) of
+/// `ITER_WANTED_DIRS`, whatever their state: who looks a name up there.
+pub const PROG_ITER_WALKING: &str = "iter_walking";
+/// [`PROG_ITER_IN_D`] for kernels without `bpf_task_pt_regs` (before 5.15): no
+/// syscall, no file descriptor's file.
+pub const PROG_ITER_IN_D_PRE515: &str = "iter_in_d_pre515";
+/// [`PROG_ITER_WANTED`], the same.
+pub const PROG_ITER_WANTED_PRE515: &str = "iter_wanted_pre515";
+/// [`PROG_ITER_WALKING`], the same.
+pub const PROG_ITER_WALKING_PRE515: &str = "iter_walking_pre515";
+/// `iter/task_file`: every open `/dev/fuse` file, its connection and its pending
+/// requests: one [`crate::FuseFileRecord`] each.
+pub const PROG_ITER_FUSE_FILES: &str = "iter_fuse_files";
+/// Tids the [`PROG_ITER_WANTED`] pass reads: tid -> 1.
+pub const MAP_ITER_WANTED_TIDS: &str = "ITER_WANTED_TIDS";
+/// Directories (dentry addresses) the [`PROG_ITER_WALKING`] pass looks for: -> 1.
+pub const MAP_ITER_WANTED_DIRS: &str = "ITER_WANTED_DIRS";
+/// Per-CPU scratch space where a [`crate::TaskRecord`] is built.
+pub const MAP_ITER_TASK: &str = "ITER_TASK";
+/// Per-CPU scratch space where a [`crate::FuseFileRecord`] is built.
+pub const MAP_ITER_FUSE: &str = "ITER_FUSE";
 /// The [`crate::Config`] global, set at load time.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 /// Number of entries in `INFLIGHT` (an upper bound), a `.bss` global that lets
@@ -77,7 +103,11 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const GLOBAL_INFLIGHT_COUNT: &str = "INFLIGHT_COUNT";
 
 /// Every map the object must define.
-pub const MAPS: [&str; 17] = [
+pub const MAPS: [&str; 21] = [
+    MAP_ITER_WANTED_TIDS,
+    MAP_ITER_WANTED_DIRS,
+    MAP_ITER_TASK,
+    MAP_ITER_FUSE,
     MAP_RPC_INFLIGHT,
     MAP_FUSE_INFLIGHT,
     MAP_DLOOKUP_WAITING,
@@ -97,7 +127,14 @@ pub const MAPS: [&str; 17] = [
     MAP_FILTER_COMMS,
 ];
 /// Every program the object must define.
-pub const PROGRAMS: [&str; 17] = [
+pub const PROGRAMS: [&str; 24] = [
+    PROG_ITER_IN_D,
+    PROG_ITER_WANTED,
+    PROG_ITER_WALKING,
+    PROG_ITER_IN_D_PRE515,
+    PROG_ITER_WANTED_PRE515,
+    PROG_ITER_WALKING_PRE515,
+    PROG_ITER_FUSE_FILES,
     PROG_RPC_BEGIN,
     PROG_RPC_REQUEST,
     PROG_RPC_TRANSMIT,

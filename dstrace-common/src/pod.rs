@@ -1,7 +1,10 @@
 //! `aya::Pod` for the types userspace reads from and writes to the maps (the `user`
 //! feature: the eBPF side has no aya).
 
-use crate::{AggKey, AggValue, Config, FuseKey, FuseRequest, InFlight, RpcCall, RpcKey, WaitEvent};
+use crate::{
+    AggKey, AggValue, Config, FuseFileRecord, FuseKey, FuseRequest, InFlight, RpcCall, RpcKey, TaskRecord,
+    WaitEvent,
+};
 
 // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers; every bit
 // pattern is a valid value.
@@ -22,3 +25,7 @@ unsafe impl aya::Pod for FuseRequest {}
 unsafe impl aya::Pod for RpcKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RpcCall {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TaskRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FuseFileRecord {}

@@ -1,5 +1,5 @@
 //! A wait: a task in D ([`InFlight`]), its end ([`WaitEvent`]), who woke it, what it
-//! waits on ([`Cause`]) and what its syscall names ([`Target`]).
+//! waits on ([`Cause`]) and what its syscall and path walk name ([`Target`], [`Walk`]).
 
 /// `TASK_UNINTERRUPTIBLE` (include/linux/sched.h): the `D` of `ps`.
 pub const TASK_UNINTERRUPTIBLE: u32 = 0x0002;
@@ -8,6 +8,11 @@ pub const TASK_WAKEKILL: u32 = 0x0100;
 /// `TASK_NOLOAD`: with `TASK_UNINTERRUPTIBLE` it makes `TASK_IDLE`, the state idle
 /// kernel threads sleep in all day; not counted in the load average.
 pub const TASK_NOLOAD: u32 = 0x0400;
+
+/// `TASK_DEAD`: the task has exited (its last switch-out).
+pub const TASK_DEAD: u32 = 0x0080;
+/// `PF_KTHREAD` in `task_struct.flags`: a kernel thread, which has no syscall.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Length of `task_struct.comm` (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -108,32 +113,58 @@ impl Cause {
     };
 }
 
-/// Bytes of a path kept from a syscall argument.
+/// Bytes kept of the path a task walks (the kernel's copy, `nameidata.name->name`).
 pub const PATH_LEN: usize = 128;
 
-/// What the syscall in progress names, read when the task enters D.
+/// A path walk in progress (`task_struct.nameidata`, fs/namei.c): the directory the
+/// walk is in. All zero when the task is not walking a path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// Mount ID of the directory's mount (`struct mount.mnt_id`: the first field of
+    /// `/proc/PID/mountinfo`), or 0.
+    pub mnt_id: u32,
+    /// Device number (`s_dev`, kernel encoding) of that mount's superblock, or 0.
+    pub dev: u32,
+    /// Inode number of the directory (`nd->path.dentry->d_inode->i_ino`), or 0.
+    pub dir_ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<Walk>() == 16);
+
+impl Walk {
+    /// Not in a walk.
+    pub const NONE: Walk = Walk { mnt_id: 0, dev: 0, dir_ino: 0 };
+}
+
+/// What the task waits on, named by kernel objects, read when it enters D: the
+/// syscall and the file behind its file descriptor argument, and the path walk in
+/// progress. Nothing here comes from the task's user memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// The syscall number, or -1 when unknown (not recorded, or not in a syscall).
+    /// The syscall number, or -1 when unknown (not recorded, not in a syscall, or a
+    /// kernel thread, which has none).
     pub syscall: i32,
     /// Its file descriptor argument, or -1.
     pub fd: i32,
     /// Device number (`s_dev`, kernel encoding) of that file's filesystem, or 0.
     pub dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Mount ID of the mount that file was opened through (`file->f_path.mnt`), or 0.
+    pub mnt_id: u32,
     /// Inode number of that file, or 0.
     pub ino: u64,
-    /// Its path argument as the task passed it (maybe relative), NUL-terminated;
-    /// empty when none or unreadable.
+    /// The path walk in progress, whatever the syscall (an fd syscall may walk too).
+    pub walk: Walk,
+    /// The path being walked as the kernel copied it (`nd->name->name`, maybe
+    /// relative), NUL-terminated; empty when not in a walk.
     pub path: [u8; PATH_LEN],
 }
-const _: () = assert!(core::mem::size_of::<Target>() == 24 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<Target>() == 40 + PATH_LEN);
 
 impl Target {
     /// Nothing known.
-    pub const NONE: Target = Target { syscall: -1, fd: -1, dev: 0, _pad: 0, ino: 0, path: [0; PATH_LEN] };
+    pub const NONE: Target =
+        Target { syscall: -1, fd: -1, dev: 0, mnt_id: 0, ino: 0, walk: Walk::NONE, path: [0; PATH_LEN] };
 }
 
 /// A task in D now: the value of `INFLIGHT`, keyed by tid; also the body of a
@@ -160,10 +191,10 @@ pub struct InFlight {
     pub waker: Waker,
     /// What it waits on.
     pub cause: Cause,
-    /// What its syscall names.
+    /// What its syscall and path walk name.
     pub target: Target,
 }
-const _: () = assert!(core::mem::size_of::<InFlight>() == 144 + 24 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 144 + 40 + PATH_LEN);
 
 /// A stack id that means "not recorded" (distinct from every negative errno).
 pub const NO_STACK: i32 = i32::MIN;

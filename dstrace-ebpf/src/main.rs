@@ -36,7 +36,9 @@
 //! One module per hooked area, each program with the kernel source of its hook and
 //! the oldest kernel it supports: `sched` (the scheduler path above), `locks` (kernel
 //! locks and name lookups a wait is on), `fuse` (FUSE requests in flight), `rpc`
-//! (sunrpc tasks in flight); `target` (what the syscall of a task entering D names);
+//! (sunrpc tasks in flight); `target` (what the syscall and path walk of a task
+//! entering D name); `iter` (the task iterators: every task in D now, for waits that
+//! began before dstrace did, and the `/dev/fuse` files);
 //! what they share: `maps` (every map and global, the counters) and `read` (kernel
 //! memory, tracepoint records, `CONFIG`, the clock).
 #![no_std]
@@ -48,6 +50,7 @@
 #![allow(internal_features)]
 
 mod fuse;
+mod iter;
 mod locks;
 mod maps;
 mod read;

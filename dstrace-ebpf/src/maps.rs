@@ -1,7 +1,10 @@
 //! Every map and global of the object (their names are `dstrace_common::names`), and
 //! the writes all hooks share: a counter (`COUNTERS`) and a stack (`STACKS`).
 
-use core::sync::atomic::AtomicU64;
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    sync::atomic::AtomicU64,
+};
 
 use aya_ebpf::{
     macros::map,
@@ -9,8 +12,8 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, BtfTracePointContext},
 };
 use dstrace_common::{
-    limits, AggKey, AggValue, Cause, Config, Counter, DentryKey, FuseKey, FuseRequest, InFlight, RpcCall,
-    RpcKey, TaskId, COMM_LEN,
+    limits, AggKey, AggValue, Cause, Config, Counter, DentryKey, FuseFileRecord, FuseKey, FuseRequest,
+    InFlight, RpcCall, RpcKey, TaskId, TaskRecord, COMM_LEN,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -95,6 +98,25 @@ pub(crate) static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(l
 pub(crate) static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> =
     HashMap::with_max_entries(limits::FILTER_ENTRIES, 0);
 
+/// The tids the task iterator's "wanted" pass reads, whatever their state.
+#[map(name = "ITER_WANTED_TIDS")]
+pub(crate) static ITER_WANTED_TIDS: HashMap<u32, u8> =
+    HashMap::with_max_entries(limits::ITER_WANTED_ENTRIES, 0);
+
+/// The directories (dentry addresses) whose walkers the task iterator's
+/// "walking" pass reads.
+#[map(name = "ITER_WANTED_DIRS")]
+pub(crate) static ITER_WANTED_DIRS: HashMap<u64, u8> =
+    HashMap::with_max_entries(limits::ITER_WANTED_ENTRIES, 0);
+
+/// Where the task iterator builds a record (too large for the stack).
+#[map(name = "ITER_TASK")]
+pub(crate) static ITER_TASK: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the `/dev/fuse` file iterator builds a record.
+#[map(name = "ITER_FUSE")]
+pub(crate) static ITER_FUSE: PerCpuArray<FuseFileRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Adds one to a per-CPU counter.
 ///
 /// A program's entry point counts the failure its `try_` function returns; a step
@@ -102,9 +124,11 @@ pub(crate) static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> =
 #[inline(always)]
 pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU array slot: only this CPU writes it, and programs do not
-        // nest on one CPU for these hooks.
-        unsafe { *slot += 1 };
+        // SAFETY: a valid, aligned per-CPU array slot. The add is atomic (the plain
+        // `lock +=` every BPF kernel accepts): an iterator program runs preemptibly
+        // (migration disabled only), so a `sched_switch` on its CPU can count in the
+        // middle of its own increment.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }
 

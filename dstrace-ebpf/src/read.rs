@@ -5,7 +5,8 @@
 //! A read that fails is an `Err(Counter::DropReadFailed)`, for the caller to pass on
 //! with `?` (the program's entry point counts it) or to count where it goes on
 //! without the value (`maps::counted`). A value the kernel does not have (a null
-//! pointer, a field the event lacks) is not a failure: it is a `None`.
+//! pointer, a field the event lacks, an offset this kernel lacks: [`known`]) is not a
+//! failure: it is a `None`.
 
 use aya_ebpf::{
     helpers::{
@@ -15,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext as _,
 };
-use dstrace_common::{Counter, TaskId, COMM_LEN};
+use dstrace_common::{Counter, TaskId, COMM_LEN, NO_OFFSET};
 
 use crate::maps::counted;
 
@@ -35,6 +36,26 @@ pub(crate) fn read_bytes(base: *const u8, offset: u32, out: &mut [u8]) -> Result
     // writes at most `out.len()` bytes.
     unsafe { bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), out) }
         .map_err(|_| Counter::DropReadFailed)
+}
+
+/// Copies a NUL-terminated kernel string at `address` into `out` (cut to its length,
+/// NUL-terminated; `out[0]` is 0 when the read fails).
+#[inline(always)]
+pub(crate) fn read_str(address: *const u8, out: &mut [u8]) -> Result<(), Counter> {
+    // SAFETY: a read of kernel memory through the probe helper, which checks it and
+    // stops at `out`'s length.
+    unsafe { bpf_probe_read_kernel_str_bytes(address, out) }.map(|_| ()).map_err(|_| {
+        if let Some(first) = out.first_mut() {
+            *first = 0;
+        }
+        Counter::DropReadFailed
+    })
+}
+
+/// Reads a `u16` at `offset` bytes into a kernel object.
+#[inline(always)]
+pub(crate) fn read_u16(base: *const u8, offset: u32) -> Result<u16, Counter> {
+    read::<u16>(base, offset)
 }
 
 /// Reads a `u32` at `offset` bytes into a kernel object.
@@ -85,6 +106,14 @@ pub(crate) fn config_u32(field: &u32) -> u32 {
     // SAFETY: a valid reference; the volatile read stops the compiler from folding
     // the build-time placeholder into the code.
     unsafe { core::ptr::read_volatile(field) }
+}
+
+/// A `CONFIG` offset as set by the loader, `None` when this kernel lacks the field
+/// ([`NO_OFFSET`]).
+#[inline(always)]
+pub(crate) fn known(field: &u32) -> Option<u32> {
+    let offset = config_u32(field);
+    (offset != NO_OFFSET).then_some(offset)
 }
 
 /// As [`config_u32`], for a `u64` field.

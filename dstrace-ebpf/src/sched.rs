@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use dstrace_common::{
-    hist_bucket, AggKey, Counter, InFlight, WaitEvent, Waker, COMM_LEN, CONFIG_FILTER_CGROUP,
+    hist_bucket, AggKey, Counter, InFlight, WaitEvent, Waker, Walk, COMM_LEN, CONFIG_FILTER_CGROUP,
     CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID, CONFIG_INCLUDE_IDLE, CONFIG_SYSCALL_TARGET,
-    CONFIG_USER_STACKS, HIST_BUCKETS, NO_STACK, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    CONFIG_USER_STACKS, CONFIG_VFS, HIST_BUCKETS, NO_STACK, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
 };
 
 use crate::locks::dentry_cause;
@@ -27,7 +27,7 @@ use crate::maps::{
     FILTER_TGIDS, FILTER_TIDS, INFLIGHT, INFLIGHT_COUNT, SCRATCH,
 };
 use crate::read::{config_u32, config_u64, current_comm, now_ns, read_u32};
-use crate::target::record_target;
+use crate::target::{record_syscall, record_walk};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`, Linux 5.18 and later (`prev_state` since commit
@@ -61,7 +61,7 @@ pub fn sched_switch_pre518(ctx: BtfTracePointContext) -> u32 {
 /// A context switch from `prev` (the current task) to `next`. `PRE_5_18`: the
 /// kernel's `sched_switch` has no `prev_state` (it is read from `prev`), nor
 /// `bpf_task_pt_regs` (5.15+), so no syscall target is recorded (the program never
-/// contains the call).
+/// contains the call); the path walk is.
 #[inline(always)]
 fn try_sched_switch<const PRE_5_18: bool>(ctx: &BtfTracePointContext) -> Result<(), Counter> {
     let preempt: u64 = ctx.arg(0);
@@ -104,6 +104,10 @@ fn record_wait_start<const PRE_5_18: bool>(
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
+    if tgid == config_u32(&CONFIG.self_tgid) {
+        // dstrace's own waits (reading /proc, its maps) are not the machine's.
+        return Ok(());
+    }
     let comm = current_comm();
     // SAFETY: the helper takes no argument.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -128,14 +132,22 @@ fn record_wait_start<const PRE_5_18: bool>(
         Some(cause) => unsafe { *cause },
         None => dentry_cause(tid),
     };
-    wait.target.syscall = -1;
-    wait.target.fd = -1;
-    wait.target.dev = 0;
-    wait.target.ino = 0;
-    wait.target.path[0] = 0;
+    let target = &mut wait.target;
+    target.syscall = -1;
+    target.fd = -1;
+    target.dev = 0;
+    target.mnt_id = 0;
+    target.ino = 0;
+    target.walk = Walk::NONE;
+    target.path[0] = 0;
+    // `prev` is the current task.
+    let prev: *const u8 = ctx.arg(1);
+    // Counted here, each: a wait whose target could not be read is still recorded.
+    if flags & CONFIG_VFS != 0 {
+        counted(record_walk(prev, target));
+    }
     if !PRE_5_18 && flags & CONFIG_SYSCALL_TARGET != 0 {
-        // Counted here: a wait whose target could not be read is still recorded.
-        counted(record_target(&mut wait.target));
+        counted(record_syscall(prev, target));
     }
     // By reference: the record stays in the scratch map; a copy would go through
     // the 512-byte BPF stack.

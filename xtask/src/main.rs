@@ -81,7 +81,7 @@ Scenarios:
   nfs   an NFS server in the guest dies (nft drops) under v3 and v4 mounts over 127.0.0.1;
         `dstrace snapshot` and `dstrace run` must name the hung df, stat, flock and fcntl
         tasks, where they block, and the mounts (127.0.0.1:/export, nfs and nfs4)
-  tests the host's engine and d_states integration tests, run in the guest against its
+  tests the host's engine, d_states and iterator integration tests, run in the guest against its
         kernel (FUSE servers that stop answering, the real eBPF object); a test whose
         kernel feature is missing (lock owners before 5.19, ...) is skipped and named
 

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Btf, BtfType as _, Type};
 
-use dstrace_common::{FuseOffsets, LockOffsets, Offsets};
+use dstrace_common::{FuseOffsets, IterOffsets, LockOffsets, Offsets, VfsOffsets, NO_OFFSET};
 
 use crate::kernel::preflight::VMLINUX_BTF;
 
@@ -15,10 +15,14 @@ pub struct KernelLayout {
     pub task_pid_offset: u32,
     /// Byte offset of `task_struct.__state` (`state` before Linux 5.14).
     pub task_state_offset: u32,
+    /// Byte offset of `task_struct.flags`.
+    pub task_flags_offset: u32,
     /// Whether `sched_switch` passes `prev_state` as an argument (Linux 5.18+).
     pub sched_switch_has_state_arg: bool,
     /// Offsets to read what a syscall names, or why they are unknown.
     pub target_offsets: Result<Offsets, String>,
+    /// Offsets to name a file's mount and a path walk, or why they are unknown.
+    pub vfs_offsets: Result<VfsOffsets, String>,
     /// Offsets to name a lock's owner and inode, or why they are unknown.
     pub lock_offsets: Result<LockOffsets, String>,
     /// Whether the `lock:contention_begin`/`_end` tracepoints exist (Linux 5.19+).
@@ -28,9 +32,41 @@ pub struct KernelLayout {
     pub has_sunrpc: bool,
     /// Whether `d_alloc_parallel` and `__d_lookup_unhash_wake` can be hooked (6.x).
     pub has_dlookup_functions: bool,
-    /// Offsets for the FUSE request tracepoints (6.13+), or why there are none.
+    /// Offsets of FUSE requests and connections (from vmlinux, or from the FUSE
+    /// module's BTF), or why there are none.
     pub fuse_offsets: Result<FuseOffsets, String>,
+    /// Whether the `fuse_request_send`/`_end` tracepoints exist (6.13+, FUSE built in).
+    pub has_fuse_tracepoints: bool,
+    /// What the task iterator needs.
+    pub iter: IterLayout,
 }
+
+/// What the task iterator programs need of the running kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IterLayout {
+    /// Whether the kernel has `iter/task` and `iter/task_file` (5.8+).
+    pub has_task_iterators: bool,
+    /// Whether it has `bpf_get_task_stack` (5.9+).
+    pub has_get_task_stack: bool,
+    /// Whether it has `bpf_task_pt_regs` (5.15+).
+    pub has_task_pt_regs: bool,
+    /// The offsets only the iterator reads ([`NO_OFFSET`] where missing).
+    pub offsets: IterOffsets,
+    /// Where the FUSE types were found, or why they were not.
+    pub fuse_types: Result<FuseTypes, String>,
+}
+
+/// Where the kernel's FUSE types are described.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FuseTypes {
+    /// In vmlinux: FUSE is built in.
+    BuiltIn,
+    /// In the FUSE module's split BTF, `/sys/kernel/btf/fuse`.
+    Module,
+}
+
+/// The FUSE module's BTF, split against vmlinux's.
+pub const FUSE_MODULE_BTF: &str = "/sys/kernel/btf/fuse";
 
 impl KernelLayout {
     /// Reads the layout from `/sys/kernel/btf/vmlinux`.
@@ -43,6 +79,7 @@ impl KernelLayout {
     pub fn from_btf(btf: &Btf) -> Result<Self> {
         let task_pid_offset = member_offset(btf, "task_struct", &["pid"])?;
         let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
+        let task_flags_offset = member_offset(btf, "task_struct", &["flags"])?;
         // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
         //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
         let params = tracepoint_params(btf, "sched_switch").map_err(|err| {
@@ -51,11 +88,18 @@ impl KernelLayout {
                  BTF-enabled tracepoints, Linux 5.8 or later with CONFIG_DEBUG_INFO_BTF=y"
             )
         })?;
+        let fuse = fuse_btf(btf);
+        let fuse_btf = match &fuse {
+            Ok((_, Some(module))) => module,
+            _ => btf,
+        };
         Ok(KernelLayout {
             task_pid_offset,
             task_state_offset,
+            task_flags_offset,
             sched_switch_has_state_arg: params >= 5,
             target_offsets: target_offsets(btf).map_err(|err| format!("{err:#}")),
+            vfs_offsets: vfs_offsets(btf).map_err(|err| format!("{err:#}")),
             lock_offsets: lock_offsets(btf).map_err(|err| format!("{err:#}")),
             has_lock_tracepoints: tracepoint_params(btf, "contention_begin").is_ok()
                 && tracepoint_params(btf, "contention_end").is_ok(),
@@ -64,12 +108,19 @@ impl KernelLayout {
                 || crate::kernel::tracefs::has_group("sunrpc"),
             has_dlookup_functions: has_function(btf, "d_alloc_parallel")
                 && has_function(btf, "__d_lookup_unhash_wake"),
-            fuse_offsets: if tracepoint_params(btf, "fuse_request_send").is_ok()
-                && tracepoint_params(btf, "fuse_request_end").is_ok()
-            {
-                fuse_offsets(btf).map_err(|err| format!("{err:#}"))
-            } else {
-                Err("the fuse tracepoints need Linux 6.13 and FUSE built in or loaded".to_owned())
+            fuse_offsets: match &fuse {
+                Ok(_) => fuse_offsets(fuse_btf).map_err(|err| format!("{err:#}")),
+                Err(why) => Err(why.clone()),
+            },
+            has_fuse_tracepoints: tracepoint_params(btf, "fuse_request_send").is_ok()
+                && tracepoint_params(btf, "fuse_request_end").is_ok(),
+            iter: IterLayout {
+                has_task_iterators: has_function(btf, "bpf_iter_task")
+                    && has_function(btf, "bpf_iter_task_file"),
+                has_get_task_stack: enum_value(btf, "bpf_func_id", "BPF_FUNC_get_task_stack").is_some(),
+                has_task_pt_regs: enum_value(btf, "bpf_func_id", "BPF_FUNC_task_pt_regs").is_some(),
+                offsets: iter_offsets(btf, fuse_btf),
+                fuse_types: fuse.map(|(types, _)| types),
             },
         })
     }
@@ -99,16 +150,19 @@ pub fn lock_offsets(btf: &Btf) -> Result<LockOffsets> {
 /// BTF then says it); before that a `#define`, 0x10000000 from 4.7 to 6.x.
 fn dcache_par_lookup(btf: &Btf) -> u32 {
     const DEFINE: u32 = 0x1000_0000;
-    let Ok(types) = btf.resolve_types_by_name("dentry_flags") else { return DEFINE };
-    types
-        .iter()
-        .find_map(|ty| match ty {
-            Type::Enum(flags) => flags.members.iter().find_map(|member| {
-                (btf.resolve_name(member).ok()? == "DCACHE_PAR_LOOKUP").then(|| member.val())
-            }),
-            _ => None,
-        })
-        .unwrap_or(DEFINE)
+    enum_value(btf, "dentry_flags", "DCACHE_PAR_LOOKUP").unwrap_or(DEFINE)
+}
+
+/// The value of `member` of the enum `name`, if the kernel's BTF has both.
+pub fn enum_value(btf: &Btf, name: &str, member: &str) -> Option<u32> {
+    let types = btf.resolve_types_by_name(name).ok()?;
+    types.iter().find_map(|ty| match ty {
+        Type::Enum(values) => values
+            .members
+            .iter()
+            .find_map(|value| (btf.resolve_name(value).ok()? == member).then(|| value.val())),
+        _ => None,
+    })
 }
 
 /// Whether the kernel has a function of this name that fentry can attach to.
@@ -133,6 +187,82 @@ pub fn target_offsets(btf: &Btf) -> Result<Offsets> {
         sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
         _pad: 0,
     })
+}
+
+/// The offsets that name a file's mount and a path walk by kernel identity.
+pub fn vfs_offsets(btf: &Btf) -> Result<VfsOffsets> {
+    Ok(VfsOffsets {
+        file_path_mnt: member_path_offset(btf, "file", &["f_path", "mnt"])?,
+        mount_mnt: member_offset(btf, "mount", &["mnt"])?,
+        mount_mnt_id: member_offset(btf, "mount", &["mnt_id"])?,
+        vfsmount_sb: member_offset(btf, "vfsmount", &["mnt_sb"])?,
+        task_nameidata: member_offset(btf, "task_struct", &["nameidata"])?,
+        nd_path_mnt: member_path_offset(btf, "nameidata", &["path", "mnt"])?,
+        nd_path_dentry: member_path_offset(btf, "nameidata", &["path", "dentry"])?,
+        nd_last_name: member_path_offset(btf, "nameidata", &["last", "name"])?,
+        nd_name: member_offset(btf, "nameidata", &["name"])?,
+        filename_name: member_offset(btf, "filename", &["name"])?,
+        dentry_inode: member_offset(btf, "dentry", &["d_inode"])?,
+        _pad: 0,
+    })
+}
+
+/// The offsets only the task iterator reads, field by field ([`NO_OFFSET`] where
+/// this kernel lacks one); `fuse` is the BTF that describes the FUSE types (vmlinux,
+/// or the module's split BTF).
+pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
+    let field =
+        |btf: &Btf, strukt: &str, path: &[&str]| member_path_offset(btf, strukt, path).unwrap_or(NO_OFFSET);
+    let task = |path: &[&str]| field(btf, "task_struct", path);
+    let cpu = task(&["thread_info", "cpu"]);
+    IterOffsets {
+        task_exec_start: task(&["se", "exec_start"]),
+        task_cpu: if cpu != NO_OFFSET { cpu } else { task(&["cpu"]) },
+        task_blocker: task(&["blocker"]),
+        task_blocker_mutex: task(&["blocker_mutex"]),
+        task_cgroups: task(&["cgroups"]),
+        css_set_dfl_cgrp: field(btf, "css_set", &["dfl_cgrp"]),
+        cgroup_kn: field(btf, "cgroup", &["kn"]),
+        kernfs_node_id: field(btf, "kernfs_node", &["id"]),
+        inode_mode: field(btf, "inode", &["i_mode"]),
+        inode_rdev: field(btf, "inode", &["i_rdev"]),
+        rwsem_count: field(btf, "rw_semaphore", &["count"]),
+        sem_last_holder: field(btf, "semaphore", &["last_holder"]),
+        file_private_data: field(btf, "file", &["private_data"]),
+        fud_fc: field(fuse, "fuse_dev", &["fc"]),
+        fc_connected: field(fuse, "fuse_conn", &["connected"]),
+        fc_num_waiting: field(fuse, "fuse_conn", &["num_waiting"]),
+        fc_iq_pending: field(fuse, "fuse_conn", &["iq", "pending"]),
+        req_list: field(fuse, "fuse_req", &["list"]),
+        req_pid: field(fuse, "fuse_req", &["in", "h", "pid"]),
+        req_create_time: field(fuse, "fuse_req", &["create_time"]),
+    }
+}
+
+/// Where the FUSE types are: vmlinux when FUSE is built in, else the module's split
+/// BTF (read against vmlinux's, which it extends), or why neither.
+fn fuse_btf(vmlinux: &Btf) -> Result<(FuseTypes, Option<Btf>), String> {
+    if has_struct(vmlinux, "fuse_conn") {
+        return Ok((FuseTypes::BuiltIn, None));
+    }
+    if !std::path::Path::new(FUSE_MODULE_BTF).exists() {
+        return Err(if std::path::Path::new("/sys/module/fuse").exists() {
+            format!(
+                "the FUSE module has no BTF ({FUSE_MODULE_BTF} is missing: module BTF needs Linux 5.11 with \
+                 CONFIG_DEBUG_INFO_BTF_MODULES)"
+            )
+        } else {
+            format!("FUSE is a module that is not loaded ({FUSE_MODULE_BTF} is missing)")
+        });
+    }
+    let module = Btf::from_split_file(FUSE_MODULE_BTF, vmlinux)
+        .map_err(|err| format!("cannot read {FUSE_MODULE_BTF}: {err}"))?;
+    Ok((FuseTypes::Module, Some(module)))
+}
+
+/// Whether the kernel's BTF has a struct of this name.
+fn has_struct(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name).is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Struct(_))))
 }
 
 /// Where `struct pt_regs` keeps the syscall number and its six arguments.
@@ -285,6 +415,34 @@ pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
 }
 
 #[cfg(test)]
+impl KernelLayout {
+    /// A kernel with task offsets and nothing else, for tests.
+    pub(crate) fn sample() -> KernelLayout {
+        KernelLayout {
+            task_pid_offset: 2000,
+            task_state_offset: 24,
+            task_flags_offset: 44,
+            sched_switch_has_state_arg: true,
+            target_offsets: Err("not in this test".into()),
+            vfs_offsets: Err("not in this test".into()),
+            lock_offsets: Err("not in this test".into()),
+            has_lock_tracepoints: false,
+            has_sunrpc: false,
+            has_dlookup_functions: false,
+            fuse_offsets: Err("not in this test".into()),
+            has_fuse_tracepoints: false,
+            iter: IterLayout {
+                has_task_iterators: false,
+                has_get_task_stack: false,
+                has_task_pt_regs: false,
+                offsets: IterOffsets::UNSET,
+                fuse_types: Err("not in this test".into()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -307,9 +465,25 @@ mod tests {
         assert!(layout.lock_offsets.is_ok() && layout.has_lock_tracepoints, "Linux 6.18 has both");
         assert_eq!(layout.lock_offsets.as_ref().unwrap().dcache_par_lookup, 1 << 24, "6.18's enum value");
         assert!(layout.has_dlookup_functions);
-        let fuse = layout.fuse_offsets.unwrap();
+        let fuse = layout.fuse_offsets.clone().unwrap();
         assert_eq!(fuse.req_unique, fuse.req_opcode + 4, "fuse_in_header: len, opcode, unique");
         let offsets = layout.target_offsets.unwrap();
         assert!(offsets.regs_args.iter().all(|&o| o < 512) && offsets.sb_dev > 0);
+        let vfs = layout.vfs_offsets.unwrap();
+        assert!(vfs.nd_path_dentry == vfs.nd_path_mnt + 8, "struct path: mnt, dentry");
+        let iter = &layout.iter;
+        assert!(iter.has_task_iterators && iter.has_get_task_stack && iter.has_task_pt_regs);
+        assert_eq!(iter.fuse_types, Ok(FuseTypes::BuiltIn), "FUSE is built in here");
+        let offsets = iter.offsets;
+        for (name, offset) in [
+            ("blocker", offsets.task_blocker),
+            ("cpu", offsets.task_cpu),
+            ("fuse_req.create_time", offsets.req_create_time),
+            ("fuse_conn.iq.pending", offsets.fc_iq_pending),
+            ("semaphore.last_holder", offsets.sem_last_holder),
+        ] {
+            assert_ne!(offset, NO_OFFSET, "6.18 has {name}");
+        }
+        assert_eq!(offsets.task_blocker_mutex, NO_OFFSET, "6.15 only");
     }
 }

@@ -1,6 +1,7 @@
 //! Decoding what the kernel side sends: ring buffer records, and the kernel's
 //! own encodings of strings and device numbers.
 
+use aya::Pod;
 use dstrace_common::WaitEvent;
 
 /// A ring buffer record that is not a [`WaitEvent`].
@@ -28,9 +29,24 @@ pub fn decode_wait(bytes: &[u8]) -> Result<WaitEvent, BadRecord> {
     if bytes.len() != size_of::<WaitEvent>() {
         return Err(BadRecord { len: bytes.len() });
     }
-    // SAFETY: the length was checked; `WaitEvent` is plain `repr(C)` data valid for
-    // any bit pattern; `read_unaligned` makes no alignment assumption.
-    Ok(unsafe { bytes.as_ptr().cast::<WaitEvent>().read_unaligned() })
+    Ok(copy_out(bytes))
+}
+
+/// Decodes consecutive `T` records, as an iterator program writes them with
+/// `bpf_seq_write`; `None` when `bytes` are not a whole number of them.
+pub fn decode_records<T: Pod>(bytes: &[u8]) -> Option<Vec<T>> {
+    if !bytes.len().is_multiple_of(size_of::<T>()) {
+        return None;
+    }
+    Some(bytes.chunks_exact(size_of::<T>()).map(copy_out).collect())
+}
+
+/// A `T` copied out of the first `size_of::<T>()` bytes of `bytes`, which has them.
+fn copy_out<T: Pod>(bytes: &[u8]) -> T {
+    debug_assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: the length was checked; a `Pod` is plain `repr(C)` data valid for any
+    // bit pattern; `read_unaligned` makes no alignment assumption.
+    unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
 }
 
 /// A NUL-padded kernel string (a `comm`, an RPC's names) up to the first NUL,
@@ -124,6 +140,14 @@ mod tests {
     fn device_numbers() {
         assert_eq!(kernel_dev((8 << 20) | 17), (8, 17));
         assert_eq!(kernel_dev(55), (0, 55));
+    }
+
+    #[test]
+    fn records_are_whole_or_refused() {
+        let bytes: Vec<u8> = [7u32, 8, 9].iter().flat_map(|n| n.to_le_bytes()).collect();
+        assert_eq!(decode_records::<u32>(&bytes), Some(vec![7, 8, 9]));
+        assert_eq!(decode_records::<u32>(&bytes[1..]), None);
+        assert_eq!(decode_records::<u32>(&[]), Some(vec![]));
     }
 
     #[test]

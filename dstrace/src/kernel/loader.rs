@@ -5,24 +5,26 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, FEntry, FExit, TracePoint},
     Btf, Ebpf, EbpfLoader, Pod,
 };
 use dstrace_common::{
-    limits, names, syscall_args, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, RpcCall,
-    RpcKey, COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID,
+    limits, names, AggKey, AggValue, Config, Counter, FuseKey, FuseRequest, InFlight, RpcCall, RpcKey,
+    COMM_LEN, CONFIG_FILTER_CGROUP, CONFIG_FILTER_COMM, CONFIG_FILTER_TGID, CONFIG_FILTER_TID,
     CONFIG_FUSE_REQUESTS, CONFIG_INCLUDE_IDLE, CONFIG_LOCK_OWNERS, CONFIG_RPC, CONFIG_SYSCALL_TARGET,
-    CONFIG_USER_STACKS,
+    CONFIG_USER_STACKS, CONFIG_VFS,
 };
 
 use crate::{
     clock::duration_ns,
-    kernel::{btf::KernelLayout, sunrpc, syscalls},
+    kernel::{
+        btf::KernelLayout,
+        iter::{self, Iterators, Look},
+        object::{self, fill_syscall_args, take_map, OBJECT},
+        sunrpc,
+    },
 };
-
-/// The eBPF object, built by `dstrace/build.rs` (never empty: the build checks it).
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dstrace.bpf.o"));
 
 /// What the kernel side should record.
 #[derive(Clone, Debug, Default)]
@@ -101,8 +103,13 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Name of the `sched_switch` variant in use.
     pub program: &'static str,
-    /// What this kernel lacks and dstrace therefore does not record, one line each.
+    /// What this kernel lacks and dstrace therefore does not record, one line each
+    /// (what the task iterator cannot give included: [`Tracer::iterator_skipped`]).
     pub skipped: Vec<String>,
+    /// The task iterator programs, where the kernel has them.
+    iterators: Option<Iterators>,
+    /// What the task iterator cannot give on this kernel, one line each.
+    iterator_skipped: Vec<String>,
     /// Kernel stacks by id.
     pub stacks: StackTraceMap<MapData>,
     /// Per-CPU counters, indexed by [`Counter`].
@@ -133,13 +140,16 @@ impl Tracer {
         let mut skipped = Vec::new();
         let mut config = config(&layout, options);
         match (&layout.target_offsets, layout.sched_switch_has_state_arg) {
-            (Ok(offsets), true) => {
-                config.flags |= CONFIG_SYSCALL_TARGET;
-                config.offsets = *offsets;
-            }
+            (Ok(_), true) => config.flags |= CONFIG_SYSCALL_TARGET,
             (Err(why), _) => skipped.push(format!("mount and file of each wait: {why}")),
             (Ok(_), false) => {
                 skipped.push("mount and file of each wait: needs Linux 5.18 or later".to_owned())
+            }
+        }
+        match (&layout.vfs_offsets, &layout.target_offsets) {
+            (Ok(_), Ok(_)) => config.flags |= CONFIG_VFS,
+            (Err(why), _) | (_, Err(why)) => {
+                skipped.push(format!("the path walk and mount ID of each wait: {why}"))
             }
         }
         let locks = match (&layout.lock_offsets, &layout.target_offsets, layout.has_lock_tracepoints) {
@@ -148,10 +158,8 @@ impl Tracer {
                     .push("kernel locks: the lock:contention_begin tracepoint needs Linux 5.19".to_owned());
                 false
             }
-            (Ok(locks), Ok(offsets), true) => {
+            (Ok(_), Ok(_), true) => {
                 config.flags |= CONFIG_LOCK_OWNERS;
-                config.locks = *locks;
-                config.offsets = *offsets;
                 true
             }
             (Err(why), _, true) | (_, Err(why), true) => {
@@ -179,13 +187,19 @@ impl Tracer {
             );
             false
         };
-        let fuse = match &layout.fuse_offsets {
-            Ok(fuse) => {
+        let fuse = match (&layout.fuse_offsets, layout.has_fuse_tracepoints) {
+            (Ok(_), true) => {
                 config.flags |= CONFIG_FUSE_REQUESTS;
-                config.fuse = *fuse;
                 true
             }
-            Err(why) => {
+            (_, false) => {
+                skipped.push(
+                    "FUSE requests in flight: the fuse tracepoints need Linux 6.13 and FUSE built in"
+                        .to_owned(),
+                );
+                false
+            }
+            (Err(why), true) => {
                 skipped.push(format!("FUSE requests in flight: {why}"));
                 false
             }
@@ -207,6 +221,16 @@ impl Tracer {
             .context("cannot load the eBPF object")?;
         fill_filters(&mut ebpf, &options.filters)?;
         fill_syscall_args(&mut ebpf)?;
+        let plan = iter::plan(&layout);
+        let mut iterator_skipped = plan.skipped.clone();
+        let iterators = match Iterators::load(&mut ebpf, &btf, &plan, &mut iterator_skipped) {
+            Ok(iterators) => iterators,
+            Err(err) => {
+                iterator_skipped.push(format!("tasks already in D: {err:#}"));
+                None
+            }
+        };
+        skipped.extend(iterator_skipped.iter().cloned());
 
         let program = if layout.sched_switch_has_state_arg {
             names::PROG_SCHED_SWITCH
@@ -250,7 +274,19 @@ impl Tracer {
         let agg = HashMap::try_from(take_map(&mut ebpf, names::MAP_AGG)?)?;
         let fuse_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_FUSE_INFLIGHT)?)?;
         let rpc_inflight = HashMap::try_from(take_map(&mut ebpf, names::MAP_RPC_INFLIGHT)?)?;
-        Ok(Tracer { ebpf, program, skipped, stacks, counters, inflight, agg, fuse_inflight, rpc_inflight })
+        Ok(Tracer {
+            ebpf,
+            program,
+            skipped,
+            iterators,
+            iterator_skipped,
+            stacks,
+            counters,
+            inflight,
+            agg,
+            fuse_inflight,
+            rpc_inflight,
+        })
     }
 
     /// Total run time and run count of a loaded program, as the kernel accounts them
@@ -273,13 +309,24 @@ impl Tracer {
 
     /// The sum over CPUs of every counter, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL
-            .iter()
-            .map(|&counter| {
-                let values = self.counters.get(&(counter as u32), 0)?;
-                Ok((counter, values.iter().sum()))
-            })
-            .collect()
+        object::counters(&self.counters)
+    }
+
+    /// Every task in D now, and the tasks their waits lead to, read from kernel
+    /// memory by the task iterator (see [`crate::kernel::iter`]); `extra_tids` are
+    /// read too, whatever their state. An error where this kernel has no iterator
+    /// ([`Tracer::iterator_skipped`] says why).
+    pub fn look(&mut self, extra_tids: &[u32]) -> Result<Look> {
+        match &mut self.iterators {
+            Some(iterators) => iterators.look(&mut self.ebpf, extra_tids),
+            None => Err(anyhow!("the task iterator is not loaded: {}", self.iterator_skipped.join("; "))),
+        }
+    }
+
+    /// What the task iterator cannot give on this kernel, one line each with the
+    /// oldest kernel that has it (also in [`Tracer::skipped`]).
+    pub fn iterator_skipped(&self) -> &[String] {
+        &self.iterator_skipped
     }
 
     /// Tasks in D now, as the kernel side tracks them (tid, wait).
@@ -452,18 +499,6 @@ fn attach_rpc(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     attached
 }
 
-/// Describes the syscalls whose arguments name a file (`crate::kernel::syscalls`).
-fn fill_syscall_args(ebpf: &mut Ebpf) -> Result<()> {
-    let map = names::MAP_SYSCALL_ARGS;
-    let mut args: Array<_, u8> =
-        Array::try_from(ebpf.map_mut(map).ok_or_else(|| anyhow!("the eBPF object has no map {map}"))?)?;
-    for syscall in syscalls::TABLE {
-        args.set(syscall.nr, syscall_args(syscall.path_arg, syscall.fd_arg), 0)
-            .with_context(|| format!("cannot describe the syscall {}", syscall.name))?;
-    }
-    Ok(())
-}
-
 /// Writes the filter sets into their maps.
 fn fill_filters(ebpf: &mut Ebpf, filters: &Filters) -> Result<()> {
     fill(ebpf, names::MAP_FILTER_TGIDS, &filters.tgids, "--pid")?;
@@ -485,7 +520,7 @@ fn fill<K: Pod>(ebpf: &mut Ebpf, map: &str, keys: &[K], flag: &str) -> Result<()
     Ok(())
 }
 
-/// The `CONFIG` global for this kernel and these options.
+/// The `CONFIG` global for this kernel and these options, no program enabled yet.
 pub fn config(layout: &KernelLayout, options: &Options) -> Config {
     let mut flags = options.filters.flags();
     if options.include_idle {
@@ -494,21 +529,7 @@ pub fn config(layout: &KernelLayout, options: &Options) -> Config {
     if options.user_stacks {
         flags |= CONFIG_USER_STACKS;
     }
-    Config {
-        min_duration_ns: duration_ns(options.min_duration),
-        task_pid_offset: layout.task_pid_offset,
-        task_state_offset: layout.task_state_offset,
-        flags,
-        _pad: 0,
-        offsets: dstrace_common::Offsets::UNSET,
-        locks: dstrace_common::LockOffsets::UNSET,
-        fuse: dstrace_common::FuseOffsets::UNSET,
-        rpc: dstrace_common::RpcOffsets::UNSET,
-    }
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    Config { min_duration_ns: duration_ns(options.min_duration), flags, ..object::kernel_config(layout) }
 }
 
 #[cfg(test)]
@@ -538,23 +559,15 @@ mod tests {
 
     #[test]
     fn config_carries_layout_and_options() {
-        let layout = KernelLayout {
-            task_pid_offset: 2000,
-            task_state_offset: 24,
-            sched_switch_has_state_arg: true,
-            target_offsets: Err("not in this test".into()),
-            lock_offsets: Err("not in this test".into()),
-            has_lock_tracepoints: false,
-            has_sunrpc: false,
-            has_dlookup_functions: false,
-            fuse_offsets: Err("not in this test".into()),
-        };
+        let layout = KernelLayout::sample();
         let options =
             Options { min_duration: Duration::from_millis(5), include_idle: true, ..Options::default() };
         let config = config(&layout, &options);
         assert_eq!(config.min_duration_ns, 5_000_000);
         assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
         assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
+        assert_eq!(config.self_tgid, std::process::id(), "dstrace's own waits are left out");
+        assert_eq!(config.offsets, dstrace_common::Offsets::UNSET, "a group the kernel lacks stays unset");
         let options = Options { include_idle: false, ..options };
         assert_eq!(super::config(&layout, &options).flags, 0);
     }

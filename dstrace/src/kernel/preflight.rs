@@ -66,7 +66,7 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 /// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`; later ones charge the
 /// memory cgroup and ignore it. Raising it can fail without CAP_SYS_RESOURCE, which
 /// only matters on old kernels, where the load error then says so.
-fn raise_memlock_limit() {
+pub fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: a valid pointer to an initialized rlimit that outlives the call.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };

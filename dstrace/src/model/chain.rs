@@ -327,6 +327,7 @@ mod tests {
                 cgroup_id: 0,
                 stack: Vec::new(),
                 syscall: None,
+                syscall_from_proc: false,
                 fd_file: None,
                 walk: None,
                 blocker: owner.map(|owner| BlockerSeen {

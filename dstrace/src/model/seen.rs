@@ -257,6 +257,7 @@ mod tests {
             cgroup_id: 0,
             stack: Vec::new(),
             syscall: None,
+            syscall_from_proc: false,
             fd_file: None,
             walk: None,
             blocker: None,
@@ -273,6 +274,7 @@ mod tests {
             dir_dentry: dentry,
             dir_rwsem: 0xffff_0000_0000_1198,
             dir_owner: None,
+            dir_owner_reader_hint: false,
         }
     }
 

@@ -290,7 +290,7 @@ mod tests {
     fn target(syscall: i32, fd: i32, dev: u32, ino: u64, path: &str) -> Target {
         let mut bytes = [0u8; PATH_LEN];
         bytes[..path.len()].copy_from_slice(path.as_bytes());
-        Target { syscall, fd, dev, _pad: 0, ino, path: bytes }
+        Target { syscall, fd, dev, ino, path: bytes, ..Target::NONE }
     }
 
     #[cfg(target_arch = "x86_64")]

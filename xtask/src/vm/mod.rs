@@ -101,7 +101,7 @@ pub const SCENARIOS: [Scenario; 3] = [
     },
     Scenario {
         name: "tests",
-        about: "the host's engine and d_states integration tests pass against this kernel",
+        about: "the host's engine, d_states and iterator integration tests pass against this kernel",
         guest_timeout: Duration::from_secs(900),
         check: checks::tests,
         tests: checks::GUEST_TESTS,

@@ -1,4 +1,4 @@
-# The host's integration tests (tests/tests/engine.rs and d_states.rs), run inside
+# The host's integration tests (tests/tests/engine.rs, d_states.rs and iterator.rs), run inside
 # the guest against its kernel: real FUSE servers that stop answering, real D
 # states, the real eBPF object, every assertion as on the host. A test whose kernel
 # feature this kernel lacks is not run, and is named with the reason in
