@@ -250,6 +250,9 @@ impl Daemon {
     fn in_d(&mut self) -> Vec<Wait> {
         let min_ns = duration_ns(self.config.min_duration);
         let mut waits = self.session.in_d_now(min_ns);
+        for note in self.session.notes() {
+            eprintln!("dstrace: {note}");
+        }
         waits.retain(|wait| wait.duration_ns >= min_ns);
         waits
     }

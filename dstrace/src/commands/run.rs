@@ -160,10 +160,11 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
         notes: Vec::new(),
     };
 
-    // The first screen, before anything is loaded: the tasks already in D.
+    // At once, before anything is loaded: the tasks already in D as `/proc` shows
+    // them, on the full screen (lines wait for the look from kernel memory below).
     let mut names = Names::new();
-    live.in_d = in_d_now(None, &options, min_duration_ns, &mut names);
-    first_screen(&mut live).context("cannot write to standard output")?;
+    live.in_d = in_d_now(None, &options, min_duration_ns, &mut names).0;
+    live.draw().context("cannot write to standard output")?;
 
     let mut session =
         match preflight::check().and_then(|()| Session::start(options, names, signals, args.duration)) {
@@ -172,8 +173,8 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
                 if let View::Screen(_) = live.view {
                     // Leave the full screen, and keep what it showed.
                     live.view = lines(Format::Text { stacks: false });
-                    first_screen(&mut live)?;
                 }
+                first_screen(&mut live)?;
                 return Err(err);
             }
         };
@@ -192,6 +193,10 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
                 .to_owned(),
         ]);
     }
+    // The first screen: every task already in D, read from kernel memory.
+    live.in_d = session.in_d_now(min_duration_ns);
+    live.note(session.notes());
+    first_screen(&mut live).context("cannot write to standard output")?;
     if let View::Lines(sink) = &mut live.view {
         let start =
             Start { program: session.tracer.program, min_duration_ns, skipped: &session.tracer.skipped };
@@ -319,6 +324,7 @@ async fn follow(
             }
             Wake::Input(Input::Refresh) => {
                 live.in_d = session.in_d_now(live.min_duration_ns);
+                live.note(session.notes());
                 let ongoing = &live.in_d;
                 match &mut live.view {
                     View::Screen(_) => live.draw()?,

@@ -24,6 +24,7 @@ use std::{collections::HashSet, future::Future, io, path::Path, time::Duration};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
+use dstrace_common::CAUSE_HOLDER_KNOWN;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, Signal, SignalKind},
@@ -34,12 +35,13 @@ use crate::{
     clock::monotonic_ns,
     kernel::{
         decode::decode_wait,
+        iter::Peer,
         loader::{comm_key, Filters, Options, Tracer},
         privileges::{self, Needs},
     },
     model::{
         chain,
-        seen::Seen,
+        seen::{Seen, SeenTask},
         wait::{ProcNow, Resolver, Wait},
     },
     resolve::{procfs, Names},
@@ -93,6 +95,10 @@ pub struct Session {
     pub hidden_symbols: bool,
     /// When tracing began.
     pub since: Instant,
+    /// Why the last look at the tasks in D fell back on `/proc`, once said.
+    look_failed: Option<String>,
+    /// Notes not yet shown.
+    notes: Vec<String>,
     ring: AsyncFd<RingBuf<MapData>>,
     signals: Signals,
     deadline: Option<Instant>,
@@ -123,6 +129,8 @@ impl Session {
             bad_records: 0,
             hidden_symbols,
             since,
+            look_failed: None,
+            notes: Vec::new(),
             ring,
             signals,
             deadline: duration.map(|d| since + d),
@@ -180,48 +188,104 @@ impl Session {
         Ok(())
     }
 
-    /// The tasks in D now for at least `min_duration_ns` ([`in_d_now`]).
+    /// The tasks in D now for at least `min_duration_ns` ([`in_d_now`]). A look
+    /// that fails (the task iterator refused) falls back on `/proc`, and says why
+    /// once ([`Session::notes`]).
     pub fn in_d_now(&mut self, min_duration_ns: u64) -> Vec<Wait> {
-        in_d_now(Some(&self.tracer), &self.options, min_duration_ns, &mut self.names)
+        let (waits, failed) =
+            in_d_now(Some(&mut self.tracer), &self.options, min_duration_ns, &mut self.names);
+        if let Some(why) = failed {
+            if self.look_failed.as_deref() != Some(why.as_str()) {
+                self.notes.push(format!("warning: the look at the tasks in D fell back on /proc: {why}"));
+                self.look_failed = Some(why);
+            }
+        }
+        waits
+    }
+
+    /// What the session has to say since the last call, one line each.
+    pub fn notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 }
 
 /// The tasks in D now for at least `min_duration_ns`, the longest first: those the
-/// kernel side tracks, then those only `/proc` knows (in D since before tracing
-/// began), with their chains. Without a tracer (before loading), `/proc`'s only.
+/// kernel side tracks, then those in D since before tracing began, read from
+/// kernel memory by the task iterator (or from `/proc` where it cannot run), with
+/// their chains. Without a tracer (before loading), `/proc`'s only. Returns why
+/// the iterator's look failed, if it did.
 pub fn in_d_now(
-    tracer: Option<&Tracer>,
+    tracer: Option<&mut Tracer>,
     options: &Options,
     min_duration_ns: u64,
     names: &mut Names,
-) -> Vec<Wait> {
+) -> (Vec<Wait>, Option<String>) {
     // Mounts made since the last look are named, not the mount below them.
     names.mounts.refresh_if_changed();
     let now_ns = monotonic_ns();
-    let context = chain::Context {
-        fuse: tracer.map(Tracer::fuse_requests).unwrap_or_default(),
-        rpc: tracer.map(Tracer::rpc_calls).unwrap_or_default(),
-        now_ns,
-        seen: Seen::default(),
+    let Some(tracer) = tracer else {
+        let context = chain::Context { now_ns, ..chain::Context::default() };
+        let mut waits = waits_in_proc(options, names, &context);
+        waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+        return (waits, None);
     };
-    let mut waits: Vec<Wait> = match tracer {
-        Some(tracer) => {
-            let inflight = tracer.inflight();
-            let mut resolver = Resolver { names, stack_map: &tracer.stacks };
-            inflight
-                .iter()
-                .map(|(tid, wait)| Wait::ongoing(*tid, wait, now_ns, &mut resolver).with_chain(&context))
-                .filter(|wait| wait.duration_ns >= min_duration_ns)
-                .collect()
-        }
-        None => Vec::new(),
+    let inflight = tracer.inflight();
+    // The look: every task in D, and the holders of the traced waits' locks, so
+    // that what each does now comes from kernel memory too.
+    let holders: Vec<u32> = inflight
+        .iter()
+        .filter(|(_, wait)| wait.cause.flags & CAUSE_HOLDER_KNOWN != 0)
+        .map(|(_, wait)| wait.cause.holder_tid)
+        .collect();
+    let (seen, failed) = match tracer.look(&holders) {
+        Ok(look) => (Seen::of(look, &mut names.stacks), None),
+        Err(err) => (Seen::default(), Some(format!("{err:#}"))),
     };
+    let context = chain::Context { fuse: tracer.fuse_requests(), rpc: tracer.rpc_calls(), now_ns, seen };
+    let mut resolver = Resolver { names, stack_map: &tracer.stacks };
+    let mut waits: Vec<Wait> = inflight
+        .iter()
+        .map(|(tid, wait)| {
+            let mut wait = Wait::ongoing(*tid, wait, now_ns, &mut resolver);
+            // What the holder does now, from the look when it read it.
+            if let Some(holder) = wait.lock.as_mut().and_then(|lock| lock.holder.as_mut()) {
+                if context.seen.task(holder.tid).is_some() {
+                    let peer =
+                        Peer { tid: holder.tid, tgid: holder.pid, comm: holder.comm.clone(), state: 0 };
+                    *holder = context.seen.holder(&peer, holder.reader_hint);
+                }
+            }
+            wait.with_chain(&context)
+        })
+        .filter(|wait| wait.duration_ns >= min_duration_ns)
+        .collect();
     let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
-    waits.extend(
-        waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
-    );
+    if context.seen.looked {
+        let now = ProcNow::read();
+        let filters = &options.filters;
+        let before: Vec<Wait> = context
+            .seen
+            .in_d(options.include_idle)
+            .filter(|seen| !traced.contains(&seen.task.tid))
+            .filter(|seen| seen_task_wanted(filters, seen))
+            .map(|seen| Wait::from_seen(seen, &context.seen, &now, names).with_chain(&context))
+            .collect();
+        waits.extend(before);
+    } else {
+        waits.extend(
+            waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
+        );
+    }
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
-    waits
+    (waits, failed)
+}
+
+/// Whether a task the iterator read passes the filters, as the kernel side
+/// applies them.
+fn seen_task_wanted(filters: &Filters, seen: &SeenTask) -> bool {
+    let task = &seen.task;
+    proc_task_wanted(filters, task.tgid, task.tid, &task.comm)
+        && (filters.cgroups.is_empty() || filters.cgroups.contains(&task.cgroup_id))
 }
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the

@@ -1,9 +1,14 @@
-//! `dstrace snapshot`: one look at the tasks in D now, from `/proc` alone.
+//! `dstrace snapshot`: one look at the tasks in D now, no live tracing.
 //!
-//! No BPF: it works where BPF is locked down or without privileges (then it says
-//! what it could not see), and it starts in milliseconds. What only live tracing
-//! knows (kernel locks and their holders, the path a task looks up, FUSE requests
-//! in flight) is left to `dstrace run`, and the output says so.
+//! With the privileges to load BPF programs (root, or CAP_BPF and CAP_PERFMON) it
+//! runs the task iterator once ([`crate::kernel::iter`]): every task in D is read
+//! from kernel memory (its stack, the path walk it is in, the file behind its
+//! descriptor, the lock it waits for and that lock's holder, the processes serving
+//! each FUSE connection), however long it has waited. Without them, or where the
+//! kernel cannot run the iterator, it falls back on `/proc` alone and says what it
+//! could not see. Either way it never touches the mounts it looks at, and what
+//! only live tracing knows (NFS RPCs in flight, who wakes a task) is left to
+//! `dstrace run`, and the output says so.
 
 use std::{io, path::Path, time::SystemTime};
 
@@ -11,11 +16,13 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::args::SnapshotArgs,
-    kernel::preflight,
+    clock::monotonic_ns,
+    kernel::{iter::Looker, preflight},
     model::{
         advice::advise,
         board::{Board, SortBy},
         chain,
+        seen::Seen,
         wait::{ProcNow, Wait},
     },
     resolve::{procfs, Names},
@@ -24,34 +31,71 @@ use crate::{
 
 /// Runs `dstrace snapshot`.
 pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
-    let states: &[char] = if args.view.include_idle { &['D', 'I'] } else { &['D'] };
-    let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
-    let now = ProcNow::read();
+    let include_idle = args.view.include_idle;
     let mut names = Names::new();
-    let context = chain::Context::default();
-    let mut waits: Vec<Wait> = tasks
-        .iter()
-        .filter(|task| task.pid != std::process::id())
-        .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
-        .collect();
-    waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
+    let now = ProcNow::read();
+    let (mut waits, cannot_see) = match look(include_idle, &mut names) {
+        Ok((seen, skipped)) => {
+            let context = chain::Context { now_ns: monotonic_ns(), seen, ..chain::Context::default() };
+            let waits: Vec<Wait> = context
+                .seen
+                .in_d(include_idle)
+                .map(|seen| Wait::from_seen(seen, &context.seen, &now, &mut names).with_chain(&context))
+                .collect();
+            let mut cannot_see = vec![
+                "NFS and sunrpc RPCs in flight, who wakes a task, FUSE requests' send times: they need live \
+                 tracing (dstrace run)"
+                    .to_owned(),
+            ];
+            cannot_see.extend(skipped);
+            (waits, cannot_see)
+        }
+        Err(why) => {
+            let states: &[char] = if include_idle { &['D', 'I'] } else { &['D'] };
+            let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
+            let context = chain::Context::default();
+            let waits: Vec<Wait> = tasks
+                .iter()
+                .filter(|task| task.pid != std::process::id())
+                .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
+                .collect();
+            (waits, proc_cannot_see(&tasks, &why))
+        }
+    };
+    waits.sort_by_key(|wait: &Wait| std::cmp::Reverse(wait.duration_ns));
     let snapshot = Snapshot {
         advice: advise(&waits),
         time: SystemTime::now(),
         groups: Board::default().groups(&waits, SortBy::InD),
         waits,
-        cannot_see: cannot_see(&tasks),
+        cannot_see,
     };
     let format = if args.view.json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
     sinks::lines(io::stdout().lock(), format).snapshot(&snapshot).context("cannot write to standard output")
 }
 
-/// What this look could not see, one sentence each.
-fn cannot_see(tasks: &[procfs::ProcTask]) -> Vec<String> {
-    let mut missing =
-        vec!["kernel locks and their holders, the paths tasks look up, FUSE requests and NFS RPCs in \
-         flight: they need live tracing (dstrace run)"
-            .to_owned()];
+/// One look of the task iterator, with what this kernel cannot give; why not,
+/// when it cannot be run here.
+fn look(include_idle: bool, names: &mut Names) -> Result<(Seen, Vec<String>), String> {
+    if !preflight::may_load_bpf() {
+        return Err("the task iterator needs root, or CAP_BPF and CAP_PERFMON".to_owned());
+    }
+    let mut looker = Looker::load(include_idle).map_err(|err| format!("{err:#}"))?;
+    let look = looker.look(&[]).map_err(|err| format!("{err:#}"))?;
+    names.read_symbols().map_err(|err| format!("{err:#}"))?;
+    Ok((Seen::of(look, &mut names.stacks), looker.skipped().to_vec()))
+}
+
+/// What a look at `/proc` alone could not see, one sentence each (`why`: why the
+/// task iterator did not run).
+fn proc_cannot_see(tasks: &[procfs::ProcTask], why: &str) -> Vec<String> {
+    let mut missing = vec![format!(
+        "what only kernel memory says of a task in D (the path it walks, the lock it waits for and its \
+         holder, the daemon of a FUSE mount): {why}"
+    )];
+    missing.push(
+        "NFS and sunrpc RPCs in flight, who wakes a task: they need live tracing (dstrace run)".to_owned(),
+    );
     if !preflight::may_load_bpf() || tasks.iter().any(|task| task.stack.is_none()) {
         missing.push(
             "the kernel stacks of some tasks (/proc/PID/stack needs root): their blocking function \

@@ -18,6 +18,7 @@ use crate::{
     kernel::{
         decode::{kernel_dev, state_letter},
         iter::{BlockerKind, FuseFileSeen, Look, Peer, TaskSeen},
+        syscalls,
     },
     model::wait::{Holder, LockInfo, ProcNow, Source, TaskState, Wait},
     resolve::{
@@ -223,10 +224,11 @@ impl Wait {
 
 /// What a task the iterator read waits on: from its kernel objects (its path
 /// walk, the file behind its descriptor); where the kernel could not give its
-/// registers (before 5.15), its syscall from `/proc`. A kernel thread has none.
+/// registers (before 5.15), its syscall and file descriptor from `/proc`. A kernel
+/// thread has none.
 fn attribution_of(task: &TaskSeen, names: &mut Names) -> Attribution {
-    let objects = objects_seen(task);
-    if task.syscall.is_some() || task.kernel_thread || task.walk.is_some() {
+    let mut objects = objects_seen(task);
+    if !task.syscall_from_proc || task.kernel_thread {
         return attribute_objects(task.tgid, &objects, &mut names.mounts, &mut names.files);
     }
     let dir =
@@ -234,10 +236,16 @@ fn attribution_of(task: &TaskSeen, names: &mut Names) -> Attribution {
     let syscall = procfs::read_text_bounded(&dir.join("syscall"), procfs::BOUNDED_READ)
         .ok()
         .and_then(|text| procfs::parse_syscall(&text));
-    match syscall {
-        Some(Syscall::Blocked { nr, args }) => attribute_proc(task.tgid, nr, &args, &mut names.mounts),
-        _ => Attribution::default(),
+    let Some(Syscall::Blocked { nr, args }) = syscall else {
+        return attribute_objects(task.tgid, &objects, &mut names.mounts, &mut names.files);
+    };
+    if objects.walk.is_none() {
+        // Its file, from the descriptor's `fdinfo`.
+        return attribute_proc(task.tgid, nr, &args, &mut names.mounts);
     }
+    objects.syscall = i32::try_from(nr).ok().and_then(syscalls::by_nr);
+    objects.fd = objects.syscall.and_then(|syscall| syscall.fd_arg).map(|i| args[usize::from(i)] as i32);
+    attribute_objects(task.tgid, &objects, &mut names.mounts, &mut names.files)
 }
 
 #[cfg(test)]

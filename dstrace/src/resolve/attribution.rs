@@ -95,40 +95,29 @@ impl FilePaths {
     }
 }
 
-/// Attributes a wait of task `pid` from what the kernel side noted.
+/// Attributes a wait of task `pid` from what the kernel side noted when it entered
+/// D: the kernel objects of its syscall ([`attribute_objects`]).
 pub fn attribute(pid: u32, target: &Target, table: &mut MountTable, files: &mut FilePaths) -> Attribution {
-    let Some(syscall) = syscalls::by_nr(target.syscall) else {
-        return Attribution::default();
-    };
-    let given = path_arg(target);
-    // The file: the descriptor's, or the path made absolute.
-    let fd_path = (target.fd >= 0).then(|| files.path(pid, target.fd, target.dev, target.ino)).flatten();
-    let path = match (&given, syscall.path_arg.is_some()) {
-        (Some(given), true) => absolute(pid, target.fd, given),
-        _ => fd_path.clone(),
-    };
-    let inode = (target.ino != 0 && (given.is_none() || syscall.path_arg.is_none())).then_some(target.ino);
-    // The mount: by the path when there is one (the descriptor of an `*at` call
-    // is only the directory it starts from), else by the descriptor's device.
-    let mount = match &path {
-        Some(path) if given.is_some() => table.by_path(pid, Path::new(path)),
-        _ => None,
+    attribute_objects(pid, &objects_of(target), table, files)
+}
+
+/// The kernel objects the kernel side noted of a wait's syscall.
+pub fn objects_of(target: &Target) -> Objects {
+    let len = target.path.iter().position(|&b| b == 0).unwrap_or(target.path.len());
+    let path = String::from_utf8_lossy(&target.path[..len]).into_owned();
+    let walk = &target.walk;
+    Objects {
+        syscall: syscalls::by_nr(target.syscall),
+        fd: (target.fd >= 0 || target.fd == AT_FDCWD).then_some(target.fd),
+        fd_file: (target.mnt_id != 0 || target.ino != 0).then_some((target.mnt_id, target.dev, target.ino)),
+        walk: (walk.mnt_id != 0 || walk.dev != 0).then_some((path, walk.mnt_id, walk.dev)),
     }
-    .or_else(|| (target.dev != 0).then(|| table.by_dev(pid, target.dev)).flatten());
-    let file = (path.is_some() || inode.is_some()).then_some(FileRef { path, inode });
-    let file_locks = match inode {
-        Some(ino) if LOCKING_SYSCALLS.contains(&syscall.name) => {
-            file_locks::holders(&file_locks::read(), kernel_dev(target.dev), ino, pid)
-        }
-        _ => Vec::new(),
-    };
-    Attribution { syscall: Some(syscall.name), mount, file, file_locks }
 }
 
 /// What the kernel side read of a task's syscall: the kernel objects a wait is
 /// attributed from (never a path string matched against mount points).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Objects<'a> {
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
     /// The syscall in progress, when known and described (none for a kernel
     /// thread).
     pub syscall: Option<&'static syscalls::Syscall>,
@@ -138,9 +127,10 @@ pub struct Objects<'a> {
     /// The file behind that descriptor: mount ID, superblock device (kernel
     /// encoding), inode.
     pub fd_file: Option<(u32, u32, u64)>,
-    /// The path walk in progress: the kernel's copy of the path the task passed,
-    /// and the mount ID and device of the directory being walked.
-    pub walk: Option<(&'a str, u32, u32)>,
+    /// The path walk in progress: the kernel's copy of the path the task passed
+    /// (empty if it could not be read), and the mount ID and device of the
+    /// directory being walked.
+    pub walk: Option<(String, u32, u32)>,
 }
 
 /// Attributes a wait of task `pid` from the kernel objects of its syscall: the
@@ -150,15 +140,19 @@ pub struct Objects<'a> {
 /// directory), or the descriptor's path.
 pub fn attribute_objects(
     pid: u32,
-    objects: &Objects<'_>,
+    objects: &Objects,
     mounts: &mut MountTable,
     files: &mut FilePaths,
 ) -> Attribution {
     let syscall = objects.syscall.map(|syscall| syscall.name);
-    let (mount, file) = match (objects.walk, objects.fd_file) {
+    let (mount, file) = match (&objects.walk, objects.fd_file) {
         (Some((path, mnt_id, dev)), _) => {
-            let mount = mounts.by_id(pid, mnt_id, dev);
-            let path = absolute(pid, objects.fd.unwrap_or(AT_FDCWD), path);
+            let mount = match *mnt_id {
+                0 => (*dev != 0).then(|| mounts.by_dev(pid, *dev)).flatten(),
+                id => mounts.by_id(pid, id, *dev),
+            };
+            let path =
+                (!path.is_empty()).then(|| absolute(pid, objects.fd.unwrap_or(AT_FDCWD), path)).flatten();
             (mount, path.map(|path| FileRef { path: Some(path), inode: None }))
         }
         (None, Some((mnt_id, dev, ino))) => {
@@ -181,7 +175,7 @@ pub fn attribute_objects(
 }
 
 /// The kernel objects of a task the task iterator read.
-pub fn objects_seen(task: &TaskSeen) -> Objects<'_> {
+pub fn objects_seen(task: &TaskSeen) -> Objects {
     let (syscall, fd) = match task.syscall {
         Some((nr, args)) => {
             let syscall = i32::try_from(nr).ok().and_then(syscalls::by_nr);
@@ -194,7 +188,7 @@ pub fn objects_seen(task: &TaskSeen) -> Objects<'_> {
         syscall,
         fd: task.fd_file.as_ref().map(|file| file.fd).or(fd),
         fd_file: task.fd_file.as_ref().map(|file| (file.mnt_id, file.dev, file.ino)),
-        walk: task.walk.as_ref().map(|walk| (walk.path.as_str(), walk.mnt_id, walk.dev)),
+        walk: task.walk.as_ref().map(|walk| (walk.path.clone(), walk.mnt_id, walk.dev)),
     }
 }
 
@@ -226,12 +220,6 @@ pub fn attribute_proc(pid: u32, nr: i64, args: &[u64; 6], table: &mut MountTable
 /// A numeric field of a `/proc/PID/fdinfo/FD` text (`mnt_id:`, `ino:`).
 fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
     fdinfo.lines().find_map(|line| line.strip_prefix(name)).and_then(|value| value.trim().parse().ok())
-}
-
-/// The path argument, when the task passed one.
-fn path_arg(target: &Target) -> Option<String> {
-    let len = target.path.iter().position(|&b| b == 0).unwrap_or(target.path.len());
-    (len > 0).then(|| String::from_utf8_lossy(&target.path[..len]).into_owned())
 }
 
 /// `readlink /proc/PID/fd/FD`: the kernel prints the path from its dentry cache.
@@ -287,19 +275,27 @@ mod tests {
         ))
     }
 
-    fn target(syscall: i32, fd: i32, dev: u32, ino: u64, path: &str) -> Target {
+    /// What the kernel side notes of a syscall on a file descriptor.
+    fn on_file(syscall: i32, fd: i32, mnt_id: u32, dev: u32, ino: u64) -> Target {
+        Target { syscall, fd, dev, mnt_id, ino, ..Target::NONE }
+    }
+
+    /// What it notes of a path walk: the kernel's copy of the path and the mount of
+    /// the directory being walked.
+    fn in_walk(syscall: i32, mnt_id: u32, dev: u32, path: &str) -> Target {
         let mut bytes = [0u8; PATH_LEN];
         bytes[..path.len()].copy_from_slice(path.as_bytes());
-        Target { syscall, fd, dev, ino, path: bytes, ..Target::NONE }
+        let walk = dstrace_common::Walk { mnt_id, dev, dir_ino: 1 };
+        Target { syscall, fd: AT_FDCWD, walk, path: bytes, ..Target::NONE }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn an_absolute_path_argument_names_mount_and_file() {
-        // statx(AT_FDCWD, "/tmp/fuse/./a/../missing", ...)
+    fn a_path_walk_names_its_mount_by_id_and_the_path_the_kernel_copied() {
+        // statx(AT_FDCWD, "/tmp/fuse/./a/../missing", ...), walking mount 92 (0:55).
         let attribution = attribute(
             NO_TASK,
-            &target(332, AT_FDCWD, 0, 0, "/tmp/fuse/./a/../missing"),
+            &in_walk(332, 92, 55, "/tmp/fuse/./a/../missing"),
             &mut table(),
             &mut FilePaths::default(),
         );
@@ -312,17 +308,44 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    fn a_path_string_never_chooses_the_mount() {
+        // The path says /tmp/fuse, the kernel says the walk is on mount 22 (the
+        // root): a path is for display, the mount is the kernel's.
+        let attribution = attribute(
+            NO_TASK,
+            &in_walk(332, 22, (252 << 20) | 1, "/tmp/fuse/missing"),
+            &mut table(),
+            &mut FilePaths::default(),
+        );
+        assert_eq!(attribution.mount.unwrap().fs_type, "ext4");
+        // No walk, no file: no mount, whatever the path.
+        let mut target = in_walk(332, 0, 0, "/tmp/fuse/missing");
+        target.walk = dstrace_common::Walk::NONE;
+        let attribution = attribute(NO_TASK, &target, &mut table(), &mut FilePaths::default());
+        assert_eq!((attribution.syscall, attribution.mount, attribution.file), (Some("statx"), None, None));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
     fn a_descriptor_names_mount_and_inode() {
         // fsync(fd) on a file of the NFS mount, in a task that no longer exists.
         let attribution = attribute(
             NO_TASK,
-            &target(74, 3, 29, 2199054015793, ""),
+            &on_file(74, 3, 91, 29, 2199054015793),
             &mut table(),
             &mut FilePaths::default(),
         );
         assert_eq!(attribution.syscall, Some("fsync"));
-        assert_eq!(attribution.mount.unwrap().fs_type, "nfs4");
+        assert_eq!(attribution.mount.unwrap().mount_point, Path::new("/var/lib/nova"));
         assert_eq!(attribution.file.unwrap(), FileRef { path: None, inode: Some(2199054015793) });
+        // Through the bind mount (93, same superblock): that mount, not the other.
+        let attribution = attribute(
+            NO_TASK,
+            &on_file(74, 3, 93, 29, 2199054015793),
+            &mut table(),
+            &mut FilePaths::default(),
+        );
+        assert_eq!(attribution.mount.unwrap().mount_point, Path::new("/srv/bind"));
     }
 
     #[test]

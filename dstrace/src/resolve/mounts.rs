@@ -298,19 +298,6 @@ impl MountTable {
         }
         space.gone.iter().rev().find(|mount| mount.dev == wanted).cloned()
     }
-
-    /// The mount an absolute path lies on, as process `pid` sees it: the longest
-    /// mount point that prefixes it (the last such mount, when several are
-    /// stacked on one point).
-    pub fn by_path(&mut self, pid: u32, path: &Path) -> Option<Mount> {
-        let (_, space) = self.space(pid);
-        space
-            .mounts
-            .iter()
-            .filter(|mount| path.starts_with(&mount.mount_point))
-            .max_by_key(|mount| mount.mount_point.components().count())
-            .cloned()
-    }
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
@@ -369,17 +356,6 @@ bogus line
         let mount = table.by_dev(NO_TASK, 29).unwrap();
         assert_eq!(mount.mount_point, Path::new("/var/lib/nova"));
         assert_eq!(mount.source, "10.0.0.5:/export");
-    }
-
-    #[test]
-    fn mounts_by_path_take_the_longest_prefix() {
-        let mut table = table();
-        assert_eq!(
-            table.by_path(NO_TASK, Path::new("/tmp/fuse/missing")).unwrap().fs_type,
-            "fuse.dstrace-test"
-        );
-        assert_eq!(table.by_path(NO_TASK, Path::new("/tmp/fusex")).unwrap().fs_type, "ext4");
-        assert_eq!(table.by_path(NO_TASK, Path::new("/")).unwrap().fs_type, "ext4");
     }
 
     #[test]
