@@ -9,6 +9,7 @@
 
 pub mod dload;
 pub mod fuse;
+pub mod fused;
 pub mod http;
 pub mod tmux;
 
@@ -479,6 +480,23 @@ pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitSt
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs a command to its end within `deadline` (a bound for "answers in bounded
+/// time", not a timing; killed and failed past it), its standard output and error
+/// collected.
+pub fn output_bounded(cmd: &mut Command, deadline: Duration, what: &str) -> std::process::Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
+        bytes
+    });
+    let status = wait_bounded(&mut child, deadline, what);
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::process::Output { status, stdout: reader.join().unwrap(), stderr }
 }
 
 /// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
