@@ -486,7 +486,13 @@ pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitSt
 /// time", not a timing; killed and failed past it), its standard output and error
 /// collected.
 pub fn output_bounded(cmd: &mut Command, deadline: Duration, what: &str) -> std::process::Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    output_of(child, deadline, what)
+}
+
+/// As [`output_bounded`], for a child already started (to know its pid) with its
+/// standard output and error piped.
+pub fn output_of(mut child: Child, deadline: Duration, what: &str) -> std::process::Output {
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -710,6 +716,55 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cgroup v2 directory made for a test (`dstrace-test-NAME-PID` under the cgroup
+/// v2 root), removed on drop (once its tasks are gone: it waits up to 5 s).
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    /// Creates it.
+    pub fn new(name: &str) -> TestCgroup {
+        let mounts = dstrace::resolve::mounts::read().unwrap();
+        let root =
+            dstrace::resolve::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+        let dir = root.join(format!("dstrace-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a cgroup");
+        TestCgroup(dir)
+    }
+
+    /// Moves a process into it.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move a task into the cgroup");
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Its path as `/proc/PID/cgroup` names it (`/dstrace-test-NAME-PID`), from
+    /// the cgroup v2 root.
+    pub fn name(&self) -> String {
+        format!("/{}", self.0.file_name().unwrap().to_string_lossy())
+    }
+
+    /// Its id (the directory's inode number, what `cgroup_id` reports).
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
