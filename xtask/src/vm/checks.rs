@@ -12,8 +12,9 @@ use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
 /// The integration tests the `tests` scenario runs in the guest: those that make
-/// real D states and check what the engine and the attribution report.
-pub const GUEST_TESTS: &[&str] = &["engine", "d_states"];
+/// real D states and check what the engine and the attribution report, and what
+/// dstrace says of tasks already in D when it starts (with their fixture's own).
+pub const GUEST_TESTS: &[&str] = &["engine", "d_states", "fused", "after_hang"];
 
 /// The `load` scenario: dstrace started, and reported completed D waits of `dd`
 /// (synchronous writes) with the kernel function they blocked in.
