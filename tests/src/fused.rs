@@ -21,18 +21,15 @@
 use std::{
     ffi::OsStr,
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{
-        mpsc::{self, Receiver},
-        Mutex,
-    },
+    sync::{mpsc::Receiver, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::{fuse::FILE_NAME, in_syscall, scaled, task_state, wait_for_state, wait_until_proc};
+use crate::{fuse::FILE_NAME, in_syscall, lines_of, scaled, task_state, wait_for_state, wait_until_proc};
 
 /// How long a step of setting a pile-up up may take before the test gives up.
 const STEP: Duration = Duration::from_secs(10);
@@ -125,16 +122,7 @@ impl FuseDaemon {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("dstrace-test-fused starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout is piped"));
         let stdin = child.stdin.take();
         let ready = match lines.recv_timeout(scaled(STEP)) {
             Ok(line) => line,

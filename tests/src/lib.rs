@@ -91,6 +91,20 @@ pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
+/// The lines a child prints, read by a thread of their own as they come.
+pub fn lines_of(stdout: std::process::ChildStdout) -> Receiver<String> {
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A running `dstrace`, its standard output read line by line.
 pub struct Dstrace {
     child: Child,
@@ -115,16 +129,7 @@ impl Dstrace {
     /// which `exec`s it).
     pub fn spawn_command(mut cmd: Command) -> Dstrace {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("dstrace starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout is piped"));
         Dstrace { child, lines, seen: Vec::new() }
     }
 

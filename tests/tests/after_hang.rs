@@ -476,6 +476,34 @@ fn kill_cont_pids(line: &str) -> Vec<u32> {
 }
 
 /// `run --json`: each task already in D is listed once before `start` and again in
+/// One listing of the tasks in D (`run`'s records before `start`, its summary's
+/// `ongoing`, a snapshot's `tasks`): each stuck task once, checked; no owner (they
+/// sleep in S).
+fn check_listing(
+    p: &mut Problems,
+    what: &str,
+    records: &[&Value],
+    stuck: &[Stuck],
+    owners: &[u32],
+    requests: bool,
+) {
+    for task in stuck {
+        let listed = of_tid(records, task.tid);
+        p.check(listed.len() == 1, || {
+            format!("{what}: tid {} is listed {} times, not once", task.tid, listed.len())
+        });
+        if let Some(record) = listed.first() {
+            check_task(p, what, record, task, requests);
+        }
+    }
+    for owner in owners {
+        p.check(of_tid(records, *owner).is_empty(), || {
+            format!("{what}: owner {owner} sleeps in S, yet is listed in D")
+        });
+    }
+}
+
+/// `run --json`: each task already in D is listed once before `start` and again in
 /// the summary's `ongoing`, as the contract says; the owners (in S) are not.
 fn check_run(
     p: &mut Problems,
@@ -484,32 +512,11 @@ fn check_run(
     owners: &[u32],
     daemons: &[(&Daemon, usize)],
 ) {
-    let start = run.start();
-    let fuse_requests = !skipped(start, NO_FUSE_REQUESTS);
-    let arrival = run.arrival();
+    let requests = !skipped(run.start(), NO_FUSE_REQUESTS);
     let summary = run.summary();
     let ongoing: Vec<&Value> = summary["ongoing"].as_array().into_iter().flatten().collect();
-    for task in stuck {
-        let first = of_tid(&arrival, task.tid);
-        p.check(first.len() == 1, || {
-            format!("run: tid {} has {} ongoing records before start, not 1", task.tid, first.len())
-        });
-        if let Some(record) = first.first() {
-            check_task(p, "run (before start)", record, task, fuse_requests);
-        }
-        let last = of_tid(&ongoing, task.tid);
-        p.check(last.len() == 1, || {
-            format!("run: tid {} is {} times in the summary's ongoing, not once", task.tid, last.len())
-        });
-        if let Some(record) = last.first() {
-            check_task(p, "run (summary)", record, task, fuse_requests);
-        }
-    }
-    for owner in owners {
-        p.check(of_tid(&arrival, *owner).is_empty(), || {
-            format!("run: owner {owner} sleeps in S, yet is listed in D")
-        });
-    }
+    check_listing(p, "run (before start)", &run.arrival(), stuck, owners, requests);
+    check_listing(p, "run (summary)", &ongoing, stuck, owners, requests);
     check_advice(p, "run (summary advice)", &summary["advice"], daemons);
 }
 
@@ -522,22 +529,9 @@ fn check_snapshot(
     daemons: &[(&Daemon, usize)],
 ) {
     p.eq("snapshot: type", &snapshot["type"], "snapshot");
-    let fuse_requests = !cannot_see(snapshot, NO_FUSE_REQUESTS);
+    let requests = !cannot_see(snapshot, NO_FUSE_REQUESTS);
     let tasks: Vec<&Value> = snapshot["tasks"].as_array().into_iter().flatten().collect();
-    for task in stuck {
-        let records = of_tid(&tasks, task.tid);
-        p.check(records.len() == 1, || {
-            format!("snapshot: tid {} is {} times in tasks, not once", task.tid, records.len())
-        });
-        if let Some(record) = records.first() {
-            check_task(p, "snapshot", record, task, fuse_requests);
-        }
-    }
-    for owner in owners {
-        p.check(of_tid(&tasks, *owner).is_empty(), || {
-            format!("snapshot: owner {owner} sleeps in S, yet is listed in D")
-        });
-    }
+    check_listing(p, "snapshot", &tasks, stuck, owners, requests);
     check_advice(p, "snapshot (advice)", &snapshot["advice"], daemons);
 }
 
@@ -567,8 +561,12 @@ fn owners_of(pileups: &[(&DaemonPileup<'_>, Stall)]) -> Vec<u32> {
 }
 
 /// Runs `run --json` and `snapshot --json` beside the pile-ups (made before), and
-/// checks both against what the test knows of every task.
-fn check_both(test: &str, pileups: &[(&DaemonPileup<'_>, Stall)]) {
+/// checks both against what the test knows of every task, and with `more`.
+fn check_both(
+    test: &str,
+    pileups: &[(&DaemonPileup<'_>, Stall)],
+    more: impl FnOnce(&mut Problems, &RunOutput, &Value, &[Stuck]),
+) {
     let stuck: Vec<Stuck> = pileups.iter().flat_map(|(pileup, stall)| stuck_of(pileup, *stall)).collect();
     let owners = owners_of(pileups);
     let daemons = daemons_of(pileups);
@@ -580,10 +578,14 @@ fn check_both(test: &str, pileups: &[(&DaemonPileup<'_>, Stall)]) {
         return;
     }
     let mut p = Problems::default();
+    more(&mut p, &run, &snapshot, &stuck);
     check_run(&mut p, &run, &stuck, &owners, &daemons);
     check_snapshot(&mut p, &snapshot, &stuck, &owners, &daemons);
     p.assert_none(&format!("{}\n\nsnapshot:\n{snapshot:#}", run.text()));
 }
+
+/// Nothing more to check.
+fn nothing_more(_: &mut Problems, _: &RunOutput, _: &Value, _: &[Stuck]) {}
 
 /// The incident as a user meets it: a FUSE daemon stopped (`kill -STOP`), lookups
 /// and writers piled up behind it, and only then dstrace. Both `run` and
@@ -597,7 +599,7 @@ fn a_pileup_behind_a_stopped_daemon_is_explained_when_dstrace_arrives_after_it()
     }
     let daemon = FuseDaemon::start("after-hang");
     let pileup = DaemonPileup::start(&daemon, Stall::Stop, 3, 3);
-    check_both(test, &[(&pileup, Stall::Stop)]);
+    check_both(test, &[(&pileup, Stall::Stop)], nothing_more);
 }
 
 /// Two FUSE filesystems, each with its own daemon process: one stopped, the other
@@ -613,7 +615,7 @@ fn two_fuse_mounts_each_name_their_own_daemon() {
     let silent = FuseDaemon::start("after-hang-silent");
     let behind_stopped = DaemonPileup::start(&stopped, Stall::Stop, 2, 2);
     let behind_silent = DaemonPileup::start(&silent, Stall::Hold, 2, 2);
-    check_both(test, &[(&behind_stopped, Stall::Stop), (&behind_silent, Stall::Hold)]);
+    check_both(test, &[(&behind_stopped, Stall::Stop), (&behind_silent, Stall::Hold)], nothing_more);
 }
 
 /// A pile-up in a private mount namespace and a cgroup of its own (a container's),
@@ -636,51 +638,35 @@ fn a_pileup_in_a_private_mount_namespace_is_named_as_its_tasks_see_it() {
     for pid in pileup.pids() {
         cgroup.add(pid);
     }
-    let stuck = stuck_of(&pileup, Stall::Stop);
-    assert!(
-        stuck.iter().all(|task| task.cgroup == Some(cgroup.name())),
-        "the tasks are in {}",
-        cgroup.name()
-    );
-    sleep(SETTLE);
-    let run = run_json(&[]);
-    let (_, snapshot) = snapshot_json(&[]);
-    if iterator_missing(test, run.start()) {
-        return;
+    for pid in pileup.stuck() {
+        assert_eq!(cgroup_of(pid), Some(cgroup.name()), "pid {pid} is in the test's cgroup");
     }
-    let mut p = Problems::default();
+    let path = daemon.path().to_str().unwrap().to_owned();
     // Spelled out: not the host's `/` (or its temporary directory's mount), and in
     // a namespace that is not dstrace's.
-    let arrival = run.arrival();
-    let tasks: Vec<&Value> = snapshot["tasks"].as_array().into_iter().flatten().collect();
-    for (what, records) in [("run", &arrival), ("snapshot", &tasks)] {
-        for task in &stuck {
-            for record in of_tid(records, task.tid) {
-                let mount = &record["mount"];
-                if mount["mountpoint"] != daemon.path().to_str().unwrap() {
-                    p.0.push(format!(
-                        "{what}: tid {} on {} {} (the host's view?), not {}",
-                        task.tid,
-                        mount["fstype"],
-                        mount["mountpoint"],
-                        daemon.path().display()
-                    ));
+    check_both(test, &[(&pileup, Stall::Stop)], |p, run, snapshot, stuck| {
+        let arrival = run.arrival();
+        let tasks: Vec<&Value> = snapshot["tasks"].as_array().into_iter().flatten().collect();
+        for (what, records) in [("run", &arrival), ("snapshot", &tasks)] {
+            for task in stuck {
+                for record in of_tid(records, task.tid) {
+                    let mount = &record["mount"];
+                    p.check(mount["mountpoint"] == path.as_str(), || {
+                        format!(
+                            "{what}: tid {} on {} {} (the host's view?), not {path}",
+                            task.tid, mount["fstype"], mount["mountpoint"]
+                        )
+                    });
+                    p.check(mount["namespace"].as_u64().is_some_and(|ns| ns != ours), || {
+                        format!(
+                            "{what}: tid {}: mount.namespace {} is not the task's own ({})",
+                            task.tid, mount["namespace"], task.namespace
+                        )
+                    });
                 }
-                p.check(mount["namespace"].as_u64().is_some_and(|ns| ns != ours), || {
-                    format!(
-                        "{what}: tid {}: mount.namespace {} is not the task's own ({})",
-                        task.tid, mount["namespace"], task.namespace
-                    )
-                });
             }
         }
-    }
-    let owners = owners_of(&[(&pileup, Stall::Stop)]);
-    let daemons = daemons_of(&[(&pileup, Stall::Stop)]);
-    let daemons: Vec<(&Daemon, usize)> = daemons.iter().map(|(d, n)| (d, *n)).collect();
-    check_run(&mut p, &run, &stuck, &owners, &daemons);
-    check_snapshot(&mut p, &snapshot, &stuck, &owners, &daemons);
-    p.assert_none(&format!("{}\n\nsnapshot:\n{snapshot:#}", run.text()));
+    });
 }
 
 /// The text views (`snapshot`, `run --plain`) show, for each task found in D on
