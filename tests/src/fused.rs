@@ -9,9 +9,11 @@
 //! `Drop` always resumes and ends it, so the mount goes away even when a test
 //! panics. [`DaemonPileup`] makes the tasks: lookups of a missing name (the first
 //! waits for the daemon in S in `request_wait_answer`, the others in D in
-//! `d_alloc_parallel`) and writers of the mount's one file (the first waits for the
+//! `d_alloc_parallel`), writers of the mount's one file (the first waits for the
 //! daemon in S in `write(2)` holding the inode's `i_rwsem`, the others for that
-//! lock in D in `write(2)`), each checked in `/proc` to be where it should be.
+//! lock in D in `write(2)`) and openers of a new name (the first waits for the
+//! daemon in S in `openat(2)` holding the directory's `i_rwsem`, the others for
+//! that lock in D), each checked in `/proc` to be where it should be.
 //!
 //! A handle must be dropped on the thread that made it: the daemon dies with that
 //! thread (`PR_SET_PDEATHSIG`), which is also what frees a pile-up if the test
@@ -379,7 +381,24 @@ pub struct Pile {
     pub target: PathBuf,
 }
 
-/// Lookups and writers piled up behind a daemon that stopped answering.
+/// How many tasks of each kind to pile up behind a daemon (each kind asked for
+/// gets one more: the task that waits for the daemon, in S).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Piles {
+    /// `stat` of a missing name: in D in `d_alloc_parallel`, behind the first one's
+    /// `LOOKUP`.
+    pub lookups: usize,
+    /// `sh` writing to the mount's one file on a descriptor opened before: in D in
+    /// `write(2)` for the file's `i_rwsem`, which the first holds for its `WRITE`.
+    pub writers: usize,
+    /// `sh` opening a new name for appending (`echo x >> NEW`, `O_CREAT`): in D in
+    /// `openat(2)` (`path_openat`) for the directory's `i_rwsem`, which the first
+    /// holds for its `LOOKUP` (the incident of issue 17). Not beside `lookups`:
+    /// both need the directory (the lookups' first holds it shared).
+    pub openers: usize,
+}
+
+/// Lookups, writers and openers piled up behind a daemon that stopped answering.
 ///
 /// Dropping it resumes the daemon, which lets them all go, then ends them.
 pub struct DaemonPileup<'d> {
@@ -388,31 +407,34 @@ pub struct DaemonPileup<'d> {
     pub lookups: Option<Pile>,
     /// `sh` writing to the mount's one file (when asked for).
     pub writers: Option<Pile>,
+    /// `sh` opening a new name of the mount for appending (when asked for).
+    pub openers: Option<Pile>,
     children: Vec<Child>,
 }
 
 impl<'d> DaemonPileup<'d> {
-    /// Stops the daemon as `stall` says and piles `lookups` + 1 lookups and
-    /// `writers` + 1 writers up behind it (none of a kind asked 0), in its mount
-    /// namespace; returns once `/proc` shows each where it should be. The daemon
-    /// must be answering when called.
+    /// Stops the daemon as `stall` says and piles the tasks `piles` asks for up
+    /// behind it, in its mount namespace; returns once `/proc` shows each where it
+    /// should be. The daemon must be answering when called.
     ///
     /// Writers open the file while the daemon still answers (`exec 3>>FILE`, then
     /// they wait for a line on their standard input): the open needs the daemon,
     /// the write then waits for it. One write goes through first, so that the
     /// kernel has asked its one `GETXATTR` (answered `ENOSYS`) and the first
     /// blocked writer waits for its `WRITE` itself.
-    pub fn start(daemon: &'d FuseDaemon, stall: Stall, lookups: usize, writers: usize) -> DaemonPileup<'d> {
-        let mut pileup = DaemonPileup { daemon, lookups: None, writers: None, children: Vec::new() };
+    pub fn start(daemon: &'d FuseDaemon, stall: Stall, piles: Piles) -> DaemonPileup<'d> {
+        assert!(piles.lookups == 0 || piles.openers == 0, "lookups and openers need a mount each");
+        let mut pileup =
+            DaemonPileup { daemon, lookups: None, writers: None, openers: None, children: Vec::new() };
         let file = daemon.path().join(FILE_NAME);
         let mut gated = Vec::new();
-        if writers > 0 {
+        if piles.writers > 0 {
             let mut primer = daemon.command("sh");
             primer.args(["-c", r#"echo x >> "$0""#]).arg(&file);
             let mut primer = primer.stdin(Stdio::null()).spawn().expect("spawn sh");
             let status = crate::wait_bounded(&mut primer, STEP, "a first write to the FUSE file");
             assert!(status.success(), "a first write to {} failed: {status}", file.display());
-            for _ in 0..=writers {
+            for _ in 0..=piles.writers {
                 let mut writer = daemon.command("sh");
                 writer.args(["-c", r#"exec 3>>"$0" && read go && echo x >&3"#]).arg(&file);
                 let child = writer
@@ -432,19 +454,12 @@ impl<'d> DaemonPileup<'d> {
             Stall::Stop => daemon.stop(),
             Stall::Hold => daemon.hold(),
         }
-        if lookups > 0 {
+        if piles.lookups > 0 {
             let target = daemon.path().join("missing");
-            let spawn = |pileup: &mut DaemonPileup<'_>| {
-                let mut stat = daemon.command("stat");
-                stat.arg(&target).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-                let child = stat.spawn().expect("spawn stat");
-                let pid = child.id();
-                pileup.children.push(child);
-                pid
-            };
-            let owner = spawn(&mut pileup);
+            let owner = pileup.spawn(daemon.command("stat").arg(&target));
             wait_for_state(owner, 'S', STEP);
-            let stuck: Vec<u32> = (0..lookups).map(|_| spawn(&mut pileup)).collect();
+            let stuck: Vec<u32> =
+                (0..piles.lookups).map(|_| pileup.spawn(daemon.command("stat").arg(&target))).collect();
             for &pid in &stuck {
                 wait_for_state(pid, 'D', STEP);
             }
@@ -471,7 +486,48 @@ impl<'d> DaemonPileup<'d> {
             eprintln!("writer holding the inode lock: pid {owner}; piled up behind it in D: {stuck:?}");
             pileup.writers = Some(Pile { owner, stuck: stuck.to_vec(), target: file });
         }
+        if piles.openers > 0 {
+            let target = daemon.path().join("created");
+            let opener = || {
+                let mut sh = daemon.command("sh");
+                sh.args(["-c", r#"echo x >> "$0""#]).arg(&target);
+                sh
+            };
+            let owner = pileup.spawn(&mut opener());
+            wait_until_proc(owner, STEP, |state, wchan| {
+                state == 'S'
+                    && in_syscall(owner, libc::SYS_openat)
+                    && (wchan.contains("fuse") || wchan.contains("request_wait"))
+            });
+            let stuck: Vec<u32> = (0..piles.openers).map(|_| pileup.spawn(&mut opener())).collect();
+            for &pid in &stuck {
+                wait_until_proc(pid, STEP, |state, _| state == 'D' && in_syscall(pid, libc::SYS_openat));
+            }
+            eprintln!("opener holding the directory's lock: pid {owner}; piled up behind it in D: {stuck:?}");
+            pileup.openers = Some(Pile { owner, stuck, target });
+        }
         pileup
+    }
+
+    /// Starts a task of the pile-up (its output to /dev/null) and keeps it.
+    fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a task of the pile-up");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// The piles made, each with its kind's name (`lookups`, `writers`, `openers`).
+    pub fn piles(&self) -> Vec<(&'static str, &Pile)> {
+        [("lookups", &self.lookups), ("writers", &self.writers), ("openers", &self.openers)]
+            .into_iter()
+            .filter_map(|(kind, pile)| Some((kind, pile.as_ref()?)))
+            .collect()
     }
 
     /// Lets a gated writer write.
@@ -482,7 +538,12 @@ impl<'d> DaemonPileup<'d> {
 
     /// Every task in D, lookups first.
     pub fn stuck(&self) -> Vec<u32> {
-        self.lookups.iter().chain(&self.writers).flat_map(|pile| pile.stuck.iter().copied()).collect()
+        self.piles().into_iter().flat_map(|(_, pile)| pile.stuck.iter().copied()).collect()
+    }
+
+    /// The tasks that wait for the daemon (in S), one a pile.
+    pub fn owners(&self) -> Vec<u32> {
+        self.piles().into_iter().map(|(_, pile)| pile.owner).collect()
     }
 
     /// Every task it made, those in S included.

@@ -19,7 +19,7 @@ use std::{
 
 use dstrace_tests::{
     dstrace_bin,
-    fused::{cgroup_of, namespace_of, DaemonPileup, FuseDaemon, Stall},
+    fused::{cgroup_of, namespace_of, DaemonPileup, FuseDaemon, Piles, Stall},
     json_lines, output_of, require_root, skipped, Dstrace, TestCgroup,
 };
 use serde_json::{json, Value};
@@ -38,6 +38,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 const NO_ITERATOR: &str = "tasks already in D";
 /// ... where the kernel cannot say which FUSE requests are in flight.
 const NO_FUSE_REQUESTS: &str = "FUSE requests in flight";
+
+/// Two lookups and two writers behind one daemon's first of each.
+const LOOKUPS_AND_WRITERS: Piles = Piles { lookups: 2, writers: 2, openers: 0 };
 
 /// The system calls a `stat` looks a name up in.
 const STAT_SYSCALLS: [&str; 4] = ["statx", "newfstatat", "lstat", "stat"];
@@ -117,6 +120,31 @@ enum Kind {
     Lookup,
     /// `sh` writing to the mount's file, behind the writer holding its inode lock.
     Writer,
+    /// `sh` opening a new name (`O_CREAT`), behind the opener holding the
+    /// directory's inode lock.
+    Opener,
+}
+
+impl Kind {
+    /// The kind of the tasks of a pile, by its name in [`DaemonPileup::piles`].
+    fn of(pile: &str) -> Kind {
+        match pile {
+            "lookups" => Kind::Lookup,
+            "writers" => Kind::Writer,
+            "openers" => Kind::Opener,
+            other => panic!("no pile {other}"),
+        }
+    }
+
+    /// The inode whose `i_rwsem` its tasks wait for: the file (`2`) for a writer,
+    /// the directory (the root, `1`) for an opener; none for a lookup.
+    fn locked_inode(self) -> Option<u64> {
+        match self {
+            Kind::Lookup => None,
+            Kind::Writer => Some(2),
+            Kind::Opener => Some(1),
+        }
+    }
 }
 
 /// One of the daemons a test made, as the test knows it.
@@ -149,7 +177,7 @@ impl Daemon {
             source: mount.source.clone(),
             dev: format!("{}:{}", mount.dev.0, mount.dev.1),
             mount_id: mount.id,
-            owners: pileup.lookups.iter().chain(&pileup.writers).map(|pile| pile.owner).collect(),
+            owners: pileup.owners(),
         }
     }
 
@@ -182,11 +210,11 @@ struct Stuck {
 /// Every task of a pile-up in D, with what `/proc` says of it now.
 fn stuck_of(pileup: &DaemonPileup<'_>, stall: Stall) -> Vec<Stuck> {
     let daemon = Daemon::of(pileup, stall);
-    let piles = [(Kind::Lookup, &pileup.lookups), (Kind::Writer, &pileup.writers)];
-    piles
+    pileup
+        .piles()
         .into_iter()
-        .filter_map(|(kind, pile)| Some((kind, pile.as_ref()?)))
         .flat_map(|(kind, pile)| {
+            let kind = Kind::of(kind);
             let daemon = daemon.clone();
             pile.stuck.iter().map(move |&tid| Stuck {
                 tid,
@@ -316,6 +344,11 @@ fn check_task(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse_
         Kind::Writer => {
             p.check(syscall == "write" || in_close, || format!("{}: {}", at("syscall"), record["syscall"]));
         }
+        Kind::Opener => {
+            p.check(["openat", "open", "openat2"].contains(&syscall), || {
+                format!("{}: {}", at("syscall"), record["syscall"])
+            });
+        }
     }
     if !in_close {
         let mount = &record["mount"];
@@ -331,7 +364,7 @@ fn check_task(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse_
         }
     }
 
-    if stuck.kind == Kind::Writer {
+    if let Some(ino) = stuck.kind.locked_inode() {
         let lock = &record["lock"];
         p.eq(&at("lock.kind"), &lock["kind"], "rwsem-write");
         p.check(lock["addr"].as_str().is_some_and(|a| a.starts_with("0x")), || {
@@ -341,7 +374,7 @@ fn check_task(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse_
             format!("{}: {lock}", at("lock.name"))
         });
         p.eq(&at("lock.inode.dev"), &lock["inode"]["dev"], daemon.dev.as_str());
-        p.eq(&at("lock.inode.ino"), &lock["inode"]["ino"], 2);
+        p.eq(&at("lock.inode.ino"), &lock["inode"]["ino"], ino);
         let holder = &lock["holder"];
         p.eq(&at("lock.holder.tid"), &holder["tid"], stuck.owner);
         p.eq(&at("lock.holder.tgid"), &holder["tgid"], stuck.owner);
@@ -355,7 +388,7 @@ fn check_task(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse_
     check_chain(p, &at("chain"), record, stuck, fuse_requests);
 }
 
-/// The chain: the task, (for a writer) the lock and its holder, the mount, the
+/// The chain: the task, (for a writer or an opener) the lock and its holder, the mount, the
 /// requests the daemon has not answered, and exactly this mount's daemon.
 fn check_chain(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse_requests: bool) {
     let daemon = &stuck.daemon;
@@ -368,7 +401,7 @@ fn check_chain(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse
     p.check(chain.first().is_some_and(|first| first["link"] == "task" && first["tid"] == stuck.tid), || {
         format!("{what}: does not begin at the task: {}", show())
     });
-    if stuck.kind == Kind::Writer {
+    if stuck.kind.locked_inode().is_some() {
         p.check(kinds.len() >= 4 && kinds[..4] == ["task", "lock", "task", "mount"], || {
             format!("{what}: not task, lock, holder, mount: {}", show())
         });
@@ -554,10 +587,7 @@ fn daemons_of(pileups: &[(&DaemonPileup<'_>, Stall)]) -> Vec<(Daemon, usize)> {
 
 /// The pile-ups' owners (in S).
 fn owners_of(pileups: &[(&DaemonPileup<'_>, Stall)]) -> Vec<u32> {
-    pileups
-        .iter()
-        .flat_map(|(pileup, _)| pileup.lookups.iter().chain(&pileup.writers).map(|pile| pile.owner))
-        .collect()
+    pileups.iter().flat_map(|(pileup, _)| pileup.owners()).collect()
 }
 
 /// Runs `run --json` and `snapshot --json` beside the pile-ups (made before), and
@@ -598,7 +628,23 @@ fn a_pileup_behind_a_stopped_daemon_is_explained_when_dstrace_arrives_after_it()
         return;
     }
     let daemon = FuseDaemon::start("after-hang");
-    let pileup = DaemonPileup::start(&daemon, Stall::Stop, 3, 3);
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, Piles { lookups: 3, writers: 3, openers: 0 });
+    check_both(test, &[(&pileup, Stall::Stop)], nothing_more);
+}
+
+/// The incident issue 17 measured: a writer creating a file holds the directory's
+/// `i_rwsem` while it waits for the stopped daemon's answer, and the next ones
+/// wait for that lock in D in `openat(2)` (`path_openat`), beside writers of an
+/// open file waiting for its inode's. Each names the lock of its own inode and its
+/// holder.
+#[test]
+fn openers_behind_a_stopped_daemon_name_the_directory_lock_and_its_holder() {
+    let test = "openers_behind_a_stopped_daemon_name_the_directory_lock_and_its_holder";
+    if !require_root(test) {
+        return;
+    }
+    let daemon = FuseDaemon::start("after-hang-open");
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, Piles { lookups: 0, writers: 2, openers: 3 });
     check_both(test, &[(&pileup, Stall::Stop)], nothing_more);
 }
 
@@ -613,8 +659,8 @@ fn two_fuse_mounts_each_name_their_own_daemon() {
     }
     let stopped = FuseDaemon::start("after-hang-stopped");
     let silent = FuseDaemon::start("after-hang-silent");
-    let behind_stopped = DaemonPileup::start(&stopped, Stall::Stop, 2, 2);
-    let behind_silent = DaemonPileup::start(&silent, Stall::Hold, 2, 2);
+    let behind_stopped = DaemonPileup::start(&stopped, Stall::Stop, LOOKUPS_AND_WRITERS);
+    let behind_silent = DaemonPileup::start(&silent, Stall::Hold, LOOKUPS_AND_WRITERS);
     check_both(test, &[(&behind_stopped, Stall::Stop), (&behind_silent, Stall::Hold)], nothing_more);
 }
 
@@ -634,7 +680,7 @@ fn a_pileup_in_a_private_mount_namespace_is_named_as_its_tasks_see_it() {
     assert!(!daemon.path().exists(), "the host has {}", daemon.path().display());
     // A container has a cgroup of its own too: its tasks' `cgroup` is that.
     let cgroup = TestCgroup::new("after-hang-ns");
-    let pileup = DaemonPileup::start(&daemon, Stall::Stop, 2, 2);
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, LOOKUPS_AND_WRITERS);
     for pid in pileup.pids() {
         cgroup.add(pid);
     }
@@ -678,7 +724,7 @@ fn the_text_views_show_the_mount_and_chain_of_tasks_found_in_d() {
         return;
     }
     let daemon = FuseDaemon::start("after-hang-text");
-    let pileup = DaemonPileup::start(&daemon, Stall::Stop, 2, 2);
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, LOOKUPS_AND_WRITERS);
     let stuck = stuck_of(&pileup, Stall::Stop);
     sleep(SETTLE);
     let (_, snapshot) = dstrace(&["snapshot"]);
@@ -719,7 +765,7 @@ fn check_text(p: &mut Problems, what: &str, text: &str, stuck: &[Stuck]) {
         p.check(chain.contains(&to_daemon), || {
             format!("{what}: tid {}: the chain does not reach {to_daemon:?}: {chain}", task.tid)
         });
-        if task.kind == Kind::Writer {
+        if task.kind.locked_inode().is_some() {
             let holder = format!("sh[{}] S in ", task.owner);
             p.check(text_function(chain, &holder).is_some_and(waits_for_answer), || {
                 format!(
@@ -837,7 +883,7 @@ fn dstrace_never_reports_itself() {
         return;
     }
     let daemon = FuseDaemon::start("after-hang-self");
-    let _pileup = DaemonPileup::start(&daemon, Stall::Stop, 2, 2);
+    let _pileup = DaemonPileup::start(&daemon, Stall::Stop, LOOKUPS_AND_WRITERS);
     let run = run_json(&[]);
     let (snapshot_pid, snapshot) = snapshot_json(&[]);
     let (plain_pid, plain) = dstrace(&["run", "--plain", "--duration", RUN, "--min-duration", "0"]);
@@ -873,7 +919,7 @@ fn a_holder_alive_is_never_shown_gone() {
         return;
     }
     let daemon = FuseDaemon::start("after-hang-holder");
-    let pileup = DaemonPileup::start(&daemon, Stall::Stop, 0, 3);
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, Piles { writers: 3, ..Piles::default() });
     let writers = pileup.writers.clone().unwrap();
     let holder = writers.owner;
     let run = run_json(&[]);

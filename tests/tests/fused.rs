@@ -6,7 +6,7 @@
 use std::{path::Path, time::Duration};
 
 use dstrace_tests::{
-    fused::{cgroup_of, namespace_of, DaemonPileup, FuseDaemon, Stall},
+    fused::{cgroup_of, namespace_of, DaemonPileup, FuseDaemon, Piles, Stall},
     require_root, scaled, task_state,
 };
 
@@ -21,16 +21,29 @@ fn mounted_here(path: &Path) -> bool {
 }
 
 fn pileup_and_undo(daemon: FuseDaemon, stall: Stall) {
+    pileup_and_undo_these(daemon, stall, Piles { lookups: 2, writers: 2, openers: 0 });
+}
+
+fn pileup_and_undo_these(daemon: FuseDaemon, stall: Stall, piles: Piles) {
     let path = daemon.path().to_path_buf();
     let daemon_pid = daemon.pid();
     let pids;
     {
-        let pileup = DaemonPileup::start(&daemon, stall, 2, 2);
-        let lookups = pileup.lookups.clone().unwrap();
-        let writers = pileup.writers.clone().unwrap();
-        assert_eq!(lookups.target, path.join("missing"));
-        assert_eq!(writers.target, path.join(dstrace_tests::fuse::FILE_NAME));
-        assert_eq!(pileup.stuck().len(), 4);
+        let pileup = DaemonPileup::start(&daemon, stall, piles);
+        if let Some(lookups) = &pileup.lookups {
+            assert_eq!(lookups.target, path.join("missing"));
+        }
+        if let Some(writers) = &pileup.writers {
+            assert_eq!(writers.target, path.join(dstrace_tests::fuse::FILE_NAME));
+        }
+        if let Some(openers) = &pileup.openers {
+            assert_eq!(openers.target, path.join("created"));
+        }
+        assert_eq!(pileup.stuck().len(), piles.lookups + piles.writers + piles.openers);
+        assert_eq!(
+            pileup.owners().len(),
+            [piles.lookups, piles.writers, piles.openers].iter().filter(|&&n| n > 0).count()
+        );
         let expected = if stall == Stall::Stop { 'T' } else { 'S' };
         assert_eq!(task_state(daemon_pid), Some(expected), "the daemon's state");
         for pid in pileup.stuck() {
@@ -38,7 +51,7 @@ fn pileup_and_undo(daemon: FuseDaemon, stall: Stall) {
             assert_eq!(namespace_of(pid), daemon.mount().namespace, "pid {pid} in the daemon's namespace");
             assert!(cgroup_of(pid).is_some_and(|c| c.starts_with('/')), "pid {pid} has a cgroup v2 path");
         }
-        for owner in [lookups.owner, writers.owner] {
+        for owner in pileup.owners() {
             assert_eq!(task_state(owner), Some('S'), "owner {owner}");
         }
         assert_eq!(daemon.mount().fstype, "fuse.fixture");
@@ -89,6 +102,18 @@ fn a_daemon_in_a_private_namespace_mounts_where_the_host_has_nothing() {
     assert!(!host_dir.exists(), "{} left behind", host_dir.display());
 }
 
+#[test]
+fn openers_pile_up_behind_a_stopped_daemon_beside_writers() {
+    if !require_root("openers_pile_up_behind_a_stopped_daemon_beside_writers") {
+        return;
+    }
+    pileup_and_undo_these(
+        FuseDaemon::start("fixture"),
+        Stall::Stop,
+        Piles { lookups: 0, writers: 2, openers: 2 },
+    );
+}
+
 /// A daemon killed outright (as when the test process dies) frees its pile-up:
 /// its `/dev/fuse` closes, failing every request.
 #[test]
@@ -97,7 +122,7 @@ fn a_killed_daemon_frees_its_pileup() {
         return;
     }
     let daemon = FuseDaemon::start("fixture");
-    let pileup = DaemonPileup::start(&daemon, Stall::Stop, 2, 0);
+    let pileup = DaemonPileup::start(&daemon, Stall::Stop, Piles { lookups: 2, ..Piles::default() });
     let stuck = pileup.stuck();
     // SAFETY: kill(2) on the daemon, a child of this process not yet reaped.
     unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGKILL) };
