@@ -325,13 +325,13 @@ impl Drop for FuseDaemon {
             let mut io = self.io.lock().unwrap_or_else(|poison| poison.into_inner());
             io.stdin = None;
         }
-        if !self.ended_within(Duration::from_secs(10)) {
+        if !self.ended_within(scaled(STEP)) {
             eprintln!("daemon {} did not end on its own: killing it", self.pid);
             let _ = self.child.kill();
-            if !self.ended_within(Duration::from_secs(10)) {
+            if !self.ended_within(scaled(STEP)) {
                 self.abort_connection();
                 let _ = self.child.kill();
-                let _ = self.ended_within(Duration::from_secs(5));
+                let _ = self.ended_within(scaled(Duration::from_secs(5)));
             }
         }
         if self.host_dir.is_none() {
@@ -563,7 +563,7 @@ impl Drop for DaemonPileup<'_> {
     /// hang on it (the daemon's own Drop kills it, which frees them).
     fn drop(&mut self) {
         self.daemon.resume();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + scaled(STEP);
         for child in &mut self.children {
             drop(child.stdin.take());
             let _ = child.kill();
