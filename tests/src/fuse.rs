@@ -119,12 +119,25 @@ impl FuseMount {
         FuseMount::mount(name, Some(delayed))
     }
 
+    /// Mounts a new filesystem on `dir` (created if missing), with its gate open,
+    /// under the type `fuse.NAME` and the source `NAME` (`/proc/PID/mountinfo`):
+    /// for a server in a process of its own (`dstrace-test-fused`), which may
+    /// mount it in a mount namespace of its own. `name` must be a valid FUSE
+    /// subtype (no spaces or commas).
+    pub fn at(dir: PathBuf, name: &str) -> io::Result<FuseMount> {
+        FuseMount::mount_on(dir, name, None)
+    }
+
     fn mount(name: &str, delayed: Option<DelayedWrites>) -> io::Result<FuseMount> {
         let dir = std::env::temp_dir().join(format!("dstrace-test-{name}-{}", std::process::id()));
+        FuseMount::mount_on(dir, "dstrace-test", delayed)
+    }
+
+    fn mount_on(dir: PathBuf, fs_name: &str, delayed: Option<DelayedWrites>) -> io::Result<FuseMount> {
         std::fs::create_dir_all(&dir)?;
         let dev = File::options().read(true).write(true).open("/dev/fuse")?;
         let options = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
-        mount(&dir, &options)?;
+        mount(&dir, fs_name, &options)?;
         let gate = Arc::new(Gate { open: Mutex::new(true), changed: Condvar::new() });
         let server_gate = gate.clone();
         let server = std::thread::Builder::new().name("fuse-server".into()).spawn(move || {
@@ -164,10 +177,12 @@ impl Drop for FuseMount {
     }
 }
 
-fn mount(dir: &Path, options: &str) -> io::Result<()> {
+/// Mounts the FUSE connection `options` names on `dir`, as type `fuse.NAME` from
+/// the source `NAME`.
+fn mount(dir: &Path, name: &str, options: &str) -> io::Result<()> {
     let target = CString::new(dir.as_os_str().as_bytes())?;
-    let source = CString::new("dstrace-test")?;
-    let fstype = CString::new("fuse.dstrace-test")?;
+    let source = CString::new(name)?;
+    let fstype = CString::new(format!("fuse.{name}"))?;
     let data = CString::new(options)?;
     // SAFETY: valid NUL-terminated strings that outlive the call.
     let rc = unsafe {

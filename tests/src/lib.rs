@@ -9,6 +9,7 @@
 
 pub mod dload;
 pub mod fuse;
+pub mod fused;
 pub mod http;
 pub mod tmux;
 
@@ -90,6 +91,20 @@ pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
+/// The lines a child prints, read by a thread of their own as they come.
+pub fn lines_of(stdout: std::process::ChildStdout) -> Receiver<String> {
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A running `dstrace`, its standard output read line by line.
 pub struct Dstrace {
     child: Child,
@@ -114,16 +129,7 @@ impl Dstrace {
     /// which `exec`s it).
     pub fn spawn_command(mut cmd: Command) -> Dstrace {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("dstrace starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout is piped"));
         Dstrace { child, lines, seen: Vec::new() }
     }
 
@@ -481,6 +487,29 @@ pub fn wait_bounded(child: &mut Child, deadline: Duration, what: &str) -> ExitSt
     }
 }
 
+/// Runs a command to its end within `deadline` (a bound for "answers in bounded
+/// time", not a timing; killed and failed past it), its standard output and error
+/// collected.
+pub fn output_bounded(cmd: &mut Command, deadline: Duration, what: &str) -> std::process::Output {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    output_of(child, deadline, what)
+}
+
+/// As [`output_bounded`], for a child already started (to know its pid) with its
+/// standard output and error piped.
+pub fn output_of(mut child: Child, deadline: Duration, what: &str) -> std::process::Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
+        bytes
+    });
+    let status = wait_bounded(&mut child, deadline, what);
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::process::Output { status, stdout: reader.join().unwrap(), stderr }
+}
+
 /// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
 /// it records), its standard error passed on.
 pub fn start_recording(file: &std::path::Path, args: &[&str]) -> Child {
@@ -692,6 +721,55 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cgroup v2 directory made for a test (`dstrace-test-NAME-PID` under the cgroup
+/// v2 root), removed on drop (once its tasks are gone: it waits up to 5 s).
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    /// Creates it.
+    pub fn new(name: &str) -> TestCgroup {
+        let mounts = dstrace::resolve::mounts::read().unwrap();
+        let root =
+            dstrace::resolve::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+        let dir = root.join(format!("dstrace-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a cgroup");
+        TestCgroup(dir)
+    }
+
+    /// Moves a process into it.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move a task into the cgroup");
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Its path as `/proc/PID/cgroup` names it (`/dstrace-test-NAME-PID`), from
+    /// the cgroup v2 root.
+    pub fn name(&self) -> String {
+        format!("/{}", self.0.file_name().unwrap().to_string_lossy())
+    }
+
+    /// Its id (the directory's inode number, what `cgroup_id` reports).
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use dstrace::{
 };
 use dstrace_tests::{
     fuse::FuseMount, json_lines, require_root, scaled, skipped, wait_until_proc, Children, Dstrace,
-    GatedPileup, Pileup,
+    GatedPileup, Pileup, TestCgroup,
 };
 use serde_json::Value;
 
@@ -168,40 +168,6 @@ fn a_full_task_map_shows_its_drops() {
     assert_eq!(records.last().unwrap()["counters"]["inflight_map_full"], 0);
 }
 
-/// A cgroup v2 directory made for a test, removed on drop (once its tasks are gone).
-struct TestCgroup(std::path::PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
-        let mounts = dstrace::resolve::mounts::read().unwrap();
-        let root =
-            dstrace::resolve::mounts::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
-        let dir = root.join(format!("dstrace-test-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a cgroup");
-        TestCgroup(dir)
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move a task into the cgroup");
-    }
-
-    fn id(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(&self.0).unwrap().ino()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// `--cgroup` keeps one cgroup's tasks; `--tid` one thread, here with its user stack.
 #[test]
 fn cgroup_and_tid_filters_and_user_stacks() {
@@ -214,7 +180,7 @@ fn cgroup_and_tid_filters_and_user_stacks() {
     let cgroup = TestCgroup::new("filter");
     cgroup.add(inside);
 
-    let cgroup_arg = cgroup.0.display().to_string();
+    let cgroup_arg = cgroup.path().display().to_string();
     let mut by_cgroup =
         Dstrace::spawn(&["run", "--json", "--min-duration", "100ms", "--cgroup", &cgroup_arg]);
     by_cgroup.wait_for_line(START_TIMEOUT, is_start);

@@ -8,7 +8,7 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -50,18 +50,7 @@ impl Drop for Tmpfs {
 
 /// Runs a command to its end within [`COMMAND_DEADLINE`] (killed and failed past it).
 fn run_bounded(cmd: &mut Command, what: &str) -> std::process::Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
-        bytes
-    });
-    let status =
-        dstrace_tests::wait_bounded(&mut child, COMMAND_DEADLINE, &format!("{what} beside a dead mount"));
-    let mut stderr = Vec::new();
-    std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    std::process::Output { status, stdout: reader.join().unwrap(), stderr }
+    dstrace_tests::output_bounded(cmd, COMMAND_DEADLINE, &format!("{what} beside a dead mount"))
 }
 
 /// Files of another task dstrace must never read: some take the task's mmap

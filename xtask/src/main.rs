@@ -81,9 +81,10 @@ Scenarios:
   nfs   an NFS server in the guest dies (nft drops) under v3 and v4 mounts over 127.0.0.1;
         `dstrace snapshot` and `dstrace run` must name the hung df, stat, flock and fcntl
         tasks, where they block, and the mounts (127.0.0.1:/export, nfs and nfs4)
-  tests the host's engine, d_states and iterator integration tests, run in the guest against its
-        kernel (FUSE servers that stop answering, the real eBPF object); a test whose
-        kernel feature is missing (lock owners before 5.19, ...) is skipped and named
+  tests the host's engine, d_states, iterator, fused and after_hang integration tests,
+        run in the guest against its kernel (FUSE servers that stop answering, the real
+        eBPF object); a test whose kernel feature is missing (lock owners before 5.19,
+        ...) is skipped and named
 
 Each scenario boots its own guest (under TCG: load about 35 s, nfs about 2 min, tests
 about 3 min). Kernels (apt downloads through a private apt directory) and the guest
@@ -162,10 +163,8 @@ fn run(cli: Cli) -> Result<()> {
             build(&root, true)?;
             let names: Vec<&str> =
                 scenarios.iter().flat_map(|scenario| scenario.tests.iter().copied()).collect();
-            let payload = vm::Payload {
-                dstrace: root.join("target/release/dstrace"),
-                tests: build_tests(&root, &names)?,
-            };
+            let (tests, helpers) = build_tests(&root, &names)?;
+            let payload = vm::Payload { dstrace: root.join("target/release/dstrace"), tests, helpers };
             vm::run(&root, &payload, &kernels, &scenarios)
         }
     }
@@ -180,12 +179,20 @@ fn build(root: &std::path::Path, release: bool) -> Result<()> {
     status(cmd)
 }
 
+/// The programs of the tests package that test binaries run (`dstrace-test-fused`,
+/// the FUSE daemon in a process of its own): carried beside them.
+const TEST_HELPERS: &[&str] = &["dstrace-test-fused"];
+
+/// A test binary's name and its executable.
+type Built = Vec<(String, std::path::PathBuf)>;
+
 /// Builds the integration test binaries `names` (`tests/tests/<name>.rs`, the test
 /// profile `cargo xtask test` builds, so usually nothing to do) and returns each
-/// name with its executable, as cargo reports it.
-fn build_tests(root: &std::path::Path, names: &[&str]) -> Result<Vec<(String, std::path::PathBuf)>> {
+/// name with its executable, as cargo reports it, and the executables of
+/// [`TEST_HELPERS`] (cargo builds a package's programs with its tests).
+fn build_tests(root: &std::path::Path, names: &[&str]) -> Result<(Built, Vec<std::path::PathBuf>)> {
     if names.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut cmd = cargo(root);
     cmd.args(["test", "--package", "dstrace-tests", "--no-run", "--message-format=json-render-diagnostics"]);
@@ -196,6 +203,7 @@ fn build_tests(root: &std::path::Path, names: &[&str]) -> Result<Vec<(String, st
     let out = cmd.output().context("cannot run cargo test --no-run")?;
     anyhow::ensure!(out.status.success(), "building the test binaries failed ({})", out.status);
     let mut built = Vec::new();
+    let mut helpers = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let (Some(name), Some(executable)) =
@@ -205,9 +213,11 @@ fn build_tests(root: &std::path::Path, names: &[&str]) -> Result<Vec<(String, st
         };
         if message["target"]["kind"] == serde_json::json!(["test"]) && names.contains(&name) {
             built.push((name.to_owned(), std::path::PathBuf::from(executable)));
+        } else if message["target"]["kind"] == serde_json::json!(["bin"]) && TEST_HELPERS.contains(&name) {
+            helpers.push(std::path::PathBuf::from(executable));
         }
     }
-    Ok(built)
+    Ok((built, helpers))
 }
 
 fn test(root: &std::path::Path, args: &[String]) -> Result<()> {

@@ -13,8 +13,9 @@ use serde_json::Value;
 
 /// The integration tests the `tests` scenario runs in the guest: those that make
 /// real D states and check what the engine, the attribution and the task iterator
-/// report.
-pub const GUEST_TESTS: &[&str] = &["engine", "d_states", "iterator"];
+/// report, and what dstrace says of tasks already in D when it starts (with their
+/// fixture's own).
+pub const GUEST_TESTS: &[&str] = &["engine", "d_states", "iterator", "fused", "after_hang"];
 
 /// The `load` scenario: dstrace started, and reported completed D waits of `dd`
 /// (synchronous writes) with the kernel function they blocked in.

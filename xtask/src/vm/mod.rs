@@ -101,7 +101,8 @@ pub const SCENARIOS: [Scenario; 3] = [
     },
     Scenario {
         name: "tests",
-        about: "the host's engine, d_states and iterator integration tests pass against this kernel",
+        about: "the host's engine, d_states, iterator, fused and after_hang integration tests pass \
+                against this kernel",
         guest_timeout: Duration::from_secs(900),
         check: checks::tests,
         tests: checks::GUEST_TESTS,
@@ -155,6 +156,8 @@ pub struct Payload {
     pub dstrace: PathBuf,
     /// The test binaries the scenarios carry.
     pub tests: Vec<(String, PathBuf)>,
+    /// Programs the test binaries run (`dstrace-test-fused`), in `/mnt/io/bin/`.
+    pub helpers: Vec<PathBuf>,
 }
 
 /// Runs `scenarios` on `kernels` with the binaries of `payload`; fails if any run
@@ -610,6 +613,14 @@ fn boot(
             .with_context(|| format!("the {name} test binary was not built"))?;
         fs::copy(binary, io.join("tests").join(name))
             .with_context(|| format!("cannot copy {}", binary.display()))?;
+    }
+    if !scenario.tests.is_empty() {
+        fs::create_dir_all(io.join("bin"))?;
+        for helper in &payload.helpers {
+            let name = helper.file_name().context("a helper program has a name")?;
+            fs::copy(helper, io.join("bin").join(name))
+                .with_context(|| format!("cannot copy {}", helper.display()))?;
+        }
     }
     fs::copy(root.join("xtask/vm/guest-init"), io.join("guest-init"))?;
     for entry in fs::read_dir(root.join("xtask/vm/scenarios"))? {

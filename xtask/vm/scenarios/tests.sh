@@ -1,8 +1,9 @@
-# The host's integration tests (tests/tests/engine.rs, d_states.rs and iterator.rs), run inside
-# the guest against its kernel: real FUSE servers that stop answering, real D
-# states, the real eBPF object, every assertion as on the host. A test whose kernel
-# feature this kernel lacks is not run, and is named with the reason in
-# $R/skipped.txt; the host check requires every other test to have passed.
+# The host's integration tests (tests/tests/engine.rs, d_states.rs, iterator.rs,
+# fused.rs and after_hang.rs), run inside the guest against its kernel: real FUSE
+# servers that stop answering, real D states, the real eBPF object, every assertion
+# as on the host. A test whose kernel feature this kernel lacks is not run, and is
+# named with the reason in $R/skipped.txt; the host check requires every other
+# test to have passed.
 set -u
 R=$1
 . /mnt/io/scenarios/lib.sh
@@ -10,6 +11,9 @@ kernel_facts
 modprobe fuse || { echo "no FUSE module"; exit 1; }
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export DSTRACE_BIN=$DSTRACE CI=true RUST_BACKTRACE=1
+# The programs the tests run (the FUSE daemon in a process of its own), from tmpfs.
+mkdir -p /tmp/bin && cp /mnt/io/bin/* /tmp/bin/
+export DSTRACE_TEST_FUSED=/tmp/bin/dstrace-test-fused
 # Emulated (TCG) guests are several times slower: the tests' bounded waits grow.
 export DSTRACE_TEST_TIMEOUT_SCALE=8
 
