@@ -34,7 +34,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
     let include_idle = args.view.include_idle;
     let mut names = Names::new();
     let now = ProcNow::read();
-    let (mut waits, cannot_see) = match look(include_idle, &mut names) {
+    let (mut waits, cannot_see, source) = match look(include_idle, &mut names) {
         Ok((seen, skipped)) => {
             let context = chain::Context { now_ns: monotonic_ns(), seen, ..chain::Context::default() };
             let waits: Vec<Wait> = context
@@ -48,7 +48,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
                     .to_owned(),
             ];
             cannot_see.extend(skipped);
-            (waits, cannot_see)
+            (waits, cannot_see, "iterator")
         }
         Err(why) => {
             let states: &[char] = if include_idle { &['D', 'I'] } else { &['D'] };
@@ -59,7 +59,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
                 .filter(|task| task.pid != std::process::id())
                 .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
                 .collect();
-            (waits, proc_cannot_see(&tasks, &why))
+            (waits, proc_cannot_see(&tasks, &why), "proc")
         }
     };
     waits.sort_by_key(|wait: &Wait| std::cmp::Reverse(wait.duration_ns));
@@ -69,6 +69,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
         groups: Board::default().groups(&waits, SortBy::InD),
         waits,
         cannot_see,
+        source,
     };
     let format = if args.view.json { Format::Json } else { Format::Text { stacks: args.view.stacks } };
     sinks::lines(io::stdout().lock(), format).snapshot(&snapshot).context("cannot write to standard output")

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use crate::{
     clock::human_duration,
     model::{chain, link::Link, rpc, wait::Wait},
-    resolve::file_locks::{self, Queue},
+    resolve::{
+        file_locks::{self, Queue},
+        mounts::{self, Mount},
+    },
 };
 
 /// Waits at least this old are worth advice.
@@ -31,17 +34,24 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
     let stuck: Vec<&Wait> = waits.iter().filter(|w| w.is_ongoing() && w.duration_ns >= MIN_AGE_NS).collect();
     let mut advice = Vec::new();
 
-    // By mount: a FUSE daemon or an NFS server not answering.
-    let mut by_mount: BTreeMap<String, Vec<&Wait>> = BTreeMap::new();
+    // By mount (a mount point of one mount namespace): a FUSE daemon or an NFS
+    // server not answering.
+    let own_namespace = mounts::namespace_of(None).unwrap_or(0);
+    let mut by_mount: BTreeMap<(u64, String), Vec<&Wait>> = BTreeMap::new();
     for wait in &stuck {
         if let Some(mount) = &wait.on.mount {
-            by_mount.entry(mount.mount_point.to_string_lossy().into_owned()).or_default().push(wait);
+            let key = (mount.namespace, mount.mount_point.to_string_lossy().into_owned());
+            by_mount.entry(key).or_default().push(wait);
         }
     }
-    for (mount_point, waits) in &by_mount {
+    for ((_, mount_point), waits) in &by_mount {
         let oldest = waits.iter().map(|w| w.duration_ns).max().unwrap_or(0);
         let Some(mount) = waits.iter().find_map(|w| w.on.mount.as_ref()) else { continue };
         let n = waits.len();
+        // Commands on the mount, as pasted into a shell: its namespace entered
+        // when it is not dstrace's own (a container's mount is not at that path
+        // on the host).
+        let on_mount = |command: &str| on_mount(command, mount, waits[0].pid, own_namespace);
         let links: Vec<&Link> = waits.iter().flat_map(|w| w.chain.iter()).collect();
         if mount.fs_type.starts_with("fuse") {
             let daemons: Vec<(u32, &str, Option<char>)> = dedup(links.iter().filter_map(|link| match link {
@@ -62,8 +72,9 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
                 _ => line.push_str("its daemon does not answer; "),
             }
             line.push_str(&format!(
-                "`umount -l {mount_point}` detaches the mount point; writing 1 to \
-                 /sys/fs/fuse/connections/{}/abort fails every pending request",
+                "`{}` detaches the mount point; writing 1 to /sys/fs/fuse/connections/{}/abort fails every \
+                 pending request",
+                on_mount("umount -l"),
                 mount.dev.1
             ));
             advice.push((n, line));
@@ -79,12 +90,13 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
                 n,
                 format!(
                     "{n} {} on the NFS mount {mount_point} ({}) for up to {}{}: they cannot be killed until \
-                     the server {server} answers; `umount -l {mount_point}` detaches the mount point, \
-                     `umount -f {mount_point}` aborts pending RPCs",
+                     the server {server} answers; `{}` detaches the mount point, `{}` aborts pending RPCs",
                     tasks_wait(n),
                     mount.source,
                     human_duration(oldest),
                     rpc_state(&links),
+                    on_mount("umount -l"),
+                    on_mount("umount -f"),
                 ),
             ));
         } else if mount.source.starts_with("/dev/")
@@ -242,6 +254,30 @@ fn rpc_state(links: &[&Link]) -> String {
             if timeouts == 1 { "" } else { "s" }
         ),
         None => String::new(),
+    }
+}
+
+/// `command MOUNT_POINT`, the mount point quoted for the shell, inside the mount
+/// namespace of task `pid` (one that sees the mount) when it is not dstrace's own:
+/// `nsenter -m -t PID command MOUNT_POINT`.
+fn on_mount(command: &str, mount: &Mount, pid: u32, own_namespace: u64) -> String {
+    let path = shell_word(&mount.mount_point.to_string_lossy());
+    if mount.namespace != 0 && own_namespace != 0 && mount.namespace != own_namespace {
+        format!("nsenter -m -t {pid} {command} {path}")
+    } else {
+        format!("{command} {path}")
+    }
+}
+
+/// A word as a shell reads it back: as it is when it holds only characters no
+/// shell treats specially, else in single quotes (a `'` written `'\''`).
+pub fn shell_word(word: &str) -> String {
+    let plain =
+        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -498,5 +534,22 @@ mod tests {
         let mut ext4 = wait(1, DISK, 10_000_000_000);
         ext4.blocked_in = Some("jbd2_log_wait_commit".into());
         assert!(advise(&[ext4]).is_empty());
+    }
+
+    #[test]
+    fn commands_are_quoted_and_entered_into_the_mount_namespace() {
+        assert_eq!(shell_word("/mnt/x"), "/mnt/x");
+        assert_eq!(shell_word("/mnt/with space"), "'/mnt/with space'");
+        assert_eq!(shell_word("/mnt/it's;rm -rf"), r"'/mnt/it'\''s;rm -rf'");
+        assert_eq!(shell_word(""), "''");
+        let mut mount = mounts::parse(FUSE).pop().unwrap();
+        assert_eq!(on_mount("umount -l", &mount, 7, 0), "umount -l /mnt/x");
+        mount.namespace = 4026532900;
+        assert_eq!(on_mount("umount -l", &mount, 7, 4026531841), "nsenter -m -t 7 umount -l /mnt/x");
+        assert_eq!(
+            on_mount("umount -l", &mount, 7, 4026532900),
+            "umount -l /mnt/x",
+            "dstrace's own namespace"
+        );
     }
 }

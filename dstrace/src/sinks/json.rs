@@ -122,6 +122,7 @@ impl<W: Write> Sink for JsonSink<W> {
             "by_mount": json_causes(&board::by_mount(&snapshot.groups), "mountpoint"),
             "by_lock": json_causes(&board::by_lock(&snapshot.groups), "lock"),
             "cannot_see": snapshot.cannot_see,
+            "source": snapshot.source,
             "advice": snapshot.advice,
         });
         serde_json::to_writer_pretty(&mut self.out, &record)?;

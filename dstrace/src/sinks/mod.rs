@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub groups: Vec<BoardGroup>,
     /// What it could not see, one sentence each.
     pub cannot_see: Vec<String>,
+    /// Where the tasks were read: `iterator` (kernel memory) or `proc`.
+    pub source: &'static str,
     /// What to do about them ([`crate::model::advice`]).
     pub advice: Vec<String>,
 }

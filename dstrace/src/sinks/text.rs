@@ -272,9 +272,10 @@ impl<W: Write> Sink for TextSink<W> {
     fn snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
         writeln!(
             self.out,
-            "{} at {} (from /proc; the ages are lower bounds)",
+            "{} at {} (read from {}; the ages are lower bounds)",
             in_d_text(&snapshot.waits),
-            local_time_of_day(snapshot.time)
+            local_time_of_day(snapshot.time),
+            if snapshot.source == "iterator" { "kernel memory" } else { "/proc" }
         )?;
         if !snapshot.waits.is_empty() {
             self.column_header()?;
