@@ -307,14 +307,23 @@ fn by_cause(groups: &[BoardGroup], key: impl Fn(&BoardGroup) -> Option<(String, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         model::wait::{Source, TaskState},
         resolve::attribution::Attribution,
     };
 
-    fn wait(pid: u32, mount: Option<&str>, lock: bool, function: &str, ongoing: bool, ns: u64) -> Wait {
+    /// A wait of `pid` on a FUSE mount at `mount`, waiting for a mutex or not (the
+    /// tests of the board's drawing use it too).
+    pub(crate) fn wait(
+        pid: u32,
+        mount: Option<&str>,
+        lock: bool,
+        function: &str,
+        ongoing: bool,
+        ns: u64,
+    ) -> Wait {
         let mount = mount.and_then(|point| {
             crate::resolve::mounts::parse(&format!("92 22 0:55 / {point} rw - fuse.sshfs sshfs rw\n")).pop()
         });

@@ -300,38 +300,7 @@ pub fn drops_text(counters: &[(Counter, u64)], bad_records: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::{
-            board::{Board, SortBy},
-            wait::{Source, TaskState},
-        },
-        resolve::attribution::Attribution,
-    };
-
-    fn wait(pid: u32, mount: Option<&str>, lock: bool, function: &str, ongoing: bool, ns: u64) -> Wait {
-        let mount = mount.and_then(|point| {
-            crate::resolve::mounts::parse(&format!("92 22 0:55 / {point} rw - fuse.sshfs sshfs rw\n")).pop()
-        });
-        Wait {
-            start: None,
-            end: (!ongoing).then(std::time::SystemTime::now),
-            duration_ns: ns,
-            tid: pid,
-            pid,
-            comm: "x".into(),
-            cgroup_id: 0,
-            cgroup: None,
-            state: TaskState::Uninterruptible,
-            blocked_in: Some(function.into()),
-            stack: [].into(),
-            user_stack: [].into(),
-            waker: None,
-            on: Attribution { mount, ..Attribution::default() },
-            lock: lock.then_some(LockInfo { kind: "mutex", addr: 0x10, inode: None, holder: None }),
-            chain: Vec::new(),
-            source: Source::Traced,
-        }
-    }
+    use crate::model::board::{tests::wait, Board, SortBy};
 
     #[test]
     fn rows_sum_the_groups_under_them() {

@@ -441,7 +441,13 @@ fn first_screen(bpftrace: Option<&PathBuf>) -> Result<String> {
     for look in &looks {
         out.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |\n",
-            look.threads, look.in_d, look.in_d_ns, look.wanted_ns, look.walking_ns, look.fuse_ns, look.look_ms
+            look.threads,
+            look.in_d,
+            look.in_d_ns,
+            look.wanted_ns,
+            look.walking_ns,
+            look.fuse_ns,
+            look.look_ms
         ));
     }
     out.push_str(
@@ -498,7 +504,11 @@ fn iterator_cost(pileup: &dstrace_tests::Pileup<'_>) -> Result<IterCost> {
         times.push(started.elapsed().as_secs_f64() * 1e3);
         in_d = look.tasks.iter().filter(|task| pileup.stuck.contains(&task.tid)).count();
     }
-    anyhow::ensure!(in_d == pileup.stuck.len(), "the look read {in_d} of the {} tasks in D", pileup.stuck.len());
+    anyhow::ensure!(
+        in_d == pileup.stuck.len(),
+        "the look read {in_d} of the {} tasks in D",
+        pileup.stuck.len()
+    );
     let after = stats(&tracer);
     let per = |i: usize| after[i].since(&before[i]).ns_per_run();
     Ok(IterCost {
