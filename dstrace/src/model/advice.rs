@@ -148,6 +148,43 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
         ));
     }
 
+    // Waits in the NFS client that no kernel object ties to a mount (the `statfs`
+    // of `df`: its path walk is over) and whose RPC is not seen yet (it began before
+    // tracing, or nothing traces): what is known is that an NFS server does not
+    // answer them.
+    let nfs_unnamed: Vec<&Wait> = stuck
+        .iter()
+        .copied()
+        .filter(|wait| {
+            wait.on.mount.is_none()
+                && !wait.chain.iter().any(|link| matches!(link, Link::Rpc { .. }))
+                && in_nfs_client(wait)
+        })
+        .collect();
+    if !nfs_unnamed.is_empty() {
+        let n = nfs_unnamed.len();
+        let oldest = nfs_unnamed.iter().map(|w| w.duration_ns).max().unwrap_or(0);
+        let who: Vec<String> = nfs_unnamed
+            .iter()
+            .take(4)
+            .map(|wait| {
+                let syscall = wait.on.syscall.map_or(String::new(), |name| format!(" ({name})"));
+                format!("{}[{}]{syscall}", wait.comm, wait.tid)
+            })
+            .collect();
+        advice.push((
+            n,
+            format!(
+                "{n} {} in the NFS client for up to {} with no file or path walk that names its mount ({}): \
+                 an NFS server does not answer them; they cannot be killed until it does; `dstrace run` \
+                 names the RPC and its server at the RPC's next retransmission",
+                tasks_wait(n),
+                human_duration(oldest),
+                who.join(", ")
+            ),
+        ));
+    }
+
     // By holder: a task holding a lock others wait for.
     let mut by_lock: BTreeMap<String, Vec<&Wait>> = BTreeMap::new();
     for wait in &stuck {
@@ -255,6 +292,12 @@ fn rpc_state(links: &[&Link]) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// Whether a wait's stack is in the NFS client or the RPC layer under it.
+fn in_nfs_client(wait: &Wait) -> bool {
+    const NFS_FRAMES: [&str; 5] = ["nfs_", "nfs3_", "nfs4_", "rpc_", "nlmclnt_"];
+    wait.stack.iter().any(|frame| NFS_FRAMES.iter().any(|prefix| frame.starts_with(prefix)))
 }
 
 /// `command MOUNT_POINT`, the mount point quoted for the shell, inside the mount
@@ -551,5 +594,35 @@ mod tests {
             "umount -l /mnt/x",
             "dstrace's own namespace"
         );
+    }
+
+    #[test]
+    fn an_nfs_wait_without_a_mount_or_an_rpc_says_what_is_known() {
+        let mut df = wait(7, "", 30_000_000_000);
+        df.on.mount = None;
+        df.on.syscall = Some("statfs");
+        df.stack = ["rpc_wait_bit_killable", "__rpc_execute", "rpc_run_task", "nfs3_proc_statfs"]
+            .map(String::from)
+            .into();
+        let advice = advise(&[df.clone()]);
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].starts_with("1 task waits in the NFS client for up to 30.000s"), "{advice:?}");
+        assert!(
+            advice[0].contains("df[7] (statfs)") && advice[0].contains("next retransmission"),
+            "{advice:?}"
+        );
+        // With its RPC known, the RPC's own advice says more.
+        df.chain = vec![Link::Rpc {
+            program: "nfs".into(),
+            version: 3,
+            procedure: "FSSTAT".into(),
+            xid: None,
+            age_ns: None,
+            transmits: 1,
+            timeouts: 1,
+            not_responding_ns: Some(1),
+            others: 0,
+        }];
+        assert!(advise(&[df]).iter().all(|line| !line.contains("in the NFS client")));
     }
 }
