@@ -268,13 +268,31 @@ impl Wait {
     /// A stack the kernel side lost (a full or colliding stack map: counted as
     /// `stack_lost`) is read from `/proc/PID/stack` instead: the task is still in
     /// D, so the stack there is the one it sleeps with.
+    ///
+    /// Where the kernel side could not read the syscall (a kernel before 5.18 has
+    /// no `bpf_task_pt_regs` in its `sched_switch`), the task is still in it: its
+    /// syscall, and for a file descriptor the file and mount, come from `/proc`.
     pub fn ongoing(tid: u32, wait: &InFlight, now_ns: u64, resolver: &mut Resolver<'_>) -> Wait {
         let mut ongoing = Wait::traced(tid, wait, now_ns, true, resolver);
-        if ongoing.stack.is_empty() {
-            let task = procfs::task(std::path::Path::new("/proc"), wait.tgid, tid);
-            if let Some(stack) = task.and_then(|task| task.stack).filter(|stack| !stack.is_empty()) {
-                ongoing.stack = Stack::from(stack);
+        let lost_stack = ongoing.stack.is_empty();
+        let no_syscall = wait.target.syscall == -1;
+        if !lost_stack && !no_syscall {
+            return ongoing;
+        }
+        let Some(task) = procfs::task(std::path::Path::new("/proc"), wait.tgid, tid) else { return ongoing };
+        if lost_stack {
+            if let Some(stack) = task.stack.as_ref().filter(|stack| !stack.is_empty()) {
+                ongoing.stack = Stack::from(stack.clone());
                 ongoing.blocked_in = blocking_of(&ongoing.stack);
+            }
+        }
+        if let (true, Some(Syscall::Blocked { nr, args })) = (no_syscall, task.syscall) {
+            let names = &mut *resolver.names;
+            if ongoing.on.mount.is_none() && ongoing.on.file.is_none() {
+                ongoing.on = attribute_proc(task.pid, nr, &args, &mut names.mounts);
+            } else {
+                ongoing.on.syscall =
+                    i32::try_from(nr).ok().and_then(crate::kernel::syscalls::by_nr).map(|s| s.name);
             }
         }
         ongoing
