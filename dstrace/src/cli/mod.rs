@@ -32,8 +32,11 @@ pub struct Cli {
 pub enum Command {
     /// Trace D waits live: what is stuck, on what, since when, and what to do.
     ///
-    /// At once, the tasks already in D (from /proc); then, live, every task in D
-    /// and every D wait of at least --min-duration, grouped by mount, kernel lock
+    /// First the tasks already in D, however long they have waited, read from
+    /// kernel memory (a BPF task iterator: the path each walks, the file it waits
+    /// on, the lock and who holds it, the FUSE daemon of its mount); then, live,
+    /// every task in D and every D wait of at least --min-duration, each mount
+    /// named as the task's own mount namespace sees it, grouped by mount, kernel lock
     /// and the kernel function they block in (the first frame below the scheduler
     /// and the lock and wait primitives), with the wait chain of each group
     /// (waiter -> lock -> holder -> what the holder waits on -> daemon or server)
@@ -57,13 +60,16 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
 
-    /// One look at the tasks in D now, from /proc alone: no BPF, no root needed.
+    /// One look at the tasks in D now, no live tracing.
     ///
-    /// For each task: how long it has been in D at least, where in the kernel,
-    /// the syscall and, for one on a file descriptor, the file and mount, and the
-    /// chain to the FUSE daemon or NFS server. It never touches the mounts it
-    /// looks at. What only live tracing knows (lock holders, looked-up paths) is
-    /// listed as not seen: use `dstrace run` for it.
+    /// For each task: how long it has been in D at least, where in the kernel, the
+    /// syscall, the file and mount, the lock and its holder, and the chain to the
+    /// FUSE daemon or NFS server. As root (or with CAP_BPF and CAP_PERFMON) it
+    /// reads them from kernel memory with a BPF task iterator; without, it reads
+    /// /proc alone (no BPF, no root needed: the file and mount of a file
+    /// descriptor) and lists what it could not see. It never touches the mounts
+    /// it looks at. What only live tracing knows (NFS RPCs in flight, who wakes a
+    /// task) is listed as not seen: use `dstrace run` for it.
     ///
     /// Examples:
     ///   dstrace snapshot
