@@ -180,25 +180,8 @@ impl Drop for FuseMount {
 /// Mounts the FUSE connection `options` names on `dir`, as type `fuse.NAME` from
 /// the source `NAME`.
 fn mount(dir: &Path, name: &str, options: &str) -> io::Result<()> {
-    let target = CString::new(dir.as_os_str().as_bytes())?;
-    let source = CString::new(name)?;
-    let fstype = CString::new(format!("fuse.{name}"))?;
-    let data = CString::new(options)?;
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let fstype = format!("fuse.{name}");
+    crate::mounts::mount(Some(name), dir, Some(&fstype), libc::MS_NOSUID | libc::MS_NODEV, Some(options))
 }
 
 /// Reads requests until the connection ends; each lookup runs on a thread of its

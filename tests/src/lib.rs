@@ -11,6 +11,7 @@ pub mod dload;
 pub mod fuse;
 pub mod fused;
 pub mod http;
+pub mod mounts;
 pub mod tmux;
 
 use std::{

@@ -18,7 +18,7 @@ use dstrace::kernel::{
     loader::{Options, Tracer},
 };
 use dstrace_common::{FUSE_PENDING_MAX, TASK_UNINTERRUPTIBLE};
-use dstrace_tests::{fuse::FuseMount, require_root, wait_for_state, Pileup};
+use dstrace_tests::{fuse::FuseMount, mounts, require_root, wait_for_state, Pileup};
 
 /// `TASK_INTERRUPTIBLE`: the `S` of `ps`.
 const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -59,20 +59,9 @@ impl Unserved {
         let dir = std::env::temp_dir().join(format!("dstrace-test-iter-unserved-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let dev = File::options().read(true).write(true).open("/dev/fuse").unwrap();
-        let target = CString::new(dir.as_os_str().as_bytes()).unwrap();
-        let options =
-            CString::new(format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd())).unwrap();
-        // SAFETY: valid NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c"unserved".as_ptr(),
-                target.as_ptr(),
-                c"fuse.unserved".as_ptr(),
-                0,
-                options.as_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "mount {}: {}", dir.display(), std::io::Error::last_os_error());
+        let options = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+        let mounted = mounts::mount(Some("unserved"), &dir, Some("fuse.unserved"), 0, Some(&options));
+        assert!(mounted.is_ok(), "mount {}: {mounted:?}", dir.display());
         Unserved { dir, dev: Some(dev) }
     }
 }

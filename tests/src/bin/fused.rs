@@ -19,14 +19,12 @@
 //! every request of its connection.
 
 use std::{
-    ffi::CString,
     io::{BufRead as _, Write as _},
-    os::unix::ffi::OsStrExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
 };
 
-use dstrace_tests::fuse::FuseMount;
+use dstrace_tests::{fuse::FuseMount, mounts};
 
 fn main() -> ExitCode {
     match serve() {
@@ -92,15 +90,11 @@ fn serve() -> Result<(), String> {
 /// directory of the temporary directory there, and returns the mount point to
 /// make in it.
 fn private_mount_namespace(name: &str, pid: u32) -> Result<PathBuf, String> {
-    // SAFETY: unshare takes flags only; this process has no other thread yet.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error()));
-    }
-    sys_mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .map_err(|err| format!("cannot make / private: {err}"))?;
+    // This process has no other thread yet.
+    mounts::private_namespace().map_err(|err| format!("cannot have a private mount namespace: {err}"))?;
     let top = std::env::temp_dir().join(format!("dstrace-ns-{name}-{pid}"));
     std::fs::create_dir_all(&top).map_err(|err| format!("cannot create {}: {err}", top.display()))?;
-    sys_mount(
+    mounts::mount(
         Some("dstrace-test-ns"),
         &top,
         Some("tmpfs"),
@@ -109,27 +103,4 @@ fn private_mount_namespace(name: &str, pid: u32) -> Result<PathBuf, String> {
     )
     .map_err(|err| format!("cannot mount a tmpfs on {}: {err}", top.display()))?;
     Ok(top.join("mnt"))
-}
-
-/// mount(2).
-fn sys_mount(
-    source: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> std::io::Result<()> {
-    let cstring = |s: &str| CString::new(s).map_err(std::io::Error::other);
-    let source = source.map(cstring).transpose()?;
-    let target = CString::new(target.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let fstype = fstype.map(cstring).transpose()?;
-    let data = data.map(cstring).transpose()?;
-    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    // SAFETY: each pointer is null or a NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags, ptr(&data).cast()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

@@ -98,12 +98,27 @@ struct PhaseResult {
     seconds: f64,
 }
 
+/// bpftrace (the peer) finds tracepoints in tracefs, which many machines do not
+/// mount at boot (dstrace does not need it). Where it is not mounted, the bench
+/// mounts it in a mount namespace of its own, which bpftrace inherits: the host's
+/// mounts are left as they were. Runs first, while the bench has one thread.
+fn tracefs_for_bpftrace() -> Result<()> {
+    let tracefs = std::path::Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").exists() {
+        return Ok(());
+    }
+    dstrace_tests::mounts::private_namespace().context("cannot have a mount namespace for tracefs")?;
+    dstrace_tests::mounts::mount(Some("nodev"), tracefs, Some("tracefs"), 0, None)
+        .context("cannot mount tracefs on /sys/kernel/tracing for bpftrace")
+}
+
 fn main() -> Result<()> {
     let bench_started = Instant::now();
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
     let output = std::env::args().nth(1).map(PathBuf::from);
+    tracefs_for_bpftrace()?;
     dstrace::kernel::preflight::check()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF statistics")?;
     let dir = fsync_dir();

@@ -51,7 +51,9 @@ impl Bpftrace {
             .arg(SCRIPT)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Read only when it ends before tracing, to say why; it writes a line
+            // or two otherwise, far below a pipe's capacity.
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         Ok(Bpftrace { child })
@@ -65,7 +67,11 @@ impl Bpftrace {
                 return Ok(since.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("bpftrace ended ({status}) before tracing");
+                let mut said = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+                }
+                anyhow::bail!("bpftrace ended ({status}) before tracing: {}", said.trim());
             }
             anyhow::ensure!(since.elapsed() < timeout, "bpftrace was not tracing within {timeout:?}");
             std::thread::sleep(Duration::from_millis(1));
