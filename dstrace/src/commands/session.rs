@@ -44,7 +44,7 @@ use crate::{
         seen::{Seen, SeenTask},
         wait::{ProcNow, Resolver, Wait},
     },
-    resolve::{procfs, Names},
+    resolve::{procfs, symbols::Kallsyms, Names},
 };
 
 /// The single-threaded runtime every command runs in (the capabilities are
@@ -114,9 +114,10 @@ impl Session {
         signals: Signals,
         duration: Option<Duration>,
     ) -> Result<Session> {
+        let symbols = Kallsyms::read_soon();
         let mut tracer = Tracer::load(&options)?;
         let events = tracer.take_events()?;
-        let hidden_symbols = names.read_symbols()?;
+        let hidden_symbols = names.read_symbols(symbols)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the same for
         // as long as the `AsyncFd` owns the ring buffer.
         let ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }

@@ -25,7 +25,7 @@ use crate::{
         seen::Seen,
         wait::{ProcNow, Wait},
     },
-    resolve::{procfs, Names},
+    resolve::{procfs, symbols::Kallsyms, Names},
     sinks::{self, Format, Snapshot},
 };
 
@@ -81,9 +81,10 @@ fn look(include_idle: bool, names: &mut Names) -> Result<(Seen, Vec<String>), St
     if !preflight::may_load_bpf() {
         return Err("the task iterator needs root, or CAP_BPF and CAP_PERFMON".to_owned());
     }
+    let symbols = Kallsyms::read_soon();
     let mut looker = Looker::load(include_idle).map_err(|err| format!("{err:#}"))?;
     let look = looker.look(&[]).map_err(|err| format!("{err:#}"))?;
-    names.read_symbols().map_err(|err| format!("{err:#}"))?;
+    names.read_symbols(symbols).map_err(|err| format!("{err:#}"))?;
     Ok((Seen::of(look, &mut names.stacks), looker.skipped().to_vec()))
 }
 

@@ -68,6 +68,22 @@ pub enum FuseTypes {
 /// The FUSE module's BTF, split against vmlinux's.
 pub const FUSE_MODULE_BTF: &str = "/sys/kernel/btf/fuse";
 
+/// The running kernel's layout, and its BTF as aya relocates the programs with.
+/// The two parse the same 5 MB: each on a thread of its own, they take the time
+/// of one.
+pub fn running_kernel() -> Result<(KernelLayout, aya::Btf)> {
+    std::thread::scope(|scope| {
+        let aya_btf =
+            std::thread::Builder::new().name("btf".into()).spawn_scoped(scope, aya::Btf::from_sys_fs).ok();
+        let layout = KernelLayout::from_running_kernel()?;
+        let btf = match aya_btf.map(std::thread::ScopedJoinHandle::join) {
+            Some(Ok(btf)) => btf,
+            _ => aya::Btf::from_sys_fs(),
+        };
+        Ok((layout, btf.context("cannot read the kernel's BTF")?))
+    })
+}
+
 impl KernelLayout {
     /// Reads the layout from `/sys/kernel/btf/vmlinux`.
     pub fn from_running_kernel() -> Result<Self> {

@@ -43,7 +43,7 @@ use dstrace_common::{
 };
 
 use crate::kernel::{
-    btf::KernelLayout,
+    btf::{self, KernelLayout},
     decode::{comm_string, decode_records},
     object::{self, fill_syscall_args, take_map, OBJECT},
     preflight::{self, VMLINUX_BTF},
@@ -723,8 +723,7 @@ impl Looker {
             );
         }
         preflight::raise_memlock_limit();
-        let layout = KernelLayout::from_running_kernel()?;
-        let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let (layout, btf) = btf::running_kernel()?;
         let plan = plan(&layout);
         let mut skipped = plan.skipped.clone();
         let mut config = object::kernel_config(&layout);

@@ -19,7 +19,7 @@ use dstrace_common::{
 use crate::{
     clock::duration_ns,
     kernel::{
-        btf::KernelLayout,
+        btf::{self, KernelLayout},
         iter::{self, Iterators, Look},
         object::{self, fill_syscall_args, take_map, OBJECT},
         sunrpc,
@@ -135,8 +135,7 @@ impl Tracer {
     /// being called at all), before or after the real ones: programs on one hook run
     /// in the order they were attached, and the first pays for the cold caches.
     pub fn load_with_floors(options: &Options, floors: Option<FloorOrder>) -> Result<Tracer> {
-        let layout = KernelLayout::from_running_kernel()?;
-        let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let (layout, btf) = btf::running_kernel()?;
         let mut skipped = Vec::new();
         let mut config = config(&layout, options);
         match (&layout.target_offsets, layout.sched_switch_has_state_arg) {

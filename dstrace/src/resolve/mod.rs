@@ -25,7 +25,7 @@ use crate::{
         attribution::FilePaths,
         cgroups::Cgroups,
         mounts::MountTable,
-        symbols::{Kallsyms, Stacks},
+        symbols::{Kallsyms, PendingKallsyms, Stacks},
     },
 };
 
@@ -45,10 +45,9 @@ pub struct Names {
 }
 
 impl Names {
-    /// Names without kernel symbols yet: they are read once the programs are
-    /// loaded ([`Names::read_symbols`]), so that the programs' own frames
-    /// (`bpf_prog_...`) are known and left out of stacks; until then the only
-    /// stacks are the kernel's text in `/proc`.
+    /// Names without kernel symbols yet: they are read while the programs load
+    /// ([`Kallsyms::read_soon`], then [`Names::read_symbols`]); until then the
+    /// only stacks are the kernel's text in `/proc`.
     pub fn new() -> Names {
         Names {
             stacks: Stacks::new(Kallsyms::parse("")),
@@ -59,10 +58,10 @@ impl Names {
         }
     }
 
-    /// Reads the kernel's symbols (`/proc/kallsyms`); returns whether they hide
-    /// the addresses (`kernel.kptr_restrict`: stacks are raw addresses).
-    pub fn read_symbols(&mut self) -> anyhow::Result<bool> {
-        let kallsyms = Kallsyms::from_proc()?;
+    /// Takes the kernel's symbols (`/proc/kallsyms`) once read; returns whether
+    /// they hide the addresses (`kernel.kptr_restrict`: stacks are raw addresses).
+    pub fn read_symbols(&mut self, pending: PendingKallsyms) -> anyhow::Result<bool> {
+        let kallsyms = pending.wait()?;
         let hidden = kallsyms.is_hidden();
         self.stacks = Stacks::new(kallsyms);
         Ok(hidden)

@@ -69,7 +69,11 @@ pub const WAIT_PRIMITIVES: &[Pattern] = &[
 
 /// The tracing machinery a stack taken in the `sched_switch` hook starts with (the
 /// BPF program itself, the trampoline or `bpf_trace_run*`): not part of what the
-/// task was doing, so left out of every stack shown.
+/// task was doing, so left out of every stack shown: the run of these at the top
+/// of a stack, or right below its first frame. That first frame is the program
+/// itself, which need not be named: the symbols are read while the programs load
+/// ([`Kallsyms::read_soon`]), before the kernel lists them, and the kernel's
+/// `bpf_trace_run*` is always right below it.
 pub const TRACING_FRAMES: &[Pattern] = &[
     Pattern::Prefix("bpf_prog_"),
     Pattern::Prefix("bpf_trampoline_"),
@@ -160,6 +164,13 @@ impl Kallsyms {
         Ok(Kallsyms::parse(&text))
     }
 
+    /// Starts reading `/proc/kallsyms` on a thread of its own: the kernel prints
+    /// 100,000 lines or more, a sixth of the time to start, which can pass while
+    /// the programs load. Where no thread can be started, it is read when asked.
+    pub fn read_soon() -> PendingKallsyms {
+        PendingKallsyms(std::thread::Builder::new().name("kallsyms".into()).spawn(Kallsyms::from_proc).ok())
+    }
+
     /// Parses the text of `/proc/kallsyms`, keeping text symbols (`t`, `T`, `w`, `W`).
     pub fn parse(text: &str) -> Kallsyms {
         let mut entries: Vec<(u64, &str)> = text
@@ -203,10 +214,29 @@ impl Kallsyms {
     /// Names of a stack's frames, innermost first, without the leading tracing
     /// frames; an unknown address shows as hex.
     pub fn symbolize(&self, ips: impl IntoIterator<Item = u64>) -> Vec<String> {
-        ips.into_iter()
+        let mut frames: Vec<String> = ips
+            .into_iter()
             .map(|ip| self.resolve(ip).map_or_else(|| format!("{ip:#x}"), str::to_owned))
-            .skip_while(|name| is_tracing_frame(name))
-            .collect()
+            .collect();
+        // The machinery starts at the top, or right below the program's frame.
+        if let Some(first) = frames.iter().take(2).position(|name| is_tracing_frame(name)) {
+            let run = frames[first..].iter().take_while(|name| is_tracing_frame(name)).count();
+            frames.drain(..first + run);
+        }
+        frames
+    }
+}
+
+/// `/proc/kallsyms` being read ([`Kallsyms::read_soon`]).
+pub struct PendingKallsyms(Option<std::thread::JoinHandle<Result<Kallsyms>>>);
+
+impl PendingKallsyms {
+    /// The symbols, once read.
+    pub fn wait(self) -> Result<Kallsyms> {
+        match self.0 {
+            Some(reader) => reader.join().unwrap_or_else(|_| Kallsyms::from_proc()),
+            None => Kallsyms::from_proc(),
+        }
     }
 }
 
@@ -300,6 +330,10 @@ ffffffffc0001000 t nfs_file_fsync\t[nfs]
         // The hook's own frames are left out, only at the top of the stack.
         let stack = [0xffffffffa0000010, 0xffffffff81010020, 0xffffffff81200001, 0xffffffff81010020];
         assert_eq!(syms.symbolize(stack), ["__schedule", "bpf_trace_run4"]);
+        // Also when the program is not in the symbols (loaded after they were
+        // read): its address falls in a module's last function.
+        let unlisted = [0xffffffffc0002000, 0xffffffff81010020, 0xffffffff81200001];
+        assert_eq!(syms.symbolize(unlisted), ["__schedule"]);
     }
 
     #[test]
