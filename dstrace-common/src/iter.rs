@@ -35,6 +35,17 @@ pub const OWNER_FLAGS_MASK: u64 = 0x7;
 /// is only the last reader to take it (a hint).
 pub const RWSEM_READER_OWNED: u64 = 0x1;
 
+/// Entries of an rwsem's `wait_list` looked at, at most, for the task itself: a
+/// task further down the list is not said to wait there.
+pub const ITER_RWSEM_WAITERS: u32 = 32;
+/// [`TaskRecord::fd_waiting`], [`TaskRecord::walk_dir_waiting`]: the task is not on
+/// that rwsem's wait list (or it was not read).
+pub const WAIT_LIST_NONE: u32 = 0;
+/// ... it is, to write (`RWSEM_WAITING_FOR_WRITE`).
+pub const WAIT_LIST_WRITER: u32 = 1;
+/// ... it is, to read (`RWSEM_WAITING_FOR_READ`).
+pub const WAIT_LIST_READER: u32 = 2;
+
 /// The bits of an rwsem's `count` that say it is held: `RWSEM_WRITER_LOCKED` (bit 0)
 /// and the reader count (bits 8 to 62), kernel/locking/rwsem.c since 5.3; the other
 /// bits are waiters' flags, set on a free rwsem too.
@@ -129,8 +140,9 @@ pub struct TaskRecord {
     pub fd_mnt_id: u32,
     /// `s_dev` of the file's superblock.
     pub fd_dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Whether the task is on the wait list of the file's inode's `i_rwsem`, and
+    /// for what: `WAIT_LIST_*`.
+    pub fd_waiting: u32,
     /// Inode number of the file.
     pub fd_ino: u64,
     /// Address of the file's inode's `i_rwsem` (compare with `blocker`).
@@ -143,6 +155,11 @@ pub struct TaskRecord {
     pub walk_dir_dentry: u64,
     /// Address of that directory inode's `i_rwsem` (compare with `blocker`).
     pub walk_dir_rwsem: u64,
+    /// Whether the task is on that `i_rwsem`'s wait list, and for what:
+    /// `WAIT_LIST_*`.
+    pub walk_dir_waiting: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// Who holds that `i_rwsem`, if anyone.
     pub walk_dir_owner: PeerRecord,
     /// `task_struct.blocker` (the lock's type in the low bits), or the
@@ -158,7 +175,7 @@ pub struct TaskRecord {
 }
 const _: () = assert!(
     core::mem::size_of::<TaskRecord>()
-        == 64 + 8 * ITER_STACK_FRAMES + 56 + 32 + 32 + 16 + 16 + 32 + 8 + 32 + ITER_NAME_LEN + ITER_PATH_LEN
+        == 64 + 8 * ITER_STACK_FRAMES + 56 + 32 + 32 + 72 + 8 + 32 + ITER_NAME_LEN + ITER_PATH_LEN
 );
 
 /// A request queued on a FUSE connection (`fc->iq.pending`), not yet read by the

@@ -34,9 +34,10 @@ use dstrace_common::{
     Counter, FuseFileRecord, PeerRecord, TaskRecord, Walk, BLOCKER_TYPE_MASK, BLOCKER_TYPE_MUTEX,
     BLOCKER_TYPE_SEM, COMM_LEN, CONFIG_INCLUDE_IDLE, FUSE_DEV_RDEV, FUSE_PENDING_MAX, FUSE_REQUESTS_KEPT,
     HAVE_BLOCKER, HAVE_BLOCKER_MUTEX_ONLY, HAVE_CGROUP, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME,
-    HAVE_EXEC_START, HAVE_FD_FILE, HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, ITER_STACK_FRAMES,
-    OWNER_FLAGS_MASK, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, RWSEM_HELD_MASK, RWSEM_READER_OWNED, S_IFCHR,
-    S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    HAVE_EXEC_START, HAVE_FD_FILE, HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, ITER_RWSEM_WAITERS,
+    ITER_STACK_FRAMES, OWNER_FLAGS_MASK, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, RWSEM_HELD_MASK,
+    RWSEM_READER_OWNED, S_IFCHR, S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WAIT_LIST_NONE, WAIT_LIST_READER,
+    WAIT_LIST_WRITER,
 };
 
 use crate::maps::{count, counted, CONFIG, ITER_FUSE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS};
@@ -320,7 +321,7 @@ fn task_record<const PT_REGS: bool>(task: *mut task_struct, record: &mut TaskRec
     record.fd = -1;
     record.fd_mnt_id = 0;
     record.fd_dev = 0;
-    record._pad = 0;
+    record.fd_waiting = WAIT_LIST_NONE;
     record.fd_ino = 0;
     record.fd_rwsem = 0;
     record.fd_owner = PeerRecord::NONE;
@@ -330,12 +331,14 @@ fn task_record<const PT_REGS: bool>(task: *mut task_struct, record: &mut TaskRec
     record.walk = Walk::NONE;
     record.walk_dir_dentry = 0;
     record.walk_dir_rwsem = 0;
+    record.walk_dir_waiting = WAIT_LIST_NONE;
+    record._pad = 0;
     record.walk_dir_owner = PeerRecord::NONE;
     record.walk_last[0] = 0;
     record.walk_path[0] = 0;
     if let Some(Some(nd)) = counted(nameidata(base)) {
         record.have |= HAVE_WALK;
-        walk(nd, record);
+        walk(base, nd, record);
     }
     record.blocker = 0;
     record.blocker_owner = PeerRecord::NONE;
@@ -361,7 +364,8 @@ fn cgroup_id(task: *const u8) -> Result<Option<u64>, Counter> {
 }
 
 /// The syscall in `task`'s saved user registers, and the file behind its file
-/// descriptor argument: mount, device, inode, the inode's `i_rwsem` and its owner.
+/// descriptor argument: mount, device, inode, the inode's `i_rwsem`, its owner and
+/// whether the task waits for it.
 #[inline(always)]
 fn syscall(task: *mut task_struct, record: &mut TaskRecord) -> Result<(), Counter> {
     let regs = user_regs(task)?;
@@ -396,20 +400,23 @@ fn syscall(task: *mut task_struct, record: &mut TaskRecord) -> Result<(), Counte
     if let (false, Some(rwsem)) = (ids.inode.is_null(), known(&CONFIG.locks.inode_rwsem)) {
         let rwsem = ids.inode.wrapping_add(rwsem as usize);
         record.fd_rwsem = rwsem as u64;
+        record.fd_waiting = counted(waiting(rwsem, task as *const u8)).unwrap_or(WAIT_LIST_NONE);
         rwsem_owner(rwsem, &mut record.fd_owner)?;
     }
     Ok(())
 }
 
-/// The path walk `nd`: the directory (mount, inode, dentry, `i_rwsem` and its
-/// owner), the name looked up and the path, each counted where it fails.
+/// The path walk `nd` of `task`: the directory (mount, inode, dentry, `i_rwsem`,
+/// its owner and whether the task waits for it), the name looked up and the path,
+/// each counted where it fails.
 #[inline(always)]
-fn walk(nd: *const u8, record: &mut TaskRecord) {
+fn walk(task: *const u8, nd: *const u8, record: &mut TaskRecord) {
     if let Some(dir) = counted(walk_dir(nd, &mut record.walk)) {
         record.walk_dir_dentry = dir.dentry as u64;
         if let (false, Some(rwsem)) = (dir.inode.is_null(), known(&CONFIG.locks.inode_rwsem)) {
             let rwsem = dir.inode.wrapping_add(rwsem as usize);
             record.walk_dir_rwsem = rwsem as u64;
+            record.walk_dir_waiting = counted(waiting(rwsem, task)).unwrap_or(WAIT_LIST_NONE);
             counted(rwsem_owner(rwsem, &mut record.walk_dir_owner));
         }
     }
@@ -473,6 +480,40 @@ fn rwsem_owner(rwsem: *const u8, out: &mut PeerRecord) -> Result<(), Counter> {
     let word = read_u64(rwsem, owner)?;
     let hint = if word & RWSEM_READER_OWNED != 0 { PEER_READER_HINT } else { 0 };
     peer(word, hint, out)
+}
+
+/// Whether `task` waits for the rwsem at `rwsem`, and for what (`WAIT_LIST_*`): its
+/// `struct rwsem_waiter` (kernel/locking/rwsem.c, on the waiting task's own stack)
+/// is on `rw_semaphore.wait_list`, which a task sleeping in
+/// `rwsem_down_{read,write}_slowpath` is on until it gets the lock. The first
+/// `ITER_RWSEM_WAITERS` entries are looked at. The list is walked without its
+/// `wait_lock`: each step is a probe read, so an entry gone meanwhile ends the walk
+/// (a failed read) or leads back to the head, never faults.
+#[inline(always)]
+fn waiting(rwsem: *const u8, task: *const u8) -> Result<u32, Counter> {
+    let iter = &CONFIG.iter;
+    let (Some(list), Some(entry), Some(waiter_task), Some(waiter_type)) = (
+        known(&iter.rwsem_wait_list),
+        known(&iter.waiter_list),
+        known(&iter.waiter_task),
+        known(&iter.waiter_type),
+    ) else {
+        return Ok(WAIT_LIST_NONE);
+    };
+    let head = rwsem.wrapping_add(list as usize);
+    let mut next = read_u64(head, 0)? as *const u8;
+    for _ in 0..ITER_RWSEM_WAITERS {
+        if next == head || next.is_null() {
+            break;
+        }
+        let waiter = next.wrapping_sub(entry as usize);
+        if read_u64(waiter, waiter_task)? == task as u64 {
+            let reads = read_u32(waiter, waiter_type)? == config_u32(&iter.waiting_for_read);
+            return Ok(if reads { WAIT_LIST_READER } else { WAIT_LIST_WRITER });
+        }
+        next = read_u64(next, 0)? as *const u8;
+    }
+    Ok(WAIT_LIST_NONE)
 }
 
 /// The task an owner word names (`PEER_*` `flags` added), if any.

@@ -215,6 +215,7 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
         |btf: &Btf, strukt: &str, path: &[&str]| member_path_offset(btf, strukt, path).unwrap_or(NO_OFFSET);
     let task = |path: &[&str]| field(btf, "task_struct", path);
     let cpu = task(&["thread_info", "cpu"]);
+    let waiting_for_read = enum_value(btf, "rwsem_waiter_type", "RWSEM_WAITING_FOR_READ");
     IterOffsets {
         task_exec_start: task(&["se", "exec_start"]),
         task_cpu: if cpu != NO_OFFSET { cpu } else { task(&["cpu"]) },
@@ -236,6 +237,17 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
         req_list: field(fuse, "fuse_req", &["list"]),
         req_pid: field(fuse, "fuse_req", &["in", "h", "pid"]),
         req_create_time: field(fuse, "fuse_req", &["create_time"]),
+        rwsem_wait_list: field(btf, "rw_semaphore", &["wait_list"]),
+        waiter_list: field(btf, "rwsem_waiter", &["list"]),
+        waiter_task: field(btf, "rwsem_waiter", &["task"]),
+        // Of no use without the value that says a waiter reads.
+        waiter_type: if waiting_for_read.is_some() {
+            field(btf, "rwsem_waiter", &["type"])
+        } else {
+            NO_OFFSET
+        },
+        waiting_for_read: waiting_for_read.unwrap_or(NO_OFFSET),
+        _pad: 0,
     }
 }
 
@@ -481,9 +493,14 @@ mod tests {
             ("fuse_req.create_time", offsets.req_create_time),
             ("fuse_conn.iq.pending", offsets.fc_iq_pending),
             ("semaphore.last_holder", offsets.sem_last_holder),
+            ("rw_semaphore.wait_list", offsets.rwsem_wait_list),
+            ("rwsem_waiter.task", offsets.waiter_task),
+            ("rwsem_waiter.type", offsets.waiter_type),
         ] {
             assert_ne!(offset, NO_OFFSET, "6.18 has {name}");
         }
         assert_eq!(offsets.task_blocker_mutex, NO_OFFSET, "6.15 only");
+        assert_eq!(offsets.waiting_for_read, 1, "enum rwsem_waiter_type: FOR_WRITE, FOR_READ");
+        assert_eq!(offsets.waiter_list, 0, "the list first: list_first_entry of a struct rwsem_waiter");
     }
 }

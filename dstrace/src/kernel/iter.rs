@@ -40,6 +40,7 @@ use dstrace_common::{
     BLOCKER_TYPE_RWSEM_READER, BLOCKER_TYPE_SEM, CONFIG_INCLUDE_IDLE, FUSE_REQUESTS_KEPT, HAVE_BLOCKER,
     HAVE_BLOCKER_MUTEX_ONLY, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START, HAVE_FD_FILE,
     HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, NO_OFFSET, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, TASK_DEAD,
+    WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
 use crate::kernel::{
@@ -84,6 +85,12 @@ pub struct FileSeen {
     /// The `i_rwsem` is held for reading: [`FileSeen::owner`] is only its last
     /// reader, a hint.
     pub owner_reader_hint: bool,
+    /// The task is on that `i_rwsem`'s wait list ([`BlockerKind::RwsemWriter`] or
+    /// [`BlockerKind::RwsemReader`], by its waiter's type): it waits for that lock.
+    /// `None` where it is not among the first
+    /// [`dstrace_common::ITER_RWSEM_WAITERS`] waiters, or where this kernel's BTF
+    /// does not describe the list.
+    pub waiting: Option<BlockerKind>,
 }
 
 /// The path walk a task is in (`task_struct.nameidata`).
@@ -110,18 +117,21 @@ pub struct WalkSeen {
     /// The `i_rwsem` is held for reading: [`WalkSeen::dir_owner`] is only its last
     /// reader, a hint (a lookup takes it shared: every walker of a directory may be).
     pub dir_owner_reader_hint: bool,
+    /// The task is on that `i_rwsem`'s wait list, as [`FileSeen::waiting`].
+    pub dir_waiting: Option<BlockerKind>,
 }
 
-/// The kind of lock a task waits for (`BLOCKER_TYPE_*`, include/linux/hung_task.h).
+/// The kind of lock a task waits for (`BLOCKER_TYPE_*`, include/linux/hung_task.h;
+/// or an rwsem's waiter type, `RWSEM_WAITING_FOR_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockerKind {
     /// A mutex.
     Mutex,
     /// A semaphore.
     Semaphore,
-    /// An rwsem, to read (6.17+).
+    /// An rwsem, to read (a `blocker` of 6.17+, or a waiter's type).
     RwsemReader,
-    /// An rwsem, to write (6.17+).
+    /// An rwsem, to write (a `blocker` of 6.17+, or a waiter's type).
     RwsemWriter,
 }
 
@@ -286,18 +296,32 @@ pub fn plan(layout: &KernelLayout) -> Plan {
         skipped.push(format!("the path walk of a task already in D: {why}"));
     }
     let offsets = &iter.offsets;
+    let missing = |fields: &[(&str, u32)]| -> Vec<String> {
+        fields.iter().filter(|(_, offset)| *offset == NO_OFFSET).map(|(name, _)| (*name).to_owned()).collect()
+    };
+    let wait_lists = missing(&[
+        ("rw_semaphore.wait_list", offsets.rwsem_wait_list),
+        ("rwsem_waiter.list", offsets.waiter_list),
+        ("rwsem_waiter.task", offsets.waiter_task),
+        ("rwsem_waiter.type (or enum rwsem_waiter_type)", offsets.waiter_type),
+    ]);
     if offsets.task_blocker == NO_OFFSET {
-        skipped.push(if offsets.task_blocker_mutex != NO_OFFSET {
-            "the lock a task already in D waits for, but a mutex: task_struct.blocker needs Linux 6.16 \
-             with CONFIG_DETECT_HUNG_TASK_BLOCKER (the owners of the walked directory's and the file's \
-             i_rwsem are read)"
-                .to_owned()
+        let but = if offsets.task_blocker_mutex != NO_OFFSET { ", but a mutex" } else { "" };
+        let instead = if wait_lists.is_empty() {
+            "the walked directory's or the file's i_rwsem is named when the task is on its wait list"
         } else {
-            "the lock a task already in D waits for: task_struct.blocker needs Linux 6.16 with \
-             CONFIG_DETECT_HUNG_TASK_BLOCKER (the owners of the walked directory's and the file's i_rwsem \
-             are read)"
-                .to_owned()
-        });
+            "the owners of the walked directory's and the file's i_rwsem are read"
+        };
+        skipped.push(format!(
+            "the lock a task already in D waits for{but}: task_struct.blocker needs Linux 6.16 with \
+             CONFIG_DETECT_HUNG_TASK_BLOCKER ({instead})"
+        ));
+        if !wait_lists.is_empty() {
+            skipped.push(format!(
+                "which i_rwsem a task already in D waits for (its wait list): this kernel's BTF has no {}",
+                wait_lists.join(", ")
+            ));
+        }
     } else if offsets.sem_last_holder == NO_OFFSET {
         skipped.push(
             "the last holder of a semaphore a task already in D waits for: semaphore.last_holder needs \
@@ -305,9 +329,6 @@ pub fn plan(layout: &KernelLayout) -> Plan {
                 .to_owned(),
         );
     }
-    let missing = |fields: &[(&str, u32)]| -> Vec<String> {
-        fields.iter().filter(|(_, offset)| *offset == NO_OFFSET).map(|(name, _)| (*name).to_owned()).collect()
-    };
     for (what, fields) in [
         ("the CPU a task already in D last ran on", &[("task_struct.cpu", offsets.task_cpu)][..]),
         ("when a task already in D last ran", &[("task_struct.se.exec_start", offsets.task_exec_start)][..]),
@@ -551,6 +572,7 @@ fn task_seen(record: &TaskRecord, pt_regs: bool) -> TaskSeen {
             rwsem: record.fd_rwsem,
             owner: peer(&record.fd_owner),
             owner_reader_hint: reader_hint(&record.fd_owner),
+            waiting: waiter_kind(record.fd_waiting),
         }),
         walk: have(HAVE_WALK).then(|| WalkSeen {
             path: comm_string(&record.walk_path),
@@ -562,6 +584,7 @@ fn task_seen(record: &TaskRecord, pt_regs: bool) -> TaskSeen {
             dir_rwsem: record.walk_dir_rwsem,
             dir_owner: peer(&record.walk_dir_owner),
             dir_owner_reader_hint: reader_hint(&record.walk_dir_owner),
+            dir_waiting: waiter_kind(record.walk_dir_waiting),
         }),
         blocker: have(HAVE_BLOCKER).then(|| blocker_seen(record)),
     }
@@ -585,6 +608,15 @@ fn blocker_seen(record: &TaskRecord) -> BlockerSeen {
         kind,
         owner: peer(&record.blocker_owner),
         reader_hint: reader_hint(&record.blocker_owner),
+    }
+}
+
+/// What a task waits for on an rwsem's wait list (`WAIT_LIST_*`), if it is on it.
+fn waiter_kind(waiting: u32) -> Option<BlockerKind> {
+    match waiting {
+        WAIT_LIST_WRITER => Some(BlockerKind::RwsemWriter),
+        WAIT_LIST_READER => Some(BlockerKind::RwsemReader),
+        _ => None,
     }
 }
 
@@ -768,7 +800,7 @@ impl Looker {
 mod tests {
     use dstrace_common::{
         FuseRequestRecord, IterOffsets, LockOffsets, Offsets, VfsOffsets, Walk, BLOCKER_TYPE_RWSEM_WRITER,
-        COMM_LEN, ITER_NAME_LEN, ITER_PATH_LEN, ITER_STACK_FRAMES,
+        COMM_LEN, ITER_NAME_LEN, ITER_PATH_LEN, ITER_STACK_FRAMES, WAIT_LIST_NONE,
     };
 
     use super::*;
@@ -811,6 +843,12 @@ mod tests {
             req_list: 18,
             req_pid: 19,
             req_create_time: 20,
+            rwsem_wait_list: 21,
+            waiter_list: 0,
+            waiter_task: 22,
+            waiter_type: 23,
+            waiting_for_read: 1,
+            _pad: 0,
         }
     }
 
@@ -836,6 +874,8 @@ mod tests {
         layout.iter.offsets.sem_last_holder = NO_OFFSET;
         layout.iter.offsets.req_create_time = NO_OFFSET;
         layout.iter.fuse_types = Err("FUSE is a module that is not loaded".into());
+        let said = super::plan(&layout).skipped.join("\n");
+        assert!(said.contains("is named when the task is on its wait list"), "{said}");
         let plan = plan(&layout);
         let programs = plan.programs.unwrap();
         assert_eq!(
@@ -860,6 +900,25 @@ mod tests {
         let mut layout = full();
         layout.lock_offsets = Err("BTF has no struct rw_semaphore".into());
         assert_eq!(super::plan(&layout).programs, None);
+    }
+
+    /// Without the wait list in BTF (`PREEMPT_RT`) nor `blocker`, the owners alone.
+    #[test]
+    fn a_kernel_without_wait_lists_says_so() {
+        let mut layout = full();
+        layout.iter.offsets.task_blocker = NO_OFFSET;
+        layout.iter.offsets.rwsem_wait_list = NO_OFFSET;
+        let said = plan(&layout).skipped.join("\n");
+        for says in [
+            "(the owners of the walked directory's and the file's i_rwsem are read)",
+            "which i_rwsem a task already in D waits for (its wait list): this kernel's BTF has no \
+             rw_semaphore.wait_list",
+        ] {
+            assert!(said.contains(says), "{says}: {said}");
+        }
+        // With `blocker`, the wait list is not needed.
+        layout.iter.offsets.task_blocker = 3;
+        assert!(!plan(&layout).skipped.join("\n").contains("wait list"));
     }
 
     #[test]
@@ -904,13 +963,15 @@ mod tests {
             fd: -100,
             fd_mnt_id: 0,
             fd_dev: 0,
-            _pad: 0,
+            fd_waiting: WAIT_LIST_NONE,
             fd_ino: 0,
             fd_rwsem: 0,
             fd_owner: PeerRecord::NONE,
             walk: Walk { mnt_id: 45, dev: 40, dir_ino: 1 },
             walk_dir_dentry: 0xd0,
             walk_dir_rwsem: 0x1000,
+            walk_dir_waiting: WAIT_LIST_WRITER,
+            _pad: 0,
             walk_dir_owner: peer_record(43, PEER_KNOWN | PEER_READER_HINT),
             blocker: 0x1000 | BLOCKER_TYPE_RWSEM_WRITER,
             blocker_owner: peer_record(44, PEER_KNOWN),
@@ -932,6 +993,7 @@ mod tests {
         assert_eq!((walk.mnt_id, walk.dev, walk.dir_ino, walk.dir_dentry), (45, 40, 1, 0xd0));
         assert_eq!(walk.dir_owner.map(|owner| owner.tid), Some(43));
         assert!(walk.dir_owner_reader_hint);
+        assert_eq!(walk.dir_waiting, Some(BlockerKind::RwsemWriter));
         let blocker = seen.blocker.unwrap();
         assert_eq!(
             (blocker.lock, blocker.kind, blocker.reader_hint),
@@ -957,6 +1019,13 @@ mod tests {
             task_seen(&record, true).blocker.map(|b| (b.lock, b.kind)),
             Some((0x2003, BlockerKind::Mutex))
         );
+        // Its file's i_rwsem, waited for to read; the directory's not.
+        record.have |= HAVE_FD_FILE;
+        record.fd_waiting = WAIT_LIST_READER;
+        record.walk_dir_waiting = WAIT_LIST_NONE;
+        let seen = task_seen(&record, true);
+        assert_eq!(seen.fd_file.and_then(|file| file.waiting), Some(BlockerKind::RwsemReader));
+        assert_eq!(seen.walk.and_then(|walk| walk.dir_waiting), None);
     }
 
     #[test]
