@@ -322,8 +322,10 @@ pub struct IterOffsets {
     /// of another type waits to write. [`NO_OFFSET`] with `waiter_type` when the
     /// enum is not in BTF.
     pub waiting_for_read: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `fuse_dev.pq.processing`: a pointer to the `FUSE_PQ_HASH_SIZE` list heads of
+    /// the requests the daemon read from that file and has not answered
+    /// ([`NO_OFFSET`] unless BTF says it is a pointer).
+    pub fud_processing: u32,
 }
 const _: () = assert!(core::mem::size_of::<IterOffsets>() == 104);
 
@@ -355,7 +357,7 @@ impl IterOffsets {
         waiter_task: NO_OFFSET,
         waiter_type: NO_OFFSET,
         waiting_for_read: NO_OFFSET,
-        _pad: 0,
+        fud_processing: NO_OFFSET,
     };
 }
 

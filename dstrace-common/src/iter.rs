@@ -14,8 +14,16 @@ pub const ITER_NAME_LEN: usize = 64;
 /// Requests on a FUSE connection's `iq.pending` counted at most: a
 /// [`FuseFileRecord::pending`] of `FUSE_PENDING_MAX + 1` means more.
 pub const FUSE_PENDING_MAX: u32 = 64;
-/// Pending requests described one by one in a [`FuseFileRecord`].
+/// Requests described one by one in a [`FuseFileRecord`]: those queued on
+/// `iq.pending` first, then those its daemon has read ([`FUSE_REQUEST_READ`]).
 pub const FUSE_REQUESTS_KEPT: usize = 8;
+/// `FUSE_PQ_HASH_SIZE` (fs/fuse/fuse_i.h: `1 << FUSE_PQ_HASH_BITS`, 8 bits, since
+/// Linux 4.20 made the processing queue a hash of the requests' `unique`): the list
+/// heads of the table `fuse_dev.pq.processing` points to. A `#define`, so not in
+/// BTF: the kernel allocates exactly this many (`fuse_dev_alloc`).
+pub const FUSE_PQ_HASH_SIZE: u32 = 256;
+/// `sizeof(struct list_head)`: two pointers, the stride of that table.
+pub const LIST_HEAD_SIZE: u32 = 16;
 
 /// `BLOCKER_TYPE_MASK` (include/linux/hung_task.h, 6.16+): the low bits of
 /// `task_struct.blocker` are the lock's type, the rest its address.
@@ -178,8 +186,12 @@ const _: () = assert!(
         == 64 + 8 * ITER_STACK_FRAMES + 56 + 32 + 32 + 72 + 8 + 32 + ITER_NAME_LEN + ITER_PATH_LEN
 );
 
-/// A request queued on a FUSE connection (`fc->iq.pending`), not yet read by the
-/// daemon.
+/// [`FuseRequestRecord::flags`]: the daemon has read the request (it is on a
+/// `/dev/fuse` file's processing queue) and not answered it.
+pub const FUSE_REQUEST_READ: u32 = 1 << 0;
+
+/// A request of a FUSE connection not answered yet: queued (`fc->iq.pending`), or
+/// read by the daemon ([`FUSE_REQUEST_READ`], `fud->pq.processing`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FuseRequestRecord {
@@ -194,8 +206,12 @@ pub struct FuseRequestRecord {
     pub nodeid: u64,
     /// `create_time` (jiffies, 6.14+), 0 if unknown.
     pub create_jiffies: u64,
+    /// `FUSE_REQUEST_*` bits.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FuseRequestRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<FuseRequestRecord>() == 40);
 
 /// [`FuseFileRecord::have`]: the file is mounted: `dev`, `connected`, `num_waiting`
 /// were read from its connection.
@@ -204,6 +220,8 @@ pub const HAVE_CONNECTION: u32 = 1 << 0;
 pub const HAVE_PENDING: u32 = 1 << 1;
 /// [`FuseFileRecord::have`]: the requests' `create_jiffies` were read.
 pub const HAVE_CREATE_TIME: u32 = 1 << 2;
+/// [`FuseFileRecord::have`]: `processing` was read (the file's processing queue).
+pub const HAVE_PROCESSING: u32 = 1 << 3;
 
 /// One open `/dev/fuse` file, as `iter/task_file` writes it (once per process: the
 /// iterator skips threads that share their group leader's files).
@@ -231,13 +249,23 @@ pub struct FuseFileRecord {
     pub pending: u32,
     /// `HAVE_*` bits of this record.
     pub have: u32,
+    /// Requests this file's daemon has read and not answered: the buckets of its
+    /// processing queue (`fud->pq.processing`, [`FUSE_PQ_HASH_SIZE`] lists) that are
+    /// not empty. A lower bound: two requests in one bucket count once.
+    pub processing: u32,
+    /// How many of `requests` are filled.
+    pub kept: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// The address of its `struct fuse_dev` (`file->private_data`): the same for
+    /// every process holding this open file, its own for a cloned one.
+    pub fuse_dev: u64,
     /// `bpf_jiffies64()` when it was read.
     pub now_jiffies: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the same moment.
     pub now_ns: u64,
-    /// The first `min(pending, FUSE_REQUESTS_KEPT)` requests of `iq.pending`.
+    /// The first `kept` requests: the first of `iq.pending`, then the first of each
+    /// bucket of the processing queue that is not empty.
     pub requests: [FuseRequestRecord; FUSE_REQUESTS_KEPT],
 }
-const _: () = assert!(core::mem::size_of::<FuseFileRecord>() == 72 + 32 * FUSE_REQUESTS_KEPT);
+const _: () = assert!(core::mem::size_of::<FuseFileRecord>() == 88 + 40 * FUSE_REQUESTS_KEPT);

@@ -87,6 +87,10 @@ impl Drop for Unserved {
     }
 }
 
+/// `FUSE_LOOKUP`, `FUSE_WRITE` (include/uapi/linux/fuse.h).
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_WRITE: u32 = 16;
+
 /// Openers of a new name piled up behind a held lookup: the owner (`sh` appending
 /// to a name that does not exist, `O_CREAT`) waits for the server in S in
 /// `openat(2)` holding the directory's `i_rwsem`, taken to write; the next wait
@@ -298,6 +302,29 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
     if !connections {
         drop((stats, writers, openers, unserved));
         return;
+    }
+    // This server has read the held requests (a thread of its own waits on each):
+    // they are on its file's processing queue, not on the connection's, each from
+    // the task that waits for it.
+    let processing =
+        !looker.skipped().iter().any(|why| why.starts_with("the FUSE requests a daemon has read"));
+    for (what, dev, opcode, sender) in [
+        ("the lookups'", lookups_dev, FUSE_LOOKUP, stats.owner),
+        ("the writers'", writes_dev, FUSE_WRITE, writers.owner),
+        ("the openers'", opens_dev, FUSE_LOOKUP, openers.owner),
+    ] {
+        let file = look.fuse_files.iter().find(|file| file.dev == dev && file.tgid == me).unwrap();
+        assert_eq!(file.pending, 0, "{what}: nothing queued, all read: {file:#?}");
+        if !processing {
+            assert_eq!((file.processing, file.requests.len()), (0, 0), "{what}: {file:#?}");
+            continue;
+        }
+        assert!(file.processing >= 1, "{what}: no request read and unanswered: {file:#?}");
+        assert!(file.requests.iter().all(|request| request.read), "{what}: {file:#?}");
+        assert!(
+            file.requests.iter().any(|request| request.opcode == opcode && request.pid == sender),
+            "{what}: no request {opcode} read from pid {sender}: {file:#?}"
+        );
     }
     // The unserved mount's INIT waits on its connection, queued for a daemon.
     let queue = look.fuse_files.iter().find(|file| file.dev == unserved_dev && file.tgid == me).unwrap();

@@ -247,7 +247,7 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
             NO_OFFSET
         },
         waiting_for_read: waiting_for_read.unwrap_or(NO_OFFSET),
-        _pad: 0,
+        fud_processing: pointer_member_offset(fuse, "fuse_dev", &["pq", "processing"]).unwrap_or(NO_OFFSET),
     }
 }
 
@@ -345,6 +345,31 @@ fn find_member_typed(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> R
 /// Byte offset of a member reached through nested structs, e.g.
 /// `fuse_req` + `["in", "h", "opcode"]` for `req->in.h.opcode`.
 pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    member_path(btf, strukt, path).map(|(offset, _)| offset)
+}
+
+/// As [`member_path_offset`], for a member that must be a pointer (an error if BTF
+/// says it is anything else: an array, a struct).
+pub fn pointer_member_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    let (offset, mut type_id) = member_path(btf, strukt, path)?;
+    for _ in 0..8 {
+        match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
+            Type::Ptr(_) => return Ok(offset),
+            ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
+                type_id = ty
+                    .as_btf_type()
+                    .context("untyped BTF entry")?
+                    .get_type_id()
+                    .map_err(|err| anyhow!("{err}"))?;
+            }
+            other => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.name()),
+        }
+    }
+    bail!("BTF: {strukt}.{}: too many levels of typedefs", path.join("."))
+}
+
+/// The byte offset and the type id of a member reached through nested structs.
+fn member_path(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, u32)> {
     let types =
         btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
     let mut ty = types
@@ -355,10 +380,12 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
         })
         .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
     let mut bits = 0;
+    let mut last = 0;
     for (i, name) in path.iter().enumerate() {
         let (offset, type_id) = find_member_typed(btf, &ty, name, 0)?
             .ok_or_else(|| anyhow!("BTF: {strukt}.{} is missing", path.join(".")))?;
         bits += offset;
+        last = type_id;
         if i + 1 < path.len() {
             ty = match resolve_struct(btf, type_id)? {
                 Some(next) => next,
@@ -369,7 +396,7 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
     if bits % 8 != 0 {
         bail!("{strukt}.{} is a bit field", path.join("."));
     }
-    Ok(bits / 8)
+    Ok((bits / 8, last))
 }
 
 /// The struct or union a type id names, through typedefs and qualifiers.
@@ -496,11 +523,13 @@ mod tests {
             ("rw_semaphore.wait_list", offsets.rwsem_wait_list),
             ("rwsem_waiter.task", offsets.waiter_task),
             ("rwsem_waiter.type", offsets.waiter_type),
+            ("fuse_dev.pq.processing (a pointer)", offsets.fud_processing),
         ] {
             assert_ne!(offset, NO_OFFSET, "6.18 has {name}");
         }
         assert_eq!(offsets.task_blocker_mutex, NO_OFFSET, "6.15 only");
         assert_eq!(offsets.waiting_for_read, 1, "enum rwsem_waiter_type: FOR_WRITE, FOR_READ");
         assert_eq!(offsets.waiter_list, 0, "the list first: list_first_entry of a struct rwsem_waiter");
+        assert!(pointer_member_offset(&btf, "fuse_dev", &["pq", "connected"]).is_err(), "not a pointer");
     }
 }

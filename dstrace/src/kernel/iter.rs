@@ -37,10 +37,10 @@ use aya::{
 };
 use dstrace_common::{
     limits, names, Counter, FuseFileRecord, PeerRecord, TaskRecord, BLOCKER_TYPE_MASK, BLOCKER_TYPE_MUTEX,
-    BLOCKER_TYPE_RWSEM_READER, BLOCKER_TYPE_SEM, CONFIG_INCLUDE_IDLE, FUSE_REQUESTS_KEPT, HAVE_BLOCKER,
-    HAVE_BLOCKER_MUTEX_ONLY, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START, HAVE_FD_FILE,
-    HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, NO_OFFSET, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, TASK_DEAD,
-    WAIT_LIST_READER, WAIT_LIST_WRITER,
+    BLOCKER_TYPE_RWSEM_READER, BLOCKER_TYPE_SEM, CONFIG_INCLUDE_IDLE, FUSE_REQUESTS_KEPT, FUSE_REQUEST_READ,
+    HAVE_BLOCKER, HAVE_BLOCKER_MUTEX_ONLY, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START,
+    HAVE_FD_FILE, HAVE_PENDING, HAVE_PROCESSING, HAVE_SYSCALL, HAVE_WALK, NO_OFFSET, PEER_KNOWN,
+    PEER_READER_HINT, PF_KTHREAD, TASK_DEAD, WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
 use crate::kernel::{
@@ -188,7 +188,7 @@ pub struct TaskSeen {
     pub blocker: Option<BlockerSeen>,
 }
 
-/// A request queued on a FUSE connection, not yet read by its daemon.
+/// A request of a FUSE connection not answered yet: queued, or read by its daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FuseRequestSeen {
     /// `FUSE_LOOKUP` = 1, ... (include/uapi/linux/fuse.h).
@@ -204,6 +204,9 @@ pub struct FuseRequestSeen {
     /// `/proc/config.gz`, else inferred from `jiffies` and CLOCK_MONOTONIC read
     /// together; `None` when neither says).
     pub age_ns: Option<u64>,
+    /// The daemon has read it (it is on the file's processing queue) and not
+    /// answered; else it is queued on the connection, not read yet.
+    pub read: bool,
 }
 
 /// An open `/dev/fuse` file: a process serving a FUSE connection.
@@ -227,11 +230,21 @@ pub struct FuseFileSeen {
     pub connected: bool,
     /// Requests sent and not answered yet (`fuse_conn.num_waiting`).
     pub num_waiting: u32,
-    /// Requests queued and not read by the daemon (`fc->iq.pending`), counted up to
-    /// [`dstrace_common::FUSE_PENDING_MAX`] (one more: more than that). Requests the
-    /// daemon has read and not answered are not counted, nor those of io_uring FUSE.
+    /// Requests queued and not read by the daemon (`fc->iq.pending`, the
+    /// connection's: every file of it says the same), counted up to
+    /// [`dstrace_common::FUSE_PENDING_MAX`] (one more: more than that). Those of
+    /// io_uring FUSE are not counted.
     pub pending: u32,
-    /// The first of them, at most eight.
+    /// Requests the daemon read from this file and has not answered (its
+    /// `fud->pq.processing`, this file's own): the hash buckets that hold any, so a
+    /// lower bound (two in one bucket count once). 0 where this kernel's BTF does
+    /// not describe the queue.
+    pub processing: u32,
+    /// Its `struct fuse_dev`'s address: the same for every process holding this
+    /// open file (its processing queue is counted once), another for a cloned one.
+    pub fuse_dev: u64,
+    /// The first requests queued, then the first of each processing bucket
+    /// ([`FuseRequestSeen::read`]), at most eight in all.
     pub requests: Vec<FuseRequestSeen>,
 }
 
@@ -372,6 +385,13 @@ pub fn plan(layout: &KernelLayout) -> Plan {
                      has no {}",
                     missing.join(", ")
                 ));
+            }
+            if offsets.fud_processing == NO_OFFSET {
+                skipped.push(
+                    "the FUSE requests a daemon has read and not answered: this kernel's BTF has no \
+                     fuse_dev.pq.processing that is a pointer (to the FUSE_PQ_HASH_SIZE list heads)"
+                        .to_owned(),
+                );
             }
             if offsets.req_create_time == NO_OFFSET {
                 skipped.push(
@@ -640,7 +660,7 @@ fn reader_hint(record: &PeerRecord) -> bool {
 fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFileSeen {
     let have = |bit: u32| record.have & bit != 0;
     let hz = configured_hz.or_else(|| hz_from_jiffies(record.now_jiffies, record.now_ns));
-    let kept = if have(HAVE_PENDING) { (record.pending as usize).min(FUSE_REQUESTS_KEPT) } else { 0 };
+    let kept = (record.kept as usize).min(FUSE_REQUESTS_KEPT);
     let requests = record.requests[..kept]
         .iter()
         .map(|request| FuseRequestSeen {
@@ -653,6 +673,7 @@ fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFi
                     hz.map(|hz| jiffies_ns(record.now_jiffies.saturating_sub(request.create_jiffies), hz))
                 })
                 .flatten(),
+            read: request.flags & FUSE_REQUEST_READ != 0,
         })
         .collect();
     FuseFileSeen {
@@ -664,7 +685,9 @@ fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFi
         dev: if have(HAVE_CONNECTION) { record.dev } else { 0 },
         connected: have(HAVE_CONNECTION) && record.connected != 0,
         num_waiting: record.num_waiting,
-        pending: record.pending,
+        pending: if have(HAVE_PENDING) { record.pending } else { 0 },
+        processing: if have(HAVE_PROCESSING) { record.processing } else { 0 },
+        fuse_dev: record.fuse_dev,
         requests,
     }
 }
@@ -848,7 +871,7 @@ mod tests {
             waiter_task: 22,
             waiter_type: 23,
             waiting_for_read: 1,
-            _pad: 0,
+            fud_processing: 24,
         }
     }
 
@@ -902,17 +925,21 @@ mod tests {
         assert_eq!(super::plan(&layout).programs, None);
     }
 
-    /// Without the wait list in BTF (`PREEMPT_RT`) nor `blocker`, the owners alone.
+    /// Without the wait list in BTF (`PREEMPT_RT`) nor `blocker`, the owners alone;
+    /// without the processing queue, the requests a daemon read are not counted.
     #[test]
-    fn a_kernel_without_wait_lists_says_so() {
+    fn a_kernel_without_wait_lists_or_processing_queues_says_so() {
         let mut layout = full();
         layout.iter.offsets.task_blocker = NO_OFFSET;
         layout.iter.offsets.rwsem_wait_list = NO_OFFSET;
+        layout.iter.offsets.fud_processing = NO_OFFSET;
         let said = plan(&layout).skipped.join("\n");
         for says in [
             "(the owners of the walked directory's and the file's i_rwsem are read)",
             "which i_rwsem a task already in D waits for (its wait list): this kernel's BTF has no \
              rw_semaphore.wait_list",
+            "the FUSE requests a daemon has read and not answered: this kernel's BTF has no \
+             fuse_dev.pq.processing",
         ] {
             assert!(said.contains(says), "{says}: {said}");
         }
@@ -1038,7 +1065,15 @@ mod tests {
 
     #[test]
     fn a_fuse_record_reads_with_its_requests_ages() {
-        let request = FuseRequestRecord { opcode: 1, pid: 7, unique: 16, nodeid: 1, create_jiffies: 1000 };
+        let request = FuseRequestRecord {
+            opcode: 1,
+            pid: 7,
+            unique: 16,
+            nodeid: 1,
+            create_jiffies: 1000,
+            flags: 0,
+            _pad: 0,
+        };
         let mut record = FuseFileRecord {
             tgid: 5,
             tid: 5,
@@ -1049,23 +1084,34 @@ mod tests {
             connected: 1,
             num_waiting: 2,
             pending: 2,
-            have: HAVE_CONNECTION | HAVE_PENDING | HAVE_CREATE_TIME,
+            have: HAVE_CONNECTION | HAVE_PENDING | HAVE_PROCESSING | HAVE_CREATE_TIME,
+            processing: 1,
+            kept: 3,
             _pad: 0,
+            fuse_dev: 0xf0,
             now_jiffies: 1500,
             now_ns: 0,
             requests: [request; FUSE_REQUESTS_KEPT],
         };
+        record.requests[2].flags = FUSE_REQUEST_READ;
         let seen = fuse_file_seen(&record, Some(250));
         assert_eq!((seen.dev, seen.connected, seen.num_waiting, seen.pending), (42, true, 2, 2));
-        assert_eq!(seen.requests.len(), 2);
+        assert_eq!((seen.processing, seen.fuse_dev), (1, 0xf0));
+        assert_eq!(
+            seen.requests.iter().map(|request| request.read).collect::<Vec<_>>(),
+            [false, false, true]
+        );
         assert_eq!(seen.requests[0].age_ns, Some(2_000_000_000), "500 ticks at 250 Hz");
         record.have &= !HAVE_CREATE_TIME;
         assert_eq!(fuse_file_seen(&record, Some(250)).requests[0].age_ns, None);
         record.pending = 65;
+        record.kept = FUSE_REQUESTS_KEPT as u32;
         assert_eq!(fuse_file_seen(&record, Some(250)).requests.len(), FUSE_REQUESTS_KEPT);
         record.have = 0;
+        record.kept = 0;
         let seen = fuse_file_seen(&record, Some(250));
         assert_eq!((seen.dev, seen.connected, seen.requests.len()), (0, false, 0), "not mounted yet");
+        assert_eq!((seen.pending, seen.processing), (0, 0));
     }
 
     #[test]

@@ -350,7 +350,16 @@ mod tests {
             connected: true,
             num_waiting: 1,
             pending: 1,
-            requests: vec![FuseRequestSeen { opcode: 1, unique: 2, nodeid: 1, pid: 8, age_ns: None }],
+            processing: 0,
+            fuse_dev: u64::from(tgid),
+            requests: vec![FuseRequestSeen {
+                opcode: 1,
+                unique: 2,
+                nodeid: 1,
+                pid: 8,
+                age_ns: None,
+                read: false,
+            }],
         };
         let seen = Seen::from_parts(
             vec![task(9, 2, Some(8), "lock_two_directories"), task(8, 1, None, "request_wait_answer")],
