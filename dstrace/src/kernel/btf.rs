@@ -351,21 +351,12 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
 /// As [`member_path_offset`], for a member that must be a pointer (an error if BTF
 /// says it is anything else: an array, a struct).
 pub fn pointer_member_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
-    let (offset, mut type_id) = member_path(btf, strukt, path)?;
-    for _ in 0..8 {
-        match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
-            Type::Ptr(_) => return Ok(offset),
-            ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
-                type_id = ty
-                    .as_btf_type()
-                    .context("untyped BTF entry")?
-                    .get_type_id()
-                    .map_err(|err| anyhow!("{err}"))?;
-            }
-            other => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.name()),
-        }
+    let (offset, type_id) = member_path(btf, strukt, path)?;
+    match unqualified(btf, type_id)? {
+        Some(Type::Ptr(_)) => Ok(offset),
+        Some(other) => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.name()),
+        None => bail!("BTF: {strukt}.{}: too many levels of typedefs", path.join(".")),
     }
-    bail!("BTF: {strukt}.{}: too many levels of typedefs", path.join("."))
 }
 
 /// The byte offset and the type id of a member reached through nested structs.
@@ -400,10 +391,18 @@ fn member_path(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, u32)> {
 }
 
 /// The struct or union a type id names, through typedefs and qualifiers.
-fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>> {
+fn resolve_struct(btf: &Btf, type_id: u32) -> Result<Option<btf_rs::Struct>> {
+    Ok(match unqualified(btf, type_id)? {
+        Some(Type::Struct(s) | Type::Union(s)) => Some(s),
+        _ => None,
+    })
+}
+
+/// The type a type id names, through typedefs and qualifiers (`None` past eight of
+/// them).
+fn unqualified(btf: &Btf, mut type_id: u32) -> Result<Option<Type>> {
     for _ in 0..8 {
         match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
-            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
             ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
                 type_id = ty
                     .as_btf_type()
@@ -411,7 +410,7 @@ fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>>
                     .get_type_id()
                     .map_err(|err| anyhow!("{err}"))?;
             }
-            _ => return Ok(None),
+            ty => return Ok(Some(ty)),
         }
     }
     Ok(None)
