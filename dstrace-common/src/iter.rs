@@ -213,6 +213,12 @@ pub struct FuseRequestRecord {
 }
 const _: () = assert!(core::mem::size_of::<FuseRequestRecord>() == 40);
 
+impl FuseRequestRecord {
+    /// None described.
+    pub const NONE: FuseRequestRecord =
+        FuseRequestRecord { opcode: 0, pid: 0, unique: 0, nodeid: 0, create_jiffies: 0, flags: 0, _pad: 0 };
+}
+
 /// [`FuseFileRecord::have`]: the file is mounted: `dev`, `connected`, `num_waiting`
 /// were read from its connection.
 pub const HAVE_CONNECTION: u32 = 1 << 0;

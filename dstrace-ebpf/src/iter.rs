@@ -661,15 +661,23 @@ fn processing(fud: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter
             continue;
         }
         n += 1;
-        // The slot index is read from the record each time (volatile): a value of
-        // map memory, which the verifier does not track, so that the states of
-        // the loop differ only by the bucket and 256 of them are all it explores
-        // (a slot count kept in a register made them bucket x slot x range, past
-        // the verifier's million instructions).
         // SAFETY: a field of this CPU's record.
+        if unsafe { core::ptr::read_volatile(&record.kept) } as usize >= FUSE_REQUESTS_KEPT {
+            continue; // counted, not described
+        }
+        let mut read = FuseRequestRecord::NONE;
+        request(first.wrapping_sub(req_list as usize), FUSE_REQUEST_READ, &mut read)?;
+        // The slot index is read from the record (volatile) each time, and only
+        // now, right before the store: a value of map memory, which the verifier
+        // does not track, so that the loop's states differ by bucket only (a count
+        // kept in a register made them bucket x slot x range, past the verifier's
+        // million instructions), and its bounds check is on the register the
+        // store uses (one spilled across the helper calls loses its bounds on
+        // 6.1's verifier).
+        // SAFETY: as above.
         let kept = unsafe { core::ptr::read_volatile(&record.kept) };
         if let Some(slot) = record.requests.get_mut(kept as usize) {
-            request(first.wrapping_sub(req_list as usize), FUSE_REQUEST_READ, slot)?;
+            *slot = read;
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(&mut record.kept, kept + 1) };
         }
