@@ -308,8 +308,26 @@ pub struct IterOffsets {
     pub req_pid: u32,
     /// `fuse_req.create_time` (jiffies, 6.14+).
     pub req_create_time: u32,
+    /// `rw_semaphore.wait_list` (a `list_head` of `rwsem_waiter.list`; not on
+    /// `PREEMPT_RT`, whose rwsems are rt-mutex based).
+    pub rwsem_wait_list: u32,
+    /// `rwsem_waiter.list` (kernel/locking/rwsem.c; the waiter lives on the
+    /// waiting task's stack).
+    pub waiter_list: u32,
+    /// `rwsem_waiter.task`.
+    pub waiter_task: u32,
+    /// `rwsem_waiter.type` (an `enum rwsem_waiter_type`, 4 bytes).
+    pub waiter_type: u32,
+    /// The value of `RWSEM_WAITING_FOR_READ` (`enum rwsem_waiter_type`): a waiter
+    /// of another type waits to write. [`NO_OFFSET`] with `waiter_type` when the
+    /// enum is not in BTF.
+    pub waiting_for_read: u32,
+    /// `fuse_dev.pq.processing`: a pointer to the `FUSE_PQ_HASH_SIZE` list heads of
+    /// the requests the daemon read from that file and has not answered
+    /// ([`NO_OFFSET`] unless BTF says it is a pointer).
+    pub fud_processing: u32,
 }
-const _: () = assert!(core::mem::size_of::<IterOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<IterOffsets>() == 104);
 
 impl IterOffsets {
     /// Unknown.
@@ -334,6 +352,12 @@ impl IterOffsets {
         req_list: NO_OFFSET,
         req_pid: NO_OFFSET,
         req_create_time: NO_OFFSET,
+        rwsem_wait_list: NO_OFFSET,
+        waiter_list: NO_OFFSET,
+        waiter_task: NO_OFFSET,
+        waiter_type: NO_OFFSET,
+        waiting_for_read: NO_OFFSET,
+        fud_processing: NO_OFFSET,
     };
 }
 
@@ -403,7 +427,7 @@ pub struct Config {
     /// Offsets only the task iterator reads.
     pub iter: IterOffsets,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 352);
+const _: () = assert!(core::mem::size_of::<Config>() == 376);
 
 impl Config {
     /// A configuration that records nothing useful; the loader replaces it.

@@ -14,8 +14,16 @@ pub const ITER_NAME_LEN: usize = 64;
 /// Requests on a FUSE connection's `iq.pending` counted at most: a
 /// [`FuseFileRecord::pending`] of `FUSE_PENDING_MAX + 1` means more.
 pub const FUSE_PENDING_MAX: u32 = 64;
-/// Pending requests described one by one in a [`FuseFileRecord`].
+/// Requests described one by one in a [`FuseFileRecord`]: those queued on
+/// `iq.pending` first, then those its daemon has read ([`FUSE_REQUEST_READ`]).
 pub const FUSE_REQUESTS_KEPT: usize = 8;
+/// `FUSE_PQ_HASH_SIZE` (fs/fuse/fuse_i.h: `1 << FUSE_PQ_HASH_BITS`, 8 bits, since
+/// Linux 4.20 made the processing queue a hash of the requests' `unique`): the list
+/// heads of the table `fuse_dev.pq.processing` points to. A `#define`, so not in
+/// BTF: the kernel allocates exactly this many (`fuse_dev_alloc`).
+pub const FUSE_PQ_HASH_SIZE: u32 = 256;
+/// `sizeof(struct list_head)`: two pointers, the stride of that table.
+pub const LIST_HEAD_SIZE: u32 = 16;
 
 /// `BLOCKER_TYPE_MASK` (include/linux/hung_task.h, 6.16+): the low bits of
 /// `task_struct.blocker` are the lock's type, the rest its address.
@@ -34,6 +42,17 @@ pub const OWNER_FLAGS_MASK: u64 = 0x7;
 /// `RWSEM_READER_OWNED` in an rwsem's `owner` word: held by readers; the task named
 /// is only the last reader to take it (a hint).
 pub const RWSEM_READER_OWNED: u64 = 0x1;
+
+/// Entries of an rwsem's `wait_list` looked at, at most, for the task itself: a
+/// task further down the list is not said to wait there.
+pub const ITER_RWSEM_WAITERS: u32 = 32;
+/// [`TaskRecord::fd_waiting`], [`TaskRecord::walk_dir_waiting`]: the task is not on
+/// that rwsem's wait list (or it was not read).
+pub const WAIT_LIST_NONE: u32 = 0;
+/// ... it is, to write (`RWSEM_WAITING_FOR_WRITE`).
+pub const WAIT_LIST_WRITER: u32 = 1;
+/// ... it is, to read (`RWSEM_WAITING_FOR_READ`).
+pub const WAIT_LIST_READER: u32 = 2;
 
 /// The bits of an rwsem's `count` that say it is held: `RWSEM_WRITER_LOCKED` (bit 0)
 /// and the reader count (bits 8 to 62), kernel/locking/rwsem.c since 5.3; the other
@@ -129,8 +148,9 @@ pub struct TaskRecord {
     pub fd_mnt_id: u32,
     /// `s_dev` of the file's superblock.
     pub fd_dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Whether the task is on the wait list of the file's inode's `i_rwsem`, and
+    /// for what: `WAIT_LIST_*`.
+    pub fd_waiting: u32,
     /// Inode number of the file.
     pub fd_ino: u64,
     /// Address of the file's inode's `i_rwsem` (compare with `blocker`).
@@ -143,6 +163,11 @@ pub struct TaskRecord {
     pub walk_dir_dentry: u64,
     /// Address of that directory inode's `i_rwsem` (compare with `blocker`).
     pub walk_dir_rwsem: u64,
+    /// Whether the task is on that `i_rwsem`'s wait list, and for what:
+    /// `WAIT_LIST_*`.
+    pub walk_dir_waiting: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// Who holds that `i_rwsem`, if anyone.
     pub walk_dir_owner: PeerRecord,
     /// `task_struct.blocker` (the lock's type in the low bits), or the
@@ -158,11 +183,15 @@ pub struct TaskRecord {
 }
 const _: () = assert!(
     core::mem::size_of::<TaskRecord>()
-        == 64 + 8 * ITER_STACK_FRAMES + 56 + 32 + 32 + 16 + 16 + 32 + 8 + 32 + ITER_NAME_LEN + ITER_PATH_LEN
+        == 64 + 8 * ITER_STACK_FRAMES + 56 + 32 + 32 + 72 + 8 + 32 + ITER_NAME_LEN + ITER_PATH_LEN
 );
 
-/// A request queued on a FUSE connection (`fc->iq.pending`), not yet read by the
-/// daemon.
+/// [`FuseRequestRecord::flags`]: the daemon has read the request (it is on a
+/// `/dev/fuse` file's processing queue) and not answered it.
+pub const FUSE_REQUEST_READ: u32 = 1 << 0;
+
+/// A request of a FUSE connection not answered yet: queued (`fc->iq.pending`), or
+/// read by the daemon ([`FUSE_REQUEST_READ`], `fud->pq.processing`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FuseRequestRecord {
@@ -177,8 +206,18 @@ pub struct FuseRequestRecord {
     pub nodeid: u64,
     /// `create_time` (jiffies, 6.14+), 0 if unknown.
     pub create_jiffies: u64,
+    /// `FUSE_REQUEST_*` bits.
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FuseRequestRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<FuseRequestRecord>() == 40);
+
+impl FuseRequestRecord {
+    /// None described.
+    pub const NONE: FuseRequestRecord =
+        FuseRequestRecord { opcode: 0, pid: 0, unique: 0, nodeid: 0, create_jiffies: 0, flags: 0, _pad: 0 };
+}
 
 /// [`FuseFileRecord::have`]: the file is mounted: `dev`, `connected`, `num_waiting`
 /// were read from its connection.
@@ -187,6 +226,8 @@ pub const HAVE_CONNECTION: u32 = 1 << 0;
 pub const HAVE_PENDING: u32 = 1 << 1;
 /// [`FuseFileRecord::have`]: the requests' `create_jiffies` were read.
 pub const HAVE_CREATE_TIME: u32 = 1 << 2;
+/// [`FuseFileRecord::have`]: `processing` was read (the file's processing queue).
+pub const HAVE_PROCESSING: u32 = 1 << 3;
 
 /// One open `/dev/fuse` file, as `iter/task_file` writes it (once per process: the
 /// iterator skips threads that share their group leader's files).
@@ -214,13 +255,23 @@ pub struct FuseFileRecord {
     pub pending: u32,
     /// `HAVE_*` bits of this record.
     pub have: u32,
+    /// Requests this file's daemon has read and not answered: the buckets of its
+    /// processing queue (`fud->pq.processing`, [`FUSE_PQ_HASH_SIZE`] lists) that are
+    /// not empty. A lower bound: two requests in one bucket count once.
+    pub processing: u32,
+    /// How many of `requests` are filled.
+    pub kept: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// The address of its `struct fuse_dev` (`file->private_data`): the same for
+    /// every process holding this open file, its own for a cloned one.
+    pub fuse_dev: u64,
     /// `bpf_jiffies64()` when it was read.
     pub now_jiffies: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the same moment.
     pub now_ns: u64,
-    /// The first `min(pending, FUSE_REQUESTS_KEPT)` requests of `iq.pending`.
+    /// The first `kept` requests: the first of `iq.pending`, then the first of each
+    /// bucket of the processing queue that is not empty.
     pub requests: [FuseRequestRecord; FUSE_REQUESTS_KEPT],
 }
-const _: () = assert!(core::mem::size_of::<FuseFileRecord>() == 72 + 32 * FUSE_REQUESTS_KEPT);
+const _: () = assert!(core::mem::size_of::<FuseFileRecord>() == 88 + 40 * FUSE_REQUESTS_KEPT);

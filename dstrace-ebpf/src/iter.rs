@@ -31,12 +31,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_task_stack, bpf_jiffies64, bpf_seq_write},
 };
 use dstrace_common::{
-    Counter, FuseFileRecord, PeerRecord, TaskRecord, Walk, BLOCKER_TYPE_MASK, BLOCKER_TYPE_MUTEX,
-    BLOCKER_TYPE_SEM, COMM_LEN, CONFIG_INCLUDE_IDLE, FUSE_DEV_RDEV, FUSE_PENDING_MAX, FUSE_REQUESTS_KEPT,
-    HAVE_BLOCKER, HAVE_BLOCKER_MUTEX_ONLY, HAVE_CGROUP, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME,
-    HAVE_EXEC_START, HAVE_FD_FILE, HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, ITER_STACK_FRAMES,
+    Counter, FuseFileRecord, FuseRequestRecord, PeerRecord, TaskRecord, Walk, BLOCKER_TYPE_MASK,
+    BLOCKER_TYPE_MUTEX, BLOCKER_TYPE_SEM, COMM_LEN, CONFIG_INCLUDE_IDLE, FUSE_DEV_RDEV, FUSE_PENDING_MAX,
+    FUSE_PQ_HASH_SIZE, FUSE_REQUESTS_KEPT, FUSE_REQUEST_READ, HAVE_BLOCKER, HAVE_BLOCKER_MUTEX_ONLY,
+    HAVE_CGROUP, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START, HAVE_FD_FILE, HAVE_PENDING,
+    HAVE_PROCESSING, HAVE_SYSCALL, HAVE_WALK, ITER_RWSEM_WAITERS, ITER_STACK_FRAMES, LIST_HEAD_SIZE,
     OWNER_FLAGS_MASK, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, RWSEM_HELD_MASK, RWSEM_READER_OWNED, S_IFCHR,
-    S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE,
+    S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WAIT_LIST_NONE, WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
 use crate::maps::{count, counted, CONFIG, ITER_FUSE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS};
@@ -320,7 +321,7 @@ fn task_record<const PT_REGS: bool>(task: *mut task_struct, record: &mut TaskRec
     record.fd = -1;
     record.fd_mnt_id = 0;
     record.fd_dev = 0;
-    record._pad = 0;
+    record.fd_waiting = WAIT_LIST_NONE;
     record.fd_ino = 0;
     record.fd_rwsem = 0;
     record.fd_owner = PeerRecord::NONE;
@@ -330,12 +331,14 @@ fn task_record<const PT_REGS: bool>(task: *mut task_struct, record: &mut TaskRec
     record.walk = Walk::NONE;
     record.walk_dir_dentry = 0;
     record.walk_dir_rwsem = 0;
+    record.walk_dir_waiting = WAIT_LIST_NONE;
+    record._pad = 0;
     record.walk_dir_owner = PeerRecord::NONE;
     record.walk_last[0] = 0;
     record.walk_path[0] = 0;
     if let Some(Some(nd)) = counted(nameidata(base)) {
         record.have |= HAVE_WALK;
-        walk(nd, record);
+        walk(base, nd, record);
     }
     record.blocker = 0;
     record.blocker_owner = PeerRecord::NONE;
@@ -361,7 +364,8 @@ fn cgroup_id(task: *const u8) -> Result<Option<u64>, Counter> {
 }
 
 /// The syscall in `task`'s saved user registers, and the file behind its file
-/// descriptor argument: mount, device, inode, the inode's `i_rwsem` and its owner.
+/// descriptor argument: mount, device, inode, the inode's `i_rwsem`, its owner and
+/// whether the task waits for it.
 #[inline(always)]
 fn syscall(task: *mut task_struct, record: &mut TaskRecord) -> Result<(), Counter> {
     let regs = user_regs(task)?;
@@ -396,20 +400,23 @@ fn syscall(task: *mut task_struct, record: &mut TaskRecord) -> Result<(), Counte
     if let (false, Some(rwsem)) = (ids.inode.is_null(), known(&CONFIG.locks.inode_rwsem)) {
         let rwsem = ids.inode.wrapping_add(rwsem as usize);
         record.fd_rwsem = rwsem as u64;
+        record.fd_waiting = counted(waiting(rwsem, task as *const u8)).unwrap_or(WAIT_LIST_NONE);
         rwsem_owner(rwsem, &mut record.fd_owner)?;
     }
     Ok(())
 }
 
-/// The path walk `nd`: the directory (mount, inode, dentry, `i_rwsem` and its
-/// owner), the name looked up and the path, each counted where it fails.
+/// The path walk `nd` of `task`: the directory (mount, inode, dentry, `i_rwsem`,
+/// its owner and whether the task waits for it), the name looked up and the path,
+/// each counted where it fails.
 #[inline(always)]
-fn walk(nd: *const u8, record: &mut TaskRecord) {
+fn walk(task: *const u8, nd: *const u8, record: &mut TaskRecord) {
     if let Some(dir) = counted(walk_dir(nd, &mut record.walk)) {
         record.walk_dir_dentry = dir.dentry as u64;
         if let (false, Some(rwsem)) = (dir.inode.is_null(), known(&CONFIG.locks.inode_rwsem)) {
             let rwsem = dir.inode.wrapping_add(rwsem as usize);
             record.walk_dir_rwsem = rwsem as u64;
+            record.walk_dir_waiting = counted(waiting(rwsem, task)).unwrap_or(WAIT_LIST_NONE);
             counted(rwsem_owner(rwsem, &mut record.walk_dir_owner));
         }
     }
@@ -475,6 +482,40 @@ fn rwsem_owner(rwsem: *const u8, out: &mut PeerRecord) -> Result<(), Counter> {
     peer(word, hint, out)
 }
 
+/// Whether `task` waits for the rwsem at `rwsem`, and for what (`WAIT_LIST_*`): its
+/// `struct rwsem_waiter` (kernel/locking/rwsem.c, on the waiting task's own stack)
+/// is on `rw_semaphore.wait_list`, which a task sleeping in
+/// `rwsem_down_{read,write}_slowpath` is on until it gets the lock. The first
+/// `ITER_RWSEM_WAITERS` entries are looked at. The list is walked without its
+/// `wait_lock`: each step is a probe read, so an entry gone meanwhile ends the walk
+/// (a failed read) or leads back to the head, never faults.
+#[inline(always)]
+fn waiting(rwsem: *const u8, task: *const u8) -> Result<u32, Counter> {
+    let iter = &CONFIG.iter;
+    let (Some(list), Some(entry), Some(waiter_task), Some(waiter_type)) = (
+        known(&iter.rwsem_wait_list),
+        known(&iter.waiter_list),
+        known(&iter.waiter_task),
+        known(&iter.waiter_type),
+    ) else {
+        return Ok(WAIT_LIST_NONE);
+    };
+    let head = rwsem.wrapping_add(list as usize);
+    let mut next = read_u64(head, 0)? as *const u8;
+    for _ in 0..ITER_RWSEM_WAITERS {
+        if next == head || next.is_null() {
+            break;
+        }
+        let waiter = next.wrapping_sub(entry as usize);
+        if read_u64(waiter, waiter_task)? == task as u64 {
+            let reads = read_u32(waiter, waiter_type)? == config_u32(&iter.waiting_for_read);
+            return Ok(if reads { WAIT_LIST_READER } else { WAIT_LIST_WRITER });
+        }
+        next = read_u64(next, 0)? as *const u8;
+    }
+    Ok(WAIT_LIST_NONE)
+}
+
 /// The task an owner word names (`PEER_*` `flags` added), if any.
 #[inline(always)]
 fn peer(word: u64, flags: u32, out: &mut PeerRecord) -> Result<(), Counter> {
@@ -521,7 +562,10 @@ fn try_iter_fuse_files(ctx: &IterContext) -> Result<(), Counter> {
     record.num_waiting = 0;
     record.pending = 0;
     record.have = 0;
+    record.processing = 0;
+    record.kept = 0;
     record._pad = 0;
+    record.fuse_dev = 0;
     // SAFETY: the helpers take no argument.
     record.now_jiffies = unsafe { bpf_jiffies64() };
     record.now_ns = now_ns();
@@ -529,9 +573,9 @@ fn try_iter_fuse_files(ctx: &IterContext) -> Result<(), Counter> {
     ctx.write(record)
 }
 
-/// The FUSE connection of a `/dev/fuse` file and its pending requests:
-/// `file->private_data` is its `struct fuse_dev` once mounted (null before),
-/// `fud->fc` the connection.
+/// The FUSE connection of a `/dev/fuse` file, its pending requests and those its
+/// daemon read from this file: `file->private_data` is its `struct fuse_dev` once
+/// mounted (null before), `fud->fc` the connection.
 #[inline(always)]
 fn connection(file: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
     let iter = &CONFIG.iter;
@@ -541,6 +585,7 @@ fn connection(file: *const u8, record: &mut FuseFileRecord) -> Result<(), Counte
         return Ok(());
     };
     let Some(fud) = read_ptr(file, private_data)? else { return Ok(()) };
+    record.fuse_dev = fud as u64;
     let Some(fc) = read_ptr(fud, fud_fc)? else { return Ok(()) };
     record.dev = read_u32(fc, dev)?;
     if let Some(connected) = known(&iter.fc_connected) {
@@ -551,7 +596,18 @@ fn connection(file: *const u8, record: &mut FuseFileRecord) -> Result<(), Counte
         record.num_waiting = counted(read_u32(fc, waiting)).unwrap_or(0);
     }
     record.have |= HAVE_CONNECTION;
-    pending(fc, record)
+    if create_time_known() {
+        record.have |= HAVE_CREATE_TIME;
+    }
+    // Each on its own: a queue that fails to read leaves the other.
+    counted(pending(fc, record));
+    processing(fud, record)
+}
+
+/// Whether this kernel says when a request was made (`fuse_req.create_time`).
+#[inline(always)]
+fn create_time_known() -> bool {
+    known(&CONFIG.iter.req_create_time).is_some()
 }
 
 /// The requests queued on `fc->iq.pending` (not yet read by the daemon): counted up
@@ -561,11 +617,9 @@ fn connection(file: *const u8, record: &mut FuseFileRecord) -> Result<(), Counte
 #[inline(always)]
 fn pending(fc: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
     let iter = &CONFIG.iter;
-    let fuse = &CONFIG.fuse;
     let (Some(list), Some(req_list)) = (known(&iter.fc_iq_pending), known(&iter.req_list)) else {
         return Ok(());
     };
-    let create_time = known(&iter.req_create_time);
     let head = fc.wrapping_add(list as usize);
     let mut next = read_u64(head, 0)? as *const u8;
     let mut n = 0u32;
@@ -574,21 +628,77 @@ fn pending(fc: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
             break;
         }
         if let Some(slot) = record.requests.get_mut(n as usize) {
-            let req = next.wrapping_sub(req_list as usize);
-            slot.opcode = read_u32(req, config_u32(&fuse.req_opcode))?;
-            slot.unique = read_u64(req, config_u32(&fuse.req_unique))?;
-            slot.nodeid = read_u64(req, config_u32(&fuse.req_nodeid))?;
-            slot.pid = known(&iter.req_pid).map_or(Ok(0), |pid| read_u32(req, pid))?;
-            slot.create_jiffies = create_time.map_or(Ok(0), |at| read_u64(req, at))?;
+            request(next.wrapping_sub(req_list as usize), 0, slot)?;
+            record.kept = n + 1;
         }
         n += 1;
         next = read_u64(next, 0)? as *const u8;
     }
     record.pending = n;
     record.have |= HAVE_PENDING;
-    if create_time.is_some() {
-        record.have |= HAVE_CREATE_TIME;
+    Ok(())
+}
+
+/// The requests the daemon read from this `/dev/fuse` file and has not answered:
+/// `fud->pq.processing` points to `FUSE_PQ_HASH_SIZE` list heads (a hash of each
+/// request's `unique`, `fuse_req_hash`), where `fuse_dev_do_read` moves a request
+/// once copied to the daemon and whence the answer (`fuse_dev_do_write`) or an
+/// abort takes it. Each bucket that is not empty counts once and its first request
+/// fills a slot left after the pending ones (flagged read). Walked without the
+/// queue's lock, each step a probe read, as [`pending`].
+#[inline(always)]
+fn processing(fud: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
+    let iter = &CONFIG.iter;
+    let (Some(table), Some(req_list)) = (known(&iter.fud_processing), known(&iter.req_list)) else {
+        return Ok(());
+    };
+    let Some(table) = read_ptr(fud, table)? else { return Ok(()) };
+    let mut n = 0u32;
+    for bucket in 0..FUSE_PQ_HASH_SIZE {
+        let head = table.wrapping_add((bucket * LIST_HEAD_SIZE) as usize);
+        let first = read_u64(head, 0)? as *const u8;
+        if first == head || first.is_null() {
+            continue;
+        }
+        n += 1;
+        // SAFETY: a field of this CPU's record.
+        if unsafe { core::ptr::read_volatile(&record.kept) } as usize >= FUSE_REQUESTS_KEPT {
+            continue; // counted, not described
+        }
+        let mut read = FuseRequestRecord::NONE;
+        request(first.wrapping_sub(req_list as usize), FUSE_REQUEST_READ, &mut read)?;
+        // The slot index is read from the record (volatile) each time, and only
+        // now, right before the store: a value of map memory, which the verifier
+        // does not track, so that the loop's states differ by bucket only (a count
+        // kept in a register made them bucket x slot x range, past the verifier's
+        // million instructions), and its bounds check is on the register the
+        // store uses (one spilled across the helper calls loses its bounds on
+        // 6.1's verifier).
+        // SAFETY: as above.
+        let kept = unsafe { core::ptr::read_volatile(&record.kept) };
+        if let Some(slot) = record.requests.get_mut(kept as usize) {
+            *slot = read;
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(&mut record.kept, kept + 1) };
+        }
     }
+    record.processing = n;
+    record.have |= HAVE_PROCESSING;
+    Ok(())
+}
+
+/// Describes the `struct fuse_req` at `req` in `slot`, with `flags`.
+#[inline(always)]
+fn request(req: *const u8, flags: u32, slot: &mut FuseRequestRecord) -> Result<(), Counter> {
+    let iter = &CONFIG.iter;
+    let fuse = &CONFIG.fuse;
+    slot.opcode = read_u32(req, config_u32(&fuse.req_opcode))?;
+    slot.unique = read_u64(req, config_u32(&fuse.req_unique))?;
+    slot.nodeid = read_u64(req, config_u32(&fuse.req_nodeid))?;
+    slot.pid = known(&iter.req_pid).map_or(Ok(0), |pid| read_u32(req, pid))?;
+    slot.create_jiffies = known(&iter.req_create_time).map_or(Ok(0), |at| read_u64(req, at))?;
+    slot.flags = flags;
+    slot._pad = 0;
     Ok(())
 }
 

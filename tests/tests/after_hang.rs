@@ -438,6 +438,21 @@ fn check_chain(p: &mut Problems, what: &str, record: &Value, stuck: &Stuck, fuse
             }),
             || format!("{what}: no fuse_requests link from one of {:?}: {}", daemon.owners, show()),
         );
+        // Where the look counted them (`null`: the live path's requests): a
+        // stopped daemon has read none, a holding one has read those it holds.
+        if let Some(read) = requests.and_then(|r| r["read_by_daemon"].as_u64()) {
+            let ok = match daemon.stall {
+                Stall::Stop => read == 0,
+                Stall::Hold => read >= 1,
+            };
+            p.check(ok, || {
+                format!(
+                    "{what}: {read} FUSE requests read by a daemon that is {:?}: {}",
+                    daemon.stall,
+                    show()
+                )
+            });
+        }
     }
     let daemons: Vec<&Value> = chain.iter().filter(|link| link["link"] == "fuse_daemon").collect();
     let pids: BTreeSet<u64> = daemons.iter().filter_map(|link| link["tgid"].as_u64()).collect();

@@ -335,9 +335,17 @@ fn a_kernel_lock_wait_names_the_lock_and_its_holder() {
         assert_eq!(requests["oldest_opcode"], "LOOKUP", "{requests}");
         assert_eq!(requests["oldest_tid"], holder, "{requests}");
         assert!(requests["oldest_ms"].as_f64().unwrap() >= 200.0, "{requests}");
+    } else if let Some(requests) = requests {
+        // No fuse tracepoints (the start record says so): only the task iterator's
+        // look at this server's /dev/fuse file can name them, the requests it read
+        // and holds (read_by_daemon), the holder's among them.
+        assert!(requests["read_by_daemon"].as_u64().is_some_and(|read| read >= 1), "{requests}");
+        assert_eq!(requests["oldest_opcode"], "LOOKUP", "{requests}");
+        assert_eq!(requests["oldest_tid"], holder, "{requests}");
     } else {
-        assert!(requests.is_none(), "FUSE requests reported though skipped: {chain:#?}");
-        eprintln!("this kernel has no fuse tracepoints (the start record says so): no FUSE request link");
+        eprintln!(
+            "this kernel has no fuse tracepoints, nor FUSE requests in the look (a FUSE module without BTF)"
+        );
     }
     assert!(
         chain[4..].iter().any(|link| link["link"] == "fuse_daemon" && link["tgid"] == std::process::id()),

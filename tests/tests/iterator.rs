@@ -18,7 +18,9 @@ use dstrace::kernel::{
     loader::{Options, Tracer},
 };
 use dstrace_common::{FUSE_PENDING_MAX, TASK_UNINTERRUPTIBLE};
-use dstrace_tests::{fuse::FuseMount, mounts, require_root, wait_for_state, Pileup};
+use dstrace_tests::{
+    fuse::FuseMount, mounts, require_root, wait_for_state, wait_until_proc, Children, Pileup,
+};
 
 /// `TASK_INTERRUPTIBLE`: the `S` of `ps`.
 const TASK_INTERRUPTIBLE: u32 = 0x1;
@@ -76,6 +78,51 @@ impl Drop for Unserved {
     }
 }
 
+/// `FUSE_LOOKUP`, `FUSE_WRITE` (include/uapi/linux/fuse.h).
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_WRITE: u32 = 16;
+
+/// Openers of a new name piled up behind a held lookup: the owner (`sh` appending
+/// to a name that does not exist, `O_CREAT`) waits for the server in S in
+/// `openat(2)` holding the directory's `i_rwsem`, taken to write; the next wait
+/// for it in D in `openat(2)`, on its wait list. Dropping it releases the mount
+/// before its children are ended.
+struct Openers<'m> {
+    mount: &'m FuseMount,
+    owner: u32,
+    stuck: Vec<u32>,
+    _children: Children,
+}
+
+impl<'m> Openers<'m> {
+    fn start(mount: &'m FuseMount, n: usize) -> Openers<'m> {
+        let append = format!("echo x >> '{}'", mount.path().join("created").display());
+        mount.hold();
+        let mut children = Children::default();
+        let in_openat = |pid: u32| {
+            let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            syscall.split_whitespace().next() == Some(libc::SYS_openat.to_string().as_str())
+        };
+        let owner = children.spawn(std::process::Command::new("sh").arg("-c").arg(&append));
+        wait_until_proc(owner, Duration::from_secs(10), |state, wchan| {
+            state == 'S' && in_openat(owner) && (wchan.contains("fuse") || wchan.contains("request_wait"))
+        });
+        let stuck: Vec<u32> =
+            (0..n).map(|_| children.spawn(std::process::Command::new("sh").arg("-c").arg(&append))).collect();
+        for &pid in &stuck {
+            wait_until_proc(pid, Duration::from_secs(10), |state, _| state == 'D' && in_openat(pid));
+        }
+        eprintln!("opener holding the directory's lock: pid {owner}; piled up behind it in D: {stuck:?}");
+        Openers { mount, owner, stuck, _children: children }
+    }
+}
+
+impl Drop for Openers<'_> {
+    fn drop(&mut self) {
+        self.mount.release();
+    }
+}
+
 fn task(look: &Look, tid: u32) -> &TaskSeen {
     look.tasks.iter().find(|task| task.tid == tid).unwrap_or_else(|| {
         let seen: Vec<(u32, &str, u32)> =
@@ -105,8 +152,10 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
     }
     let (lookups, lookups_id, lookups_dev) = mounted("iter-lookups");
     let (writes, writes_id, writes_dev) = mounted("iter-writes");
+    let (opens, opens_id, opens_dev) = mounted("iter-opens");
     let stats = Pileup::start(&lookups, 2);
     let writers = Pileup::writers(&writes, 2);
+    let openers = Openers::start(&opens, 2);
     let unserved = Unserved::mount();
     let (_, unserved_dev) = mount_of(&unserved.dir);
 
@@ -129,6 +178,8 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
         assert_eq!(walk.last, "missing");
         assert_eq!((walk.mnt_id, walk.dev, walk.dir_ino), (lookups_id, lookups_dev, 1), "the mount's root");
         assert_eq!(*dir_dentry.get_or_insert(walk.dir_dentry), walk.dir_dentry, "one directory");
+        // They hold the directory shared and wait for the name, not for its lock.
+        assert_eq!(walk.dir_waiting, None, "{stat:#?}");
     }
     // Their lookup's owner waits for the daemon in S, walking the same directory for
     // the same name: the pass over the walkers of that directory found it.
@@ -153,6 +204,14 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
         let file = writer.fd_file.as_ref().unwrap_or_else(|| panic!("tid {tid} has no fd file: {writer:#?}"));
         assert_eq!((file.mnt_id, file.dev, file.ino), (writes_id, writes_dev, 2), "{writer:#?}");
         assert!(writer.syscall.is_some_and(|(_, args)| args[0] == file.fd as u64), "{writer:#?}");
+        // On the wait list of the file's i_rwsem, to write: the lock proven where
+        // the kernel has no `blocker` (before 6.16), and the same as `blocker`'s
+        // where it has.
+        assert_eq!(
+            file.waiting,
+            Some(BlockerKind::RwsemWriter),
+            "on the file's i_rwsem wait list: {writer:#?}"
+        );
         let owner = match &writer.blocker {
             Some(blocker) => {
                 assert_eq!(
@@ -178,13 +237,49 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
         let owner = task(&look, writers.owner);
         assert!(in_s(owner), "{owner:#?}");
         assert!(owner.fd_file.as_ref().is_some_and(|file| file.mnt_id == writes_id), "{owner:#?}");
+        // It holds the lock, it does not wait for it.
+        assert!(owner.fd_file.as_ref().is_some_and(|file| file.waiting.is_none()), "{owner:#?}");
     }
 
-    // This process serves both mounts: its /dev/fuse files name their devices
+    // The openers wait in D in openat(2) for the directory's i_rwsem, which the
+    // first holds (to write) for its lookup: each on that lock's wait list, to
+    // write, its walk in the mount's root; `blocker` names the same lock where the
+    // kernel has it.
+    let mut dir_rwsem = None;
+    for &tid in &openers.stuck {
+        let opener = task(&look, tid);
+        assert!(opener.state & TASK_UNINTERRUPTIBLE != 0, "{opener:#?}");
+        assert_eq!(syscall_nr(opener), Some(libc::SYS_openat), "{opener:#?}");
+        let walk = opener.walk.as_ref().unwrap_or_else(|| panic!("opener {tid} is not walking: {opener:#?}"));
+        assert_eq!(
+            (walk.mnt_id, walk.dev, walk.dir_ino, walk.last.as_str()),
+            (opens_id, opens_dev, 1, "created")
+        );
+        assert_eq!(*dir_rwsem.get_or_insert(walk.dir_rwsem), walk.dir_rwsem, "one directory");
+        assert_eq!(
+            walk.dir_waiting,
+            Some(BlockerKind::RwsemWriter),
+            "on the directory's i_rwsem wait list: {opener:#?}"
+        );
+        assert_eq!(walk.dir_owner.as_ref().map(|owner| owner.tid), Some(openers.owner), "{opener:#?}");
+        if let Some(blocker) = &opener.blocker {
+            assert_eq!(
+                (blocker.lock, blocker.kind),
+                (walk.dir_rwsem, BlockerKind::RwsemWriter),
+                "{opener:#?}"
+            );
+        }
+    }
+    // Their owner was read too, holding the lock: on no wait list.
+    let owner = task(&look, openers.owner);
+    assert!(in_s(owner), "{owner:#?}");
+    assert!(owner.walk.as_ref().is_some_and(|walk| walk.dir_waiting.is_none()), "{owner:#?}");
+
+    // This process serves the mounts: its /dev/fuse files name their devices
     // (where the kernel describes FUSE connections: a FUSE module has no BTF on 5.10).
     let me = std::process::id();
     let connections = !looker.skipped().iter().any(|why| why.starts_with("the FUSE connections"));
-    for (mount, dev) in [(&lookups, lookups_dev), (&writes, writes_dev)] {
+    for (mount, dev) in [(&lookups, lookups_dev), (&writes, writes_dev), (&opens, opens_dev)] {
         let dev = if connections { dev } else { 0 };
         assert!(
             look.fuse_files
@@ -196,8 +291,31 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
         );
     }
     if !connections {
-        drop((stats, writers, unserved));
+        drop((stats, writers, openers, unserved));
         return;
+    }
+    // This server has read the held requests (a thread of its own waits on each):
+    // they are on its file's processing queue, not on the connection's, each from
+    // the task that waits for it. Every kernel whose BTF describes the connection
+    // has that queue (a pointer to its hash table since 4.20).
+    assert!(
+        !looker.skipped().iter().any(|why| why.starts_with("the FUSE requests a daemon has read")),
+        "the connection is known, its processing queues not: {:#?}",
+        looker.skipped()
+    );
+    for (what, dev, opcode, sender) in [
+        ("the lookups'", lookups_dev, FUSE_LOOKUP, stats.owner),
+        ("the writers'", writes_dev, FUSE_WRITE, writers.owner),
+        ("the openers'", opens_dev, FUSE_LOOKUP, openers.owner),
+    ] {
+        let file = look.fuse_files.iter().find(|file| file.dev == dev && file.tgid == me).unwrap();
+        assert_eq!(file.pending, 0, "{what}: nothing queued, all read: {file:#?}");
+        assert!(file.processing >= 1, "{what}: no request read and unanswered: {file:#?}");
+        assert!(file.requests.iter().all(|request| request.read), "{what}: {file:#?}");
+        assert!(
+            file.requests.iter().any(|request| request.opcode == opcode && request.pid == sender),
+            "{what}: no request {opcode} read from pid {sender}: {file:#?}"
+        );
     }
     // The unserved mount's INIT waits on its connection, queued for a daemon.
     let queue = look.fuse_files.iter().find(|file| file.dev == unserved_dev && file.tgid == me).unwrap();
@@ -212,7 +330,7 @@ fn a_look_after_the_hang_names_every_stuck_task_its_mount_and_its_owner() {
     tids.sort_unstable();
     tids.dedup();
     assert_eq!(tids.len(), look.tasks.len());
-    drop((stats, writers, unserved));
+    drop((stats, writers, openers, unserved));
 }
 
 /// A wait the live path sees begin names its mount by ID: the walked directory's

@@ -234,6 +234,7 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
         |btf: &Btf, strukt: &str, path: &[&str]| member_path_offset(btf, strukt, path).unwrap_or(NO_OFFSET);
     let task = |path: &[&str]| field(btf, "task_struct", path);
     let cpu = task(&["thread_info", "cpu"]);
+    let waiting_for_read = enum_value(btf, "rwsem_waiter_type", "RWSEM_WAITING_FOR_READ");
     IterOffsets {
         task_exec_start: task(&["se", "exec_start"]),
         task_cpu: if cpu != NO_OFFSET { cpu } else { task(&["cpu"]) },
@@ -255,6 +256,17 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
         req_list: field(fuse, "fuse_req", &["list"]),
         req_pid: field(fuse, "fuse_req", &["in", "h", "pid"]),
         req_create_time: field(fuse, "fuse_req", &["create_time"]),
+        rwsem_wait_list: field(btf, "rw_semaphore", &["wait_list"]),
+        waiter_list: field(btf, "rwsem_waiter", &["list"]),
+        waiter_task: field(btf, "rwsem_waiter", &["task"]),
+        // Of no use without the value that says a waiter reads.
+        waiter_type: if waiting_for_read.is_some() {
+            field(btf, "rwsem_waiter", &["type"])
+        } else {
+            NO_OFFSET
+        },
+        waiting_for_read: waiting_for_read.unwrap_or(NO_OFFSET),
+        fud_processing: pointer_member_offset(fuse, "fuse_dev", &["pq", "processing"]).unwrap_or(NO_OFFSET),
     }
 }
 
@@ -354,6 +366,22 @@ fn find_member_typed(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> R
 /// Byte offset of a member reached through nested structs, e.g.
 /// `fuse_req` + `["in", "h", "opcode"]` for `req->in.h.opcode`.
 pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    member_path(btf, strukt, path).map(|(offset, _)| offset)
+}
+
+/// As [`member_path_offset`], for a member that must be a pointer (an error if BTF
+/// says it is anything else: an array, a struct).
+pub fn pointer_member_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    let (offset, type_id) = member_path(btf, strukt, path)?;
+    match unqualified(btf, type_id)? {
+        Some(Type::Ptr(_)) => Ok(offset),
+        Some(other) => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.name()),
+        None => bail!("BTF: {strukt}.{}: too many levels of typedefs", path.join(".")),
+    }
+}
+
+/// The byte offset and the type id of a member reached through nested structs.
+fn member_path(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, u32)> {
     let types =
         btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
     let mut ty = types
@@ -364,10 +392,12 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
         })
         .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
     let mut bits = 0;
+    let mut last = 0;
     for (i, name) in path.iter().enumerate() {
         let (offset, type_id) = find_member_typed(btf, &ty, name, 0)?
             .ok_or_else(|| anyhow!("BTF: {strukt}.{} is missing", path.join(".")))?;
         bits += offset;
+        last = type_id;
         if i + 1 < path.len() {
             ty = match resolve_struct(btf, type_id)? {
                 Some(next) => next,
@@ -378,14 +408,22 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
     if bits % 8 != 0 {
         bail!("{strukt}.{} is a bit field", path.join("."));
     }
-    Ok(bits / 8)
+    Ok((bits / 8, last))
 }
 
 /// The struct or union a type id names, through typedefs and qualifiers.
-fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>> {
+fn resolve_struct(btf: &Btf, type_id: u32) -> Result<Option<btf_rs::Struct>> {
+    Ok(match unqualified(btf, type_id)? {
+        Some(Type::Struct(s) | Type::Union(s)) => Some(s),
+        _ => None,
+    })
+}
+
+/// The type a type id names, through typedefs and qualifiers (`None` past eight of
+/// them).
+fn unqualified(btf: &Btf, mut type_id: u32) -> Result<Option<Type>> {
     for _ in 0..8 {
         match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
-            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
             ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
                 type_id = ty
                     .as_btf_type()
@@ -393,7 +431,7 @@ fn resolve_struct(btf: &Btf, mut type_id: u32) -> Result<Option<btf_rs::Struct>>
                     .get_type_id()
                     .map_err(|err| anyhow!("{err}"))?;
             }
-            _ => return Ok(None),
+            ty => return Ok(Some(ty)),
         }
     }
     Ok(None)
@@ -502,9 +540,16 @@ mod tests {
             ("fuse_req.create_time", offsets.req_create_time),
             ("fuse_conn.iq.pending", offsets.fc_iq_pending),
             ("semaphore.last_holder", offsets.sem_last_holder),
+            ("rw_semaphore.wait_list", offsets.rwsem_wait_list),
+            ("rwsem_waiter.task", offsets.waiter_task),
+            ("rwsem_waiter.type", offsets.waiter_type),
+            ("fuse_dev.pq.processing (a pointer)", offsets.fud_processing),
         ] {
             assert_ne!(offset, NO_OFFSET, "6.18 has {name}");
         }
         assert_eq!(offsets.task_blocker_mutex, NO_OFFSET, "6.15 only");
+        assert_eq!(offsets.waiting_for_read, 1, "enum rwsem_waiter_type: FOR_WRITE, FOR_READ");
+        assert_eq!(offsets.waiter_list, 0, "the list first: list_first_entry of a struct rwsem_waiter");
+        assert!(pointer_member_offset(&btf, "fuse_dev", &["pq", "connected"]).is_err(), "not a pointer");
     }
 }

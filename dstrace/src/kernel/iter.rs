@@ -37,9 +37,10 @@ use aya::{
 };
 use dstrace_common::{
     limits, names, Counter, FuseFileRecord, PeerRecord, TaskRecord, BLOCKER_TYPE_MASK, BLOCKER_TYPE_MUTEX,
-    BLOCKER_TYPE_RWSEM_READER, BLOCKER_TYPE_SEM, CONFIG_INCLUDE_IDLE, FUSE_REQUESTS_KEPT, HAVE_BLOCKER,
-    HAVE_BLOCKER_MUTEX_ONLY, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START, HAVE_FD_FILE,
-    HAVE_PENDING, HAVE_SYSCALL, HAVE_WALK, NO_OFFSET, PEER_KNOWN, PEER_READER_HINT, PF_KTHREAD, TASK_DEAD,
+    BLOCKER_TYPE_RWSEM_READER, BLOCKER_TYPE_SEM, CONFIG_INCLUDE_IDLE, FUSE_REQUESTS_KEPT, FUSE_REQUEST_READ,
+    HAVE_BLOCKER, HAVE_BLOCKER_MUTEX_ONLY, HAVE_CONNECTION, HAVE_CPU, HAVE_CREATE_TIME, HAVE_EXEC_START,
+    HAVE_FD_FILE, HAVE_PENDING, HAVE_PROCESSING, HAVE_SYSCALL, HAVE_WALK, NO_OFFSET, PEER_KNOWN,
+    PEER_READER_HINT, PF_KTHREAD, TASK_DEAD, WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
 use crate::kernel::{
@@ -84,6 +85,12 @@ pub struct FileSeen {
     /// The `i_rwsem` is held for reading: [`FileSeen::owner`] is only its last
     /// reader, a hint.
     pub owner_reader_hint: bool,
+    /// The task is on that `i_rwsem`'s wait list ([`BlockerKind::RwsemWriter`] or
+    /// [`BlockerKind::RwsemReader`], by its waiter's type): it waits for that lock.
+    /// `None` where it is not among the first
+    /// [`dstrace_common::ITER_RWSEM_WAITERS`] waiters, or where this kernel's BTF
+    /// does not describe the list.
+    pub waiting: Option<BlockerKind>,
 }
 
 /// The path walk a task is in (`task_struct.nameidata`).
@@ -110,18 +117,21 @@ pub struct WalkSeen {
     /// The `i_rwsem` is held for reading: [`WalkSeen::dir_owner`] is only its last
     /// reader, a hint (a lookup takes it shared: every walker of a directory may be).
     pub dir_owner_reader_hint: bool,
+    /// The task is on that `i_rwsem`'s wait list, as [`FileSeen::waiting`].
+    pub dir_waiting: Option<BlockerKind>,
 }
 
-/// The kind of lock a task waits for (`BLOCKER_TYPE_*`, include/linux/hung_task.h).
+/// The kind of lock a task waits for (`BLOCKER_TYPE_*`, include/linux/hung_task.h;
+/// or an rwsem's waiter type, `RWSEM_WAITING_FOR_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockerKind {
     /// A mutex.
     Mutex,
     /// A semaphore.
     Semaphore,
-    /// An rwsem, to read (6.17+).
+    /// An rwsem, to read (a `blocker` of 6.17+, or a waiter's type).
     RwsemReader,
-    /// An rwsem, to write (6.17+).
+    /// An rwsem, to write (a `blocker` of 6.17+, or a waiter's type).
     RwsemWriter,
 }
 
@@ -178,7 +188,7 @@ pub struct TaskSeen {
     pub blocker: Option<BlockerSeen>,
 }
 
-/// A request queued on a FUSE connection, not yet read by its daemon.
+/// A request of a FUSE connection not answered yet: queued, or read by its daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FuseRequestSeen {
     /// `FUSE_LOOKUP` = 1, ... (include/uapi/linux/fuse.h).
@@ -194,6 +204,9 @@ pub struct FuseRequestSeen {
     /// `/proc/config.gz`, else inferred from `jiffies` and CLOCK_MONOTONIC read
     /// together; `None` when neither says).
     pub age_ns: Option<u64>,
+    /// The daemon has read it (it is on the file's processing queue) and not
+    /// answered; else it is queued on the connection, not read yet.
+    pub read: bool,
 }
 
 /// An open `/dev/fuse` file: a process serving a FUSE connection.
@@ -217,11 +230,21 @@ pub struct FuseFileSeen {
     pub connected: bool,
     /// Requests sent and not answered yet (`fuse_conn.num_waiting`).
     pub num_waiting: u32,
-    /// Requests queued and not read by the daemon (`fc->iq.pending`), counted up to
-    /// [`dstrace_common::FUSE_PENDING_MAX`] (one more: more than that). Requests the
-    /// daemon has read and not answered are not counted, nor those of io_uring FUSE.
+    /// Requests queued and not read by the daemon (`fc->iq.pending`, the
+    /// connection's: every file of it says the same), counted up to
+    /// [`dstrace_common::FUSE_PENDING_MAX`] (one more: more than that). Those of
+    /// io_uring FUSE are not counted.
     pub pending: u32,
-    /// The first of them, at most eight.
+    /// Requests the daemon read from this file and has not answered (its
+    /// `fud->pq.processing`, this file's own): the hash buckets that hold any, so a
+    /// lower bound (two in one bucket count once). 0 where this kernel's BTF does
+    /// not describe the queue.
+    pub processing: u32,
+    /// Its `struct fuse_dev`'s address: the same for every process holding this
+    /// open file (its processing queue is counted once), another for a cloned one.
+    pub fuse_dev: u64,
+    /// The first requests queued, then the first of each processing bucket
+    /// ([`FuseRequestSeen::read`]), at most eight in all.
     pub requests: Vec<FuseRequestSeen>,
 }
 
@@ -286,18 +309,32 @@ pub fn plan(layout: &KernelLayout) -> Plan {
         skipped.push(format!("the path walk of a task already in D: {why}"));
     }
     let offsets = &iter.offsets;
+    let missing = |fields: &[(&str, u32)]| -> Vec<String> {
+        fields.iter().filter(|(_, offset)| *offset == NO_OFFSET).map(|(name, _)| (*name).to_owned()).collect()
+    };
+    let wait_lists = missing(&[
+        ("rw_semaphore.wait_list", offsets.rwsem_wait_list),
+        ("rwsem_waiter.list", offsets.waiter_list),
+        ("rwsem_waiter.task", offsets.waiter_task),
+        ("rwsem_waiter.type (or enum rwsem_waiter_type)", offsets.waiter_type),
+    ]);
     if offsets.task_blocker == NO_OFFSET {
-        skipped.push(if offsets.task_blocker_mutex != NO_OFFSET {
-            "the lock a task already in D waits for, but a mutex: task_struct.blocker needs Linux 6.16 \
-             with CONFIG_DETECT_HUNG_TASK_BLOCKER (the owners of the walked directory's and the file's \
-             i_rwsem are read)"
-                .to_owned()
+        let but = if offsets.task_blocker_mutex != NO_OFFSET { ", but a mutex" } else { "" };
+        let instead = if wait_lists.is_empty() {
+            "the walked directory's or the file's i_rwsem is named when the task is on its wait list"
         } else {
-            "the lock a task already in D waits for: task_struct.blocker needs Linux 6.16 with \
-             CONFIG_DETECT_HUNG_TASK_BLOCKER (the owners of the walked directory's and the file's i_rwsem \
-             are read)"
-                .to_owned()
-        });
+            "the owners of the walked directory's and the file's i_rwsem are read"
+        };
+        skipped.push(format!(
+            "the lock a task already in D waits for{but}: task_struct.blocker needs Linux 6.16 with \
+             CONFIG_DETECT_HUNG_TASK_BLOCKER ({instead})"
+        ));
+        if !wait_lists.is_empty() {
+            skipped.push(format!(
+                "which i_rwsem a task already in D waits for (its wait list): this kernel's BTF has no {}",
+                wait_lists.join(", ")
+            ));
+        }
     } else if offsets.sem_last_holder == NO_OFFSET {
         skipped.push(
             "the last holder of a semaphore a task already in D waits for: semaphore.last_holder needs \
@@ -305,9 +342,6 @@ pub fn plan(layout: &KernelLayout) -> Plan {
                 .to_owned(),
         );
     }
-    let missing = |fields: &[(&str, u32)]| -> Vec<String> {
-        fields.iter().filter(|(_, offset)| *offset == NO_OFFSET).map(|(name, _)| (*name).to_owned()).collect()
-    };
     for (what, fields) in [
         ("the CPU a task already in D last ran on", &[("task_struct.cpu", offsets.task_cpu)][..]),
         ("when a task already in D last ran", &[("task_struct.se.exec_start", offsets.task_exec_start)][..]),
@@ -351,6 +385,13 @@ pub fn plan(layout: &KernelLayout) -> Plan {
                      has no {}",
                     missing.join(", ")
                 ));
+            }
+            if offsets.fud_processing == NO_OFFSET {
+                skipped.push(
+                    "the FUSE requests a daemon has read and not answered: this kernel's BTF has no \
+                     fuse_dev.pq.processing that is a pointer (to the FUSE_PQ_HASH_SIZE list heads)"
+                        .to_owned(),
+                );
             }
             if offsets.req_create_time == NO_OFFSET {
                 skipped.push(
@@ -551,6 +592,7 @@ fn task_seen(record: &TaskRecord, pt_regs: bool) -> TaskSeen {
             rwsem: record.fd_rwsem,
             owner: peer(&record.fd_owner),
             owner_reader_hint: reader_hint(&record.fd_owner),
+            waiting: waiter_kind(record.fd_waiting),
         }),
         walk: have(HAVE_WALK).then(|| WalkSeen {
             path: comm_string(&record.walk_path),
@@ -562,6 +604,7 @@ fn task_seen(record: &TaskRecord, pt_regs: bool) -> TaskSeen {
             dir_rwsem: record.walk_dir_rwsem,
             dir_owner: peer(&record.walk_dir_owner),
             dir_owner_reader_hint: reader_hint(&record.walk_dir_owner),
+            dir_waiting: waiter_kind(record.walk_dir_waiting),
         }),
         blocker: have(HAVE_BLOCKER).then(|| blocker_seen(record)),
     }
@@ -588,6 +631,15 @@ fn blocker_seen(record: &TaskRecord) -> BlockerSeen {
     }
 }
 
+/// What a task waits for on an rwsem's wait list (`WAIT_LIST_*`), if it is on it.
+fn waiter_kind(waiting: u32) -> Option<BlockerKind> {
+    match waiting {
+        WAIT_LIST_WRITER => Some(BlockerKind::RwsemWriter),
+        WAIT_LIST_READER => Some(BlockerKind::RwsemReader),
+        _ => None,
+    }
+}
+
 /// The task a peer record names, if it names one.
 fn peer(record: &PeerRecord) -> Option<Peer> {
     (record.flags & PEER_KNOWN != 0).then(|| Peer {
@@ -608,7 +660,7 @@ fn reader_hint(record: &PeerRecord) -> bool {
 fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFileSeen {
     let have = |bit: u32| record.have & bit != 0;
     let hz = configured_hz.or_else(|| hz_from_jiffies(record.now_jiffies, record.now_ns));
-    let kept = if have(HAVE_PENDING) { (record.pending as usize).min(FUSE_REQUESTS_KEPT) } else { 0 };
+    let kept = (record.kept as usize).min(FUSE_REQUESTS_KEPT);
     let requests = record.requests[..kept]
         .iter()
         .map(|request| FuseRequestSeen {
@@ -621,6 +673,7 @@ fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFi
                     hz.map(|hz| jiffies_ns(record.now_jiffies.saturating_sub(request.create_jiffies), hz))
                 })
                 .flatten(),
+            read: request.flags & FUSE_REQUEST_READ != 0,
         })
         .collect();
     FuseFileSeen {
@@ -632,7 +685,9 @@ fn fuse_file_seen(record: &FuseFileRecord, configured_hz: Option<u64>) -> FuseFi
         dev: if have(HAVE_CONNECTION) { record.dev } else { 0 },
         connected: have(HAVE_CONNECTION) && record.connected != 0,
         num_waiting: record.num_waiting,
-        pending: record.pending,
+        pending: if have(HAVE_PENDING) { record.pending } else { 0 },
+        processing: if have(HAVE_PROCESSING) { record.processing } else { 0 },
+        fuse_dev: record.fuse_dev,
         requests,
     }
 }
@@ -767,7 +822,7 @@ impl Looker {
 mod tests {
     use dstrace_common::{
         FuseRequestRecord, IterOffsets, LockOffsets, Offsets, VfsOffsets, Walk, BLOCKER_TYPE_RWSEM_WRITER,
-        COMM_LEN, ITER_NAME_LEN, ITER_PATH_LEN, ITER_STACK_FRAMES,
+        COMM_LEN, ITER_NAME_LEN, ITER_PATH_LEN, ITER_STACK_FRAMES, WAIT_LIST_NONE,
     };
 
     use super::*;
@@ -810,6 +865,12 @@ mod tests {
             req_list: 18,
             req_pid: 19,
             req_create_time: 20,
+            rwsem_wait_list: 21,
+            waiter_list: 0,
+            waiter_task: 22,
+            waiter_type: 23,
+            waiting_for_read: 1,
+            fud_processing: 24,
         }
     }
 
@@ -835,6 +896,8 @@ mod tests {
         layout.iter.offsets.sem_last_holder = NO_OFFSET;
         layout.iter.offsets.req_create_time = NO_OFFSET;
         layout.iter.fuse_types = Err("FUSE is a module that is not loaded".into());
+        let said = super::plan(&layout).skipped.join("\n");
+        assert!(said.contains("is named when the task is on its wait list"), "{said}");
         let plan = plan(&layout);
         let programs = plan.programs.unwrap();
         assert_eq!(
@@ -859,6 +922,29 @@ mod tests {
         let mut layout = full();
         layout.lock_offsets = Err("BTF has no struct rw_semaphore".into());
         assert_eq!(super::plan(&layout).programs, None);
+    }
+
+    /// Without the wait list in BTF (`PREEMPT_RT`) nor `blocker`, the owners alone;
+    /// without the processing queue, the requests a daemon read are not counted.
+    #[test]
+    fn a_kernel_without_wait_lists_or_processing_queues_says_so() {
+        let mut layout = full();
+        layout.iter.offsets.task_blocker = NO_OFFSET;
+        layout.iter.offsets.rwsem_wait_list = NO_OFFSET;
+        layout.iter.offsets.fud_processing = NO_OFFSET;
+        let said = plan(&layout).skipped.join("\n");
+        for says in [
+            "(the owners of the walked directory's and the file's i_rwsem are read)",
+            "which i_rwsem a task already in D waits for (its wait list): this kernel's BTF has no \
+             rw_semaphore.wait_list",
+            "the FUSE requests a daemon has read and not answered: this kernel's BTF has no \
+             fuse_dev.pq.processing",
+        ] {
+            assert!(said.contains(says), "{says}: {said}");
+        }
+        // With `blocker`, the wait list is not needed.
+        layout.iter.offsets.task_blocker = 3;
+        assert!(!plan(&layout).skipped.join("\n").contains("wait list"));
     }
 
     #[test]
@@ -903,13 +989,15 @@ mod tests {
             fd: -100,
             fd_mnt_id: 0,
             fd_dev: 0,
-            _pad: 0,
+            fd_waiting: WAIT_LIST_NONE,
             fd_ino: 0,
             fd_rwsem: 0,
             fd_owner: PeerRecord::NONE,
             walk: Walk { mnt_id: 45, dev: 40, dir_ino: 1 },
             walk_dir_dentry: 0xd0,
             walk_dir_rwsem: 0x1000,
+            walk_dir_waiting: WAIT_LIST_WRITER,
+            _pad: 0,
             walk_dir_owner: peer_record(43, PEER_KNOWN | PEER_READER_HINT),
             blocker: 0x1000 | BLOCKER_TYPE_RWSEM_WRITER,
             blocker_owner: peer_record(44, PEER_KNOWN),
@@ -931,6 +1019,7 @@ mod tests {
         assert_eq!((walk.mnt_id, walk.dev, walk.dir_ino, walk.dir_dentry), (45, 40, 1, 0xd0));
         assert_eq!(walk.dir_owner.map(|owner| owner.tid), Some(43));
         assert!(walk.dir_owner_reader_hint);
+        assert_eq!(walk.dir_waiting, Some(BlockerKind::RwsemWriter));
         let blocker = seen.blocker.unwrap();
         assert_eq!(
             (blocker.lock, blocker.kind, blocker.reader_hint),
@@ -956,6 +1045,13 @@ mod tests {
             task_seen(&record, true).blocker.map(|b| (b.lock, b.kind)),
             Some((0x2003, BlockerKind::Mutex))
         );
+        // Its file's i_rwsem, waited for to read; the directory's not.
+        record.have |= HAVE_FD_FILE;
+        record.fd_waiting = WAIT_LIST_READER;
+        record.walk_dir_waiting = WAIT_LIST_NONE;
+        let seen = task_seen(&record, true);
+        assert_eq!(seen.fd_file.and_then(|file| file.waiting), Some(BlockerKind::RwsemReader));
+        assert_eq!(seen.walk.and_then(|walk| walk.dir_waiting), None);
     }
 
     #[test]
@@ -968,7 +1064,15 @@ mod tests {
 
     #[test]
     fn a_fuse_record_reads_with_its_requests_ages() {
-        let request = FuseRequestRecord { opcode: 1, pid: 7, unique: 16, nodeid: 1, create_jiffies: 1000 };
+        let request = FuseRequestRecord {
+            opcode: 1,
+            pid: 7,
+            unique: 16,
+            nodeid: 1,
+            create_jiffies: 1000,
+            flags: 0,
+            _pad: 0,
+        };
         let mut record = FuseFileRecord {
             tgid: 5,
             tid: 5,
@@ -979,23 +1083,34 @@ mod tests {
             connected: 1,
             num_waiting: 2,
             pending: 2,
-            have: HAVE_CONNECTION | HAVE_PENDING | HAVE_CREATE_TIME,
+            have: HAVE_CONNECTION | HAVE_PENDING | HAVE_PROCESSING | HAVE_CREATE_TIME,
+            processing: 1,
+            kept: 3,
             _pad: 0,
+            fuse_dev: 0xf0,
             now_jiffies: 1500,
             now_ns: 0,
             requests: [request; FUSE_REQUESTS_KEPT],
         };
+        record.requests[2].flags = FUSE_REQUEST_READ;
         let seen = fuse_file_seen(&record, Some(250));
         assert_eq!((seen.dev, seen.connected, seen.num_waiting, seen.pending), (42, true, 2, 2));
-        assert_eq!(seen.requests.len(), 2);
+        assert_eq!((seen.processing, seen.fuse_dev), (1, 0xf0));
+        assert_eq!(
+            seen.requests.iter().map(|request| request.read).collect::<Vec<_>>(),
+            [false, false, true]
+        );
         assert_eq!(seen.requests[0].age_ns, Some(2_000_000_000), "500 ticks at 250 Hz");
         record.have &= !HAVE_CREATE_TIME;
         assert_eq!(fuse_file_seen(&record, Some(250)).requests[0].age_ns, None);
         record.pending = 65;
+        record.kept = FUSE_REQUESTS_KEPT as u32;
         assert_eq!(fuse_file_seen(&record, Some(250)).requests.len(), FUSE_REQUESTS_KEPT);
         record.have = 0;
+        record.kept = 0;
         let seen = fuse_file_seen(&record, Some(250));
         assert_eq!((seen.dev, seen.connected, seen.requests.len()), (0, false, 0), "not mounted yet");
+        assert_eq!((seen.pending, seen.processing), (0, 0));
     }
 
     #[test]

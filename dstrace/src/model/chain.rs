@@ -14,7 +14,10 @@ use std::path::Path;
 use dstrace_common::{FuseKey, FuseRequest, RpcCall, RpcKey};
 
 use crate::{
-    kernel::decode::{comm_string, state_letter},
+    kernel::{
+        decode::{comm_string, state_letter},
+        iter::{FuseFileSeen, FuseRequestSeen},
+    },
     model::{
         link::Link,
         rpc,
@@ -89,6 +92,7 @@ pub fn chain(wait: &Wait, context: &Context) -> Vec<Link> {
                     oldest_opcode: fuse_opcode(oldest.opcode),
                     oldest_tid: oldest.task.tid,
                     oldest_comm: comm_string(&oldest.task.comm),
+                    read_by_daemon: None,
                 });
             } else if let Some(link) = pending_requests(&context.seen, dev) {
                 links.push(link);
@@ -137,22 +141,50 @@ fn hops(mut holder: u32, waiter: u32, seen: &Seen, links: &mut Vec<Link>) {
     }
 }
 
-/// The FUSE requests pending on the connection `dev` (kernel encoding), as the
-/// look read them from the connection itself: how many, and the first queued.
+/// The FUSE requests of the connection `dev` (kernel encoding) not answered, as the
+/// look read them from the kernel: those queued on the connection (every one of its
+/// `/dev/fuse` files says the same) and those its daemon read from each of its
+/// files (each open file's own processing queue, counted once however many
+/// processes hold it); the oldest by age where the kernel says when a request was
+/// made (6.14+), else the first queued, else the first read.
 fn pending_requests(seen: &Seen, dev: u32) -> Option<Link> {
-    let file = seen.serving(dev).find(|file| file.pending > 0)?;
-    let oldest = file.requests.first()?;
+    let files: Vec<&FuseFileSeen> = seen.serving(dev).collect();
+    let queue = files.iter().copied().max_by_key(|file| file.pending);
+    let queued = queue.map_or(0, |file| file.pending);
+    let mut requests: Vec<&FuseRequestSeen> =
+        queue.into_iter().flat_map(|file| file.requests.iter().filter(|request| !request.read)).collect();
+    let mut fuse_devs = Vec::new();
+    let mut read = 0u64;
+    for file in files {
+        if fuse_devs.contains(&file.fuse_dev) {
+            continue;
+        }
+        fuse_devs.push(file.fuse_dev);
+        read += u64::from(file.processing);
+        requests.extend(file.requests.iter().filter(|request| request.read));
+    }
+    let in_flight = u64::from(queued) + read;
+    if in_flight == 0 {
+        return None;
+    }
+    let oldest = requests
+        .iter()
+        .copied()
+        .filter(|request| request.age_ns.is_some())
+        .max_by_key(|request| request.age_ns)
+        .or_else(|| requests.first().copied())?;
     let comm = seen
         .task(oldest.pid)
         .map(|task| task.task.comm.clone())
         .or_else(|| procfs::task(Path::new("/proc"), oldest.pid, oldest.pid).map(|task| task.comm))
         .unwrap_or_default();
     Some(Link::FuseRequests {
-        in_flight: u64::from(file.pending),
+        in_flight,
         oldest_ns: oldest.age_ns,
         oldest_opcode: fuse_opcode(oldest.opcode),
         oldest_tid: oldest.pid,
         oldest_comm: comm,
+        read_by_daemon: Some(read),
     })
 }
 
@@ -302,6 +334,59 @@ mod tests {
         assert_eq!(fuse_opcode(999), "opcode 999");
     }
 
+    /// In flight: the connection's queue once, and each open file's processing
+    /// queue once however many processes hold it; the oldest by age, else the
+    /// first queued, else the first read.
+    #[test]
+    fn fuse_requests_count_the_queued_and_those_each_file_s_daemon_read() {
+        use crate::kernel::iter::{FuseFileSeen, FuseRequestSeen};
+        let request = |pid: u32, read: bool, age_ns: Option<u64>| FuseRequestSeen {
+            opcode: if read { 16 } else { 1 },
+            unique: 2,
+            nodeid: 1,
+            pid,
+            age_ns,
+            read,
+        };
+        let file = |tgid: u32, fuse_dev: u64, pending: u32, requests: Vec<FuseRequestSeen>| FuseFileSeen {
+            tgid,
+            tid: tgid,
+            comm: "sshfs".into(),
+            state: 1,
+            fd: 3,
+            dev: 42,
+            connected: true,
+            num_waiting: 3,
+            pending,
+            processing: requests.iter().filter(|request| request.read).count() as u32,
+            fuse_dev,
+            requests,
+        };
+        let queued = request(7, false, None);
+        let read = request(8, true, None);
+        // Two processes share one open file (a fork), a third has a clone of its own.
+        let files = vec![
+            file(100, 0xa, 1, vec![queued.clone(), read.clone()]),
+            file(101, 0xa, 1, vec![queued.clone(), read.clone()]),
+            file(102, 0xb, 1, vec![queued.clone(), request(9, true, None)]),
+        ];
+        let link = |files: Vec<FuseFileSeen>| pending_requests(&Seen::from_parts(Vec::new(), files), 42);
+        let Some(Link::FuseRequests { in_flight, oldest_tid, oldest_opcode, read_by_daemon, .. }) =
+            link(files.clone())
+        else {
+            panic!("no link")
+        };
+        assert_eq!((in_flight, read_by_daemon), (3, Some(2)), "one queued, one read on each of two files");
+        assert_eq!((oldest_tid, oldest_opcode.as_str()), (7, "LOOKUP"), "the first queued without ages");
+        // Only read ones: the first read.
+        let only_read = vec![file(100, 0xa, 0, vec![read.clone()])];
+        assert!(matches!(link(only_read), Some(Link::FuseRequests { oldest_tid: 8, in_flight: 1, .. })));
+        // With ages: the oldest, read or not.
+        let aged = vec![file(100, 0xa, 1, vec![request(7, false, Some(5)), request(8, true, Some(9))])];
+        assert!(matches!(link(aged), Some(Link::FuseRequests { oldest_tid: 8, oldest_ns: Some(9), .. })));
+        assert_eq!(link(vec![file(100, 0xa, 0, Vec::new())]), None, "nothing unanswered");
+    }
+
     #[test]
     fn this_process_is_no_fuse_daemon() {
         let daemons = fuse_daemons(Path::new("/proc"));
@@ -350,7 +435,16 @@ mod tests {
             connected: true,
             num_waiting: 1,
             pending: 1,
-            requests: vec![FuseRequestSeen { opcode: 1, unique: 2, nodeid: 1, pid: 8, age_ns: None }],
+            processing: 0,
+            fuse_dev: u64::from(tgid),
+            requests: vec![FuseRequestSeen {
+                opcode: 1,
+                unique: 2,
+                nodeid: 1,
+                pid: 8,
+                age_ns: None,
+                read: false,
+            }],
         };
         let seen = Seen::from_parts(
             vec![task(9, 2, Some(8), "lock_two_directories"), task(8, 1, None, "request_wait_answer")],

@@ -54,6 +54,11 @@ pub enum Link {
         oldest_tid: u32,
         /// Its command name.
         oldest_comm: String,
+        /// How many of them the daemon has read and not answered (the rest are
+        /// queued, not read yet), from the task iterator's look of its `/dev/fuse`
+        /// files; `None` (`null`) where the requests are the live path's, which
+        /// does not see the daemon read them.
+        read_by_daemon: Option<u64>,
     },
     /// A FUSE daemon: a process with `/dev/fuse` open (on a machine with several
     /// FUSE daemons, each is listed).

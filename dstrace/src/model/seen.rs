@@ -5,10 +5,11 @@
 //! begin, and the hops of a chain past the first holder.
 //!
 //! What is said is what the kernel objects prove: the lock a task waits for is the
-//! one `task_struct.blocker` names (6.16+); a name being looked up is owned by the
-//! task that walks the same directory for the same name and is not itself waiting
-//! for it; a FUSE daemon is a process holding a `/dev/fuse` file of that very
-//! connection.
+//! one `task_struct.blocker` names (6.16+), else the walked directory's or the
+//! file's `i_rwsem` whose wait list the task is on; a name being looked up is owned
+//! by the task that walks the same directory for the same name and is not itself
+//! waiting for it; a FUSE daemon is a process holding a `/dev/fuse` file of that
+//! very connection.
 
 use std::collections::HashMap;
 
@@ -111,16 +112,13 @@ impl Seen {
     }
 
     /// The lock `seen` waits for, as its kernel objects prove it, with its holder
-    /// as it is now.
+    /// as it is now: the lock `blocker` names; else (before 6.16) the walked
+    /// directory's or the file's `i_rwsem` whose wait list the task is on; else the
+    /// name it waits for another task to look up.
     pub fn lock_of(&self, seen: &SeenTask) -> Option<LockInfo> {
         let task = &seen.task;
         if let Some(blocker) = &task.blocker {
-            let kind = match blocker.kind {
-                BlockerKind::Mutex => "mutex",
-                BlockerKind::Semaphore => "semaphore",
-                BlockerKind::RwsemReader => "rwsem-read",
-                BlockerKind::RwsemWriter => "rwsem-write",
-            };
+            let kind = kind_name(blocker.kind);
             // Whose i_rwsem it is: the walked directory's, or the file's.
             let inode = match (&task.walk, &task.fd_file) {
                 (Some(walk), _) if walk.dir_rwsem == blocker.lock => {
@@ -135,6 +133,26 @@ impl Seen {
                 .filter(|owner| owner.tid != task.tid)
                 .map(|owner| self.holder(owner, blocker.reader_hint));
             return Some(LockInfo { kind, addr: blocker.lock, inode, holder });
+        }
+        let walk = task.walk.as_ref().and_then(|walk| {
+            let kind = walk.dir_waiting?;
+            let inode = (kernel_dev(walk.dev), walk.dir_ino);
+            Some((kind, walk.dir_rwsem, inode, walk.dir_owner.as_ref(), walk.dir_owner_reader_hint))
+        });
+        let file = task.fd_file.as_ref().and_then(|file| {
+            let kind = file.waiting?;
+            Some((
+                kind,
+                file.rwsem,
+                (kernel_dev(file.dev), file.ino),
+                file.owner.as_ref(),
+                file.owner_reader_hint,
+            ))
+        });
+        if let Some((kind, addr, inode, owner, reader_hint)) = walk.or(file) {
+            let holder =
+                owner.filter(|owner| owner.tid != task.tid).map(|owner| self.holder(owner, reader_hint));
+            return Some(LockInfo { kind: kind_name(kind), addr, inode: Some(inode), holder });
         }
         if seen.waits_for_lookup() {
             let walk = task.walk.as_ref()?;
@@ -178,6 +196,16 @@ impl Seen {
             state,
             function,
         }
+    }
+}
+
+/// A lock's kind as [`LockInfo::kind`] names it.
+fn kind_name(kind: BlockerKind) -> &'static str {
+    match kind {
+        BlockerKind::Mutex => "mutex",
+        BlockerKind::Semaphore => "semaphore",
+        BlockerKind::RwsemReader => "rwsem-read",
+        BlockerKind::RwsemWriter => "rwsem-write",
     }
 }
 
@@ -283,6 +311,7 @@ mod tests {
             dir_rwsem: 0xffff_0000_0000_1198,
             dir_owner: None,
             dir_owner_reader_hint: false,
+            dir_waiting: None,
         }
     }
 
@@ -321,6 +350,74 @@ mod tests {
             (holder.tid, holder.state, holder.function.as_deref()),
             (9, Some('S'), Some("request_wait_answer"))
         );
+    }
+
+    /// Before 6.16 (no `blocker`): the i_rwsem whose wait list the task is on, the
+    /// directory's or the file's, with its inode and its owner; `blocker` first
+    /// where there is one.
+    #[test]
+    fn without_a_blocker_the_wait_list_names_the_lock_its_inode_and_its_holder() {
+        use crate::kernel::iter::FileSeen;
+        let owner = Peer { tid: 9, tgid: 9, comm: "sh".into(), state: 1 };
+        let mut opener = task(10, TASK_UNINTERRUPTIBLE);
+        opener.walk = Some(WalkSeen {
+            dir_owner: Some(owner.clone()),
+            dir_waiting: Some(BlockerKind::RwsemWriter),
+            ..walk(0xd0, "created")
+        });
+        let mut writer = task(11, TASK_UNINTERRUPTIBLE);
+        writer.fd_file = Some(FileSeen {
+            fd: 3,
+            mnt_id: 47,
+            dev: 42,
+            ino: 2,
+            rwsem: 0xffff_0000_0000_2198,
+            owner: Some(Peer { tid: 8, ..owner.clone() }),
+            owner_reader_hint: false,
+            waiting: Some(BlockerKind::RwsemWriter),
+        });
+        // A reader of a directory held for reading: its owner is a hint.
+        let mut reader = task(12, TASK_UNINTERRUPTIBLE);
+        reader.walk = Some(WalkSeen {
+            dir_owner: Some(owner.clone()),
+            dir_owner_reader_hint: true,
+            dir_waiting: Some(BlockerKind::RwsemReader),
+            ..walk(0xd0, "x")
+        });
+        let mut both = writer.clone();
+        both.tid = 13;
+        both.blocker = Some(BlockerSeen {
+            lock: 0x5000,
+            kind: BlockerKind::Mutex,
+            owner: Some(owner.clone()),
+            reader_hint: false,
+        });
+        let look = seen(vec![
+            (opener, &["path_openat"]),
+            (writer, &["fuse_file_write_iter"]),
+            (reader, &["lookup_slow"]),
+            (both, &["fuse_file_write_iter"]),
+            (task(9, 1), &["request_wait_answer"]),
+            (task(8, 1), &["request_wait_answer"]),
+        ]);
+        let lock = |tid| look.lock_of(look.task(tid).unwrap()).unwrap();
+        let opened = lock(10);
+        assert_eq!((opened.kind, opened.addr), ("rwsem-write", 0xffff_0000_0000_1198));
+        assert_eq!(opened.name(), "i_rwsem of inode 1 (0:42)");
+        let holder = opened.holder.unwrap();
+        assert_eq!((holder.tid, holder.state, holder.reader_hint), (9, Some('S'), false));
+        let written = lock(11);
+        assert_eq!((written.kind, written.name().as_str()), ("rwsem-write", "i_rwsem of inode 2 (0:42)"));
+        assert_eq!(written.holder.map(|holder| holder.tid), Some(8));
+        let read = lock(12);
+        assert_eq!(read.kind, "rwsem-read");
+        assert!(read.holder.unwrap().reader_hint);
+        assert_eq!((lock(13).kind, lock(13).addr), ("mutex", 0x5000), "the blocker first");
+        // Not on the list: no lock proven (the walk's owner alone says nothing).
+        let mut walker = task(14, TASK_UNINTERRUPTIBLE);
+        walker.walk = Some(WalkSeen { dir_owner: Some(owner), ..walk(0xd0, "y") });
+        let look = seen(vec![(walker, &["schedule_timeout"])]);
+        assert_eq!(look.lock_of(look.task(14).unwrap()), None);
     }
 
     #[test]

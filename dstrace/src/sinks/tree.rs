@@ -142,15 +142,26 @@ pub fn chain_text(links: &[Link]) -> String {
             Link::Lock { name } => name.clone(),
             Link::FileLock { kind } => format!("{kind} file lock"),
             Link::Mount { mountpoint, fstype, source } => format!("{fstype} {mountpoint} ({source})"),
-            Link::FuseRequests { in_flight, oldest_ns, oldest_opcode, oldest_tid, oldest_comm } => {
+            Link::FuseRequests {
+                in_flight,
+                oldest_ns,
+                oldest_opcode,
+                oldest_tid,
+                oldest_comm,
+                read_by_daemon,
+            } => {
+                let read = match read_by_daemon {
+                    Some(read) if *read > 0 => format!(" ({read} read by the daemon)"),
+                    _ => String::new(),
+                };
                 match oldest_ns {
                     Some(age) => format!(
-                        "{in_flight} FUSE requests unanswered, the oldest for {} ({oldest_opcode} from \
+                        "{in_flight} FUSE requests unanswered{read}, the oldest for {} ({oldest_opcode} from \
                          {oldest_comm}[{oldest_tid}])",
                         human_duration(*age)
                     ),
                     None => format!(
-                        "{in_flight} FUSE requests unanswered, the first {oldest_opcode} from \
+                        "{in_flight} FUSE requests unanswered{read}, the first {oldest_opcode} from \
                          {oldest_comm}[{oldest_tid}]"
                     ),
                 }
@@ -350,6 +361,26 @@ mod tests {
             chain_text(&links),
             "touch[7] D in path_openat -> i_rwsem of inode 1 (0:55) -> touch[6] S -> fuse.sshfs /mnt/x (sshfs) \
              -> FUSE daemon sshfs[5] STOPPED, 3 requests waiting"
+        );
+        let requests = |oldest_ns, read_by_daemon| Link::FuseRequests {
+            in_flight: 3,
+            oldest_ns,
+            oldest_opcode: "LOOKUP".into(),
+            oldest_tid: 6,
+            oldest_comm: "touch".into(),
+            read_by_daemon,
+        };
+        assert_eq!(
+            chain_text(&[requests(Some(4_000_000_000), Some(2))]),
+            "3 FUSE requests unanswered (2 read by the daemon), the oldest for 4.000s (LOOKUP from touch[6])"
+        );
+        assert_eq!(
+            chain_text(&[requests(None, Some(0))]),
+            "3 FUSE requests unanswered, the first LOOKUP from touch[6]"
+        );
+        assert_eq!(
+            chain_text(&[requests(None, None)]),
+            "3 FUSE requests unanswered, the first LOOKUP from touch[6]"
         );
     }
 
