@@ -188,6 +188,30 @@ pub struct TaskSeen {
     pub blocker: Option<BlockerSeen>,
 }
 
+#[cfg(test)]
+impl TaskSeen {
+    /// A user task `tid` in `state` of which nothing else was read: what the unit
+    /// tests of the model start from.
+    pub fn bare(tid: u32, state: u32) -> Self {
+        Self {
+            tid,
+            tgid: tid,
+            comm: format!("t{tid}"),
+            state,
+            kernel_thread: false,
+            last_ran_ns: None,
+            cpu: None,
+            cgroup_id: 0,
+            stack: Vec::new(),
+            syscall: None,
+            syscall_from_proc: false,
+            fd_file: None,
+            walk: None,
+            blocker: None,
+        }
+    }
+}
+
 /// A request of a FUSE connection not answered yet: queued, or read by its daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FuseRequestSeen {

@@ -402,25 +402,13 @@ mod tests {
         };
         let task = |tid: u32, state: u32, owner: Option<u32>, top: &str| SeenTask {
             task: TaskSeen {
-                tid,
-                tgid: tid,
-                comm: format!("t{tid}"),
-                state,
-                kernel_thread: false,
-                last_ran_ns: None,
-                cpu: None,
-                cgroup_id: 0,
-                stack: Vec::new(),
-                syscall: None,
-                syscall_from_proc: false,
-                fd_file: None,
-                walk: None,
                 blocker: owner.map(|owner| BlockerSeen {
                     lock: 0x1000 + u64::from(tid),
                     kind: BlockerKind::Mutex,
                     owner: Some(Peer { tid: owner, tgid: owner, comm: format!("t{owner}"), state: 2 }),
                     reader_hint: false,
                 }),
+                ..TaskSeen::bare(tid, state)
             },
             stack: [top.to_owned()].into(),
             blocked_in: Some(top.to_owned()),

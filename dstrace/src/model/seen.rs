@@ -282,22 +282,7 @@ mod tests {
     use crate::kernel::iter::{BlockerSeen, WalkSeen};
 
     fn task(tid: u32, state: u32) -> TaskSeen {
-        TaskSeen {
-            tid,
-            tgid: tid,
-            comm: "bash".into(),
-            state,
-            kernel_thread: false,
-            last_ran_ns: None,
-            cpu: None,
-            cgroup_id: 0,
-            stack: Vec::new(),
-            syscall: None,
-            syscall_from_proc: false,
-            fd_file: None,
-            walk: None,
-            blocker: None,
-        }
+        TaskSeen { comm: "bash".into(), ..TaskSeen::bare(tid, state) }
     }
 
     fn walk(dentry: u64, last: &str) -> WalkSeen {
