@@ -69,11 +69,12 @@ pub const WAIT_PRIMITIVES: &[Pattern] = &[
 
 /// The tracing machinery a stack taken in the `sched_switch` hook starts with (the
 /// BPF program itself, the trampoline or `bpf_trace_run*`): not part of what the
-/// task was doing, so left out of every stack shown: the run of these at the top
-/// of a stack, or right below its first frame. That first frame is the program
-/// itself, which need not be named: the symbols are read while the programs load
-/// ([`Kallsyms::read_soon`]), before the kernel lists them, and the kernel's
-/// `bpf_trace_run*` is always right below it.
+/// task was doing, so left out of every stack shown: the run of these that starts
+/// in the first [`PROGRAM_FRAMES_MAX`] frames, and the frames above it. Those are
+/// the program's own (one per BPF function called: two on 5.10), which need not be
+/// named: the symbols are read while the programs load ([`Kallsyms::read_soon`]),
+/// before the kernel lists them, and the kernel's `bpf_trace_run*` is always right
+/// below them.
 pub const TRACING_FRAMES: &[Pattern] = &[
     Pattern::Prefix("bpf_prog_"),
     Pattern::Prefix("bpf_trampoline_"),
@@ -81,6 +82,10 @@ pub const TRACING_FRAMES: &[Pattern] = &[
     Pattern::Prefix("__bpf_trace_"),
     Pattern::Prefix("__traceiter_"),
 ];
+
+/// How many frames of a BPF program's own may stand above the kernel's tracing
+/// frames ([`TRACING_FRAMES`]) at the top of a stack its hook took.
+pub const PROGRAM_FRAMES_MAX: usize = 4;
 
 /// Frames that only run in interrupt context (hard or soft): a wake-up with one of
 /// them on the waker's stack came from an interrupt.
@@ -218,8 +223,8 @@ impl Kallsyms {
             .into_iter()
             .map(|ip| self.resolve(ip).map_or_else(|| format!("{ip:#x}"), str::to_owned))
             .collect();
-        // The machinery starts at the top, or right below the program's frame.
-        if let Some(first) = frames.iter().take(2).position(|name| is_tracing_frame(name)) {
+        // The machinery starts at the top, or right below the program's frames.
+        if let Some(first) = frames.iter().take(PROGRAM_FRAMES_MAX).position(|name| is_tracing_frame(name)) {
             let run = frames[first..].iter().take_while(|name| is_tracing_frame(name)).count();
             frames.drain(..first + run);
         }
@@ -334,6 +339,9 @@ ffffffffc0001000 t nfs_file_fsync\t[nfs]
         // read): its address falls in a module's last function.
         let unlisted = [0xffffffffc0002000, 0xffffffff81010020, 0xffffffff81200001];
         assert_eq!(syms.symbolize(unlisted), ["__schedule"]);
+        // And when it called a BPF function of its own (5.10: two frames).
+        let nested = [0xffffffffc0002000, 0xffffffffc0002100, 0xffffffff81010020, 0xffffffff81200001];
+        assert_eq!(syms.symbolize(nested), ["__schedule"]);
     }
 
     #[test]

@@ -37,6 +37,31 @@ pub fn load(results: &Path) -> Result<Vec<String>> {
         with_function.len(),
         comms(&waits)
     );
+    // The hook's own frames are never shown, and the blocking function is a frame
+    // the scheduler was called from, not one above it.
+    for wait in &waits {
+        for stack in [&wait["stack"], &wait["waker"]["stack"]] {
+            let frames: Vec<&str> =
+                stack.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            ensure!(
+                !frames
+                    .iter()
+                    .any(|f| ["bpf_prog_", "bpf_trace_run", "__bpf_trace_"].iter().any(|p| f.starts_with(p))),
+                "a stack shows the tracing machinery: {wait}"
+            );
+        }
+    }
+    for wait in &dd {
+        let frames: Vec<&str> =
+            wait["stack"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let function = wait["function"].as_str().unwrap_or_default();
+        let scheduler = frames.iter().position(|f| *f == "__schedule");
+        let blocked_in = frames.iter().position(|f| *f == function);
+        ensure!(
+            scheduler.is_some_and(|s| blocked_in.is_some_and(|b| b > s)),
+            "dd's blocking function {function:?} is not a frame below __schedule in its stack: {wait}"
+        );
+    }
     let summary = records
         .iter()
         .find(|record| record["type"] == "summary")
