@@ -359,8 +359,9 @@ fn snapshot_lists_tasks_stuck_behind_a_dead_server() {
     }
     assert!(text.contains("chain: "), "{text}");
     // The writers' group: the mount, its function, and the chain to the mount.
-    // Which process serves a FUSE connection only kernel memory says: /proc alone
-    // names no daemon (a guess would be a lie) and lists it as not seen.
+    // Which process serves which of two FUSE connections only kernel memory says:
+    // /proc alone names no daemon here (a guess would be a lie) and lists it as not
+    // seen.
     let group = snapshot["groups"]
         .as_array()
         .unwrap()

@@ -60,8 +60,8 @@ pub enum Link {
         /// does not see the daemon read them.
         read_by_daemon: Option<u64>,
     },
-    /// A FUSE daemon: a process with `/dev/fuse` open (on a machine with several
-    /// FUSE daemons, each is listed).
+    /// A FUSE daemon: a process holding a `/dev/fuse` file of this mount's own
+    /// connection (each such process is listed; one serving another mount never).
     FuseDaemon {
         /// Its process id.
         #[serde(rename = "tgid")]
