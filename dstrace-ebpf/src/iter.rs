@@ -40,7 +40,7 @@ use dstrace_common::{
     S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WAIT_LIST_NONE, WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
-use crate::maps::{count, counted, CONFIG, ITER_FUSE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS};
+use crate::maps::{count, counted, CONFIG, ITER_FUSE, ITER_FUSE_QUEUE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS};
 use crate::read::{config_u32, known, now_ns, read_bytes, read_ptr, read_str, read_u16, read_u32, read_u64};
 use crate::target::{
     file_ids, file_of, nameidata, syscall_arg, syscall_fd_arg, syscall_nr, user_regs, walk_dir, walk_path,
@@ -644,8 +644,10 @@ fn pending(fc: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
 /// request's `unique`, `fuse_req_hash`), where `fuse_dev_do_read` moves a request
 /// once copied to the daemon and whence the answer (`fuse_dev_do_write`) or an
 /// abort takes it. Each bucket that is not empty counts once and its first request
-/// fills a slot left after the pending ones (flagged read). Walked without the
-/// queue's lock, each step a probe read, as [`pending`].
+/// fills a slot left after the pending ones (flagged read). Read without the
+/// queue's lock, as [`pending`]: the heads in one probe read (a loop of one read
+/// per head was two thirds of the time to load dstrace, in the verifier), then
+/// each kept request.
 #[inline(always)]
 fn processing(fud: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter> {
     let iter = &CONFIG.iter;
@@ -653,37 +655,60 @@ fn processing(fud: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter
         return Ok(());
     };
     let Some(table) = read_ptr(fud, table)? else { return Ok(()) };
+    let scratch = ITER_FUSE_QUEUE.get_ptr_mut(0).ok_or(Counter::DropSlotMissing)?;
+    // SAFETY: this CPU's slot of a per-CPU map, used by this program only, which a
+    // CPU runs once at a time (migration is disabled while it runs).
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: the heads are plain `u64`s: any bytes are a valid value, and the
+    // slice covers exactly their memory.
+    let heads = unsafe {
+        core::slice::from_raw_parts_mut(
+            scratch.heads.as_mut_ptr().cast::<u8>(),
+            core::mem::size_of_val(&scratch.heads),
+        )
+    };
+    read_bytes(table, 0, heads)?;
+    // The slots' index lives in the record (map memory, read volatile each time):
+    // a value the verifier does not track, so that the loop's states differ by
+    // bucket only (a count kept in a register made them bucket x slot x range),
+    // and the bounds check is on the register the store uses.
+    // SAFETY: a field of this CPU's record.
+    let first_slot = unsafe { core::ptr::read_volatile(&record.kept) };
     let mut n = 0u32;
-    for bucket in 0..FUSE_PQ_HASH_SIZE {
-        let head = table.wrapping_add((bucket * LIST_HEAD_SIZE) as usize);
-        let first = read_u64(head, 0)? as *const u8;
-        if first == head || first.is_null() {
+    for bucket in 0..FUSE_PQ_HASH_SIZE as usize {
+        let head = (table as u64).wrapping_add((bucket as u64) * u64::from(LIST_HEAD_SIZE));
+        let Some(&first) = scratch.heads.get(2 * bucket) else { break };
+        if first == head || first == 0 {
             continue;
         }
         n += 1;
-        // SAFETY: a field of this CPU's record.
-        if unsafe { core::ptr::read_volatile(&record.kept) } as usize >= FUSE_REQUESTS_KEPT {
-            continue; // counted, not described
-        }
-        let mut read = FuseRequestRecord::NONE;
-        request(first.wrapping_sub(req_list as usize), FUSE_REQUEST_READ, &mut read)?;
-        // The slot index is read from the record (volatile) each time, and only
-        // now, right before the store: a value of map memory, which the verifier
-        // does not track, so that the loop's states differ by bucket only (a count
-        // kept in a register made them bucket x slot x range, past the verifier's
-        // million instructions), and its bounds check is on the register the
-        // store uses (one spilled across the helper calls loses its bounds on
-        // 6.1's verifier).
         // SAFETY: as above.
         let kept = unsafe { core::ptr::read_volatile(&record.kept) };
-        if let Some(slot) = record.requests.get_mut(kept as usize) {
-            *slot = read;
+        if let Some(slot) = scratch.firsts.get_mut(kept as usize) {
+            *slot = first;
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(&mut record.kept, kept + 1) };
         }
     }
     record.processing = n;
     record.have |= HAVE_PROCESSING;
+    // Each kept request described, in place of its slot; one freed meanwhile ends
+    // the list there (its read fails).
+    // SAFETY: as above.
+    let end = unsafe { core::ptr::read_volatile(&record.kept) };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut record.kept, first_slot) };
+    for slot in 0..FUSE_REQUESTS_KEPT {
+        if (slot as u32) < first_slot || slot as u32 >= end {
+            continue;
+        }
+        let (Some(&first), Some(out)) = (scratch.firsts.get(slot), record.requests.get_mut(slot)) else { break };
+        let mut read = FuseRequestRecord::NONE;
+        request((first as *const u8).wrapping_sub(req_list as usize), FUSE_REQUEST_READ, &mut read)?;
+        *out = read;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut record.kept, slot as u32 + 1) };
+    }
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use dstrace_common::{
     limits, AggKey, AggValue, Cause, Config, Counter, DentryKey, FuseFileRecord, FuseKey, FuseRequest,
-    InFlight, RpcCall, RpcKey, TaskId, TaskRecord, COMM_LEN,
+    InFlight, RpcCall, RpcKey, TaskId, TaskRecord, COMM_LEN, FUSE_PQ_HASH_SIZE, FUSE_REQUESTS_KEPT,
 };
 
 /// Settings, written by the loader into `.rodata` (frozen before the programs load).
@@ -116,6 +116,21 @@ pub(crate) static ITER_TASK: PerCpuArray<TaskRecord> = PerCpuArray::with_max_ent
 /// Where the `/dev/fuse` file iterator builds a record.
 #[map(name = "ITER_FUSE")]
 pub(crate) static ITER_FUSE: PerCpuArray<FuseFileRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `/dev/fuse` file's processing queue as the iterator reads it: its
+/// `FUSE_PQ_HASH_SIZE` list heads copied in one read (4 KiB), and the first
+/// request of each bucket that is not empty, up to the slots a record has.
+#[repr(C)]
+pub(crate) struct FuseQueueScratch {
+    /// `next`, `prev` of each list head.
+    pub(crate) heads: [u64; 2 * FUSE_PQ_HASH_SIZE as usize],
+    /// The `list` member of each bucket's first request, by record slot.
+    pub(crate) firsts: [u64; FUSE_REQUESTS_KEPT],
+}
+
+/// Where the `/dev/fuse` file iterator reads a processing queue.
+#[map(name = "ITER_FUSE_QUEUE")]
+pub(crate) static ITER_FUSE_QUEUE: PerCpuArray<FuseQueueScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a per-CPU counter.
 ///
