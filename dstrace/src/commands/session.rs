@@ -42,7 +42,7 @@ use crate::{
     model::{
         chain,
         seen::{Seen, SeenTask},
-        wait::{ProcNow, Resolver, Wait},
+        wait::{PendingNow, ProcNow, Resolver, Wait},
     },
     resolve::{procfs, symbols::Kallsyms, Names},
 };
@@ -226,7 +226,7 @@ pub fn in_d_now(
     let now_ns = monotonic_ns();
     let Some(tracer) = tracer else {
         let context = chain::Context { now_ns, ..chain::Context::default() };
-        let mut waits = waits_in_proc(options, names, &context);
+        let mut waits = waits_in_proc(options, names, &context, ProcNow::read_soon());
         waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
         return (waits, None);
     };
@@ -238,6 +238,7 @@ pub fn in_d_now(
         .filter(|(_, wait)| wait.cause.flags & CAUSE_HOLDER_KNOWN != 0)
         .map(|(_, wait)| wait.cause.holder_tid)
         .collect();
+    let now = ProcNow::read_soon();
     let (seen, failed) = match tracer.look(&holders) {
         Ok(look) => (Seen::of(look, &mut names.stacks), None),
         Err(err) => (Seen::default(), Some(format!("{err:#}"))),
@@ -262,7 +263,7 @@ pub fn in_d_now(
         .collect();
     let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
     if context.seen.looked {
-        let now = ProcNow::read();
+        let now = now.wait();
         let filters = &options.filters;
         let before: Vec<Wait> = context
             .seen
@@ -274,7 +275,9 @@ pub fn in_d_now(
         waits.extend(before);
     } else {
         waits.extend(
-            waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
+            waits_in_proc(options, names, &context, now)
+                .into_iter()
+                .filter(|wait| !traced.contains(&wait.tid)),
         );
     }
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
@@ -291,10 +294,15 @@ fn seen_task_wanted(filters: &Filters, seen: &SeenTask) -> bool {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context) -> Vec<Wait> {
+fn waits_in_proc(
+    options: &Options,
+    names: &mut Names,
+    context: &chain::Context,
+    now: PendingNow,
+) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
-    let now = ProcNow::read();
+    let now = now.wait();
     let filters = &options.filters;
     tasks
         .iter()

@@ -236,13 +236,32 @@ pub struct ProcNow {
     /// The wall-clock time.
     pub wall: SystemTime,
     /// Each CPU's task clock now ([`procfs::task_clocks_now`]).
-    pub task_clocks: std::collections::HashMap<u32, u64>,
+    pub task_clocks: procfs::TaskClocks,
 }
 
 impl ProcNow {
     /// Reads the clocks now.
     pub fn read() -> ProcNow {
-        ProcNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_now() }
+        ProcNow::read_soon().wait()
+    }
+
+    /// Starts reading the clocks now, on a thread, for a look that follows: the
+    /// ages are then from a moment before the look, lower bounds as they are.
+    pub fn read_soon() -> PendingNow {
+        PendingNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_soon() }
+    }
+}
+
+/// [`ProcNow`] being read ([`ProcNow::read_soon`]).
+pub struct PendingNow {
+    wall: SystemTime,
+    task_clocks: procfs::PendingClocks,
+}
+
+impl PendingNow {
+    /// The clocks, once read.
+    pub fn wait(self) -> ProcNow {
+        ProcNow { wall: self.wall, task_clocks: self.task_clocks.wait() }
     }
 }
 
