@@ -447,7 +447,7 @@ impl<'d> DaemonPileup<'d> {
                 pileup.children.push(child);
             }
             for &pid in &gated {
-                wait_for_fd(pid, 3);
+                wait_for_fd(pid, 3, &file);
             }
         }
         match stall {
@@ -574,15 +574,18 @@ impl Drop for DaemonPileup<'_> {
     }
 }
 
-/// Waits until a task has descriptor `fd` open.
-fn wait_for_fd(pid: u32, fd: u32) {
+/// Waits until a task has `file` open as descriptor `fd`.
+fn wait_for_fd(pid: u32, fd: u32, file: &Path) {
     let timeout = scaled(STEP);
     let deadline = Instant::now() + timeout;
     let path = format!("/proc/{pid}/fd/{fd}");
-    while std::fs::symlink_metadata(&path).is_err() {
+    // The file itself, not any descriptor of that number: one inherited from
+    // whatever started the tests (a shell's redirection) is there from the start.
+    while std::fs::read_link(&path).ok().as_deref() != Some(file) {
         assert!(
             Instant::now() < deadline,
-            "pid {pid} did not open its file within {timeout:?} (state {:?})",
+            "pid {pid} did not open {} as descriptor {fd} within {timeout:?} (state {:?})",
+            file.display(),
             task_state(pid)
         );
         std::thread::sleep(Duration::from_millis(10));

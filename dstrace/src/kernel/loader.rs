@@ -124,6 +124,11 @@ pub struct Tracer {
     pub rpc_inflight: HashMap<MapData, RpcKey, RpcCall>,
 }
 
+/// What `start.skipped` says where the kernel side cannot read the syscall of a
+/// wait it sees begin, nor so the file of its file descriptor (the path walk's
+/// mount and file do not need it).
+pub const NO_SYSCALLS: &str = "the syscall of each wait and the file of its fd argument";
+
 impl Tracer {
     /// Loads the object, configured for the running kernel, and attaches it.
     pub fn load(options: &Options) -> Result<Tracer> {
@@ -140,10 +145,10 @@ impl Tracer {
         let mut config = config(&layout, options);
         match (&layout.target_offsets, layout.sched_switch_has_state_arg) {
             (Ok(_), true) => config.flags |= CONFIG_SYSCALL_TARGET,
-            (Err(why), _) => skipped.push(format!("mount and file of each wait: {why}")),
-            (Ok(_), false) => {
-                skipped.push("mount and file of each wait: needs Linux 5.18 or later".to_owned())
-            }
+            (Err(why), _) => skipped.push(format!("{NO_SYSCALLS}: {why}")),
+            (Ok(_), false) => skipped.push(format!(
+                "{NO_SYSCALLS}: needs Linux 5.18 or later (a path walk's mount and file are named on any kernel)"
+            )),
         }
         match (&layout.vfs_offsets, &layout.target_offsets) {
             (Ok(_), Ok(_)) => config.flags |= CONFIG_VFS,

@@ -140,6 +140,11 @@ struct Expected {
     rpc: &'static [&'static str],
 }
 
+/// What dstrace's start record skips where the kernel side cannot read a wait's
+/// syscall (before Linux 5.18): `dstrace::kernel::loader::NO_SYSCALLS` (xtask
+/// does not link dstrace).
+const NO_SYSCALLS: &str = "the syscall of each wait and the file of its fd argument";
+
 const RPC_WAIT: Option<&str> = Some("rpc_wait_bit_killable");
 
 /// The hung tasks of the `nfs` scenario (xtask/vm/scenarios/nfs.sh).
@@ -250,7 +255,7 @@ pub fn nfs(results: &Path) -> Result<Vec<String>> {
     let ongoing = summary["ongoing"].as_array().context("the summary has no ongoing array")?;
     // Before Linux 5.18 the kernel side cannot read syscall arguments, and says so;
     // then only the command is checked (a stack can be lost: the counters say so).
-    let run_names_mounts = !skipped(start).iter().any(|why| why.starts_with("mount and file of each wait"));
+    let run_names_mounts = !skipped(start).iter().any(|why| why.starts_with(NO_SYSCALLS));
     for expected in NFS_TASKS {
         let by = match (run_names_mounts, expected.named) {
             (true, true) => By::Mount,
