@@ -1,8 +1,11 @@
 //! What the eBPF side must know about the running kernel, read from its BTF at
 //! start-up: no kernel struct offset is compiled into dstrace.
 
+mod types;
+
 use anyhow::{anyhow, bail, Context as _, Result};
-use btf_rs::{Btf, BtfType as _, Type};
+
+use self::types::{Btf, Kind, Type};
 
 use dstrace_common::{FuseOffsets, IterOffsets, LockOffsets, Offsets, VfsOffsets, NO_OFFSET};
 
@@ -89,16 +92,16 @@ pub fn running_kernel() -> Result<(KernelLayout, aya::Btf)> {
 
 impl KernelLayout {
     /// The layout from `/sys/kernel/btf/vmlinux`, and the BTF parsed for it.
-    fn parse_running_kernel() -> Result<(Result<Self>, Btf)> {
+    fn parse_running_kernel() -> Result<(Result<Self>, Btf<'static>)> {
         // Read whole, then parsed: parsing from the file makes a seek for each
         // read (about 126,000 system calls for a 6.18 vmlinux).
         let bytes = std::fs::read(VMLINUX_BTF).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err}"))?;
-        let btf = Btf::from_bytes(&bytes).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err}"))?;
+        let btf = Btf::from_bytes(bytes).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err:#}"))?;
         Ok((Self::from_btf(&btf), btf))
     }
 
     /// Reads the layout from parsed BTF.
-    pub fn from_btf(btf: &Btf) -> Result<Self> {
+    pub fn from_btf(btf: &Btf<'static>) -> Result<Self> {
         let task_pid_offset = member_offset(btf, "task_struct", &["pid"])?;
         let task_state_offset = member_offset(btf, "task_struct", &["__state", "state"])?;
         let task_flags_offset = member_offset(btf, "task_struct", &["flags"])?;
@@ -177,19 +180,14 @@ fn dcache_par_lookup(btf: &Btf) -> u32 {
 
 /// The value of `member` of the enum `name`, if the kernel's BTF has both.
 pub fn enum_value(btf: &Btf, name: &str, member: &str) -> Option<u32> {
-    let types = btf.resolve_types_by_name(name).ok()?;
-    types.iter().find_map(|ty| match ty {
-        Type::Enum(values) => values
-            .members
-            .iter()
-            .find_map(|value| (btf.resolve_name(value).ok()? == member).then(|| value.val())),
-        _ => None,
-    })
+    btf.named(name)
+        .iter()
+        .find_map(|ty| ty.values().find_map(|(value, val)| (value == member).then_some(val)))
 }
 
 /// Whether the kernel has a function of this name that fentry can attach to.
 pub fn has_function(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(name).is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Func(_))))
+    btf.named(name).iter().any(|ty| ty.kind == Kind::Func)
 }
 
 /// The offsets the kernel side needs to read a task's syscall and the file behind a
@@ -275,7 +273,7 @@ pub fn iter_offsets(btf: &Btf, fuse: &Btf) -> IterOffsets {
 
 /// Where the FUSE types are: vmlinux when FUSE is built in, else the module's split
 /// BTF (read against vmlinux's, which it extends), or why neither.
-fn fuse_btf(vmlinux: &Btf) -> Result<(FuseTypes, Option<Btf>), String> {
+fn fuse_btf<'a>(vmlinux: &'a Btf<'static>) -> Result<(FuseTypes, Option<Btf<'a>>), String> {
     if has_struct(vmlinux, "fuse_conn") {
         return Ok((FuseTypes::BuiltIn, None));
     }
@@ -291,14 +289,14 @@ fn fuse_btf(vmlinux: &Btf) -> Result<(FuseTypes, Option<Btf>), String> {
     }
     let bytes =
         std::fs::read(FUSE_MODULE_BTF).map_err(|err| format!("cannot read {FUSE_MODULE_BTF}: {err}"))?;
-    let module = Btf::from_split_bytes(&bytes, vmlinux)
-        .map_err(|err| format!("cannot read {FUSE_MODULE_BTF}: {err}"))?;
+    let module = Btf::from_split_bytes(bytes, vmlinux)
+        .map_err(|err| format!("cannot read {FUSE_MODULE_BTF}: {err:#}"))?;
     Ok((FuseTypes::Module, Some(module)))
 }
 
 /// Whether the kernel's BTF has a struct of this name.
 fn has_struct(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(name).is_ok_and(|types| types.iter().any(|ty| matches!(ty, Type::Struct(_))))
+    btf.named(name).iter().any(|ty| ty.kind == Kind::Struct)
 }
 
 /// Where `struct pt_regs` keeps the syscall number and its six arguments.
@@ -322,17 +320,9 @@ fn syscall_registers(btf: &Btf) -> Result<(u32, [u32; 6])> {
 /// Byte offset of the first of `names` found in `struct strukt`, looking into
 /// anonymous struct and union members as C does.
 pub fn member_offset(btf: &Btf, strukt: &str, names: &[&str]) -> Result<u32> {
-    let types =
-        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
-    let ty = types
-        .iter()
-        .find_map(|ty| match ty {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    let ty = struct_named(btf, strukt)?;
     for name in names {
-        if let Some(bits) = find_member(btf, ty, name, 0)? {
+        if let Some((bits, _)) = find_member(btf, &ty, name, 0)? {
             if bits % 8 != 0 {
                 bail!("{strukt}.{name} is a bit field");
             }
@@ -342,23 +332,27 @@ pub fn member_offset(btf: &Btf, strukt: &str, names: &[&str]) -> Result<u32> {
     bail!("BTF: struct {strukt} has no member {}", names.join(" or "))
 }
 
-/// Bit offset of `name` in `ty`, searching anonymous members too.
-fn find_member(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<u32>> {
-    Ok(find_member_typed(btf, ty, name, base)?.map(|(bits, _)| bits))
+/// The struct named `strukt`.
+fn struct_named<'a>(btf: &'a Btf, strukt: &str) -> Result<Type<'a>> {
+    btf.named(strukt)
+        .into_iter()
+        .find(|ty| ty.kind == Kind::Struct)
+        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))
 }
 
-/// As [`find_member`], with the member's type id.
-fn find_member_typed(btf: &Btf, ty: &btf_rs::Struct, name: &str, base: u32) -> Result<Option<(u32, u32)>> {
-    for member in &ty.members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        let type_id = member.get_type_id().map_err(|err| anyhow!("{err}"))?;
-        if member_name == name {
-            return Ok(Some((base + member.bit_offset(), type_id)));
+/// Bit offset of `name` in `ty` and the member's type id, searching anonymous
+/// members too.
+fn find_member(btf: &Btf, ty: &Type<'_>, name: &str, base: u32) -> Result<Option<(u32, u32)>> {
+    for member in ty.members() {
+        if member.name == name {
+            return Ok(Some((base + member.bit_offset, member.type_id)));
         }
-        if member_name.is_empty() {
-            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_type_by_id(type_id) {
-                if let Some(found) = find_member_typed(btf, &inner, name, base + member.bit_offset())? {
-                    return Ok(Some(found));
+        if member.name.is_empty() {
+            if let Ok(inner) = btf.ty(member.type_id) {
+                if matches!(inner.kind, Kind::Struct | Kind::Union) {
+                    if let Some(found) = find_member(btf, &inner, name, base + member.bit_offset)? {
+                        return Ok(Some(found));
+                    }
                 }
             }
         }
@@ -377,34 +371,26 @@ pub fn member_path_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32>
 pub fn pointer_member_offset(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
     let (offset, type_id) = member_path(btf, strukt, path)?;
     match unqualified(btf, type_id)? {
-        Some(Type::Ptr(_)) => Ok(offset),
-        Some(other) => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.name()),
+        Some(ty) if ty.kind == Kind::Ptr => Ok(offset),
+        Some(other) => bail!("BTF: {strukt}.{} is a {}, not a pointer", path.join("."), other.kind.name()),
         None => bail!("BTF: {strukt}.{}: too many levels of typedefs", path.join(".")),
     }
 }
 
 /// The byte offset and the type id of a member reached through nested structs.
 fn member_path(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, u32)> {
-    let types =
-        btf.resolve_types_by_name(strukt).map_err(|err| anyhow!("BTF has no struct {strukt}: {err}"))?;
-    let mut ty = types
-        .into_iter()
-        .find_map(|ty| match ty {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("BTF has no struct {strukt}"))?;
+    let mut ty = struct_named(btf, strukt)?;
     let mut bits = 0;
     let mut last = 0;
     for (i, name) in path.iter().enumerate() {
-        let (offset, type_id) = find_member_typed(btf, &ty, name, 0)?
+        let (offset, type_id) = find_member(btf, &ty, name, 0)?
             .ok_or_else(|| anyhow!("BTF: {strukt}.{} is missing", path.join(".")))?;
         bits += offset;
         last = type_id;
         if i + 1 < path.len() {
-            ty = match resolve_struct(btf, type_id)? {
-                Some(next) => next,
-                None => bail!("BTF: {strukt}.{} is not a struct", path[..=i].join(".")),
+            ty = match unqualified(btf, type_id)? {
+                Some(next) if matches!(next.kind, Kind::Struct | Kind::Union) => next,
+                _ => bail!("BTF: {strukt}.{} is not a struct", path[..=i].join(".")),
             };
         }
     }
@@ -414,27 +400,14 @@ fn member_path(btf: &Btf, strukt: &str, path: &[&str]) -> Result<(u32, u32)> {
     Ok((bits / 8, last))
 }
 
-/// The struct or union a type id names, through typedefs and qualifiers.
-fn resolve_struct(btf: &Btf, type_id: u32) -> Result<Option<btf_rs::Struct>> {
-    Ok(match unqualified(btf, type_id)? {
-        Some(Type::Struct(s) | Type::Union(s)) => Some(s),
-        _ => None,
-    })
-}
-
 /// The type a type id names, through typedefs and qualifiers (`None` past eight of
 /// them).
-fn unqualified(btf: &Btf, mut type_id: u32) -> Result<Option<Type>> {
+fn unqualified<'a>(btf: &'a Btf, mut type_id: u32) -> Result<Option<Type<'a>>> {
     for _ in 0..8 {
-        match btf.resolve_type_by_id(type_id).map_err(|err| anyhow!("{err}"))? {
-            ty @ (Type::Typedef(_) | Type::Const(_) | Type::Volatile(_)) => {
-                type_id = ty
-                    .as_btf_type()
-                    .context("untyped BTF entry")?
-                    .get_type_id()
-                    .map_err(|err| anyhow!("{err}"))?;
-            }
-            ty => return Ok(Some(ty)),
+        let ty = btf.ty(type_id)?;
+        match ty.kind {
+            Kind::Typedef | Kind::Const | Kind::Volatile => type_id = ty.type_id,
+            _ => return Ok(Some(ty)),
         }
     }
     Ok(None)
@@ -456,21 +429,12 @@ pub fn fuse_offsets(btf: &Btf) -> Result<FuseOffsets> {
 /// from its `btf_trace_<name>` typedef.
 pub fn tracepoint_params(btf: &Btf, tracepoint: &str) -> Result<usize> {
     let typedef = format!("btf_trace_{tracepoint}");
-    let types = btf.resolve_types_by_name(&typedef).map_err(|err| anyhow!("BTF has no {typedef}: {err}"))?;
-    let ty = types.first().ok_or_else(|| anyhow!("BTF has no {typedef}"))?;
-    let mut ty = ty.clone();
+    let mut ty = *btf.named(&typedef).first().ok_or_else(|| anyhow!("BTF has no {typedef}"))?;
     for _ in 0..4 {
-        ty = match ty {
-            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
-            Type::Typedef(_) | Type::Ptr(_) | Type::Const(_) => {
-                let next = ty
-                    .as_btf_type()
-                    .context("untyped BTF entry")?
-                    .get_type_id()
-                    .map_err(|err| anyhow!("{err}"))?;
-                btf.resolve_type_by_id(next).map_err(|err| anyhow!("{err}"))?
-            }
-            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
+        ty = match ty.kind {
+            Kind::FuncProto => return Ok(ty.params()),
+            Kind::Typedef | Kind::Ptr | Kind::Const => btf.ty(ty.type_id)?,
+            _ => bail!("{typedef} is a {}, not a function pointer", ty.kind.name()),
         };
     }
     bail!("{typedef}: too many levels of indirection")
@@ -509,8 +473,8 @@ mod tests {
     use super::*;
 
     /// The running kernel's BTF, where there is one (every machine dstrace runs on).
-    fn vmlinux() -> Option<Btf> {
-        Btf::from_bytes(&std::fs::read(VMLINUX_BTF).ok()?).ok()
+    fn vmlinux() -> Option<Btf<'static>> {
+        Btf::from_bytes(std::fs::read(VMLINUX_BTF).ok()?).ok()
     }
 
     #[test]
