@@ -71,17 +71,13 @@ pub enum FuseTypes {
 /// The FUSE module's BTF, split against vmlinux's.
 pub const FUSE_MODULE_BTF: &str = "/sys/kernel/btf/fuse";
 
-/// The running kernel's layout, and its BTF as aya relocates the programs with.
-/// The two parse the same 5 MB: each on a thread of its own, they take the time
-/// of one; and the layout's parsed types are freed (a tenth of the time to
-/// start) while aya still parses. Every thread has ended when it returns.
+/// The running kernel's layout, and its BTF as aya relocates the programs with
+/// (aya's own parse, on a thread of its own while the layout is read).
 pub fn running_kernel() -> Result<(KernelLayout, aya::Btf)> {
     std::thread::scope(|scope| {
         let aya_btf =
             std::thread::Builder::new().name("btf".into()).spawn_scoped(scope, aya::Btf::from_sys_fs).ok();
-        let (layout, parsed) = KernelLayout::parse_running_kernel()?;
-        // Freed inline where no thread can start (the closure is dropped then).
-        let _ = std::thread::Builder::new().name("btf-free".into()).spawn_scoped(scope, move || drop(parsed));
+        let layout = KernelLayout::from_running_kernel();
         let btf = match aya_btf.map(std::thread::ScopedJoinHandle::join) {
             Some(Ok(btf)) => btf,
             _ => aya::Btf::from_sys_fs(),
@@ -91,13 +87,11 @@ pub fn running_kernel() -> Result<(KernelLayout, aya::Btf)> {
 }
 
 impl KernelLayout {
-    /// The layout from `/sys/kernel/btf/vmlinux`, and the BTF parsed for it.
-    fn parse_running_kernel() -> Result<(Result<Self>, Btf<'static>)> {
-        // Read whole, then parsed: parsing from the file makes a seek for each
-        // read (about 126,000 system calls for a 6.18 vmlinux).
+    /// Reads the layout from `/sys/kernel/btf/vmlinux`.
+    pub fn from_running_kernel() -> Result<Self> {
         let bytes = std::fs::read(VMLINUX_BTF).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err}"))?;
         let btf = Btf::from_bytes(bytes).map_err(|err| anyhow!("cannot read {VMLINUX_BTF}: {err:#}"))?;
-        Ok((Self::from_btf(&btf), btf))
+        Self::from_btf(&btf)
     }
 
     /// Reads the layout from parsed BTF.
