@@ -40,7 +40,9 @@ use dstrace_common::{
     S_IFMT, TASK_NOLOAD, TASK_UNINTERRUPTIBLE, WAIT_LIST_NONE, WAIT_LIST_READER, WAIT_LIST_WRITER,
 };
 
-use crate::maps::{count, counted, CONFIG, ITER_FUSE, ITER_FUSE_QUEUE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS};
+use crate::maps::{
+    count, counted, CONFIG, ITER_FUSE, ITER_FUSE_QUEUE, ITER_TASK, ITER_WANTED_DIRS, ITER_WANTED_TIDS,
+};
 use crate::read::{config_u32, known, now_ns, read_bytes, read_ptr, read_str, read_u16, read_u32, read_u64};
 use crate::target::{
     file_ids, file_of, nameidata, syscall_arg, syscall_fd_arg, syscall_nr, user_regs, walk_dir, walk_path,
@@ -702,7 +704,9 @@ fn processing(fud: *const u8, record: &mut FuseFileRecord) -> Result<(), Counter
         if (slot as u32) < first_slot || slot as u32 >= end {
             continue;
         }
-        let (Some(&first), Some(out)) = (scratch.firsts.get(slot), record.requests.get_mut(slot)) else { break };
+        let (Some(&first), Some(out)) = (scratch.firsts.get(slot), record.requests.get_mut(slot)) else {
+            break;
+        };
         let mut read = FuseRequestRecord::NONE;
         request((first as *const u8).wrapping_sub(req_list as usize), FUSE_REQUEST_READ, &mut read)?;
         *out = read;
