@@ -43,7 +43,8 @@ for test in /mnt/io/tests/*; do
     echo "running the $name tests"
     # Their scratch files go to /tmp (tmpfs); their output to /tmp first, then to
     # the share (a write to 9p is a D wait a test could see).
-    "$test" --test-threads=1 "${skip[@]}" > "/tmp/test-$name.log" 2>&1
+    # --show-output: a test that skips itself says why on its captured output.
+    "$test" --test-threads=1 --show-output "${skip[@]}" > "/tmp/test-$name.log" 2>&1
     code=$?
     cp "/tmp/test-$name.log" "$R/"
     echo "the $name tests ended with status $code"
