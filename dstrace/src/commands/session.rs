@@ -42,7 +42,7 @@ use crate::{
     model::{
         chain,
         seen::{Seen, SeenTask},
-        wait::{PendingNow, ProcNow, Resolver, Wait},
+        wait::{ProcNow, Resolver, Wait},
     },
     resolve::{procfs, symbols::Kallsyms, Names},
 };
@@ -226,7 +226,7 @@ pub fn in_d_now(
     let now_ns = monotonic_ns();
     let Some(tracer) = tracer else {
         let context = chain::Context { now_ns, ..chain::Context::default() };
-        let mut waits = waits_in_proc(options, names, &context, ProcNow::read_soon());
+        let mut waits = waits_in_proc(options, names, &context);
         waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
         return (waits, None);
     };
@@ -238,11 +238,13 @@ pub fn in_d_now(
         .filter(|(_, wait)| wait.cause.flags & CAUSE_HOLDER_KNOWN != 0)
         .map(|(_, wait)| wait.cause.holder_tid)
         .collect();
-    let now = ProcNow::read_soon();
     let (seen, failed) = match tracer.look(&holders) {
         Ok(look) => (Seen::of(look, &mut names.stacks), None),
         Err(err) => (Seen::default(), Some(format!("{err:#}"))),
     };
+    // The clocks of the ages, read after the look (see `ProcNow::read_soon`) while
+    // the traced waits are resolved.
+    let now = seen.looked.then(ProcNow::read_soon);
     let context = chain::Context { fuse: tracer.fuse_requests(), rpc: tracer.rpc_calls(), now_ns, seen };
     let mut resolver = Resolver { names, stack_map: &tracer.stacks };
     let mut waits: Vec<Wait> = inflight
@@ -262,7 +264,7 @@ pub fn in_d_now(
         .filter(|wait| wait.duration_ns >= min_duration_ns)
         .collect();
     let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
-    if context.seen.looked {
+    if let Some(now) = now {
         let now = now.wait();
         let filters = &options.filters;
         let before: Vec<Wait> = context
@@ -275,9 +277,7 @@ pub fn in_d_now(
         waits.extend(before);
     } else {
         waits.extend(
-            waits_in_proc(options, names, &context, now)
-                .into_iter()
-                .filter(|wait| !traced.contains(&wait.tid)),
+            waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
         );
     }
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
@@ -294,15 +294,11 @@ fn seen_task_wanted(filters: &Filters, seen: &SeenTask) -> bool {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(
-    options: &Options,
-    names: &mut Names,
-    context: &chain::Context,
-    now: PendingNow,
-) -> Vec<Wait> {
+fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
-    let now = now.wait();
+    // After the listing: each task listed last ran before.
+    let now = ProcNow::read();
     let filters = &options.filters;
     tasks
         .iter()

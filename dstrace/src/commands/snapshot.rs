@@ -33,10 +33,9 @@ use crate::{
 pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
     let include_idle = args.view.include_idle;
     let mut names = Names::new();
-    let now = ProcNow::read_soon();
     let (mut waits, cannot_see, source) = match look(include_idle, &mut names) {
         Ok((seen, skipped)) => {
-            let now = now.wait();
+            let now = ProcNow::read();
             let context = chain::Context { now_ns: monotonic_ns(), seen, ..chain::Context::default() };
             let waits: Vec<Wait> = context
                 .seen
@@ -54,7 +53,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
         Err(why) => {
             let states: &[char] = if include_idle { &['D', 'I'] } else { &['D'] };
             let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
-            let now = now.wait();
+            let now = ProcNow::read();
             let context = chain::Context::default();
             let waits: Vec<Wait> = tasks
                 .iter()

@@ -245,8 +245,10 @@ impl ProcNow {
         ProcNow::read_soon().wait()
     }
 
-    /// Starts reading the clocks now, on a thread, for a look that follows: the
-    /// ages are then from a moment before the look, lower bounds as they are.
+    /// Starts reading the clocks now, on a thread, while what a look read is turned
+    /// into waits. Only after the look: a task it read last ran before the clocks
+    /// are read, so its age is never below zero (read before, a task that ran
+    /// during the look had none, and showed 0 s).
     pub fn read_soon() -> PendingNow {
         PendingNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_soon() }
     }
