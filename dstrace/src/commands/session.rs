@@ -242,9 +242,6 @@ pub fn in_d_now(
         Ok(look) => (Seen::of(look, &mut names.stacks), None),
         Err(err) => (Seen::default(), Some(format!("{err:#}"))),
     };
-    // The clocks of the ages, read after the look (see `ProcNow::read_soon`) while
-    // the traced waits are resolved.
-    let now = seen.looked.then(ProcNow::read_soon);
     let context = chain::Context { fuse: tracer.fuse_requests(), rpc: tracer.rpc_calls(), now_ns, seen };
     let mut resolver = Resolver { names, stack_map: &tracer.stacks };
     let mut waits: Vec<Wait> = inflight
@@ -264,8 +261,8 @@ pub fn in_d_now(
         .filter(|wait| wait.duration_ns >= min_duration_ns)
         .collect();
     let traced: HashSet<u32> = waits.iter().map(|wait| wait.tid).collect();
-    if let Some(now) = now {
-        let now = now.wait();
+    if context.seen.looked {
+        let now = ProcNow::read();
         let filters = &options.filters;
         let before: Vec<Wait> = context
             .seen

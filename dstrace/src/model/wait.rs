@@ -236,34 +236,14 @@ pub struct ProcNow {
     /// The wall-clock time.
     pub wall: SystemTime,
     /// Each CPU's task clock now ([`procfs::task_clocks_now`]).
-    pub task_clocks: procfs::TaskClocks,
+    pub task_clocks: std::collections::HashMap<u32, u64>,
 }
 
 impl ProcNow {
-    /// Reads the clocks now.
+    /// Reads the clocks now: after a look (or a listing of `/proc`), so that every
+    /// task it read last ran before and its age is never below zero.
     pub fn read() -> ProcNow {
-        ProcNow::read_soon().wait()
-    }
-
-    /// Starts reading the clocks now, on a thread, while what a look read is turned
-    /// into waits. Only after the look: a task it read last ran before the clocks
-    /// are read, so its age is never below zero (read before, a task that ran
-    /// during the look had none, and showed 0 s).
-    pub fn read_soon() -> PendingNow {
-        PendingNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_soon() }
-    }
-}
-
-/// [`ProcNow`] being read ([`ProcNow::read_soon`]).
-pub struct PendingNow {
-    wall: SystemTime,
-    task_clocks: procfs::PendingClocks,
-}
-
-impl PendingNow {
-    /// The clocks, once read.
-    pub fn wait(self) -> ProcNow {
-        ProcNow { wall: self.wall, task_clocks: self.task_clocks.wait() }
+        ProcNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_now() }
     }
 }
 

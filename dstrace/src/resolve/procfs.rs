@@ -163,30 +163,10 @@ pub fn task_clock_now() -> Option<u64> {
 /// is comparable only with the clock of the CPU it last ran on. A thread moved to
 /// each CPU in turn reads it there (its `exec_start` is stamped as it starts
 /// running on that CPU). CPUs this process may not run on are left out.
-pub fn task_clocks_now() -> TaskClocks {
-    task_clocks_soon().wait()
-}
-
-/// Each CPU's task clock, by CPU.
-pub type TaskClocks = std::collections::HashMap<u32, u64>;
-
-/// [`task_clocks_now`] being read on a thread of its own.
-pub struct PendingClocks(Option<std::thread::JoinHandle<TaskClocks>>);
-
-impl PendingClocks {
-    /// The clocks, once read (none where the thread could not start or failed).
-    pub fn wait(self) -> TaskClocks {
-        self.0.and_then(|reader| reader.join().ok()).unwrap_or_default()
-    }
-}
-
-/// Starts [`task_clocks_now`] and returns at once: moving to a CPU waits for that
-/// CPU, which on a loaded machine (an incident's) takes tens of milliseconds, time
-/// that can pass while the programs load or the iterator looks.
-pub fn task_clocks_soon() -> PendingClocks {
+pub fn task_clocks_now() -> std::collections::HashMap<u32, u64> {
     // SAFETY: sysconf has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 4096) as u32;
-    let reader = std::thread::Builder::new().name("task-clocks".into()).spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut clocks = std::collections::HashMap::new();
         for cpu in 0..cpus {
             // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros
@@ -205,7 +185,7 @@ pub fn task_clocks_soon() -> PendingClocks {
         }
         clocks
     });
-    PendingClocks(reader.ok())
+    reader.join().unwrap_or_default()
 }
 
 /// The state letter of thread `tid` under an open `task` directory (`tid/stat`,
