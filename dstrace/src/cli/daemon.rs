@@ -92,8 +92,8 @@ pub struct Settings {
     #[serde(default)]
     pub include_idle: Option<bool>,
 
-    /// Blocking functions with a label of their own; later ones are labelled
-    /// "other" [default: 20].
+    /// Blocking functions with a label of their own, on each mount; later ones
+    /// are labelled "other" [default: 20].
     #[arg(long, value_name = "N")]
     #[serde(default)]
     pub max_functions: Option<usize>,

@@ -7,12 +7,16 @@
 //! Prometheus scrapes: the in-kernel aggregation is read then (no per-wait work
 //! in userspace), the tasks in D are looked at then.
 //!
-//! Label cardinality is bounded: the lock kind is one of a fixed set; mounts and
-//! blocking functions get a label of their own first come, first served, up to
-//! `max-mounts` and `max-functions`, and the rest share the label `other`. First
-//! come rather than "top N now" because a counter's series must never go down:
-//! a function that left the top N would take its counts out of `other`. So the
-//! series are at most (max-mounts + 2) x 8 x (max-functions + 1) histograms.
+//! Label cardinality is bounded: the lock kind is one of a fixed set; mounts get
+//! a label of their own first come, first served, up to `max-mounts`, and the
+//! blocking functions of each mount label likewise up to `max-functions`; the
+//! rest share the label `other`. First come rather than "top N now" because a
+//! counter's series must never go down: a function that left the top N would
+//! take its counts out of `other`. Functions are admitted per mount because on
+//! a busy host the waits on no mount at all (page faults, `mmap_lock`, RCU, block
+//! I/O) take 20 slots within minutes, and the NFS or FUSE mount that hangs later
+//! must still show the function its tasks wait in. So the series are at most
+//! (max-mounts + 2) x 8 x (max-functions + 1) histograms.
 //!
 //! Label values are written as dstrace writes names everywhere else
 //! ([`crate::sinks::escape::escape`]: control characters as `\xNN`, a backslash doubled),
@@ -77,7 +81,9 @@ type HistKey = (String, &'static str, String);
 #[derive(Debug)]
 pub struct Metrics {
     mounts: Slots,
-    functions: Slots,
+    /// The functions admitted on each mount label, `max_functions` each.
+    functions: BTreeMap<String, Slots>,
+    max_functions: usize,
     /// Completed waits since start, by (mount, lock kind, function).
     histograms: BTreeMap<HistKey, Totals>,
     /// Ring buffer records that could not be decoded.
@@ -99,7 +105,8 @@ impl Metrics {
     pub fn new(max_mounts: usize, max_functions: usize) -> Metrics {
         Metrics {
             mounts: Slots::new(max_mounts),
-            functions: Slots::new(max_functions),
+            functions: BTreeMap::new(),
+            max_functions,
             histograms: BTreeMap::new(),
             bad_records: 0,
         }
@@ -109,7 +116,9 @@ impl Metrics {
     pub fn add(&mut self, row: &RowData, lock_kind: Option<&'static str>) {
         let mount = self.mounts.label(row.mount.as_deref().unwrap_or(NONE));
         let function = blocking_function(row.stack.iter().map(String::as_str)).unwrap_or("?");
-        let function = self.functions.label(function);
+        let max_functions = self.max_functions;
+        let slots = self.functions.entry(mount.clone()).or_insert_with(|| Slots::new(max_functions));
+        let function = slots.label(function);
         self.histograms.entry((mount, lock_kind.unwrap_or(NONE), function)).or_default().add(&row.totals);
     }
 
@@ -314,5 +323,20 @@ mod tests {
         assert_eq!(count("f1").as_deref(), Some("1"));
         assert_eq!(count(OTHER).as_deref(), Some("2"));
         assert_eq!(count("f2"), None);
+    }
+
+    /// The waits on no mount, many on a busy host, do not take the slots of a
+    /// mount whose tasks hang later.
+    #[test]
+    fn each_mount_has_its_own_function_slots() {
+        let mut metrics = Metrics::new(8, 2);
+        for function in ["f1", "f2", "f3"] {
+            metrics.add(&row(None, function, &[1]), None);
+        }
+        metrics.add(&row(Some("/mnt/nfs"), "rpc_wait_bit_killable", &[1]), None);
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let series = r#"dstrace_wait_duration_seconds_count{mount="/mnt/nfs",lock_kind="none",function="rpc_wait_bit_killable"} 1"#;
+        assert!(text.lines().any(|line| line == series), "{text}");
+        assert!(text.contains(r#"{mount="none",lock_kind="none",function="other"} 1"#), "{text}");
     }
 }
