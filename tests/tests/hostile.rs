@@ -180,6 +180,7 @@ fn report_survives_random_damage_to_whole_files() {
             rows: vec![row],
             waits: Vec::new(),
             counters: vec![("ring_buffer_full".into(), second)],
+            in_d: Vec::new(),
         };
         writer.write_interval(&data).unwrap();
     }

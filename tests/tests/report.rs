@@ -297,6 +297,7 @@ fn interval(second: u64, pid: u32) -> IntervalData {
         }],
         waits: Vec::new(),
         counters: Vec::new(),
+        in_d: Vec::new(),
     }
 }
 

@@ -181,7 +181,8 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     server.abort();
     daemon.drain();
     daemon.read_aggregates();
-    daemon.write_interval();
+    let in_d = daemon.in_d();
+    daemon.write_interval(&in_d);
     if let Some(recorder) = &daemon.recorder {
         eprintln!("dstrace: {}", written_line(recorder));
     }
@@ -271,32 +272,34 @@ impl Daemon {
 
     /// The end of a recording interval.
     fn record_interval(&mut self) {
-        for wait in self.in_d() {
-            self.labels.learn(&wait);
+        let in_d = self.in_d();
+        for wait in &in_d {
+            self.labels.learn(wait);
         }
         self.read_aggregates();
-        self.write_interval();
+        self.write_interval(&in_d);
         self.forget_ended_processes();
     }
 
-    /// Writes the rows read since the last interval, reopening first a recording
-    /// that failed.
-    fn write_interval(&mut self) {
+    /// Writes the rows read since the last interval and the tasks in D now
+    /// (`in_d`), reopening first a recording that failed.
+    fn write_interval(&mut self, in_d: &[Wait]) {
         if self.recorder.is_none() {
             if let Ok(recorder) = open_recording(&self.config) {
                 eprintln!("dstrace: recording again to {}", recorder.path().display());
                 self.recorder = Some(recorder);
             }
         }
-        self.write_pending();
+        self.write_pending(in_d);
     }
 
-    /// Writes the rows read since the last interval, if recording.
-    fn write_pending(&mut self) {
+    /// Writes the rows read since the last interval and the tasks in D now, if
+    /// recording.
+    fn write_pending(&mut self, in_d: &[Wait]) {
         let pending = std::mem::take(&mut self.pending_record);
         let rows = self.labelled(pending);
         let Some(recorder) = self.recorder.as_mut() else { return };
-        if let Err(err) = recorder.interval_of(rows, &self.session.tracer) {
+        if let Err(err) = recorder.interval_of(rows, &self.session.tracer, in_d) {
             self.recording_failed(&err);
         }
     }
@@ -411,7 +414,8 @@ impl Daemon {
         }
         // Reopen: write what the old file is owed, then open the file (again).
         self.read_aggregates();
-        self.write_pending();
+        let in_d = self.in_d();
+        self.write_pending(&in_d);
         self.recorder = None;
         match open_recording(&self.config) {
             Ok(recorder) => self.recorder = Some(recorder),

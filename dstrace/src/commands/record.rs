@@ -1,5 +1,6 @@
 //! `dstrace record`: trace to a recording file instead of the terminal, for hours
-//! or days, until Ctrl-C, SIGTERM or `--duration`.
+//! or days, until Ctrl-C, SIGTERM or `--duration`. Each interval holds the waits
+//! completed in it and the tasks in D at its end, from a look taken then.
 
 use anyhow::{Context as _, Result};
 
@@ -42,21 +43,34 @@ async fn record_loop(args: &RecordArgs, options: Options) -> Result<()> {
         human_duration(duration_ns(args.min_duration))
     );
 
+    let min_duration_ns = duration_ns(args.min_duration);
     let mut ticks = recorder.ticks();
     loop {
         match session.next(ticks.tick()).await? {
             Wake::Stop => break,
             Wake::Waits => session.drain(|wait| recorder.wait(wait).context("cannot record"))?,
             Wake::Input(_) => {
+                let in_d = look(&mut session, min_duration_ns);
                 let names = &mut session.names;
-                recorder.interval(&session.tracer, &mut names.stacks, &mut names.mounts)?;
+                recorder.interval(&session.tracer, &mut names.stacks, &mut names.mounts, &in_d)?;
             }
         }
     }
     session.drain(|wait| recorder.wait(wait).context("cannot record"))?;
+    let in_d = look(&mut session, min_duration_ns);
     let names = &mut session.names;
-    let recorder = recorder.finish(&session.tracer, &mut names.stacks, &mut names.mounts)?;
+    let recorder = recorder.finish(&session.tracer, &mut names.stacks, &mut names.mounts, &in_d)?;
     let drops = drops_text(&session.tracer.counters().unwrap_or_default(), session.bad_records);
     eprintln!("dstrace: {}{drops}", written_line(&recorder));
     Ok(())
+}
+
+/// The tasks in D now, for the interval ending: the incident is the waits that
+/// have not ended. What the session has to say about the look is said at once.
+fn look(session: &mut Session, min_duration_ns: u64) -> Vec<crate::model::wait::Wait> {
+    let in_d = session.in_d_now(min_duration_ns);
+    for note in session.notes() {
+        eprintln!("dstrace: {note}");
+    }
+    in_d
 }

@@ -206,8 +206,11 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
     let keys = matches!(live.view, View::Screen(_)).then(tui::keys);
     let outcome =
         follow(args, &mut session, &mut live, keys).await.context("cannot write to standard output");
+    if live.recording.is_recording() {
+        live.in_d = session.in_d_now(min_duration_ns);
+    }
     let names = &mut session.names;
-    live.recording.finish(&session.tracer, &mut names.stacks, &mut names.mounts);
+    live.recording.finish(&session.tracer, &mut names.stacks, &mut names.mounts, &live.in_d);
     if let View::Screen(_) = live.view {
         // Back to the normal screen (dropping the full-screen view restores the
         // terminal) for the notes held back and the summary, which stay on it.
@@ -347,8 +350,10 @@ async fn follow(
                 }
             }
             Wake::Input(Input::Record) => {
+                // The tasks in D at the interval's end go into it: a look now.
+                live.in_d = session.in_d_now(live.min_duration_ns);
                 let names = &mut session.names;
-                live.recording.interval(&session.tracer, &mut names.stacks, &mut names.mounts);
+                live.recording.interval(&session.tracer, &mut names.stacks, &mut names.mounts, &live.in_d);
                 let notes = live.recording.notes();
                 live.note(notes);
             }

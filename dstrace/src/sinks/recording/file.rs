@@ -97,6 +97,17 @@ impl Writer {
         Ok(())
     }
 
+    /// The frames of an interval: its own, then that of the tasks in D at its end
+    /// (if any were).
+    fn frames_of(&mut self, data: &IntervalData) -> Result<Vec<u8>> {
+        let (first, interval) = self.interner.interval(data);
+        let mut bytes = frame(&Record::IntervalAt(first, interval))?;
+        if !data.in_d.is_empty() {
+            bytes.extend(frame(&Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)))?);
+        }
+        Ok(bytes)
+    }
+
     /// Writes one interval, rotating first if the file would grow past its cap.
     pub fn write_interval(&mut self, data: &IntervalData) -> Result<()> {
         if self.full {
@@ -105,7 +116,7 @@ impl Writer {
         if self.needs_session {
             self.start_session()?;
         }
-        let mut bytes = frame(&Record::Interval(self.interner.interval(data)))?;
+        let mut bytes = self.frames_of(data)?;
         // A file holding no interval yet takes one whatever its size: rotating it
         // would only make another such file.
         if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
@@ -121,7 +132,7 @@ impl Writer {
             }
             self.rotate()?;
             self.start_session()?;
-            bytes = frame(&Record::Interval(self.interner.interval(data)))?;
+            bytes = self.frames_of(data)?;
         }
         self.append(&bytes)
     }

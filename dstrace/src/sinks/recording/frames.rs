@@ -10,8 +10,9 @@ use crate::sinks::recording::schema::Record;
 
 /// The first eight bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"DSTRREC\0";
-/// The format version this dstrace writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this dstrace writes, and the newest it reads (it reads
+/// every older one: see [`crate::sinks::recording`]).
+pub const VERSION: u16 = 2;
 /// Bytes of the file header.
 pub const HEADER_LEN: usize = 16;
 /// The marker at the start of every frame.

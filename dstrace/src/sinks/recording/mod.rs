@@ -67,8 +67,8 @@ pub use frames::{
 };
 pub use intern::{Interner, Table};
 pub use schema::{
-    from_unix_ns, unix_ns, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record, Row,
-    RowData, Session, WaitRecord, WakerRecord,
+    from_unix_ns, unix_ns, First, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record, Row,
+    RowData, Session, TasksInD, WaitRecord, WakerRecord,
 };
 
 /// A recording read and resolved.
@@ -87,13 +87,40 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
     let decoded = decode(bytes)?;
     let mut recording = Recording { damage: decoded.damage, ..Recording::default() };
     let mut table = Table::default();
-    for (_, record) in decoded.records {
+    for (offset, record) in decoded.records {
         match record {
             Record::Session(session) => {
                 table = Table::default();
                 recording.sessions.push(session);
             }
-            Record::Interval(interval) => recording.intervals.push(table.interval(&interval)),
+            Record::Interval(interval) => recording.intervals.push(table.interval(None, &interval)),
+            Record::IntervalAt(first, interval) => {
+                recording.intervals.push(table.interval(Some(first), &interval));
+            }
+            Record::InD(in_d) => {
+                let (waits, lost) = table.tasks_in_d(&in_d);
+                if lost > 0 {
+                    recording.damage.push(Damage {
+                        offset,
+                        what: format!("{lost} tasks in D whose description was in a damaged frame"),
+                        skipped: 0,
+                        at_end: false,
+                    });
+                }
+                let end = from_unix_ns(in_d.end_ns);
+                match recording.intervals.last_mut().filter(|last| last.end == end) {
+                    Some(last) => last.in_d = waits,
+                    // Its interval's frame was damaged: the tasks in D stand alone.
+                    None => recording.intervals.push(IntervalData {
+                        start: end,
+                        end,
+                        rows: Vec::new(),
+                        waits: Vec::new(),
+                        counters: Vec::new(),
+                        in_d: waits,
+                    }),
+                }
+            }
         }
     }
     Ok(recording)
@@ -107,6 +134,7 @@ mod tests {
     use crate::{
         model::{
             aggregate::Totals,
+            link::Link,
             wait::{Holder, LockInfo, Source, TaskState, Wait, WakerInfo},
         },
         resolve::{
@@ -191,7 +219,72 @@ mod tests {
             ],
             waits: vec![wait],
             counters: vec![("waits_ended".into(), 42), ("ring_buffer_full".into(), 0)],
+            in_d: Vec::new(),
         }
+    }
+
+    /// An interval with `n` tasks in D at its end, the sample wait going on since
+    /// second 90.25 with a chain, times that a recording keeps exactly (whole
+    /// milliseconds, ages in whole seconds).
+    pub(crate) fn interval_with_tasks_in_d(seconds: u64, n: u32) -> IntervalData {
+        let mut interval = sample_interval(seconds);
+        let end_ns = unix_ns(interval.end);
+        let since = |s: u64| Some(end_ns - s * 1_000_000_000);
+        let mut wait = interval.waits[0].clone();
+        wait.end = None;
+        wait.duration_ns = end_ns - 90_250_000_000;
+        wait.start = Some(from_unix_ns(end_ns - wait.duration_ns));
+        wait.source = Source::Iterator;
+        wait.cgroup = Some("/system.slice/nova-compute.service".into());
+        if let Some(mount) = wait.on.mount.as_mut() {
+            (mount.id, mount.namespace) = (92, 4_026_531_841);
+        }
+        let dev = wait.on.mount.as_ref().map(|mount| mount.dev).unwrap_or_default();
+        wait.on.file_locks = vec![crate::resolve::file_locks::FileLock {
+            id: 0,
+            kind: "POSIX".into(),
+            access: "WRITE".into(),
+            pid: Some(8),
+            dev,
+            ino: 0,
+            range: (0, None),
+            waiting: false,
+        }];
+        wait.chain = vec![
+            Link::Task {
+                tid: 11,
+                pid: 10,
+                comm: "stat".into(),
+                state: Some('D'),
+                function: Some("f".into()),
+            },
+            Link::Lock { name: "lookup of a name".into() },
+            Link::FileLock { kind: "POSIX".into() },
+            Link::Mount { mountpoint: "/tmp/fuse".into(), fstype: "fuse".into(), source: "x".into() },
+            Link::FuseRequests {
+                in_flight: 3,
+                oldest_ns: since(91),
+                oldest_opcode: "LOOKUP".into(),
+                oldest_tid: 11,
+                oldest_comm: "stat".into(),
+                read_by_daemon: Some(1),
+            },
+            Link::FuseDaemon { pid: 9, comm: "fused".into(), state: Some('T'), waiting: Some(3) },
+            Link::Rpc {
+                program: "nfs".into(),
+                version: 4,
+                procedure: "GETATTR".into(),
+                xid: Some(7),
+                age_ns: since(80),
+                transmits: 3,
+                timeouts: 1,
+                not_responding_ns: None,
+                others: 0,
+            },
+            Link::NfsServer { address: "10.0.0.1".into(), nfs_version: Some("4.2".into()) },
+        ];
+        interval.in_d = (0..n).map(|i| Wait { tid: 100 + i, pid: 100 + i, ..wait.clone() }).collect();
+        interval
     }
 
     fn file_of(intervals: &[IntervalData]) -> Vec<u8> {
@@ -201,9 +294,101 @@ mod tests {
             frame(&Record::Session(Session { dstrace: "test".into(), ..Session::default() })).unwrap(),
         );
         for interval in intervals {
-            bytes.extend(frame(&Record::Interval(interner.interval(interval))).unwrap());
+            let (first, encoded) = interner.interval(interval);
+            bytes.extend(frame(&Record::IntervalAt(first, encoded)).unwrap());
+            if !interval.in_d.is_empty() {
+                let in_d = interner.tasks_in_d(interval.end, &interval.in_d);
+                bytes.extend(frame(&Record::InD(in_d)).unwrap());
+            }
         }
         bytes
+    }
+
+    #[test]
+    fn tasks_in_d_round_trip_with_their_chains() {
+        let intervals = [interval_with_tasks_in_d(100, 2), interval_with_tasks_in_d(110, 2)];
+        let recording = read(&file_of(&intervals)).unwrap();
+        assert_eq!(recording.damage, []);
+        assert_eq!(recording.intervals, intervals);
+    }
+
+    /// A task still in D as it was costs a few bytes per interval, not its record.
+    #[test]
+    fn a_task_still_in_d_costs_a_few_bytes_per_interval() {
+        let first = file_of(&[interval_with_tasks_in_d(100, 100)]).len();
+        let two = file_of(&[interval_with_tasks_in_d(100, 100), interval_with_tasks_in_d(110, 100)]).len();
+        let without = file_of(&[sample_interval(100), sample_interval(110)]).len()
+            - file_of(&[sample_interval(100)]).len();
+        let per_task = (two - first - without) as f64 / 100.0;
+        assert!(per_task <= 6.0, "{per_task} bytes per task in D still in D");
+        // Its first description costs more: it is the whole record.
+        assert!((first - file_of(&[sample_interval(100)]).len()) as f64 / 100.0 > per_task);
+    }
+
+    /// The names a damaged frame defined are lost, and the ids after it still
+    /// name what they named: a later interval never shows another's name.
+    #[test]
+    fn a_damaged_frame_shifts_no_name() {
+        let named = |seconds: u64, comm: &str| {
+            let mut interval = sample_interval(seconds);
+            interval.rows[1].comm = comm.into();
+            interval
+        };
+        let intervals = [named(100, "first"), named(110, "second"), named(120, "third")];
+        let mut bad = file_of(&intervals);
+        let frames = decode(&bad).unwrap().records;
+        bad[frames[2].0 as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
+        let recording = read(&bad).unwrap();
+        let comms: Vec<&str> = recording.intervals.iter().map(|i| i.rows[1].comm.as_str()).collect();
+        assert_eq!(comms, ["first", "third"]);
+    }
+
+    /// A recording of format 1 (before the tasks in D were kept) is read as it was.
+    #[test]
+    fn a_recording_of_format_1_is_read() {
+        let mut bytes = file_of(&[sample_interval(100)]);
+        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let recording = read(&bytes).unwrap();
+        assert_eq!(recording.intervals, [sample_interval(100)]);
+    }
+
+    /// The tasks in D of a damaged interval frame are kept, and a damaged frame of
+    /// tasks in D costs its interval's list only.
+    #[test]
+    fn damage_costs_only_its_interval_of_tasks_in_d() {
+        let intervals = [interval_with_tasks_in_d(100, 2), interval_with_tasks_in_d(110, 2)];
+        let whole = file_of(&intervals);
+        let frames = decode(&whole).unwrap().records;
+        // session, interval, in D, interval, in D: damage the second interval.
+        assert!(matches!(frames[4].1, Record::InD(_)));
+        let mut bad = whole.clone();
+        bad[frames[3].0 as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
+        let recording = read(&bad).unwrap();
+        assert_eq!(recording.intervals.len(), 2);
+        assert_eq!(recording.intervals[1].in_d, intervals[1].in_d);
+        assert!(recording.intervals[1].rows.is_empty());
+        // Damage the first list of tasks in D: the interval keeps its rows; the
+        // second list refers to descriptions lost with it (reported as damage).
+        let mut bad = whole;
+        bad[frames[2].0 as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
+        let recording = read(&bad).unwrap();
+        assert_eq!(recording.intervals[0].in_d, []);
+        assert_eq!(recording.intervals[0].rows, intervals[0].rows);
+        assert!(recording.damage.iter().any(|d| d.what.contains("2 tasks in D whose description")));
+
+        // Until they are defined again: lost, never named wrongly.
+        let intervals: Vec<IntervalData> =
+            (0..40).map(|i| interval_with_tasks_in_d(100 + 10 * i, 2)).collect();
+        let mut bad = file_of(&intervals);
+        let frames = decode(&bad).unwrap().records;
+        bad[frames[2].0 as usize + FRAME_HEADER_LEN + 2] ^= 0x10;
+        let recording = read(&bad).unwrap();
+        let lists: Vec<usize> = recording.intervals.iter().map(|i| i.in_d.len()).collect();
+        // Interval and list: two records each, so the 31st interval defines again.
+        let again = intern::DEFINE_AGAIN as usize / 2;
+        assert_eq!(lists[..again], vec![0; again]);
+        assert_eq!(lists[again..], vec![2; 40 - again]);
+        assert_eq!(recording.intervals[35].in_d, intervals[35].in_d);
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! let mut recording = RunRecording::start(args.recording.file(), args.interval, args.min_duration)?;
 //! let mut ticks = recording.ticks();                 // Option<tokio::time::Interval>
 //! recording.wait(&wait);                             // each completed wait shown
-//! recording.interval(&tracer, &mut stacks, &mut mounts);  // on each tick
-//! recording.finish(&tracer, &mut stacks, &mut mounts);    // once, after the last drain
+//! recording.interval(&tracer, &mut stacks, &mut mounts, &in_d);  // each tick, a look just taken
+//! recording.finish(&tracer, &mut stacks, &mut mounts, &in_d);    // once, after the last drain
 //! ```
 //!
 //! Aggregated rows carry a mount and a lock label where one is known: the lock
@@ -181,25 +181,39 @@ impl Recorder {
                 rows: Vec::new(),
                 waits: std::mem::take(&mut self.waits),
                 counters: Vec::new(),
+                in_d: Vec::new(),
             };
             self.write(&data)?;
         }
         Ok(())
     }
 
-    /// Ends an interval: reads the aggregation and writes it with the waits.
-    pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) -> Result<()> {
+    /// Ends an interval: reads the aggregation and writes it with the waits and
+    /// the tasks in D now (`in_d`, a look just taken).
+    pub fn interval(
+        &mut self,
+        tracer: &Tracer,
+        stacks: &mut Stacks,
+        mounts: &mut MountTable,
+        in_d: &[Wait],
+    ) -> Result<()> {
+        // The mounts of the waits going on label the rows of their process and
+        // stack when they end: named while they went on, not after an unmount.
+        for wait in in_d {
+            self.labels.learn(wait);
+        }
         let entries = self.aggregator.delta(tracer.aggregates());
         let rows = entries
             .iter()
             .map(|(key, totals)| self.labels.row(key, totals, tracer, stacks, mounts).0)
             .collect();
-        self.interval_of(rows, tracer)
+        self.interval_of(rows, tracer, in_d)
     }
 
     /// Ends an interval with these rows (read and labelled by the caller, who then
-    /// reads the aggregation for other uses too: `dstrace daemon`).
-    pub fn interval_of(&mut self, rows: Vec<RowData>, tracer: &Tracer) -> Result<()> {
+    /// reads the aggregation for other uses too: `dstrace daemon`) and the tasks
+    /// in D now.
+    pub fn interval_of(&mut self, rows: Vec<RowData>, tracer: &Tracer, in_d: &[Wait]) -> Result<()> {
         let counters = tracer
             .counters()
             .unwrap_or_default()
@@ -207,8 +221,14 @@ impl Recorder {
             .map(|(counter, n)| (counter.name().to_owned(), n))
             .collect();
         let end = SystemTime::now();
-        let data =
-            IntervalData { start: self.start, end, rows, waits: std::mem::take(&mut self.waits), counters };
+        let data = IntervalData {
+            start: self.start,
+            end,
+            rows,
+            waits: std::mem::take(&mut self.waits),
+            counters,
+            in_d: in_d.to_vec(),
+        };
         self.start = end;
         self.intervals += 1;
         self.write(&data)
@@ -225,8 +245,9 @@ impl Recorder {
         tracer: &Tracer,
         stacks: &mut Stacks,
         mounts: &mut MountTable,
+        in_d: &[Wait],
     ) -> Result<Recorder> {
-        self.interval(tracer, stacks, mounts)?;
+        self.interval(tracer, stacks, mounts, in_d)?;
         Ok(self)
     }
 
@@ -280,15 +301,20 @@ impl RunRecording {
         self.check(result);
     }
 
+    /// Whether it records (a look at the tasks in D is wanted at each tick).
+    pub fn is_recording(&self) -> bool {
+        self.recorder.is_some()
+    }
+
     /// See [`Recorder::interval`].
-    pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
-        let result = self.recorder.as_mut().map(|recorder| recorder.interval(tracer, stacks, mounts));
+    pub fn interval(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable, in_d: &[Wait]) {
+        let result = self.recorder.as_mut().map(|recorder| recorder.interval(tracer, stacks, mounts, in_d));
         self.check(result);
     }
 
     /// Writes the last interval.
-    pub fn finish(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable) {
-        self.interval(tracer, stacks, mounts);
+    pub fn finish(&mut self, tracer: &Tracer, stacks: &mut Stacks, mounts: &mut MountTable, in_d: &[Wait]) {
+        self.interval(tracer, stacks, mounts, in_d);
         if let Some(recorder) = self.recorder.take() {
             self.notes.push(written_line(&recorder));
         }

@@ -1,6 +1,15 @@
-//! What a recording holds: its records (a session, or an interval of aggregated
-//! rows and individual waits, strings and stacks interned), and the same resolved
-//! as dstrace works with them ([`IntervalData`], [`RowData`]).
+//! What a recording holds: its records (a session, an interval of aggregated
+//! rows and individual waits, the tasks in D at an interval's end; strings and
+//! stacks interned), and the same resolved as dstrace works with them
+//! ([`IntervalData`], [`RowData`]).
+//!
+//! The tasks in D ([`TasksInD`], format 2) are what an incident is made of: the
+//! waits that have not ended, so are in no row yet. Each is described once
+//! ([`InDRecord`]: everything `run --json` says of it, its times left out) and
+//! numbered; an interval then lists the numbers of the tasks in D at its end and
+//! how long each has been in D. A task still in D, as it was, costs a few bytes
+//! per interval; one whose description changed (its holder woke, a request was
+//! answered) is described again.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +27,24 @@ pub enum Record {
     Session(Session),
     /// What one interval saw.
     Interval(Interval),
+    /// The tasks in D at the end of the interval just written (format 2; the
+    /// frame after that interval's).
+    InD(TasksInD),
+    /// What one interval saw, with the ids its definitions start at (format 2),
+    /// so that a damaged frame before it shifts no id after it.
+    IntervalAt(First, Interval),
+}
+
+/// The ids the definitions of a record start at: those of a damaged frame before
+/// are lost, and no later id names another string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct First {
+    /// The id of the record's first new string.
+    pub string: u32,
+    /// Of its first new stack.
+    pub stack: u32,
+    /// Of its first new description of a task in D.
+    pub described: u32,
 }
 
 /// Who recorded, when, and with what settings.
@@ -81,7 +108,7 @@ pub struct Row {
 }
 
 /// One completed wait ([`Wait`], strings interned).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WaitRecord {
     /// Start, in nanoseconds since the Unix epoch.
     pub start_ns: Option<u64>,
@@ -114,7 +141,7 @@ pub struct WaitRecord {
 }
 
 /// [`WakerInfo`], interned.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WakerRecord {
     /// Thread id.
     pub tid: u32,
@@ -129,7 +156,7 @@ pub struct WakerRecord {
 }
 
 /// A mount: mount point, type and source (string ids), device.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MountRecord {
     /// Mount point.
     pub mount_point: u32,
@@ -142,7 +169,7 @@ pub struct MountRecord {
 }
 
 /// [`LockInfo`], interned.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LockRecord {
     /// Kind (string id).
     pub kind: u32,
@@ -155,7 +182,7 @@ pub struct LockRecord {
 }
 
 /// [`Holder`], interned.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HolderRecord {
     /// Thread id.
     pub tid: u32,
@@ -171,6 +198,68 @@ pub struct HolderRecord {
     pub function: Option<u32>,
 }
 
+/// The tasks in D at the end of an interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TasksInD {
+    /// The end of the interval they belong to, in nanoseconds since the Unix epoch.
+    pub end_ns: u64,
+    /// The ids of its first definitions.
+    pub first: First,
+    /// Strings used here for the first time in the session.
+    pub strings: Vec<String>,
+    /// Stacks used here for the first time.
+    pub stacks: Vec<Vec<u32>>,
+    /// Descriptions used here for the first time; their ids follow on from those
+    /// defined before in the session.
+    pub described: Vec<InDRecord>,
+    /// Each task in D: the id of its description, and how long it had been in D
+    /// at `end_ns`, in milliseconds.
+    pub tasks: Vec<(u32, u64)>,
+}
+
+/// A task in D as `run --json` describes it, strings interned, without its times
+/// (so that it stays the same from one interval to the next).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InDRecord {
+    /// The wait (its `start_ns`, `end_ns` and `duration_ns` unset).
+    pub wait: WaitRecord,
+    /// Its cgroup v2 path (string id).
+    pub cgroup: Option<u32>,
+    /// Its mount's ID and mount namespace (0 when unknown).
+    pub mount_id: (u32, u64),
+    /// 0: traced, 1: `/proc`, 2: the task iterator.
+    pub source: u8,
+    /// Its wait chain.
+    pub chain: Vec<LinkRecord>,
+    /// File locks others hold on its file: kind and access (string ids), holder,
+    /// byte range.
+    pub file_locks: Vec<(u32, u32, Option<u32>, u64, Option<u64>)>,
+}
+
+/// A [`crate::model::link::Link`], strings interned, ages as the times (whole
+/// seconds since the Unix epoch) they count from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LinkRecord {
+    /// A task: tid, pid, command, state letter, function.
+    Task(u32, u32, u32, Option<char>, Option<u32>),
+    /// A kernel lock by name.
+    Lock(u32),
+    /// A file lock's kind.
+    FileLock(u32),
+    /// A mount: mount point, type, source.
+    Mount(u32, u32, u32),
+    /// FUSE requests: in flight, when the oldest was sent, its opcode, its
+    /// sender's tid and command, how many the daemon read.
+    FuseRequests(u64, Option<u64>, u32, u32, u32, Option<u64>),
+    /// A FUSE daemon: pid, command, state letter, requests waiting.
+    FuseDaemon(u32, u32, Option<char>, Option<u64>),
+    /// RPCs: program, version, procedure, xid, when it began, transmissions,
+    /// major timeouts, since when not responding, other RPCs.
+    Rpc(u32, u32, u32, Option<u32>, Option<u64>, u32, u32, Option<u64>, u32),
+    /// An NFS server: address, NFS version.
+    NfsServer(u32, Option<u32>),
+}
+
 /// One interval as dstrace works with it: strings and stacks resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntervalData {
@@ -184,6 +273,9 @@ pub struct IntervalData {
     pub waits: Vec<Wait>,
     /// The kernel side's counters by name.
     pub counters: Vec<(String, u64)>,
+    /// The tasks in D at its end (ongoing waits, with their chains), longest
+    /// first; empty in a recording of format 1, which did not keep them.
+    pub in_d: Vec<Wait>,
 }
 
 /// An aggregated row, resolved.
