@@ -152,7 +152,8 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     assert!(only["by_process"].as_array().unwrap().iter().all(|g| g["comm"] == HOSTILE_COMM), "{only}");
     let one = report_json(&rec, &["--pid", &stuck[0].to_string()]);
     assert!(one["by_process"].as_array().unwrap().iter().all(|g| g["tgid"] == stuck[0]));
-    assert_eq!(report_json(&rec, &["--until", "2000-01-01T00:00:00Z"])["count"], 0);
+    let before = dstrace(&["report", rec.to_str().unwrap(), "--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!(before.status.code(), Some(1), "a window with nothing in it is an error");
     assert_eq!(us(&report_json(&rec, &["--since", "1h"])["blocked_ms"]), total_us);
 
     // pprof: the same blocked time in nanoseconds, the same count.
@@ -225,6 +226,156 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
             assert!(tags.contains(label), "-tags lacks {label:?}:\n{tags}");
         }
         assert!(!tags.contains('\x1b'), "an escape sequence reached go tool pprof's output");
+    }
+}
+
+/// Stops a recorder as Ctrl-C does and checks it ended well.
+fn stop_recording(mut recorder: std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
+    let status = recorder.wait().unwrap();
+    assert!(status.success(), "dstrace record exited with {status}");
+}
+
+/// The incident as it usually is: a pile-up already standing when recording
+/// starts, two more tasks joining it, none of them waking before the recording
+/// ends. The stuck tasks are the recording: their blocked time within it is in
+/// every format, `--mount` finds them, `--at` names them with their chain, and a
+/// selection matching nothing says so and fails.
+#[test]
+fn a_pileup_standing_through_a_recording_is_the_recording() {
+    if !require_root("a_pileup_standing_through_a_recording_is_the_recording") {
+        return;
+    }
+    let dir = Scratch::new("standing");
+    let rec = dir.path("standing.rec");
+    let mount = FuseMount::new("standing").expect("mount the test filesystem");
+    let mut pileup = dstrace_tests::Pileup::start(&mount, 3);
+    let before = pileup.stuck.clone();
+
+    let recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
+    sleep(Duration::from_secs(3));
+    let target = mount.path().join("missing");
+    let joined: Vec<u32> = (0..2).map(|_| pileup.children.spawn(Command::new("stat").arg(&target))).collect();
+    for &pid in &joined {
+        dstrace_tests::wait_for_state(pid, 'D', Duration::from_secs(10));
+    }
+    sleep(Duration::from_secs(3));
+    stop_recording(recorder);
+    let file = rec.to_str().unwrap();
+    let mount_point = mount.path().to_str().unwrap().to_owned();
+
+    // JSON: each stuck task with at least its time in D within the recording.
+    let json = report_json(&rec, &[]);
+    assert_eq!(json["damage"], serde_json::json!([]), "{json}");
+    let groups = json["by_process"].as_array().unwrap();
+    let blocked_ms = |pid: u32| {
+        groups
+            .iter()
+            .filter(|g| g["tgid"] == pid && g["function"] == "d_alloc_parallel")
+            .map(|g| g["blocked_ms"].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    for &pid in &before {
+        assert!(blocked_ms(pid) >= 5_000.0, "pid {pid} in D all along: {} ms: {json}", blocked_ms(pid));
+    }
+    for &pid in &joined {
+        assert!(blocked_ms(pid) >= 2_000.0, "pid {pid} in D from 3 s in: {} ms: {json}", blocked_ms(pid));
+    }
+    assert!(json["still_in_d"].as_u64().unwrap() >= 5, "{json}");
+    let in_d = json["in_d"].as_array().unwrap();
+    for pid in before.iter().chain(&joined) {
+        let task =
+            in_d.iter().find(|w| w["tgid"] == *pid).unwrap_or_else(|| panic!("{pid} not in D: {json}"));
+        assert_eq!(task["mount"]["mountpoint"], mount_point.as_str(), "{task}");
+        assert_eq!(task["function"], "d_alloc_parallel", "{task}");
+        // Behind the lookup's owner, for those that joined while tracing too.
+        assert_eq!(task["lock"]["holder"]["tgid"], pileup.owner, "{task}");
+    }
+    let by_mount = json["by_mount"].as_array().unwrap();
+    assert!(by_mount.iter().any(|m| m["mountpoint"] == mount_point.as_str()), "{by_mount:?}");
+
+    // Folded and pprof: the same stuck time, the widest tower.
+    let folded = String::from_utf8(report(&[file, "--mount", &mount_point]).stdout).unwrap();
+    let stuck_us: u64 = folded
+        .lines()
+        .filter(|line| line.contains(";d_alloc_parallel"))
+        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert!(stuck_us >= (3 * 5_000 + 2 * 2_000) * 1000, "{stuck_us} us:\n{folded}");
+    let pb = dir.path("standing.pb.gz");
+    report(&[file, "--format", "pprof", "-o", pb.to_str().unwrap()]);
+    let profile = dstrace::sinks::pprof::decode(&std::fs::read(&pb).unwrap()).unwrap();
+    let total_ns: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    assert!(total_ns as u64 >= (3 * 5_000 + 2 * 2_000) * 1_000_000, "{total_ns} ns");
+
+    // --at: what was in D two seconds before the end, on what, behind whom.
+    let at = String::from_utf8(report(&[file, "--at", "2s"]).stdout).unwrap();
+    assert!(at.starts_with("In D at "), "{at}");
+    for pid in before.iter().chain(&joined) {
+        assert!(at.contains(&pid.to_string()), "{pid} not listed:\n{at}");
+    }
+    assert!(at.contains(&mount_point), "{at}");
+    let at_json: Value =
+        serde_json::from_slice(&report(&[file, "--at", "2s", "--format", "json"]).stdout).unwrap();
+    assert_eq!(at_json["type"], "in_d");
+    assert!(at_json["in_d"].as_array().unwrap().len() >= 5, "{at_json}");
+
+    // A selection that matches nothing: one line on standard error, status 1.
+    let none = dstrace(&["report", file, "--mount", "/no/such mount"]);
+    assert_eq!(none.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("nothing recorded matches --mount '/no/such mount'"), "{stderr}");
+    assert!(none.stdout.is_empty());
+    mount.release();
+    pileup.children.wait_all(Duration::from_secs(10));
+}
+
+/// The mount of a wait is the one it waited on, even when the wait ended because
+/// the mount was detached (`umount -l`, dstrace's own advice for a dead server):
+/// never the mount below it.
+#[test]
+fn a_wait_ended_by_a_lazy_unmount_keeps_its_mount() {
+    if !require_root("a_wait_ended_by_a_lazy_unmount_keeps_its_mount") {
+        return;
+    }
+    let dir = Scratch::new("lazy");
+    let rec = dir.path("lazy.rec");
+    let mount = FuseMount::new("lazy").expect("mount the test filesystem");
+    let mount_point = mount.path().to_str().unwrap().to_owned();
+    let recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
+    sleep(Duration::from_secs(1));
+    let mut pileup = dstrace_tests::Pileup::start(&mount, 3);
+    let stuck = pileup.stuck.clone();
+    sleep(Duration::from_secs(2));
+    let out = Command::new("umount").args(["-l", &mount_point]).output().unwrap();
+    assert!(out.status.success(), "umount -l: {}", String::from_utf8_lossy(&out.stderr));
+    // Detached, the connection lives on with its waiters: the server going away
+    // ends them (as a daemon killed after `umount -l`).
+    mount.release();
+    pileup.children.wait_all(Duration::from_secs(10));
+    sleep(Duration::from_millis(1500));
+    stop_recording(recorder);
+
+    let json = report_json(&rec, &[]);
+    for pid in &stuck {
+        let wait = json["waits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["tgid"] == *pid && w["function"] == "d_alloc_parallel")
+            .unwrap_or_else(|| panic!("no wait recorded for {pid}: {json}"));
+        assert_eq!(wait["mount"]["mountpoint"], mount_point.as_str(), "{wait}");
+    }
+    let pids = stuck.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let grouped =
+        String::from_utf8(report(&[rec.to_str().unwrap(), "--group-by", "mount", "--pid", &pids]).stdout)
+            .unwrap();
+    let lines: Vec<&str> = grouped.lines().filter(|line| line.contains(";d_alloc_parallel")).collect();
+    assert!(!lines.is_empty(), "{grouped}");
+    for line in lines {
+        assert!(line.starts_with(&format!("mount:{mount_point};")), "on another mount: {line}");
     }
 }
 

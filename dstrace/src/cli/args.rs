@@ -224,6 +224,12 @@ pub struct ReportArgs {
     #[arg(long, value_name = "PID", value_delimiter = ',')]
     pub pid: Vec<u32>,
 
+    /// List the tasks in D at this time instead (the recorded moment nearest it):
+    /// what was stuck, for how long, on what, behind whom. A time as --since
+    /// takes; text, or JSON with --format json.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+
     /// Write to this file (created with mode 0600) instead of standard output.
     #[arg(long, short = 'o', value_name = "OUT")]
     pub output: Option<PathBuf>,

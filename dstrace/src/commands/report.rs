@@ -1,7 +1,9 @@
 //! `dstrace report`: reads recordings (the rotated files of one in any order),
 //! selects what `--since`, `--until`, `--mount`, `--comm` and `--pid` let through,
 //! and writes one format ([`crate::sinks::report`]) to standard output or a
-//! private file.
+//! private file; or, with `--at`, the tasks in D at one moment. A selection that
+//! matches nothing is an error (status 1), so that a script or a person never
+//! takes an empty flame graph for a quiet night.
 
 use std::{
     fs::File,
@@ -16,10 +18,15 @@ use anyhow::{bail, Context as _, Result};
 use crate::{
     cli::{args::ReportArgs, parse::parse_time},
     clock::rfc3339_utc,
+    model::advice::shell_word,
     sinks::{
+        self,
         escape::escape,
+        json::json_wait,
         recording::{self, file::read_file},
-        report::{folded, json, profile, select, svg, Filter, ReportFormat, Selection},
+        report::{folded, in_d_at, json, profile, select, svg, Filter, ReportFormat, Selection},
+        tree::in_d_text,
+        Format,
     },
 };
 
@@ -51,7 +58,21 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         comms: args.comm.clone(),
         pids: args.pid.clone(),
     };
+    let selected = filter.since.is_some()
+        || filter.until.is_some()
+        || !filter.mounts.is_empty()
+        || !filter.comms.is_empty()
+        || !filter.pids.is_empty();
+    if let Some(at) = time(&args.at, "--at")? {
+        return write(args, &in_d_report(args, &recordings, &filter, at)?);
+    }
     let selection = select(&recordings, &filter);
+    if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
+        bail!(
+            "nothing recorded matches {}: see what is there with `dstrace report FILE --format json`",
+            selection_text(args)
+        );
+    }
     let bytes = match args.format {
         ReportFormat::Folded => {
             let mut text = folded(&selection.rows, args.weight, &args.group_by).join("\n");
@@ -78,10 +99,78 @@ pub fn report(args: &ReportArgs) -> Result<()> {
             text.into_bytes()
         }
     };
+    write(args, &bytes)
+}
+
+/// Writes the report to `-o FILE` or standard output.
+fn write(args: &ReportArgs, bytes: &[u8]) -> Result<()> {
     match &args.output {
-        Some(path) => write_private(path, &bytes),
-        None => io::stdout().lock().write_all(&bytes).context("cannot write to standard output"),
+        Some(path) => write_private(path, bytes),
+        None => io::stdout().lock().write_all(bytes).context("cannot write to standard output"),
     }
+}
+
+/// The selection given, for a message: its flags, each value quoted for the
+/// shell as it could be typed again (control characters escaped).
+fn selection_text(args: &ReportArgs) -> String {
+    let mut flags = Vec::new();
+    let mut flag = |name: &str, value: String| flags.push(format!("{name} {}", escape(&shell_word(&value))));
+    for (name, value) in [("--since", &args.since), ("--until", &args.until), ("--at", &args.at)] {
+        if let Some(value) = value {
+            flag(name, value.clone());
+        }
+    }
+    for mount in &args.mount {
+        flag("--mount", mount.clone());
+    }
+    for comm in &args.comm {
+        flag("--comm", comm.clone());
+    }
+    for pid in &args.pid {
+        flag("--pid", pid.to_string());
+    }
+    flags.join(" ")
+}
+
+/// `report --at`: the tasks in D at the recorded moment nearest `at`, as text
+/// (the list `dstrace run` prints of the tasks in D, with their chains) or JSON.
+fn in_d_report(
+    args: &ReportArgs,
+    recordings: &[recording::Recording],
+    filter: &Filter,
+    at: SystemTime,
+) -> Result<Vec<u8>> {
+    let Some((moment, waits)) = in_d_at(recordings, filter, at) else {
+        bail!("no recorded interval matches {}", selection_text(args));
+    };
+    if waits.is_empty() && (!filter.mounts.is_empty() || !filter.comms.is_empty() || !filter.pids.is_empty())
+    {
+        bail!("no task in D at {} matches {}", rfc3339_utc(moment), selection_text(args));
+    }
+    let mut out = Vec::new();
+    if args.format == ReportFormat::Json {
+        let document = serde_json::json!({
+            "type": "in_d",
+            "at": rfc3339_utc(moment),
+            "asked": rfc3339_utc(at),
+            "in_d": waits.iter().map(json_wait).collect::<Vec<_>>(),
+        });
+        out = serde_json::to_vec_pretty(&document)?;
+        out.push(b'\n');
+        return Ok(out);
+    }
+    let title = format!(
+        "In D at {} (the recorded moment nearest {}): {}",
+        rfc3339_utc(moment),
+        rfc3339_utc(at),
+        in_d_text(&waits)
+    );
+    if waits.is_empty() {
+        out.extend(format!("{title}\n").into_bytes());
+    } else {
+        sinks::lines(&mut out, Format::Text { stacks: false }).ongoing(&title, &waits)?;
+    }
+    Ok(out)
 }
 
 /// The time span of a selection, for people.

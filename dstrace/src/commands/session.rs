@@ -248,6 +248,11 @@ pub fn in_d_now(
         .iter()
         .map(|(tid, wait)| {
             let mut wait = Wait::ongoing(*tid, wait, now_ns, &mut resolver);
+            // A lock the live path could not name (a lookup whose owner began
+            // before tracing), as the look's kernel objects prove it.
+            if wait.lock.is_none() {
+                wait.lock = context.seen.task(*tid).and_then(|seen| context.seen.lock_of(seen));
+            }
             // What the holder does now, from the look when it read it.
             if let Some(holder) = wait.lock.as_mut().and_then(|lock| lock.holder.as_mut()) {
                 if context.seen.task(holder.tid).is_some() {

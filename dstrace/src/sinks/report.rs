@@ -2,10 +2,15 @@
 //! whose command is [`crate::commands::report`]).
 //!
 //! Every format is drawn from the same rows: the in-kernel aggregation of each
-//! recorded interval (every completed D wait, short ones included), filtered by
-//! time window, mount, command and process. So the totals agree across formats:
-//! the folded file's weights, the SVG's `all` frame, the pprof `blocked` values and
-//! the JSON groups' `total_ns` add up to the same blocked time.
+//! recorded interval (every completed D wait, short ones included), and a row for
+//! each wait still in D at an interval's end that did not complete within the
+//! selection (its blocked time within the selection, from its start or the
+//! selection's, whichever is later, to the last interval end it was seen at),
+//! filtered by time window, mount, command and process. So an incident whose
+//! tasks never woke is the widest tower of its flame graph, and the totals agree
+//! across formats: the folded file's weights, the SVG's `all` frame, the pprof
+//! `blocked` values and the JSON groups' `total_ns` add up to the same blocked
+//! time.
 //!
 //! Formats:
 //! * `folded`: one line per stack, frames root first separated by `;`, then a
@@ -19,8 +24,9 @@
 //! * `pprof`: see [`crate::sinks::pprof`].
 //! * `json`: one document: `groups` as in `run --json`'s summary (per process and
 //!   blocking function), `by_mount` and `by_lock` in the summary's schema, and
-//!   `waits`, the waits recorded one by one, as `run --json` prints them, and
-//!   `sessions` (host, kernel, settings of each recording session).
+//!   `waits`, the waits recorded one by one, as `run --json` prints them,
+//!   `in_d`, the tasks in D at the selection's end, as `run --json` prints them,
+//!   and `sessions` (host, kernel, settings of each recording session).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,7 +42,7 @@ use crate::{
     model::{
         aggregate::{groups_of, Totals},
         board::{CauseGroup, MAX_PIDS},
-        wait::Wait,
+        wait::{LockInfo, Wait},
     },
     resolve::symbols::blocking_function,
     sinks::{
@@ -83,10 +89,14 @@ pub enum GroupBy {
 /// What is reported: rows and waits from the recordings, filtered.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    /// Aggregated rows.
+    /// Aggregated rows, and a row per wait still in D that did not complete.
     pub rows: Vec<RowData>,
     /// Individual waits.
     pub waits: Vec<Wait>,
+    /// The tasks in D at the end of the last interval selected.
+    pub in_d: Vec<Wait>,
+    /// Of the rows, those of waits still in D.
+    pub still_in_d: usize,
     /// The first interval's start and the last one's end.
     pub span: Option<(SystemTime, SystemTime)>,
     /// The kernel side's counters at the end of the last interval.
@@ -109,6 +119,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether it lets a wait through.
+    pub fn wants_wait(&self, wait: &Wait) -> bool {
+        let mount = wait.on.mount.as_ref().map(|m| m.mount_point.to_string_lossy());
+        self.wants(wait.pid, &wait.comm, mount.as_deref())
+    }
+
     fn wants(&self, pid: u32, comm: &str, mount: Option<&str>) -> bool {
         (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
@@ -123,6 +139,7 @@ impl Filter {
 /// Selects what the filter lets through from recordings.
 pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection {
     let mut selection = Selection::default();
+    let mut still: HashMap<u32, Vec<(SystemTime, Wait)>> = HashMap::new();
     for interval in recordings.iter().flat_map(|r| &r.intervals) {
         if !filter.in_window(interval.end) {
             continue;
@@ -141,18 +158,74 @@ pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection
                 .filter(|row| filter.wants(row.pid, &row.comm, row.mount.as_deref()))
                 .cloned(),
         );
-        selection.waits.extend(
-            interval
-                .waits
-                .iter()
-                .filter(|wait| {
-                    let mount = wait.on.mount.as_ref().map(|m| m.mount_point.to_string_lossy());
-                    filter.wants(wait.pid, &wait.comm, mount.as_deref())
-                })
-                .cloned(),
-        );
+        selection.waits.extend(interval.waits.iter().filter(|wait| filter.wants_wait(wait)).cloned());
+        selection.in_d = interval.in_d.iter().filter(|wait| filter.wants_wait(wait)).cloned().collect();
+        for wait in &selection.in_d {
+            // The same wait at every interval end it was in D at: its last sighting.
+            let sightings = still.entry(wait.tid).or_default();
+            match sightings.iter_mut().find(|(_, seen)| same_wait(seen, wait)) {
+                Some(sighting) => *sighting = (interval.end, wait.clone()),
+                None => sightings.push((interval.end, wait.clone())),
+            }
+        }
     }
+    // A wait seen completing is in the rows already, with its whole duration.
+    for wait in &selection.waits {
+        if let Some(sightings) = still.get_mut(&wait.tid) {
+            sightings.retain(|(_, seen)| !same_wait(seen, wait));
+        }
+    }
+    let from = selection.span.map_or(SystemTime::UNIX_EPOCH, |(start, _)| start);
+    let mut still: Vec<(SystemTime, Wait)> = still.into_values().flatten().collect();
+    still.sort_by_key(|(_, wait)| (wait.start, wait.tid));
+    selection.still_in_d = still.len();
+    selection.rows.extend(still.into_iter().map(|(seen, wait)| {
+        let began = wait.start.map_or(from, |start| start.max(from));
+        let mut totals = Totals::default();
+        totals.record(seen.duration_since(began).map_or(0, crate::clock::duration_ns));
+        RowData {
+            pid: wait.pid,
+            comm: wait.comm.clone(),
+            stack: wait.stack.clone(),
+            mount: wait.on.mount.as_ref().map(|mount| mount.mount_point.to_string_lossy().into_owned()),
+            lock: wait.lock.as_ref().map(LockInfo::name),
+            totals,
+        }
+    }));
     selection
+}
+
+/// Whether two records are of the same wait: the same thread, and starts within
+/// 2 ms (a recorded task in D has its start to the millisecond, a completed
+/// wait to the nanosecond). A thread's next wait cannot begin within 2 ms of the
+/// last one's start and both be seen in D at interval ends.
+fn same_wait(a: &Wait, b: &Wait) -> bool {
+    let near = match (a.start, b.start) {
+        (Some(a), Some(b)) => {
+            a.duration_since(b).or_else(|_| b.duration_since(a)).is_ok_and(|d| d.as_nanos() <= 2_000_000)
+        }
+        (None, None) => true,
+        _ => false,
+    };
+    a.tid == b.tid && near
+}
+
+/// The tasks in D at the recorded moment nearest `at` (an interval's end), with
+/// that moment; `None` when the selection has no interval.
+pub fn in_d_at(
+    recordings: &[recording::Recording],
+    filter: &Filter,
+    at: SystemTime,
+) -> Option<(SystemTime, Vec<Wait>)> {
+    let distance =
+        |end: SystemTime| end.duration_since(at).or_else(|_| at.duration_since(end)).unwrap_or_default();
+    let nearest = recordings
+        .iter()
+        .flat_map(|r| &r.intervals)
+        .filter(|interval| filter.in_window(interval.end))
+        .min_by_key(|interval| distance(interval.end))?;
+    let waits = nearest.in_d.iter().filter(|wait| filter.wants_wait(wait)).cloned().collect();
+    Some((nearest.end, waits))
 }
 
 /// A frame name safe in a folded line: escaped as text output escapes, and `;`
@@ -293,6 +366,8 @@ pub fn json(
         "by_mount": json_causes(&by(|row| row.mount.as_ref()), "mountpoint"),
         "by_lock": json_causes(&by(|row| row.lock.as_ref()), "lock"),
         "waits": selection.waits.iter().map(json_wait).collect::<Vec<_>>(),
+        "still_in_d": selection.still_in_d,
+        "in_d": selection.in_d.iter().map(json_wait).collect::<Vec<_>>(),
         "counters": counters,
         "damage": damage,
     })

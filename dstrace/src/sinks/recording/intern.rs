@@ -152,7 +152,10 @@ impl Interner {
                     id
                 }
             };
-            tasks.push((id, wait.duration_ns / 1_000_000));
+            // Its age at the end, from its start when known: read back, the start
+            // is the same to the millisecond at every interval end.
+            let age_ns = wait.start.map_or(wait.duration_ns, |start| end_ns.saturating_sub(unix_ns(start)));
+            tasks.push((id, age_ns / 1_000_000));
         }
         TasksInD {
             end_ns,
