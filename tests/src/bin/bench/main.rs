@@ -112,7 +112,32 @@ fn tracefs_for_bpftrace() -> Result<()> {
         .context("cannot mount tracefs on /sys/kernel/tracing for bpftrace")
 }
 
+/// The recording's sections: size and CPU under a D-wait load, and the size of
+/// the tasks in D kept.
+fn recording_reports(dir: &Path) -> Result<String> {
+    eprintln!("dstrace-bench: recording");
+    let seconds =
+        std::env::var("DSTRACE_BENCH_RECORD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let recordings = [
+        record_phase(dir, "10ms", seconds).context("the recording benchmark (default threshold)")?,
+        record_phase(dir, "0", seconds / 2).context("the recording benchmark (every wait)")?,
+    ];
+    let mut report = record_report(&recordings);
+    eprintln!("dstrace-bench: recording the tasks in D");
+    let in_d = [
+        in_d_phase(seconds, 0).context("the recording of no task in D")?,
+        in_d_phase(seconds, 100).context("the recording of 100 tasks in D")?,
+    ];
+    report.push_str(&in_d_report(&in_d));
+    Ok(report)
+}
+
 fn main() -> Result<()> {
+    if std::env::var("DSTRACE_BENCH_ONLY").as_deref() == Ok("recording") {
+        // One section alone (for working on it); `cargo xtask bench` runs all.
+        print!("{}", recording_reports(&fsync_dir())?);
+        return Ok(());
+    }
     let bench_started = Instant::now();
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
@@ -168,14 +193,7 @@ fn main() -> Result<()> {
         ab::measure(&bin, "pipe-heavy", ab::pipe_ping_pong)?,
     ];
     report.push_str(&ab::report(&ab));
-    eprintln!("dstrace-bench: recording");
-    let seconds =
-        std::env::var("DSTRACE_BENCH_RECORD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let recordings = [
-        record_phase(&dir, "10ms", seconds).context("the recording benchmark (default threshold)")?,
-        record_phase(&dir, "0", seconds / 2).context("the recording benchmark (every wait)")?,
-    ];
-    report.push_str(&record_report(&recordings));
+    report.push_str(&recording_reports(&dir)?);
     let soak_seconds =
         std::env::var("DSTRACE_BENCH_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     report.push_str(&soak_report(&soak_phase(&dir, soak_seconds).context("the daemon soak benchmark")?));
@@ -740,6 +758,78 @@ fn record_report(results: &[RecordResult]) -> String {
             100.0 * r.cpu_steady / r.seconds,
             100.0 * r.cpu_total / r.seconds,
         ));
+    }
+    out
+}
+
+/// What a recording of standing tasks in D measured.
+struct InDResult {
+    tasks: usize,
+    seconds: f64,
+    bytes: u64,
+    intervals: usize,
+    /// Tasks in D kept, summed over the intervals.
+    kept: usize,
+}
+
+/// Runs `dstrace record` (default interval) for `seconds` while `tasks` tasks
+/// stand in D behind a held FUSE mount the whole time (none: a quiet machine).
+fn in_d_phase(seconds: u64, tasks: usize) -> Result<InDResult> {
+    let mount = dstrace_tests::fuse::FuseMount::new("bench-in-d")?;
+    let pileup = (tasks > 0).then(|| dstrace_tests::Pileup::start(&mount, tasks));
+    let rec = std::env::temp_dir().join(format!("dstrace-bench-in-d-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&rec);
+    let mut child = dstrace_tests::start_recording(&rec, &[]);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    child.wait()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    mount.release();
+    drop(pileup);
+    let bytes = std::fs::read(&rec).with_context(|| format!("cannot read {}", rec.display()))?;
+    let _ = std::fs::remove_file(&rec);
+    let recording = dstrace::sinks::recording::read(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?;
+    anyhow::ensure!(recording.damage.is_empty(), "the recording is damaged: {:?}", recording.damage);
+    let kept = recording.intervals.iter().map(|i| i.in_d.len()).sum();
+    anyhow::ensure!(tasks == 0 || kept >= tasks, "{kept} tasks in D kept of {tasks}");
+    Ok(InDResult { tasks, seconds: elapsed, bytes: bytes.len() as u64, intervals: recording.intervals.len(), kept })
+}
+
+fn in_d_report(results: &[InDResult]) -> String {
+    let mut out = String::from(
+        "\n## Recording: size per hour of the tasks in D\n\n\
+         Method: `dstrace record -o FILE` (release build, default `--interval 10s` and \
+         `--min-duration`) runs on an otherwise quiet machine, once with no task held in D and once \
+         while 100 `stat` processes stand in D behind a held FUSE mount for the whole run (the 101st \
+         waits for the server in S). Each interval keeps the tasks in D at its end: the first time \
+         with their whole description (mount, file, lock and holder, chain), then as a number and an \
+         age while they stay as they were (described again every 60 records, so that a damaged frame \
+         costs a bounded time). The size per hour is extrapolated: bytes / seconds x 3600; per task \
+         and interval: the difference between the two runs over the tasks kept.\n\n\
+         | tasks in D | seconds | intervals | tasks kept | file bytes | bytes per hour |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {:.0} KiB |\n",
+            r.tasks,
+            r.seconds,
+            r.intervals,
+            r.kept,
+            r.bytes,
+            r.bytes as f64 / r.seconds * 3600.0 / 1024.0,
+        ));
+    }
+    if let [none, some] = results {
+        if some.kept > 0 {
+            let per = (some.bytes as f64 - none.bytes as f64) / some.kept as f64;
+            out.push_str(&format!(
+                "\nA task in D costs {per:.1} bytes per interval on average, its first description \
+                 included.\n"
+            ));
+        }
     }
     out
 }
