@@ -1,4 +1,5 @@
-//! `dstrace daemon`: a real Prometheus scrapes it while real D states happen; its
+//! `dstrace daemon`: a real Prometheus scrapes it while real D states happen, and
+//! `promtool check metrics` accepts what it scrapes; its
 //! endpoint refuses what it does not serve and cannot be held by slow clients;
 //! signals leave nothing in the kernel and a readable recording; SIGHUP reloads;
 //! profiles reach a Pyroscope-compatible receiver; the systemd unit verifies.
@@ -206,6 +207,23 @@ impl Drop for Prometheus {
     }
 }
 
+/// `promtool check metrics` (Prometheus's own linter of the exposition format and
+/// its naming conventions) finds nothing to say of `scrape`.
+fn promtool_accepts(promtool: &Path, scrape: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let output = dstrace_tests::output_of(child, Duration::from_secs(30), "promtool check metrics");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{scrape}");
+}
+
 /// The series of a query result whose label `key` is `value`.
 fn series<'a>(result: &'a [Value], key: &str, value: &str) -> Option<&'a Value> {
     result.iter().find(|series| series["metric"][key] == value)
@@ -236,6 +254,10 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     else {
         return;
     };
+    let Some(promtool) = require_tool("prometheus_scrapes_the_daemon_during_real_d_states", "promtool")
+    else {
+        return;
+    };
     let dir = Scratch::new("prometheus");
     let mut daemon = Daemon::start(&dir, &["--interval", "1s", "--min-duration", "200ms"]);
     daemon.wait_ready();
@@ -254,18 +276,22 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
 
     // Tasks in D now, by mount (all lock kinds summed), as Prometheus has them.
     let in_d = |mount_label: &str| {
-        let result = prometheus.query("sum by (mount) (dstrace_tasks_in_d)");
+        let result = prometheus.query("sum by (mount) (dstrace_uninterruptible_tasks)");
         series(&result, "mount", mount_label).map(value)
     };
-    let describe = || format!("{:?}\n{}", prometheus.query("dstrace_tasks_in_d"), daemon.metrics());
+    let describe =
+        || format!("{:?}\n{}", prometheus.query("dstrace_uninterruptible_tasks"), daemon.metrics());
     eventually(Duration::from_secs(60), || in_d(&plain).filter(|&n| n >= 3.0), describe);
     eventually(Duration::from_secs(60), || in_d(&hostile_label).filter(|&n| n >= 2.0), describe);
-    let result = prometheus.query("dstrace_tasks_in_d");
+    let result = prometheus.query("dstrace_uninterruptible_tasks");
     let plain_series = series(&result, "mount", &plain).unwrap();
     let kind = plain_series["metric"]["lock_kind"].as_str().unwrap();
     assert!(kind == "none" || dstrace::model::wait::LOCK_KINDS.contains(&kind), "{plain_series}");
     let oldest = prometheus.query("dstrace_oldest_wait_seconds");
     assert!(value(series(&oldest, "mount", &plain).unwrap()) >= 0.2, "{oldest:?}");
+    // A scrape with tasks in D on both mounts, the hostile one included, is what
+    // promtool checks.
+    promtool_accepts(&promtool, &daemon.metrics());
 
     // Let them go: their waits reach the histogram.
     drop(pileup);
@@ -291,7 +317,21 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     let total = prometheus.query("sum(dstrace_wait_duration_seconds_count{function=\"d_alloc_parallel\"})");
     assert_eq!(value(&inf[0]), value(&total[0]));
     assert!(!prometheus.query("dstrace_waits_started_total").is_empty());
-    assert!(!prometheus.query("dstrace_resident_memory_bytes").is_empty());
+    // The process collector's metrics, as every exporter has them.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        let result = prometheus.query(name);
+        assert!(result.len() == 1 && value(&result[0]) > 0.0, "{name}: {result:?}");
+    }
+    let started = value(&prometheus.query("process_start_time_seconds")[0]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started <= now + 60.0 && started > now - 3600.0, "started at {started}, now {now}");
     // Every scrape parsed: the target never went down.
     let (health, error) = prometheus.target();
     assert_eq!((health.as_str(), error.as_str()), ("up", ""));
@@ -519,7 +559,7 @@ fn sighup_reopens_the_recording_and_reloads_the_configuration() {
     daemon.signal(libc::SIGHUP);
     let line = daemon.wait_stderr("not reloaded");
     assert!(line.contains("line 3"), "{line}");
-    assert!(daemon.metrics().contains("dstrace_tasks_in_d"));
+    assert!(daemon.metrics().contains("dstrace_uninterruptible_tasks"));
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit().success());
 }

@@ -126,7 +126,7 @@ pub enum Command {
     ///   sudo dstrace daemon
     ///   sudo dstrace daemon --config /etc/dstrace/daemon.toml
     ///   sudo dstrace daemon --listen 127.0.0.1:9100 --recording /var/tmp/d.rec --max-size 16MiB
-    ///   curl -s localhost:9977/metrics | grep dstrace_tasks_in_d
+    ///   curl -s localhost:9977/metrics | grep dstrace_uninterruptible_tasks
     #[command(verbatim_doc_comment)]
     Daemon(daemon::DaemonArgs),
 }

@@ -265,7 +265,7 @@ impl Daemon {
         }
         self.read_aggregates();
         let counters = self.session.tracer.counters().unwrap_or_default();
-        let usage = crate::resolve::procfs::usage(std::process::id()).unwrap_or_default();
+        let usage = crate::resolve::procfs::usage(std::process::id());
         self.metrics.render(&Now { in_d: &in_d, counters: &counters, usage })
     }
 
