@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dstrace::sinks::metrics::label_value;
 use dstrace_tests::{
     dstrace_bin,
     fuse::FuseMount,
@@ -338,6 +339,56 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     // And the scrape itself carries no raw control character.
     let text = daemon.metrics();
     assert!(!text.contains('\x1b'), "{text}");
+}
+
+/// The series of a scrape (exposition text) named `name` whose labels contain
+/// `labels` (`mount="/x"`), with their values.
+fn scraped<'a>(scrape: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f64)> {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Tasks already in D behind a dead FUSE server when the daemon starts (read
+/// from kernel memory by the task iterator, not seen to begin) are counted on
+/// the FUSE mount, not on "none", and promtool accepts the scrape.
+#[test]
+fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
+    let test = "tasks_in_d_before_the_daemon_starts_have_their_mount";
+    if !require_root(test) {
+        return;
+    }
+    let Some(promtool) = require_tool(test, "promtool") else { return };
+    let dir = Scratch::new("before-start");
+    let mount = FuseMount::new("before-start").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 3);
+    let mut daemon = Daemon::start(&dir, &["--min-duration", "200ms"]);
+    daemon.wait_ready();
+    let on_mount = format!("mount=\"{}\"", label_value(mount.path().to_str().unwrap()));
+    let scrape = eventually(
+        Duration::from_secs(60),
+        || {
+            let scrape = daemon.metrics();
+            let n: f64 =
+                scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();
+            (n >= 3.0).then_some(scrape)
+        },
+        || daemon.metrics(),
+    );
+    // All of them (the lookup's owner waits in S), none of them on "none".
+    let on: f64 = scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();
+    assert_eq!(on, pileup.stuck.len() as f64, "{scrape}");
+    assert!(
+        scraped(&scrape, "dstrace_oldest_wait_seconds", &on_mount).iter().all(|s| s.1 >= 0.2),
+        "{scrape}"
+    );
+    promtool_accepts(&promtool, &scrape);
+    drop(pileup);
 }
 
 /// The endpoint serves GET of its paths only, bounds request heads, refuses
