@@ -391,6 +391,69 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
     drop(pileup);
 }
 
+/// A mount whose oldest task in D passes `stuck-after` gets one line on standard
+/// error (the journal, under systemd) naming it, its tasks, what holds them and
+/// the advice; however often the daemon looks again (every scrape is a look), it
+/// is said once until `stuck-repeat` has passed (set low by SIGHUP: said again);
+/// when the tasks are let go, one line says it cleared.
+#[test]
+fn a_stuck_mount_is_said_once_on_standard_error_then_again_then_cleared() {
+    let test = "a_stuck_mount_is_said_once_on_standard_error_then_again_then_cleared";
+    if !require_root(test) {
+        return;
+    }
+    let dir = Scratch::new("stuck");
+    let config = dir.path("daemon.toml");
+    std::fs::write(&config, "stuck-after = \"2s\"\n").unwrap();
+    let mut daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap(), "--min-duration", "200ms"]);
+    daemon.wait_ready();
+    let mount = FuseMount::new("stuck").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 3);
+    let mount_point = label(mount.path());
+    let stuck = format!("dstrace: stuck: mount {mount_point} (");
+    let line = daemon.wait_stderr(&stuck);
+    eprintln!("the line: {line}");
+    assert!(line.starts_with(&stuck), "{line}");
+    assert!(line.contains("): 3 tasks in D, the oldest for "), "{line}");
+    let holder = line.split("; holder: ").nth(1).and_then(|rest| rest.split("; advice: ").next());
+    assert!(holder.is_some_and(|holder| holder != "unknown"), "no holder named: {line}");
+    let advice = format!("3 tasks wait on the FUSE mount {mount_point} ");
+    assert!(line.contains(&format!("; advice: {advice}")), "{line}");
+    assert!(line.contains(&format!("`umount -l {}`", mount.path().display())), "{line}");
+    // Looked at again and again: said once.
+    for _ in 0..3 {
+        daemon.metrics();
+    }
+    let said = |what: &str| daemon.stderr().lines().filter(|line| line.starts_with(what)).count();
+    assert_eq!(said(&stuck), 1, "{}", daemon.stderr());
+    let again = format!("dstrace: still stuck: mount {mount_point} (");
+    assert_eq!(said(&again), 0, "{}", daemon.stderr());
+
+    // Said again once stuck-repeat has passed (1 s, applied by SIGHUP).
+    std::fs::write(&config, "stuck-after = \"2s\"\nstuck-repeat = \"1s\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_stderr("dstrace: applied: ").contains("stuck-repeat"));
+    let line = daemon.wait_stderr(&again);
+    assert!(line.contains("): 3 tasks in D, the oldest for ") && line.contains(&advice), "{line}");
+    assert_eq!(said(&stuck), 1, "{}", daemon.stderr());
+
+    // Let go: one line says it cleared, however often the daemon looks again.
+    drop(pileup);
+    let cleared = format!("dstrace: cleared: mount {mount_point} (");
+    let line = daemon.wait_stderr(&cleared);
+    assert!(line.contains("): no task in D there for 2.000s or more now (stuck for "), "{line}");
+    for _ in 0..3 {
+        daemon.metrics();
+    }
+    assert_eq!(said(&cleared), 1, "{}", daemon.stderr());
+    let lines_now = said(&again);
+    daemon.metrics();
+    assert_eq!(said(&again), lines_now, "still said to be stuck once cleared: {}", daemon.stderr());
+    // Each line is one line of text: no control character.
+    let stderr = daemon.stderr();
+    assert!(stderr.lines().all(|line| !line.chars().any(char::is_control)), "{stderr:?}");
+}
+
 /// The endpoint serves GET of its paths only, bounds request heads, refuses
 /// connections past the limit, and cuts slow clients off, so that a slowloris
 /// holding every slot does not keep Prometheus out.
