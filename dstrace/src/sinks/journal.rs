@@ -185,34 +185,19 @@ fn holder(waits: &[Wait]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::wait::{Holder, LockInfo, Source, TaskState},
-        resolve::{attribution::Attribution, mounts},
-    };
+    use crate::model::wait::{fake, Holder, LockInfo};
 
     const FUSE: &str = "92 22 0:55 / /mnt/x rw - fuse.sshfs sshfs rw\n";
     const HOSTILE: &str = "93 22 0:56 / /mnt/a\\012b\\040c rw - fuse.x x\x1b[1m rw\n";
 
+    /// A task in D in `d_alloc_parallel` whose chain ends at a stopped FUSE daemon.
     fn wait(pid: u32, mountinfo: &str, age: Duration) -> Wait {
-        Wait {
-            start: None,
-            end: None,
-            duration_ns: duration_ns(age),
-            tid: pid,
-            pid,
-            comm: "stat".into(),
-            cgroup_id: 0,
-            cgroup: None,
-            state: TaskState::Uninterruptible,
-            blocked_in: Some("d_alloc_parallel".into()),
-            stack: [].into(),
-            user_stack: [].into(),
-            waker: None,
-            on: Attribution { mount: mounts::parse(mountinfo).pop(), ..Attribution::default() },
-            lock: None,
-            chain: vec![Link::FuseDaemon { pid: 77, comm: "sshfs".into(), state: Some('T'), waiting: None }],
-            source: Source::Iterator,
-        }
+        let mut wait = fake::ongoing(pid, mountinfo, duration_ns(age));
+        wait.comm = "stat".into();
+        wait.blocked_in = Some("d_alloc_parallel".into());
+        wait.chain =
+            vec![Link::FuseDaemon { pid: 77, comm: "sshfs".into(), state: Some('T'), waiting: None }];
+        wait
     }
 
     fn pileup(age: Duration) -> Vec<Wait> {

@@ -391,39 +391,15 @@ mod tests {
         assert!(text.contains(r#"{mount="none",lock_kind="none",function="other"} 1"#), "{text}");
     }
 
-    fn in_d(pid: u32, mountinfo: &str, age_ns: u64) -> crate::model::wait::Wait {
-        use crate::model::wait::{Source, TaskState, Wait};
-        Wait {
-            start: None,
-            end: None,
-            duration_ns: age_ns,
-            tid: pid,
-            pid,
-            comm: "stat".into(),
-            cgroup_id: 0,
-            cgroup: None,
-            state: TaskState::Uninterruptible,
-            blocked_in: Some("d_alloc_parallel".into()),
-            stack: [].into(),
-            user_stack: [].into(),
-            waker: None,
-            on: crate::resolve::attribution::Attribution {
-                mount: crate::resolve::mounts::parse(mountinfo).pop(),
-                ..Default::default()
-            },
-            lock: None,
-            chain: Vec::new(),
-            source: Source::Iterator,
-        }
-    }
-
     /// The names promtool accepts, the old ones gone, and the process
     /// collector's metrics with its types.
     #[test]
     fn names_are_the_standard_ones_and_the_old_ones_are_gone() {
         let mut metrics = Metrics::new(8, 8);
         let fuse = "92 22 0:55 / /mnt/x rw - fuse.sshfs sshfs rw\n";
-        let waits = [in_d(1, fuse, 3_000_000_000), in_d(2, fuse, 2_000_000_000), in_d(3, "", 5_000_000_000)];
+        use crate::model::wait::fake::ongoing;
+        let waits =
+            [ongoing(1, fuse, 3_000_000_000), ongoing(2, fuse, 2_000_000_000), ongoing(3, "", 5_000_000_000)];
         let usage = Usage {
             cpu_ns: 1_500_000_000,
             rss_bytes: 4096,
