@@ -1,4 +1,5 @@
-//! `dstrace daemon`: a real Prometheus scrapes it while real D states happen; its
+//! `dstrace daemon`: a real Prometheus scrapes it while real D states happen, and
+//! `promtool check metrics` accepts what it scrapes; its
 //! endpoint refuses what it does not serve and cannot be held by slow clients;
 //! signals leave nothing in the kernel and a readable recording; SIGHUP reloads;
 //! profiles reach a Pyroscope-compatible receiver; the systemd unit verifies.
@@ -13,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dstrace::sinks::metrics::label_value;
 use dstrace_tests::{
     dstrace_bin,
     fuse::FuseMount,
@@ -206,6 +208,23 @@ impl Drop for Prometheus {
     }
 }
 
+/// `promtool check metrics` (Prometheus's own linter of the exposition format and
+/// its naming conventions) finds nothing to say of `scrape`.
+fn promtool_accepts(promtool: &Path, scrape: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let output = dstrace_tests::output_of(child, Duration::from_secs(30), "promtool check metrics");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{scrape}");
+}
+
 /// The series of a query result whose label `key` is `value`.
 fn series<'a>(result: &'a [Value], key: &str, value: &str) -> Option<&'a Value> {
     result.iter().find(|series| series["metric"][key] == value)
@@ -236,6 +255,10 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     else {
         return;
     };
+    let Some(promtool) = require_tool("prometheus_scrapes_the_daemon_during_real_d_states", "promtool")
+    else {
+        return;
+    };
     let dir = Scratch::new("prometheus");
     let mut daemon = Daemon::start(&dir, &["--interval", "1s", "--min-duration", "200ms"]);
     daemon.wait_ready();
@@ -254,18 +277,22 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
 
     // Tasks in D now, by mount (all lock kinds summed), as Prometheus has them.
     let in_d = |mount_label: &str| {
-        let result = prometheus.query("sum by (mount) (dstrace_tasks_in_d)");
+        let result = prometheus.query("sum by (mount) (dstrace_uninterruptible_tasks)");
         series(&result, "mount", mount_label).map(value)
     };
-    let describe = || format!("{:?}\n{}", prometheus.query("dstrace_tasks_in_d"), daemon.metrics());
+    let describe =
+        || format!("{:?}\n{}", prometheus.query("dstrace_uninterruptible_tasks"), daemon.metrics());
     eventually(Duration::from_secs(60), || in_d(&plain).filter(|&n| n >= 3.0), describe);
     eventually(Duration::from_secs(60), || in_d(&hostile_label).filter(|&n| n >= 2.0), describe);
-    let result = prometheus.query("dstrace_tasks_in_d");
+    let result = prometheus.query("dstrace_uninterruptible_tasks");
     let plain_series = series(&result, "mount", &plain).unwrap();
     let kind = plain_series["metric"]["lock_kind"].as_str().unwrap();
     assert!(kind == "none" || dstrace::model::wait::LOCK_KINDS.contains(&kind), "{plain_series}");
     let oldest = prometheus.query("dstrace_oldest_wait_seconds");
     assert!(value(series(&oldest, "mount", &plain).unwrap()) >= 0.2, "{oldest:?}");
+    // A scrape with tasks in D on both mounts, the hostile one included, is what
+    // promtool checks.
+    promtool_accepts(&promtool, &daemon.metrics());
 
     // Let them go: their waits reach the histogram.
     drop(pileup);
@@ -291,13 +318,140 @@ fn prometheus_scrapes_the_daemon_during_real_d_states() {
     let total = prometheus.query("sum(dstrace_wait_duration_seconds_count{function=\"d_alloc_parallel\"})");
     assert_eq!(value(&inf[0]), value(&total[0]));
     assert!(!prometheus.query("dstrace_waits_started_total").is_empty());
-    assert!(!prometheus.query("dstrace_resident_memory_bytes").is_empty());
+    // The process collector's metrics, as every exporter has them.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        let result = prometheus.query(name);
+        assert!(result.len() == 1 && value(&result[0]) > 0.0, "{name}: {result:?}");
+    }
+    let started = value(&prometheus.query("process_start_time_seconds")[0]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started <= now + 60.0 && started > now - 3600.0, "started at {started}, now {now}");
     // Every scrape parsed: the target never went down.
     let (health, error) = prometheus.target();
     assert_eq!((health.as_str(), error.as_str()), ("up", ""));
     // And the scrape itself carries no raw control character.
     let text = daemon.metrics();
     assert!(!text.contains('\x1b'), "{text}");
+}
+
+/// The series of a scrape (exposition text) named `name` whose labels contain
+/// `labels` (`mount="/x"`), with their values.
+fn scraped<'a>(scrape: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f64)> {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Tasks already in D behind a dead FUSE server when the daemon starts (read
+/// from kernel memory by the task iterator, not seen to begin) are counted on
+/// the FUSE mount, not on "none", and promtool accepts the scrape.
+#[test]
+fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
+    let test = "tasks_in_d_before_the_daemon_starts_have_their_mount";
+    if !require_root(test) {
+        return;
+    }
+    let Some(promtool) = require_tool(test, "promtool") else { return };
+    let dir = Scratch::new("before-start");
+    let mount = FuseMount::new("before-start").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 3);
+    let mut daemon = Daemon::start(&dir, &["--min-duration", "200ms"]);
+    daemon.wait_ready();
+    let on_mount = format!("mount=\"{}\"", label_value(mount.path().to_str().unwrap()));
+    let scrape = eventually(
+        Duration::from_secs(60),
+        || {
+            let scrape = daemon.metrics();
+            let n: f64 =
+                scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();
+            (n >= 3.0).then_some(scrape)
+        },
+        || daemon.metrics(),
+    );
+    // All of them (the lookup's owner waits in S), none of them on "none".
+    let on: f64 = scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();
+    assert_eq!(on, pileup.stuck.len() as f64, "{scrape}");
+    assert!(
+        scraped(&scrape, "dstrace_oldest_wait_seconds", &on_mount).iter().all(|s| s.1 >= 0.2),
+        "{scrape}"
+    );
+    promtool_accepts(&promtool, &scrape);
+    drop(pileup);
+}
+
+/// A mount whose oldest task in D passes `stuck-after` gets one line on standard
+/// error (the journal, under systemd) naming it, its tasks, what holds them and
+/// the advice; however often the daemon looks again (every scrape is a look), it
+/// is said once until `stuck-repeat` has passed (set low by SIGHUP: said again);
+/// when the tasks are let go, one line says it cleared.
+#[test]
+fn a_stuck_mount_is_said_once_on_standard_error_then_again_then_cleared() {
+    let test = "a_stuck_mount_is_said_once_on_standard_error_then_again_then_cleared";
+    if !require_root(test) {
+        return;
+    }
+    let dir = Scratch::new("stuck");
+    let config = dir.path("daemon.toml");
+    std::fs::write(&config, "stuck-after = \"2s\"\n").unwrap();
+    let mut daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap(), "--min-duration", "200ms"]);
+    daemon.wait_ready();
+    let mount = FuseMount::new("stuck").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 3);
+    let mount_point = label(mount.path());
+    let stuck = format!("dstrace: stuck: mount {mount_point} (");
+    let line = daemon.wait_stderr(&stuck);
+    eprintln!("the line: {line}");
+    assert!(line.starts_with(&stuck), "{line}");
+    assert!(line.contains("): 3 tasks in D, the oldest for "), "{line}");
+    let holder = line.split("; holder: ").nth(1).and_then(|rest| rest.split("; advice: ").next());
+    assert!(holder.is_some_and(|holder| holder != "unknown"), "no holder named: {line}");
+    let advice = format!("3 tasks wait on the FUSE mount {mount_point} ");
+    assert!(line.contains(&format!("; advice: {advice}")), "{line}");
+    assert!(line.contains(&format!("`umount -l {}`", mount.path().display())), "{line}");
+    // Looked at again and again: said once.
+    for _ in 0..3 {
+        daemon.metrics();
+    }
+    let said = |what: &str| daemon.stderr().lines().filter(|line| line.starts_with(what)).count();
+    assert_eq!(said(&stuck), 1, "{}", daemon.stderr());
+    let again = format!("dstrace: still stuck: mount {mount_point} (");
+    assert_eq!(said(&again), 0, "{}", daemon.stderr());
+
+    // Said again once stuck-repeat has passed (1 s, applied by SIGHUP).
+    std::fs::write(&config, "stuck-after = \"2s\"\nstuck-repeat = \"1s\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(daemon.wait_stderr("dstrace: applied: ").contains("stuck-repeat"));
+    let line = daemon.wait_stderr(&again);
+    assert!(line.contains("): 3 tasks in D, the oldest for ") && line.contains(&advice), "{line}");
+    assert_eq!(said(&stuck), 1, "{}", daemon.stderr());
+
+    // Let go: one line says it cleared, however often the daemon looks again.
+    drop(pileup);
+    let cleared = format!("dstrace: cleared: mount {mount_point} (");
+    let line = daemon.wait_stderr(&cleared);
+    assert!(line.contains("): no task in D there for 2.000s or more now (stuck for "), "{line}");
+    for _ in 0..3 {
+        daemon.metrics();
+    }
+    assert_eq!(said(&cleared), 1, "{}", daemon.stderr());
+    let lines_now = said(&again);
+    daemon.metrics();
+    assert_eq!(said(&again), lines_now, "still said to be stuck once cleared: {}", daemon.stderr());
+    // Each line is one line of text: no control character.
+    let stderr = daemon.stderr();
+    assert!(stderr.lines().all(|line| !line.chars().any(char::is_control)), "{stderr:?}");
 }
 
 /// The endpoint serves GET of its paths only, bounds request heads, refuses
@@ -519,7 +673,7 @@ fn sighup_reopens_the_recording_and_reloads_the_configuration() {
     daemon.signal(libc::SIGHUP);
     let line = daemon.wait_stderr("not reloaded");
     assert!(line.contains("line 3"), "{line}");
-    assert!(daemon.metrics().contains("dstrace_tasks_in_d"));
+    assert!(daemon.metrics().contains("dstrace_uninterruptible_tasks"));
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit().success());
 }

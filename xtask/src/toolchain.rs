@@ -204,13 +204,15 @@ pub const INFERNO_VERSION: &str = "0.12.8";
 
 /// Commands the tests drive, from Debian packages: `tmux` (the full-screen view
 /// of `dstrace run` is tested in a tmux pane), `go` (`go tool pprof` reads the
-/// report tests' profiles), `prometheus` (scrapes `dstrace daemon` in its tests),
+/// report tests' profiles), `prometheus` (scrapes `dstrace daemon` in its tests;
+/// its `promtool check metrics` checks the scrapes),
 /// `systemd-analyze` (verifies dist/dstrace.service) and `strace` (the reliability
 /// tests list every path dstrace touches beside a dead mount).
 pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("go", "golang-go"),
     ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
     ("systemd-analyze", "systemd"),
     ("strace", "strace"),
 ];
@@ -243,11 +245,13 @@ pub fn install_bench_tools() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Installs the packages of the `(program, package)` pairs whose program is missing.
 fn install_missing(packages: &[(&str, &str)]) -> Result<(), Box<dyn std::error::Error>> {
-    let missing: Vec<&str> = packages
+    let mut missing: Vec<&str> = packages
         .iter()
         .filter(|(program, _)| find_program(program).is_none())
         .map(|&(_, package)| package)
         .collect();
+    // Several programs may come from one package (prometheus and promtool).
+    missing.dedup();
     if missing.is_empty() {
         Ok(())
     } else {

@@ -127,6 +127,18 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub pyroscope_interval: Option<Duration>,
+
+    /// Write a line to standard error (the journal, under systemd) when the
+    /// oldest task in D on a mount has been in D this long: the mount, its tasks,
+    /// what holds them, the advice; and one when it clears [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub stuck_after: Option<Duration>,
+
+    /// While a mount stays stuck, say so again this often [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub stuck_repeat: Option<Duration>,
 }
 
 /// A duration in the file: a string such as "10s", as on the command line.
@@ -166,6 +178,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub pyroscope_url: Option<String>,
     pub pyroscope_interval: Duration,
+    pub stuck_after: Duration,
+    pub stuck_repeat: Duration,
 }
 
 impl Default for Config {
@@ -185,6 +199,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             pyroscope_url: None,
             pyroscope_interval: Duration::from_secs(60),
+            stuck_after: Duration::from_secs(30),
+            stuck_repeat: Duration::from_secs(600),
         }
     }
 }
@@ -220,6 +236,8 @@ impl Config {
                 .pyroscope_interval
                 .or(file.pyroscope_interval)
                 .unwrap_or(default.pyroscope_interval),
+            stuck_after: flags.stuck_after.or(file.stuck_after).unwrap_or(default.stuck_after),
+            stuck_repeat: flags.stuck_repeat.or(file.stuck_repeat).unwrap_or(default.stuck_repeat),
         };
         config.check()?;
         Ok(config)
@@ -238,6 +256,12 @@ impl Config {
         if self.pyroscope_interval < Duration::from_secs(1) {
             anyhow::bail!("pyroscope-interval: give at least 1s");
         }
+        if self.stuck_after.is_zero() {
+            anyhow::bail!("stuck-after 0: give the age of a wait worth a line, such as 30s");
+        }
+        if self.stuck_repeat.is_zero() {
+            anyhow::bail!("stuck-repeat 0: give how often a stuck mount is said again, such as 10m");
+        }
         if let Some(url) = &self.pyroscope_url {
             crate::sinks::pyroscope::Target::parse(url, "")?;
         }
@@ -245,7 +269,7 @@ impl Config {
     }
 
     /// The keys that differ from `self` in `new`: those applied at once (the
-    /// recording's, Pyroscope's), and those that need a restart.
+    /// recording's, Pyroscope's, the stuck lines'), and those that need a restart.
     pub fn reloadable_changes(&self, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
         let mut now = Vec::new();
         let mut restart = Vec::new();
@@ -264,6 +288,8 @@ impl Config {
         differ(self.rotate != new.rotate, "rotate", true);
         differ(self.pyroscope_url != new.pyroscope_url, "pyroscope-url", true);
         differ(self.pyroscope_interval != new.pyroscope_interval, "pyroscope-interval", true);
+        differ(self.stuck_after != new.stuck_after, "stuck-after", true);
+        differ(self.stuck_repeat != new.stuck_repeat, "stuck-repeat", true);
         differ(self.listen != new.listen, "listen", false);
         differ(self.min_duration != new.min_duration, "min-duration", false);
         differ(self.include_idle != new.include_idle, "include-idle", false);
@@ -278,13 +304,15 @@ impl Config {
     pub fn describe(&self) -> String {
         format!(
             "metrics on http://{}/metrics; recording to {} every {} (max-size {} bytes, rotate {}); \
-             waits of at least {} one by one",
+             waits of at least {} one by one; a line when a mount's oldest wait passes {} (again every {})",
             self.listen,
             self.recording.display(),
             crate::clock::human_duration(duration_ns(self.interval)),
             self.max_size,
             self.rotate,
             crate::clock::human_duration(duration_ns(self.min_duration)),
+            crate::clock::human_duration(duration_ns(self.stuck_after)),
+            crate::clock::human_duration(duration_ns(self.stuck_repeat)),
         )
     }
 }
@@ -346,6 +374,8 @@ max-connections = 4
 request-timeout = "2s"
 pyroscope-url = "http://127.0.0.1:4040"
 pyroscope-interval = "15s"
+stuck-after = "45s"
+stuck-repeat = "1h"
 "#,
         )
         .unwrap();
@@ -361,6 +391,10 @@ pyroscope-interval = "15s"
         assert_eq!(config.request_timeout, Duration::from_secs(2));
         assert_eq!(config.pyroscope_url.as_deref(), Some("http://127.0.0.1:4040"));
         assert_eq!(config.pyroscope_interval, Duration::from_secs(15));
+        assert_eq!(
+            (config.stuck_after, config.stuck_repeat),
+            (Duration::from_secs(45), Duration::from_secs(3600))
+        );
         // A size may be a plain number of bytes.
         assert_eq!(parsed("max-size = 65536").unwrap().max_size, Some(65536));
     }
@@ -392,6 +426,12 @@ pyroscope-interval = "15s"
     fn bad_values_are_refused() {
         let zero = Settings { interval: Some(Duration::ZERO), ..Settings::default() };
         assert!(Config::resolve(&zero, &Settings::default()).is_err());
+        for zero in [
+            Settings { stuck_after: Some(Duration::ZERO), ..Settings::default() },
+            Settings { stuck_repeat: Some(Duration::ZERO), ..Settings::default() },
+        ] {
+            assert!(Config::resolve(&zero, &Settings::default()).unwrap_err().to_string().contains("stuck-"));
+        }
         let url = Settings { pyroscope_url: Some("ftp://x".into()), ..Settings::default() };
         assert!(Config::resolve(&url, &Settings::default()).unwrap_err().to_string().contains("http://"));
     }
@@ -401,6 +441,8 @@ pyroscope-interval = "15s"
         let old = Config::default();
         let new = Config { rotate: 9, listen: "127.0.0.1:1".parse().unwrap(), ..Config::default() };
         assert_eq!(old.reloadable_changes(&new), (vec!["rotate"], vec!["listen"]));
+        let new = Config { stuck_after: Duration::from_secs(5), ..Config::default() };
+        assert_eq!(old.reloadable_changes(&new), (vec!["stuck-after"], vec![]));
     }
 
     /// The defaults written in `--help` are the ones in force.
@@ -424,6 +466,7 @@ pyroscope-interval = "15s"
             format!("[default: {}]", default.max_connections),
             "[default: 5s]".to_owned(),
             "[default: 60s]".to_owned(),
+            "[default: 10m]".to_owned(),
         ] {
             assert!(help.contains(&expected), "--help does not say {expected}: {help}");
         }
@@ -432,6 +475,10 @@ pyroscope-interval = "15s"
         assert_eq!(default.min_duration, Duration::from_secs(1));
         assert_eq!(default.request_timeout, Duration::from_secs(5));
         assert_eq!(default.pyroscope_interval, Duration::from_secs(60));
+        assert_eq!(
+            (default.stuck_after, default.stuck_repeat),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
     }
 
     /// dist/daemon.toml documents every key, with its default: uncommented, it

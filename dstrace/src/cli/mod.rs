@@ -116,7 +116,9 @@ pub enum Command {
     /// lock kind, the oldest wait by mount, a histogram of completed waits by
     /// mount, lock kind and blocking function, waits started, drops, its own CPU
     /// and memory), keeps a bounded recording for `dstrace report` (rotated by
-    /// size), and can push profiles of blocked time to Pyroscope. Only waits of
+    /// size), and can push profiles of blocked time to Pyroscope. A mount whose
+    /// oldest task in D passes --stuck-after gets a line on standard error (the
+    /// journal), again every --stuck-repeat, and one when it clears. Only waits of
     /// at least --min-duration are streamed; every wait is counted in the kernel.
     /// Settings come from the flags, then the --config file, then the defaults.
     /// SIGHUP reads the file again and reopens the recording; SIGTERM writes the
@@ -126,7 +128,7 @@ pub enum Command {
     ///   sudo dstrace daemon
     ///   sudo dstrace daemon --config /etc/dstrace/daemon.toml
     ///   sudo dstrace daemon --listen 127.0.0.1:9100 --recording /var/tmp/d.rec --max-size 16MiB
-    ///   curl -s localhost:9977/metrics | grep dstrace_tasks_in_d
+    ///   curl -s localhost:9977/metrics | grep dstrace_uninterruptible_tasks
     #[command(verbatim_doc_comment)]
     Daemon(daemon::DaemonArgs),
 }

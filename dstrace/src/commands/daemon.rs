@@ -11,6 +11,12 @@
 //! profile. Entries of processes that have ended are removed from the kernel's
 //! map once read, so that months of short-lived processes do not fill it.
 //!
+//! A mount whose oldest wait passes `stuck-after` gets a line on standard error
+//! (the journal, under systemd), again every `stuck-repeat` while it stays, and
+//! one when it clears ([`crate::sinks::journal`]): checked at every look at the
+//! tasks in D (scrapes, recording intervals) and on a tick of its own, so that
+//! the line comes on time with no scraper and a long recording interval.
+//!
 //! Signals: SIGTERM or SIGINT writes the last interval and exits 0 (the programs
 //! leave the kernel with the process's file descriptors, even on SIGKILL); SIGHUP
 //! reads the configuration file again ([`crate::cli::daemon`] says which keys apply
@@ -23,7 +29,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -42,9 +48,10 @@ use crate::{
         aggregate::{Aggregator, Totals},
         wait::Wait,
     },
-    resolve::Names,
+    resolve::{file_locks, Names},
     sinks::{
         endpoint::{self, Limits, Scrape},
+        journal::Watch,
         metrics::{Metrics, Now},
         pyroscope::Target,
         recording::{
@@ -80,6 +87,8 @@ struct Daemon {
     /// Whether the last push failed (so that a failing server is reported once).
     push_failing: Arc<AtomicBool>,
     host: String,
+    /// The mounts said to be stuck on standard error.
+    watch: Watch,
 }
 
 /// What the daemon waits for besides the session's own wake-ups.
@@ -92,6 +101,8 @@ enum Input {
     Record,
     /// Time to push a profile to Pyroscope.
     Push,
+    /// Time to check for stuck mounts.
+    Check,
 }
 
 async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
@@ -132,6 +143,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
         pyroscope,
         push_failing: Arc::new(AtomicBool::new(false)),
         host,
+        watch: Watch::new(config.stuck_after, config.stuck_repeat),
         config,
     };
     for note in daemon.session.skipped_notes() {
@@ -147,6 +159,9 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     let server = tokio::spawn(endpoint::serve(listener, limits, scrape_send));
     let mut record_ticks = ticks(daemon.config.interval);
     let mut push_ticks = ticks(daemon.config.pyroscope_interval);
+    let mut check_ticks = ticks(daemon.watch.period());
+    // Tasks already stuck when the daemon starts are said at once.
+    daemon.check_stuck();
     loop {
         let pushing = daemon.pyroscope.is_some();
         let input = async {
@@ -155,6 +170,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
                 Some(scrape) = scrapes.recv() => Input::Scrape(scrape),
                 _ = record_ticks.tick() => Input::Record,
                 _ = next_tick(pushing.then_some(&mut push_ticks)) => Input::Push,
+                _ = check_ticks.tick() => Input::Check,
             }
         };
         match daemon.session.next(input).await? {
@@ -162,7 +178,11 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
             Wake::Waits => daemon.drain(),
             Wake::Input(Input::Hangup) => {
                 let (interval, push) = (daemon.config.interval, daemon.config.pyroscope_interval);
+                let check = daemon.watch.period();
                 daemon.reload(args);
+                if daemon.watch.period() != check {
+                    check_ticks = ticks(daemon.watch.period());
+                }
                 if daemon.config.interval != interval {
                     record_ticks = ticks(daemon.config.interval);
                 }
@@ -176,6 +196,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
             }
             Wake::Input(Input::Record) => daemon.record_interval(),
             Wake::Input(Input::Push) => daemon.push_profile(),
+            Wake::Input(Input::Check) => daemon.check_stuck(),
         }
     }
     server.abort();
@@ -247,7 +268,8 @@ impl Daemon {
         }
     }
 
-    /// The tasks in D now, for at least `min-duration`.
+    /// The tasks in D now, for at least `min-duration`; a mount whose oldest
+    /// passed `stuck-after` (or stopped being so) is said on standard error.
     fn in_d(&mut self) -> Vec<Wait> {
         let min_ns = duration_ns(self.config.min_duration);
         let mut waits = self.session.in_d_now(min_ns);
@@ -255,7 +277,18 @@ impl Daemon {
             eprintln!("dstrace: {note}");
         }
         waits.retain(|wait| wait.duration_ns >= min_ns);
+        let queues = || file_locks::queues(&file_locks::read());
+        for line in self.watch.check(&waits, Instant::now(), queues) {
+            eprintln!("dstrace: {line}");
+        }
         waits
+    }
+
+    /// A look at the tasks in D for the stuck mounts alone.
+    fn check_stuck(&mut self) {
+        for wait in self.in_d() {
+            self.labels.learn(&wait);
+        }
     }
 
     /// The metrics text of a scrape.
@@ -266,7 +299,7 @@ impl Daemon {
         }
         self.read_aggregates();
         let counters = self.session.tracer.counters().unwrap_or_default();
-        let usage = crate::resolve::procfs::usage(std::process::id()).unwrap_or_default();
+        let usage = crate::resolve::procfs::usage(std::process::id());
         self.metrics.render(&Now { in_d: &in_d, counters: &counters, usage })
     }
 
@@ -404,8 +437,11 @@ impl Daemon {
                     rotate: new.rotate,
                     pyroscope_url: new.pyroscope_url,
                     pyroscope_interval: new.pyroscope_interval,
+                    stuck_after: new.stuck_after,
+                    stuck_repeat: new.stuck_repeat,
                     ..self.config.clone()
                 };
+                self.watch.set(self.config.stuck_after, self.config.stuck_repeat);
                 if !now.is_empty() {
                     eprintln!("dstrace: applied: {}", now.join(", "));
                 }

@@ -359,39 +359,13 @@ mod tests {
 
     use super::*;
     use crate::{
-        resolve::attribution::{Attribution, FileRef},
-        resolve::file_locks::FileLock,
+        model::wait::{fake::ongoing as wait, Holder, LockInfo},
+        resolve::{attribution::FileRef, file_locks::FileLock, mounts},
     };
 
     /// The advice with no file lock queues (this machine's would vary).
     fn advise(waits: &[Wait]) -> Vec<String> {
         advise_with(waits, &[])
-    }
-    use crate::{
-        model::wait::{Holder, LockInfo, Source, TaskState},
-        resolve::mounts,
-    };
-
-    fn wait(pid: u32, mount: &str, age_ns: u64) -> Wait {
-        Wait {
-            start: None,
-            end: None,
-            duration_ns: age_ns,
-            tid: pid,
-            pid,
-            comm: "df".into(),
-            cgroup_id: 0,
-            cgroup: None,
-            state: TaskState::Uninterruptible,
-            blocked_in: Some("rpc_wait_bit_killable".into()),
-            stack: [].into(),
-            user_stack: [].into(),
-            waker: None,
-            on: Attribution { mount: mounts::parse(mount).pop(), ..Attribution::default() },
-            lock: None,
-            chain: Vec::new(),
-            source: Source::Proc,
-        }
     }
 
     const NFS: &str = "91 22 0:29 / /var/lib/nova rw - nfs4 10.0.0.5:/export rw,addr=10.0.0.5\n";

@@ -396,6 +396,41 @@ fn blocking_of(stack: &Stack) -> Option<String> {
     blocking_function(stack.iter().map(String::as_str)).map(str::to_owned)
 }
 
+/// Waits made up for the unit tests of what reads them (advice, metrics, the
+/// daemon's lines): one constructor, so that a field added to [`Wait`] is added
+/// once.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+
+    /// Task `pid` (`df`, in `rpc_wait_bit_killable`) in D for `age_ns` now, on
+    /// the mount of a `/proc/PID/mountinfo` line (on none for `""`).
+    pub fn ongoing(pid: u32, mountinfo: &str, age_ns: u64) -> Wait {
+        Wait {
+            start: None,
+            end: None,
+            duration_ns: age_ns,
+            tid: pid,
+            pid,
+            comm: "df".into(),
+            cgroup_id: 0,
+            cgroup: None,
+            state: TaskState::Uninterruptible,
+            blocked_in: Some("rpc_wait_bit_killable".into()),
+            stack: [].into(),
+            user_stack: [].into(),
+            waker: None,
+            on: Attribution {
+                mount: crate::resolve::mounts::parse(mountinfo).pop(),
+                ..Attribution::default()
+            },
+            lock: None,
+            chain: Vec::new(),
+            source: Source::Proc,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

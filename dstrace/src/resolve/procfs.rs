@@ -341,38 +341,82 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
     Some(StatFields { comm, state, ppid, flags, processor })
 }
 
-/// CPU time and memory of a process (`dstrace daemon`'s own metrics, and the
-/// benchmarks' measure of it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the Prometheus client libraries' process collector reports of a process
+/// (`dstrace daemon`'s `process_*` metrics): CPU time, memory, start time and
+/// file descriptors, with the same meanings.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
     /// User and system CPU time, in nanoseconds.
     pub cpu_ns: u64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
+    /// Virtual memory size, in bytes.
+    pub virtual_bytes: u64,
+    /// When the process started, in seconds since the Unix epoch (boot time plus
+    /// its start in clock ticks after boot), if `/proc/stat` says when the
+    /// machine booted.
+    pub start_time_seconds: Option<f64>,
+    /// Its open file descriptors, if `/proc/PID/fd` can be listed.
+    pub open_fds: Option<u64>,
+    /// Its limit of open file descriptors (the soft `RLIMIT_NOFILE`), if
+    /// `/proc/PID/limits` can be read.
+    pub max_fds: Option<u64>,
 }
 
-/// The CPU time and resident memory of process `pid` (`/proc/PID/stat` and
-/// `statm`; never a task's memory maps), if it exists.
+/// The [`Usage`] of process `pid`, if it exists: its `stat`, its `limits`, the
+/// names of the entries of its `fd` directory (no link followed), and the boot
+/// time in `/proc/stat`. Meant for dstrace's own process: of another task it
+/// reads nothing that can hang, but more than the rules above allow.
 pub fn usage(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    parse_usage(&stat, &statm)
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|text| parse_boot_time(&text));
+    let mut usage = parse_usage(&stat, boot_time)?;
+    usage.open_fds =
+        std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|dir| dir.filter(Result::is_ok).count() as u64);
+    usage.max_fds = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|text| parse_max_open_files(&text));
+    Some(usage)
 }
 
-/// Parses `stat` (utime and stime, fields 14 and 15, in clock ticks) and `statm`
-/// (resident pages, its second field).
-pub fn parse_usage(stat: &str, statm: &str) -> Option<Usage> {
+/// Parses `stat`: utime and stime (fields 14 and 15, in clock ticks), starttime
+/// (22, clock ticks after boot), vsize (23, bytes) and rss (24, pages). The start
+/// time is known when the boot time (seconds since the epoch) is.
+pub fn parse_usage(stat: &str, boot_time: Option<u64>) -> Option<Usage> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     // Fields from 3 (state) on: utime is the 12th of them.
-    let mut fields = after_comm.split_ascii_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    // Some between them are signed (priority and nice are negative for some
+    // tasks): only those used are parsed.
+    let fields: Vec<&str> = after_comm.split_ascii_whitespace().skip(11).take(11).collect();
+    let field = |i: usize| -> Option<u64> { fields.get(i)?.parse().ok() };
+    let (utime, stime, starttime, vsize, rss) = (field(0)?, field(1)?, field(8)?, field(9)?, field(10)?);
     // SAFETY: sysconf has no preconditions.
     let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
     let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
     let page = u64::try_from(page).ok().filter(|&p| p > 0)?;
-    Some(Usage { cpu_ns: (utime + stime).saturating_mul(1_000_000_000 / ticks), rss_bytes: pages * page })
+    Some(Usage {
+        cpu_ns: (utime + stime).saturating_mul(1_000_000_000 / ticks),
+        rss_bytes: rss.saturating_mul(page),
+        virtual_bytes: vsize,
+        start_time_seconds: boot_time.map(|boot| boot as f64 + starttime as f64 / ticks as f64),
+        open_fds: None,
+        max_fds: None,
+    })
+}
+
+/// The boot time (`btime`, seconds since the epoch) of `/proc/stat`.
+pub fn parse_boot_time(proc_stat: &str) -> Option<u64> {
+    proc_stat.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+/// The soft limit of `Max open files` in `/proc/PID/limits` (`unlimited`: the
+/// largest number).
+pub fn parse_max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_ascii_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        soft => soft.parse().ok(),
+    }
 }
 
 /// The function names of a `stack` file, innermost first:
@@ -761,13 +805,42 @@ mod tests {
     }
 
     #[test]
-    fn usage_from_stat_and_statm() {
-        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 99 1000 300";
-        let usage = parse_usage(stat, "1000 300 200 1 0 500 0\n").unwrap();
+    fn usage_from_stat_limits_and_boot_time() {
+        let stat =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 -2 -20 1 0 990 123456789 300 \
+                    18446744073709551615 1 1 0 0";
+        let usage = parse_usage(stat, Some(1_700_000_000)).unwrap();
         // SAFETY: sysconf has no preconditions.
         let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
         assert_eq!(usage.cpu_ns, 300 * (1_000_000_000 / ticks as u64));
         assert_eq!(usage.rss_bytes, 300 * page as u64);
-        assert_eq!(parse_usage("garbage", "1 2"), None);
+        assert_eq!(usage.virtual_bytes, 123456789);
+        assert_eq!(usage.start_time_seconds, Some(1_700_000_000.0 + 990.0 / ticks as f64));
+        assert_eq!(parse_usage(stat, None).unwrap().start_time_seconds, None);
+        assert_eq!(parse_usage("garbage", None), None);
+        assert_eq!(parse_usage("1 (x) S 1 2 3", None), None);
+        assert_eq!(parse_boot_time("cpu  1 2 3\nintr 5\nbtime 1764640000\nprocesses 9\n"), Some(1764640000));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_max_open_files(limits), Some(1024));
+        assert_eq!(
+            parse_max_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            Some(u64::MAX)
+        );
+    }
+
+    /// This process, read as the daemon reads itself.
+    #[test]
+    fn usage_of_this_process() {
+        let usage = usage(std::process::id()).unwrap();
+        assert!(usage.rss_bytes > 0 && usage.virtual_bytes >= usage.rss_bytes, "{usage:?}");
+        assert!(usage.open_fds.unwrap() >= 3, "{usage:?}");
+        assert!(usage.max_fds.unwrap() >= usage.open_fds.unwrap(), "{usage:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = usage.start_time_seconds.unwrap();
+        assert!(started <= now + 1.0 && started > now - 86_400.0 * 365.0, "{usage:?}");
     }
 }

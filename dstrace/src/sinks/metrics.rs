@@ -3,7 +3,10 @@
 //! What a fleet dashboard needs of each host: the tasks in D now (by mount and
 //! kind of kernel lock), the age of the oldest wait by mount, a histogram of
 //! completed waits (by mount, lock kind and blocking function), waits started,
-//! drops, and the tracer's own CPU and memory. Everything is computed when
+//! drops, and the tracer's own CPU, memory and file descriptors as the standard
+//! `process_*` metrics of the Prometheus client libraries' process collector
+//! (same names, types and meanings, so the dashboards and alerts written for
+//! every other exporter work on it). Everything is computed when
 //! Prometheus scrapes: the in-kernel aggregation is read then (no per-wait work
 //! in userspace), the tasks in D are looked at then.
 //!
@@ -23,6 +26,11 @@
 //! then escaped as the exposition format wants (`\` and `"` preceded by `\`): a
 //! hostile process or mount name can neither break the format nor reach the
 //! terminal of whoever reads a scrape with curl.
+//!
+//! Names are those `promtool check metrics` accepts. The tasks in D were once
+//! `dstrace_tasks_in_d`, which it rejects (the `d` reads as the abbreviated unit
+//! "days"), and the daemon's CPU and memory `dstrace_cpu_seconds_total` and
+//! `dstrace_resident_memory_bytes`; [`RENAMED`] lists the old names.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -40,6 +48,22 @@ use crate::{
 pub const NONE: &str = "none";
 /// The label of the mounts and functions past the bounds.
 pub const OTHER: &str = "other";
+
+/// The metric of the tasks in D now.
+pub const TASKS: &str = "dstrace_uninterruptible_tasks";
+
+/// Names of earlier versions, and the names that replace them.
+pub const RENAMED: [(&str, &str); 3] = [
+    ("dstrace_tasks_in_d", TASKS),
+    ("dstrace_cpu_seconds_total", "process_cpu_seconds_total"),
+    ("dstrace_resident_memory_bytes", "process_resident_memory_bytes"),
+];
+
+/// The mount a wait is labelled with before the label bounds apply: its mount
+/// point, or [`NONE`].
+pub fn mount_label(wait: &crate::model::wait::Wait) -> String {
+    wait.on.mount.as_ref().map_or_else(|| NONE.to_owned(), |m| m.mount_point.to_string_lossy().into_owned())
+}
 
 /// The kernel histogram buckets whose upper bounds are the `le` of the
 /// Prometheus histogram: bucket `i` holds waits of 2^i to 2^(i+1) us, so the
@@ -96,8 +120,8 @@ pub struct Now<'a> {
     pub in_d: &'a [crate::model::wait::Wait],
     /// The kernel side's counters.
     pub counters: &'a [(Counter, u64)],
-    /// The daemon's own CPU and memory.
-    pub usage: Usage,
+    /// The daemon's own CPU, memory and file descriptors (`None`: unreadable).
+    pub usage: Option<Usage>,
 }
 
 impl Metrics {
@@ -129,20 +153,19 @@ impl Metrics {
         let mut in_d: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         let mut oldest: BTreeMap<String, u64> = BTreeMap::new();
         for wait in now.in_d {
-            let mount = wait.on.mount.as_ref().map(|m| m.mount_point.to_string_lossy().into_owned());
-            let mount = self.mounts.label(mount.as_deref().unwrap_or(NONE));
+            let mount = self.mounts.label(&mount_label(wait));
             let kind = wait.lock.as_ref().map_or(NONE, |lock| lock.kind);
             *in_d.entry((mount.clone(), kind)).or_default() += 1;
             let age = oldest.entry(mount).or_default();
             *age = (*age).max(wait.duration_ns);
         }
         out.family(
-            "dstrace_tasks_in_d",
+            TASKS,
             "gauge",
-            "Tasks in D (for at least min-duration) now, by mount and lock kind.",
+            "Tasks in uninterruptible sleep (D) for at least min-duration now, by mount and lock kind.",
         );
         for ((mount, kind), n) in &in_d {
-            out.sample("dstrace_tasks_in_d", &[("mount", mount), ("lock_kind", kind)], n);
+            out.sample(TASKS, &[("mount", mount), ("lock_kind", kind)], n);
         }
         out.family("dstrace_oldest_wait_seconds", "gauge", "Age of the oldest ongoing D wait, by mount.");
         for (mount, ns) in &oldest {
@@ -181,13 +204,41 @@ impl Metrics {
             out.sample("dstrace_drops_total", &[("reason", c.name())], n);
         }
         out.sample("dstrace_drops_total", &[("reason", "undecodable_record")], self.bad_records);
-        out.family("dstrace_cpu_seconds_total", "counter", "User and system CPU time of the daemon.");
-        out.sample("dstrace_cpu_seconds_total", &[], seconds(now.usage.cpu_ns));
-        out.family("dstrace_resident_memory_bytes", "gauge", "Resident memory of the daemon.");
-        out.sample("dstrace_resident_memory_bytes", &[], now.usage.rss_bytes);
+        if let Some(usage) = &now.usage {
+            process_metrics(&mut out, usage);
+        }
         out.family("dstrace_build_info", "gauge", "The dstrace version running.");
         out.sample("dstrace_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         out.0
+    }
+}
+
+/// The process collector's metrics (client_golang's `NewProcessCollector`, the
+/// Python and Java clients' alike), those Linux gives without reading anything
+/// but the process's own `/proc` files. A value that could not be read is left
+/// out, as the collector leaves it out.
+fn process_metrics(out: &mut Exposition, usage: &Usage) {
+    out.family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+    out.sample("process_cpu_seconds_total", &[], seconds(usage.cpu_ns));
+    if let Some(open) = usage.open_fds {
+        out.family("process_open_fds", "gauge", "Number of open file descriptors.");
+        out.sample("process_open_fds", &[], open);
+    }
+    if let Some(max) = usage.max_fds {
+        out.family("process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        out.sample("process_max_fds", &[], max as f64);
+    }
+    out.family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    out.sample("process_virtual_memory_bytes", &[], usage.virtual_bytes);
+    out.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    out.sample("process_resident_memory_bytes", &[], usage.rss_bytes);
+    if let Some(start) = usage.start_time_seconds {
+        out.family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        out.sample("process_start_time_seconds", &[], start);
     }
 }
 
@@ -293,7 +344,7 @@ mod tests {
         let mut metrics = Metrics::new(8, 8);
         metrics.add(&row(Some("/mnt/nfs"), "d_alloc_parallel", &[1, 3000]), Some("dentry-lookup"));
         metrics.add(&row(Some("/mnt/nfs"), "d_alloc_parallel", &[2]), Some("dentry-lookup"));
-        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: None });
         let labels = r#"mount="/mnt/nfs",lock_kind="dentry-lookup",function="d_alloc_parallel""#;
         assert!(text.contains(&format!("dstrace_wait_duration_seconds_count{{{labels}}} 3\n")), "{text}");
         assert!(text.contains(&format!("dstrace_wait_duration_seconds_sum{{{labels}}} 3.003\n")), "{text}");
@@ -313,7 +364,7 @@ mod tests {
         metrics.add(&row(None, "f1", &[1]), None);
         metrics.add(&row(None, "f2", &[1]), None);
         metrics.add(&row(None, "f3", &[1]), None);
-        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: None });
         let count = |function: &str| {
             let series = format!(
                 "dstrace_wait_duration_seconds_count{{mount=\"none\",lock_kind=\"none\",function=\"{function}\"}} "
@@ -334,9 +385,57 @@ mod tests {
             metrics.add(&row(None, function, &[1]), None);
         }
         metrics.add(&row(Some("/mnt/nfs"), "rpc_wait_bit_killable", &[1]), None);
-        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Usage::default() });
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: None });
         let series = r#"dstrace_wait_duration_seconds_count{mount="/mnt/nfs",lock_kind="none",function="rpc_wait_bit_killable"} 1"#;
         assert!(text.lines().any(|line| line == series), "{text}");
         assert!(text.contains(r#"{mount="none",lock_kind="none",function="other"} 1"#), "{text}");
+    }
+
+    /// The names promtool accepts, the old ones gone, and the process
+    /// collector's metrics with its types.
+    #[test]
+    fn names_are_the_standard_ones_and_the_old_ones_are_gone() {
+        let mut metrics = Metrics::new(8, 8);
+        let fuse = "92 22 0:55 / /mnt/x rw - fuse.sshfs sshfs rw\n";
+        use crate::model::wait::fake::ongoing;
+        let waits =
+            [ongoing(1, fuse, 3_000_000_000), ongoing(2, fuse, 2_000_000_000), ongoing(3, "", 5_000_000_000)];
+        let usage = Usage {
+            cpu_ns: 1_500_000_000,
+            rss_bytes: 4096,
+            virtual_bytes: 8192,
+            start_time_seconds: Some(1_764_640_000.5),
+            open_fds: Some(12),
+            max_fds: Some(1024),
+        };
+        let text = metrics.render(&Now { in_d: &waits, counters: &[], usage: Some(usage) });
+        for line in [
+            "# TYPE dstrace_uninterruptible_tasks gauge",
+            r#"dstrace_uninterruptible_tasks{mount="/mnt/x",lock_kind="none"} 2"#,
+            r#"dstrace_uninterruptible_tasks{mount="none",lock_kind="none"} 1"#,
+            r#"dstrace_oldest_wait_seconds{mount="/mnt/x"} 3"#,
+            "# TYPE process_cpu_seconds_total counter",
+            "process_cpu_seconds_total 1.5",
+            "# TYPE process_resident_memory_bytes gauge",
+            "process_resident_memory_bytes 4096",
+            "# TYPE process_virtual_memory_bytes gauge",
+            "process_virtual_memory_bytes 8192",
+            "# TYPE process_start_time_seconds gauge",
+            "process_start_time_seconds 1764640000.5",
+            "# TYPE process_open_fds gauge",
+            "process_open_fds 12",
+            "# TYPE process_max_fds gauge",
+            "process_max_fds 1024",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for (old, new) in RENAMED {
+            assert!(!text.contains(old), "{old} is still there:\n{text}");
+            assert!(text.contains(&format!("# TYPE {new} ")), "{new} is not there:\n{text}");
+        }
+        // What could not be read is left out, not given as 0.
+        let text = metrics.render(&Now { in_d: &[], counters: &[], usage: Some(Usage::default()) });
+        assert!(text.contains("process_cpu_seconds_total 0\n"));
+        assert!(!text.contains("process_open_fds") && !text.contains("process_start_time_seconds"));
     }
 }

@@ -13,10 +13,11 @@
 //! * [`recording`]: the recording file and the recorder that writes it;
 //! * [`report`] and [`pprof`]: recordings as folded stacks, SVG, pprof, JSON;
 //! * [`metrics`], [`endpoint`], [`pyroscope`]: what `dstrace daemon` serves and
-//!   pushes.
+//!   pushes; [`journal`]: the lines it writes when a mount's tasks stay in D.
 
 pub mod endpoint;
 pub mod escape;
+pub mod journal;
 pub mod json;
 pub mod metrics;
 pub mod pprof;
