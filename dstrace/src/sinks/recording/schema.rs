@@ -231,10 +231,13 @@ pub struct InDRecord {
     pub source: u8,
     /// Its wait chain.
     pub chain: Vec<LinkRecord>,
-    /// File locks others hold on its file: kind and access (string ids), holder,
-    /// byte range.
-    pub file_locks: Vec<(u32, u32, Option<u32>, u64, Option<u64>)>,
+    /// File locks others hold on its file.
+    pub file_locks: Vec<FileLockRecord>,
 }
+
+/// A file lock someone holds: kind and access (string ids), holder, byte range
+/// (start, end or `None` for `EOF`).
+pub type FileLockRecord = (u32, u32, Option<u32>, u64, Option<u64>);
 
 /// A [`crate::model::link::Link`], strings interned, ages as the times (whole
 /// seconds since the Unix epoch) they count from.

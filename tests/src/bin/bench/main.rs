@@ -770,6 +770,10 @@ struct InDResult {
     intervals: usize,
     /// Tasks in D kept, summed over the intervals.
     kept: usize,
+    /// Mean bytes of a frame of tasks in D that describes them (the first, and
+    /// every so often again), and of one that only refers to them.
+    describing: f64,
+    referring: f64,
 }
 
 /// Runs `dstrace record` (default interval) for `seconds` while `tasks` tasks
@@ -794,7 +798,31 @@ fn in_d_phase(seconds: u64, tasks: usize) -> Result<InDResult> {
     anyhow::ensure!(recording.damage.is_empty(), "the recording is damaged: {:?}", recording.damage);
     let kept = recording.intervals.iter().map(|i| i.in_d.len()).sum();
     anyhow::ensure!(tasks == 0 || kept >= tasks, "{kept} tasks in D kept of {tasks}");
-    Ok(InDResult { tasks, seconds: elapsed, bytes: bytes.len() as u64, intervals: recording.intervals.len(), kept })
+    // The frames of tasks in D by kind, sized by the offset of the next frame.
+    let records = dstrace::sinks::recording::decode(&bytes).map_err(|err| anyhow::anyhow!("{err}"))?.records;
+    let (mut describing, mut referring) = (Vec::new(), Vec::new());
+    for (i, (at, record)) in records.iter().enumerate() {
+        let next = records.get(i + 1).map_or(bytes.len() as u64, |(next, _)| *next);
+        if let dstrace::sinks::recording::Record::InD(in_d) = record {
+            let size = (next - at) as f64;
+            if in_d.described.is_empty() {
+                referring.push(size)
+            } else {
+                describing.push(size)
+            }
+        }
+    }
+    let mean =
+        |sizes: &[f64]| if sizes.is_empty() { 0.0 } else { sizes.iter().sum::<f64>() / sizes.len() as f64 };
+    Ok(InDResult {
+        tasks,
+        seconds: elapsed,
+        bytes: bytes.len() as u64,
+        intervals: recording.intervals.len(),
+        kept,
+        describing: mean(&describing),
+        referring: mean(&referring),
+    })
 }
 
 fn in_d_report(results: &[InDResult]) -> String {
@@ -806,30 +834,38 @@ fn in_d_report(results: &[InDResult]) -> String {
          waits for the server in S). Each interval keeps the tasks in D at its end: the first time \
          with their whole description (mount, file, lock and holder, chain), then as a number and an \
          age while they stay as they were (described again every 60 records, so that a damaged frame \
-         costs a bounded time). The size per hour is extrapolated: bytes / seconds x 3600; per task \
-         and interval: the difference between the two runs over the tasks kept.\n\n\
-         | tasks in D | seconds | intervals | tasks kept | file bytes | bytes per hour |\n\
-         |---:|---:|---:|---:|---:|---:|\n",
+         costs a bounded time). Sizes are of the frames in the file: a frame of tasks in D that \
+         describes them, and one that only refers to them. An hour at the default interval is 360 \
+         intervals, 12 of which describe the tasks again: its size is the quiet recording's per hour \
+         (bytes / seconds x 3600) plus 348 referring frames and 12 describing ones.\n\n\
+         | tasks in D | seconds | intervals | tasks kept | file bytes | describing frame | referring frame | bytes per task and interval | bytes per hour |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let quiet_per_hour = results.first().map_or(0.0, |none| none.bytes as f64 / none.seconds * 3600.0);
+    let intervals_per_hour = 360.0;
+    let describing_per_hour =
+        intervals_per_hour / f64::from(dstrace::sinks::recording::intern::DEFINE_AGAIN / 2);
     for r in results {
+        let per_hour = if r.tasks == 0 {
+            quiet_per_hour
+        } else {
+            quiet_per_hour
+                + (intervals_per_hour - describing_per_hour) * r.referring
+                + describing_per_hour * r.describing
+        };
+        let per_task = if r.tasks == 0 { 0.0 } else { r.referring / r.tasks as f64 };
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {:.0} KiB |\n",
+            "| {} | {:.0} | {} | {} | {} | {:.0} B | {:.0} B | {:.1} B | {:.0} KiB |\n",
             r.tasks,
             r.seconds,
             r.intervals,
             r.kept,
             r.bytes,
-            r.bytes as f64 / r.seconds * 3600.0 / 1024.0,
+            r.describing,
+            r.referring,
+            per_task,
+            per_hour / 1024.0,
         ));
-    }
-    if let [none, some] = results {
-        if some.kept > 0 {
-            let per = (some.bytes as f64 - none.bytes as f64) / some.kept as f64;
-            out.push_str(&format!(
-                "\nA task in D costs {per:.1} bytes per interval on average, its first description \
-                 included.\n"
-            ));
-        }
     }
     out
 }
