@@ -310,8 +310,9 @@ fn a_pileup_standing_through_a_recording_is_the_recording() {
     assert!(total_ns as u64 >= (3 * 5_000 + 2 * 2_000) * 1_000_000, "{total_ns} ns");
 
     // --at: what was in D two seconds before the end, on what, behind whom.
-    let at = String::from_utf8(report(&[file, "--at", "2s"]).stdout).unwrap();
-    assert!(at.starts_with("In D at "), "{at}");
+    let at = String::from_utf8(report(&[file, "--at", "2s", "--mount", &mount_point]).stdout).unwrap();
+    assert!(at.starts_with("Recorded at "), "{at}");
+    assert!(at.lines().nth(1).unwrap().starts_with("5 tasks in D, the oldest for "), "{at}");
     for pid in before.iter().chain(&joined) {
         assert!(at.contains(&pid.to_string()), "{pid} not listed:\n{at}");
     }

@@ -68,9 +68,12 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     }
     let selection = select(&recordings, &filter);
     if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
+        let files: Vec<String> =
+            args.files.iter().map(|file| escape(&shell_word(&file.to_string_lossy()))).collect();
         bail!(
-            "nothing recorded matches {}: see what is there with `dstrace report FILE --format json`",
-            selection_text(args)
+            "nothing recorded matches {}: see what is there with `dstrace report {} --format json`",
+            selection_text(args),
+            files.join(" ")
         );
     }
     let bytes = match args.format {
@@ -159,12 +162,9 @@ fn in_d_report(
         out.push(b'\n');
         return Ok(out);
     }
-    let title = format!(
-        "In D at {} (the recorded moment nearest {}): {}",
-        rfc3339_utc(moment),
-        rfc3339_utc(at),
-        in_d_text(&waits)
-    );
+    let seconds = |time: SystemTime| humantime::format_rfc3339_seconds(time).to_string();
+    let title =
+        format!("Recorded at {}, the nearest to {}:\n{}", seconds(moment), seconds(at), in_d_text(&waits));
     if waits.is_empty() {
         out.extend(format!("{title}\n").into_bytes());
     } else {

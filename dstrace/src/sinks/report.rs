@@ -163,7 +163,7 @@ pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection
         for wait in &selection.in_d {
             // The same wait at every interval end it was in D at: its last sighting.
             let sightings = still.entry(wait.tid).or_default();
-            match sightings.iter_mut().find(|(_, seen)| same_wait(seen, wait)) {
+            match sightings.iter_mut().find(|(at, _)| still_the_same(*at, wait)) {
                 Some(sighting) => *sighting = (interval.end, wait.clone()),
                 None => sightings.push((interval.end, wait.clone())),
             }
@@ -172,7 +172,7 @@ pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection
     // A wait seen completing is in the rows already, with its whole duration.
     for wait in &selection.waits {
         if let Some(sightings) = still.get_mut(&wait.tid) {
-            sightings.retain(|(_, seen)| !same_wait(seen, wait));
+            sightings.retain(|(_, seen)| !completed_as(seen, wait));
         }
     }
     let from = selection.span.map_or(SystemTime::UNIX_EPOCH, |(start, _)| start);
@@ -195,19 +195,25 @@ pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection
     selection
 }
 
-/// Whether two records are of the same wait: the same thread, and starts within
-/// 2 ms (a recorded task in D has its start to the millisecond, a completed
-/// wait to the nanosecond). A thread's next wait cannot begin within 2 ms of the
-/// last one's start and both be seen in D at interval ends.
-fn same_wait(a: &Wait, b: &Wait) -> bool {
-    let near = match (a.start, b.start) {
+/// Whether a task in D is still in the wait it was in D in at `seen_at` (an
+/// interval end, same thread): it began before then. A wait begun since began
+/// after, since at `seen_at` the task was in D in the earlier one. (A start is
+/// to the millisecond, and for a wait that began before tracing a lower bound:
+/// either is well before an interval end.)
+fn still_the_same(seen_at: SystemTime, wait: &Wait) -> bool {
+    wait.start.is_none_or(|start| start < seen_at)
+}
+
+/// Whether a task seen in D (same thread) was in this completed wait: it began
+/// when the wait did, to the 50 ms (the start of a task in D is to the
+/// millisecond, the clocks of the two records may differ by a few).
+fn completed_as(seen: &Wait, completed: &Wait) -> bool {
+    match (seen.start, completed.start) {
         (Some(a), Some(b)) => {
-            a.duration_since(b).or_else(|_| b.duration_since(a)).is_ok_and(|d| d.as_nanos() <= 2_000_000)
+            a.duration_since(b).or_else(|_| b.duration_since(a)).is_ok_and(|d| d.as_nanos() <= 50_000_000)
         }
-        (None, None) => true,
         _ => false,
-    };
-    a.tid == b.tid && near
+    }
 }
 
 /// The tasks in D at the recorded moment nearest `at` (an interval's end), with
