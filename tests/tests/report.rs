@@ -294,6 +294,8 @@ fn a_pileup_standing_through_a_recording_is_the_recording() {
     }
     let by_mount = json["by_mount"].as_array().unwrap();
     assert!(by_mount.iter().any(|m| m["mountpoint"] == mount_point.as_str()), "{by_mount:?}");
+    // Each counted once, however many interval ends saw it in D.
+    assert_eq!(report_json(&rec, &["--mount", &mount_point])["still_in_d"], 5);
 
     // Folded and pprof: the same stuck time, the widest tower.
     let folded = String::from_utf8(report(&[file, "--mount", &mount_point]).stdout).unwrap();
