@@ -367,7 +367,7 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
     let dir = Scratch::new("before-start");
     let mount = FuseMount::new("before-start").expect("mount the test filesystem");
     let pileup = Pileup::start(&mount, 3);
-    let mut daemon = Daemon::start(&dir, &["--min-duration", "200ms"]);
+    let mut daemon = Daemon::start(&dir, &["--min-duration", "200ms", "--interval", "1s"]);
     daemon.wait_ready();
     let on_mount = format!("mount=\"{}\"", label_value(mount.path().to_str().unwrap()));
     let scrape = eventually(
@@ -388,6 +388,37 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
         "{scrape}"
     );
     promtool_accepts(&promtool, &scrape);
+
+    // And its recording holds them, on their mount: the incident is in the record.
+    let rec = dir.path("daemon.rec");
+    let mount_point = mount.path().to_str().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        || {
+            let recording = dstrace::sinks::recording::read(&std::fs::read(&rec).ok()?).ok()?;
+            recording
+                .intervals
+                .iter()
+                .any(|interval| {
+                    pileup.stuck.iter().all(|pid| {
+                        interval.in_d.iter().any(|wait| {
+                            wait.pid == *pid
+                                && wait.on.mount.as_ref().is_some_and(|m| m.mount_point.as_os_str() == mount_point)
+                        })
+                    })
+                })
+                .then_some(())
+        },
+        || format!("{:?}", dstrace::sinks::recording::read(&std::fs::read(&rec).unwrap_or_default())),
+    );
+    let out = Command::new(dstrace_bin())
+        .args(["report", rec.to_str().unwrap(), "--format", "json", "--mount", mount_point])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_mount = json["by_mount"].as_array().unwrap();
+    assert!(by_mount.iter().any(|m| m["mountpoint"] == mount_point), "{json}");
     drop(pileup);
 }
 
