@@ -403,7 +403,11 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
                     pileup.stuck.iter().all(|pid| {
                         interval.in_d.iter().any(|wait| {
                             wait.pid == *pid
-                                && wait.on.mount.as_ref().is_some_and(|m| m.mount_point.as_os_str() == mount_point)
+                                && wait
+                                    .on
+                                    .mount
+                                    .as_ref()
+                                    .is_some_and(|m| m.mount_point.as_os_str() == mount_point)
                         })
                     })
                 })

@@ -26,17 +26,29 @@
 //!           stable: variable-length integers, strings as length + UTF-8)
 //! ```
 //!
-//! A [`Record`] is a [`Record::Session`] (who recorded, when, with what settings)
-//! or a [`Record::Interval`]: the in-kernel aggregation drained over one interval
-//! (one [`Row`] per process, command, kernel stack and cause, with count, total,
-//! maximum and log2 histogram), the individual waits above the threshold of that
-//! interval, and the kernel side's counters. Strings (symbols, commands, mount
-//! points, lock names) and stacks are interned per session: an interval lists the
-//! strings and stacks it uses for the first time, and refers to all of them by
-//! number, so a symbol is written once per file. Every file starts with a session,
-//! and so does each run of dstrace that appends to a file, so each file (and each
-//! part of one) is read on its own. An id whose definition was in a damaged frame
-//! reads as `<lost string N>`.
+//! A [`Record`] is a [`Record::Session`] (who recorded, when, with what settings),
+//! a [`Record::IntervalAt`] (format 2; [`Record::Interval`] in format 1): the
+//! in-kernel aggregation drained over one interval (one [`Row`] per process,
+//! command, kernel stack and cause, with count, total, maximum and log2
+//! histogram), the individual waits above the threshold of that interval, and the
+//! kernel side's counters; or a [`Record::InD`] (format 2), the frame after an
+//! interval's: the tasks in D at its end, each described once
+//! ([`schema::InDRecord`]: all `run --json` says of it) and then a number and an
+//! age per interval while it stays as it was. Strings (symbols, commands, mount
+//! points, lock names), stacks and descriptions are interned per session: a record
+//! lists those it uses for the first time, and refers to all of them by number, so
+//! a symbol is written once per file. A record of format 2 says which ids its
+//! definitions start at ([`schema::First`]), and the writer defines everything
+//! again under new ids every [`intern::DEFINE_AGAIN`] records: an id whose
+//! definition was in a damaged frame reads as `<lost string N>` until then, and
+//! no id ever names something else. Every file starts with a session, and so
+//! does each run of dstrace that appends to a file, so each file (and each part
+//! of one) is read on its own.
+//!
+//! Versions: the header holds the format of the dstrace that created the file.
+//! Format 2 only added record kinds, so format 1 files read as they are; a reader
+//! of format 1 refuses a format 2 file, and reports a record kind it does not
+//! know (in a format 1 file a later dstrace appended to) as a damaged frame.
 //!
 //! The reader checks the header's magic and version, then each frame's marker,
 //! length ([`MAX_FRAME_LEN`] at most) and checksum. A frame that fails is reported
