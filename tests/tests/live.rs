@@ -29,7 +29,8 @@ fn full_screen_view_shows_the_groups_and_quits_cleanly() {
         dstrace_bin().display(),
         stty.display()
     );
-    let tmux = Tmux::start("tui", &command, 220, 50);
+    // Wide enough for a whole chain: behind the lookup's owner, to the daemon.
+    let tmux = Tmux::start("tui", &command, 360, 50);
     let mountpoint = mount.path().to_str().unwrap().to_owned();
     tmux.wait_for(START_TIMEOUT, "tracing", |s| s.contains("tracing for"));
     // The tasks pile up once tracing is on, so their paths (and the mount) are seen.
