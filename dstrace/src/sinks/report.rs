@@ -12,11 +12,32 @@
 //! `blocked` values and the JSON groups' `total_ns` add up to the same blocked
 //! time.
 //!
+//! The stacks of every profile (folded, svg, pprof) end at the
+//! blocking function: the scheduler and wait-primitive frames below it are cut, as
+//! [`from_blocking_function`] cuts them (the one list of primitives,
+//! [`crate::resolve::symbols::WAIT_PRIMITIVES`]). Every stack of an off-CPU
+//! profile ends in the scheduler, so a leaf there says nothing and takes all the
+//! self time: `go tool pprof -top` would rank `__schedule` at 100%. With the cut,
+//! the self time is the blocking function's (`d_alloc_parallel`,
+//! `rpc_wait_bit_killable`, ...), the function the text and JSON output name, and
+//! the frames above it say how the task got there. A stack of primitives only is
+//! kept whole.
+//!
+//! The command is a frame of every folded and svg stack, `comm:NAME`,
+//! as perf's and offcputime's folded stacks have the process name at the root: by
+//! default it is the root. `--group-by` frames (`mount:...`, `lock:...`, and
+//! `comm:...` where the user places it) come first, in the order given, so a graph
+//! can split by mount before anything else; without `comm` among them the command
+//! comes right after them, at the root of the task's own frames, and `--no-comm`
+//! leaves it out ([`leading_frames`]). The prefix keeps a command apart from a
+//! kernel function of the same name (`sync`). pprof has the command, pid, mount and
+//! lock as labels instead, as pprof profiles do (`go tool pprof -tagroot=comm` puts
+//! them at the root), so its locations are only kernel functions.
+//!
 //! Formats:
 //! * `folded`: one line per stack, frames root first separated by `;`, then a
 //!   space and the weight (blocked microseconds, or the number of waits), as
-//!   flamegraph.pl, inferno and speedscope read it. `--group-by` puts `mount:...`,
-//!   `lock:...` and `comm:...` frames at the root. Frame names are escaped as text
+//!   flamegraph.pl, inferno and speedscope read it. Frame names are escaped as text
 //!   output escapes them (control characters as `\xNN`, `\` as `\\`), and `;`
 //!   as `\x3b`, so no name can split a frame or a line.
 //! * `svg`: the folded stacks drawn by the inferno crate, titled and coloured as an
@@ -44,7 +65,7 @@ use crate::{
         board::{CauseGroup, MAX_PIDS},
         wait::{LockInfo, Wait},
     },
-    resolve::symbols::blocking_function,
+    resolve::symbols::{blocking_function, from_blocking_function},
     sinks::{
         escape::escape,
         json::{json_by_process, json_causes, json_wait},
@@ -228,43 +249,69 @@ pub fn in_d_at(
     Some((nearest.end, waits))
 }
 
-/// A frame name safe in a folded line: escaped as text output escapes, and `;`
-/// as `\x3b`.
-pub fn folded_frame(name: &str) -> String {
-    escape(name).replace(';', "\\x3b")
+/// The leading frames of every stack: `--group-by`'s, in the order given, and
+/// the command's after them unless listed among them or left out (`comm: false`,
+/// `--no-comm`). Asking for both the command's frame and none is an error.
+pub fn leading_frames(group_by: &[GroupBy], comm: bool) -> Result<Vec<GroupBy>> {
+    let listed = group_by.contains(&GroupBy::Comm);
+    if listed && !comm {
+        bail!("--group-by comm and --no-comm contradict each other: give one");
+    }
+    let mut frames = group_by.to_vec();
+    if comm && !listed {
+        frames.push(GroupBy::Comm);
+    }
+    Ok(frames)
 }
 
-/// The folded stacks of rows: `frames weight` lines, sorted, weights summed per
-/// stack; stacks weighing nothing left out.
-pub fn folded(rows: &[RowData], weight: Weight, group_by: &[GroupBy]) -> Vec<String> {
-    let mut stacks: BTreeMap<String, Totals> = BTreeMap::new();
+/// The stacks of rows, root first: the `leading` frames, then the kernel stack from
+/// its outermost frame to its blocking function ([`from_blocking_function`]), each
+/// name escaped as text output escapes it; weights summed per stack, in the order
+/// of the stacks, those weighing nothing left out.
+fn stacks(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<(Vec<String>, u64)> {
+    let mut stacks: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
     for row in rows {
-        let mut frames: Vec<String> = group_by
+        let mut frames: Vec<String> = leading
             .iter()
             .map(|by| match by {
-                GroupBy::Mount => format!("mount:{}", row.mount.as_deref().unwrap_or("-")),
-                GroupBy::Lock => format!("lock:{}", row.lock.as_deref().unwrap_or("-")),
-                GroupBy::Comm => format!("comm:{}", row.comm),
+                GroupBy::Mount => format!("mount:{}", escape(row.mount.as_deref().unwrap_or("-"))),
+                GroupBy::Lock => format!("lock:{}", escape(row.lock.as_deref().unwrap_or("-"))),
+                GroupBy::Comm => format!("comm:{}", escape(&row.comm)),
             })
             .collect();
         if row.stack.is_empty() {
             frames.push("[stack lost]".to_owned());
         } else {
-            frames.extend(row.stack.iter().rev().cloned());
+            frames.extend(from_blocking_function(&row.stack).iter().rev().map(|frame| escape(frame)));
         }
-        let key = frames.iter().map(|frame| folded_frame(frame)).collect::<Vec<_>>().join(";");
-        stacks.entry(key).or_default().add(&row.totals);
+        stacks.entry(frames).or_default().add(&row.totals);
     }
     stacks
         .into_iter()
-        .filter_map(|(stack, totals)| {
+        .filter_map(|(frames, totals)| {
             let weight = match weight {
                 Weight::Time => (totals.total_ns + 500) / 1000,
                 Weight::Count => totals.count,
             };
-            (weight > 0).then(|| format!("{stack} {weight}"))
+            (weight > 0).then_some((frames, weight))
         })
         .collect()
+}
+
+/// The folded stacks of rows: `frames weight` lines, sorted, weights summed per
+/// stack; stacks weighing nothing left out. `leading` frames at the root
+/// ([`leading_frames`]), the blocking function the leaf.
+pub fn folded(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<String> {
+    let mut lines: Vec<String> = stacks(rows, weight, leading)
+        .into_iter()
+        .map(|(frames, weight)| {
+            // Escaped already: only `;` is left to keep from splitting a frame.
+            let frames: Vec<String> = frames.iter().map(|frame| frame.replace(';', "\\x3b")).collect();
+            format!("{} {weight}", frames.join(";"))
+        })
+        .collect();
+    lines.sort_unstable();
+    lines
 }
 
 /// An SVG flame graph of folded lines.
@@ -292,7 +339,8 @@ pub fn svg(lines: &[String], weight: Weight, subtitle: &str) -> Result<Vec<u8>> 
     Ok(out)
 }
 
-/// A pprof profile of rows.
+/// A pprof profile of rows: their stacks from the blocking function on, the
+/// command, pid, mount and lock as labels.
 pub fn profile(rows: &[RowData], span: Option<(SystemTime, SystemTime)>, weight: Weight) -> Result<Vec<u8>> {
     let (start, duration) = match span {
         Some((start, end)) => (unix_ns(start), unix_ns(end).saturating_sub(unix_ns(start))),
@@ -308,7 +356,7 @@ pub fn profile(rows: &[RowData], span: Option<(SystemTime, SystemTime)>, weight:
             labels.push(("lock", lock));
         }
         builder.add(&pprof::Input {
-            stack: &row.stack,
+            stack: from_blocking_function(&row.stack),
             blocked_ns: row.totals.total_ns,
             count: row.totals.count,
             labels,
@@ -393,25 +441,139 @@ mod tests {
         }
     }
 
+    /// The leading frames of the default: the command alone.
+    fn by_comm() -> Vec<GroupBy> {
+        leading_frames(&[], true).unwrap()
+    }
+
     #[test]
     fn folded_lines_are_root_first_and_summed() {
-        let stack = ["__schedule", "d_alloc_parallel", "path_openat"];
+        let stack = ["__schedule", "schedule", "d_alloc_parallel", "path_openat"];
         let rows = [
             row(1, "stat", &stack, Some("/mnt/x"), &[2_000_000, 1_000_000]),
             row(2, "stat", &stack, Some("/mnt/x"), &[1_000_000]),
             row(3, "jbd2", &[], None, &[400]),
         ];
-        let lines = folded(&rows, Weight::Time, &[]);
+        let lines = folded(&rows, Weight::Time, &by_comm());
         // 400ns rounds to 0us: left out of the time-weighted lines.
-        assert_eq!(lines, ["path_openat;d_alloc_parallel;__schedule 4000"]);
+        assert_eq!(lines, ["comm:stat;path_openat;d_alloc_parallel 4000"]);
         let lines = folded(&rows, Weight::Count, &[GroupBy::Mount, GroupBy::Comm]);
         assert_eq!(
             lines,
+            ["mount:-;comm:jbd2;[stack lost] 1", "mount:/mnt/x;comm:stat;path_openat;d_alloc_parallel 3"]
+        );
+    }
+
+    /// The scheduler and the wait primitives are never the leaf: the blocking
+    /// function is, so the self time of a flame graph or `pprof -top` is its.
+    #[test]
+    fn the_leaf_of_a_folded_stack_is_the_blocking_function() {
+        let rwsem = [
+            "__schedule",
+            "schedule",
+            "schedule_preempt_disabled",
+            "rwsem_down_write_slowpath",
+            "down_write",
+            "path_openat",
+            "do_filp_open",
+        ];
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        // The same wait as the task iterator sees it: no scheduler frame.
+        let iterated = ["d_alloc_parallel", "lookup_slow"];
+        let rows = [
+            row(1, "touch", &rwsem, None, &[1_000_000]),
+            row(2, "stat", &lookup, None, &[2_000_000]),
+            row(3, "stat", &iterated, None, &[3_000_000]),
+            row(4, "kworker", &["__schedule", "schedule"], None, &[4_000_000]),
+        ];
+        let lines = folded(&rows, Weight::Time, &by_comm());
+        assert_eq!(
+            lines,
             [
-                "mount:-;comm:jbd2;[stack lost] 1",
-                "mount:/mnt/x;comm:stat;path_openat;d_alloc_parallel;__schedule 3"
+                // Nothing but primitives: kept whole rather than emptied.
+                "comm:kworker;schedule;__schedule 4000",
+                "comm:stat;lookup_slow;d_alloc_parallel 5000",
+                "comm:touch;do_filp_open;path_openat 1000",
             ]
         );
+        for line in &lines[1..] {
+            let leaf = line.rsplit_once(' ').unwrap().0.rsplit(';').next().unwrap();
+            assert!(!crate::resolve::symbols::is_wait_primitive(leaf), "{line}");
+        }
+    }
+
+    /// The command is the root by default, as in perf's and offcputime's folded
+    /// stacks; `--group-by` frames come before it unless it is placed among them;
+    /// `--no-comm` drops it.
+    #[test]
+    fn the_command_is_the_root_unless_placed_or_dropped() {
+        use GroupBy::{Comm, Lock, Mount};
+        assert_eq!(leading_frames(&[], true).unwrap(), [Comm]);
+        assert_eq!(leading_frames(&[Mount], true).unwrap(), [Mount, Comm]);
+        assert_eq!(leading_frames(&[Comm, Mount], true).unwrap(), [Comm, Mount]);
+        assert_eq!(leading_frames(&[Mount, Comm, Lock], true).unwrap(), [Mount, Comm, Lock]);
+        assert_eq!(leading_frames(&[Lock], false).unwrap(), [Lock]);
+        assert!(leading_frames(&[], false).unwrap().is_empty());
+        let err = leading_frames(&[Comm], false).unwrap_err().to_string();
+        assert!(err.contains("--no-comm"), "{err}");
+
+        let stack = ["__schedule", "d_alloc_parallel"];
+        let mut stuck = row(1, "stat", &stack, Some("/mnt/x"), &[1_000_000]);
+        stuck.lock = Some("d_wait of /mnt/x/a".to_owned());
+        let rows = [stuck];
+        let lines = |group_by: &[GroupBy], comm: bool| {
+            folded(&rows, Weight::Time, &leading_frames(group_by, comm).unwrap())
+        };
+        assert_eq!(lines(&[], true), ["comm:stat;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Mount], true), ["mount:/mnt/x;comm:stat;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Comm, Lock], true), ["comm:stat;lock:d_wait of /mnt/x/a;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Mount], false), ["mount:/mnt/x;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[], false), ["d_alloc_parallel 1000"]);
+    }
+
+    /// pprof's flat (self) values go to the blocking functions; the command stays a
+    /// label (for `-tagfocus`, `-tags`), not a location.
+    #[test]
+    fn pprof_leaves_are_blocking_functions_and_commands_labels() {
+        let rows = [
+            row(
+                1,
+                "stat",
+                &["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"],
+                Some("/mnt/x"),
+                &[3_000],
+            ),
+            row(
+                2,
+                "sync",
+                &[
+                    "__schedule",
+                    "io_schedule",
+                    "folio_wait_bit_common",
+                    "folio_wait_writeback",
+                    "__filemap_fdatawait_range",
+                ],
+                None,
+                &[5_000],
+            ),
+        ];
+        let profile = pprof::decode(&profile(&rows, None, Weight::Time).unwrap()).unwrap();
+        let name = |i: i64| profile.string_table[i as usize].as_str();
+        let function = |location: u64| name(profile.function[location as usize - 1].name);
+        let leaves: Vec<&str> = profile.sample.iter().map(|s| function(s.location_id[0])).collect();
+        assert_eq!(leaves, ["d_alloc_parallel", "__filemap_fdatawait_range"]);
+        let names: Vec<&str> = profile.function.iter().map(|f| name(f.name)).collect();
+        assert!(!names.iter().any(|n| crate::resolve::symbols::is_wait_primitive(n)), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("comm:")), "{names:?}");
+        let labels: Vec<(&str, &str)> = profile.sample[0]
+            .label
+            .iter()
+            .filter(|l| l.str != 0)
+            .map(|l| (name(l.key), name(l.str)))
+            .collect();
+        assert_eq!(labels, [("comm", "stat"), ("mount", "/mnt/x")]);
+        let values: Vec<i64> = profile.sample.iter().map(|s| s.value[0]).collect();
+        assert_eq!(values, [3_000, 5_000]);
     }
 
     #[test]
@@ -430,7 +592,8 @@ mod tests {
     fn svg_is_an_off_cpu_graph() {
         let rows = [row(1, "stat", &["__schedule", "d_alloc_parallel"], None, &[3_000_000])];
         let svg =
-            String::from_utf8(svg(&folded(&rows, Weight::Time, &[]), Weight::Time, "test").unwrap()).unwrap();
+            String::from_utf8(svg(&folded(&rows, Weight::Time, &by_comm()), Weight::Time, "test").unwrap())
+                .unwrap();
         assert!(svg.contains("Off-CPU (D state)"), "{svg}");
         assert!(svg.contains("d_alloc_parallel"));
         assert!(svg.contains("3,000 us") || svg.contains("3000 us"), "{svg}");
