@@ -198,7 +198,7 @@ pub struct ReportArgs {
     pub weight: Weight,
 
     /// Leading frames, in this order, so the graph splits by them at its root
-    /// (folded and svg; pprof has them as labels). The command is a frame
+    /// (folded, svg, speedscope; pprof has them as labels). The command is a frame
     /// of every stack: the root by default (as in perf's and offcputime's), right
     /// after the frames given here unless `comm` is among them (then where it is
     /// listed). Every stack ends at the function that blocked: the scheduler and
@@ -206,7 +206,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "mount,lock,comm")]
     pub group_by: Vec<GroupBy>,
 
-    /// Leave the command's frame out of the stacks (folded and svg): the
+    /// Leave the command's frame out of the stacks (folded, svg, speedscope): the
     /// kernel stack alone, under any --group-by frames.
     #[arg(long)]
     pub no_comm: bool,

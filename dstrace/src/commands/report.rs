@@ -25,7 +25,8 @@ use crate::{
         json::json_wait,
         recording::{self, file::read_file},
         report::{
-            folded, in_d_at, json, leading_frames, profile, select, svg, Filter, ReportFormat, Selection,
+            folded, in_d_at, json, leading_frames, profile, select, speedscope, svg, Filter, ReportFormat,
+            Selection,
         },
         tree::in_d_text,
         Format,
@@ -87,6 +88,12 @@ pub fn report(args: &ReportArgs) -> Result<()> {
         ReportFormat::Svg => {
             let lines = folded(&selection.rows, args.weight, &leading);
             svg(&lines, args.weight, &subtitle(&selection))?
+        }
+        ReportFormat::Speedscope => {
+            let name = format!("Off-CPU (D state), {}", subtitle(&selection));
+            let mut text = serde_json::to_string(&speedscope(&selection.rows, args.weight, &leading, &name))?;
+            text.push('\n');
+            text.into_bytes()
         }
         ReportFormat::Pprof => {
             if args.output.is_none() && is_terminal() {

@@ -12,7 +12,7 @@
 //! `blocked` values and the JSON groups' `total_ns` add up to the same blocked
 //! time.
 //!
-//! The stacks of every profile (folded, svg, pprof) end at the
+//! The stacks of every profile (folded, svg, speedscope, pprof) end at the
 //! blocking function: the scheduler and wait-primitive frames below it are cut, as
 //! [`from_blocking_function`] cuts them (the one list of primitives,
 //! [`crate::resolve::symbols::WAIT_PRIMITIVES`]). Every stack of an off-CPU
@@ -23,7 +23,7 @@
 //! the frames above it say how the task got there. A stack of primitives only is
 //! kept whole.
 //!
-//! The command is a frame of every folded and svg stack, `comm:NAME`,
+//! The command is a frame of every folded, svg and speedscope stack, `comm:NAME`,
 //! as perf's and offcputime's folded stacks have the process name at the root: by
 //! default it is the root. `--group-by` frames (`mount:...`, `lock:...`, and
 //! `comm:...` where the user places it) come first, in the order given, so a graph
@@ -42,6 +42,11 @@
 //!   as `\x3b`, so no name can split a frame or a line.
 //! * `svg`: the folded stacks drawn by the inferno crate, titled and coloured as an
 //!   off-CPU graph (its `io` palette).
+//! * `speedscope`: the same stacks in speedscope's own file format
+//!   (<https://www.speedscope.app/file-format-schema.json>): one `sampled` profile
+//!   whose samples are the folded lines, frames shared, weights in `microseconds`
+//!   (or `none`, a number of waits), so speedscope shows times with their unit
+//!   (it takes folded weights for plain numbers). Names escaped as in text output.
 //! * `pprof`: see [`crate::sinks::pprof`].
 //! * `json`: one document: `groups` as in `run --json`'s summary (per process and
 //!   blocking function), `by_mount` and `by_lock` in the summary's schema, and
@@ -81,6 +86,8 @@ pub enum ReportFormat {
     Folded,
     /// An SVG flame graph.
     Svg,
+    /// speedscope's own JSON format (a sampled profile, with its unit).
+    Speedscope,
     /// A pprof profile (profile.proto, gzip).
     Pprof,
     /// JSON (the schema of `run --json`'s summary groups).
@@ -267,7 +274,8 @@ pub fn leading_frames(group_by: &[GroupBy], comm: bool) -> Result<Vec<GroupBy>> 
 /// The stacks of rows, root first: the `leading` frames, then the kernel stack from
 /// its outermost frame to its blocking function ([`from_blocking_function`]), each
 /// name escaped as text output escapes it; weights summed per stack, in the order
-/// of the stacks, those weighing nothing left out.
+/// of the stacks, those weighing nothing left out. Folded lines and speedscope
+/// samples are these, so their totals are the same.
 fn stacks(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<(Vec<String>, u64)> {
     let mut stacks: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
     for row in rows {
@@ -312,6 +320,50 @@ pub fn folded(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<Stri
         .collect();
     lines.sort_unstable();
     lines
+}
+
+/// The speedscope file of rows (<https://www.speedscope.app/file-format-schema.json>):
+/// one sampled profile named `name`, a sample per folded line with its weight
+/// (microseconds, or `none` for a number of waits), frames shared.
+pub fn speedscope(rows: &[RowData], weight: Weight, leading: &[GroupBy], name: &str) -> serde_json::Value {
+    let mut frames: Vec<serde_json::Value> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut samples = Vec::new();
+    let mut weights = Vec::new();
+    for (stack, stack_weight) in stacks(rows, weight, leading) {
+        let sample: Vec<usize> = stack
+            .into_iter()
+            .map(|frame| {
+                let next = index.len();
+                *index.entry(frame).or_insert_with_key(|frame| {
+                    frames.push(serde_json::json!({ "name": frame }));
+                    next
+                })
+            })
+            .collect();
+        samples.push(sample);
+        weights.push(stack_weight);
+    }
+    let unit = match weight {
+        Weight::Time => "microseconds",
+        Weight::Count => "none",
+    };
+    serde_json::json!({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": concat!("dstrace@", env!("CARGO_PKG_VERSION")),
+        "name": name,
+        "activeProfileIndex": 0,
+        "shared": { "frames": frames },
+        "profiles": [{
+            "type": "sampled",
+            "name": name,
+            "unit": unit,
+            "startValue": 0,
+            "endValue": weights.iter().sum::<u64>(),
+            "samples": samples,
+            "weights": weights,
+        }],
+    })
 }
 
 /// An SVG flame graph of folded lines.
@@ -529,6 +581,70 @@ mod tests {
         assert_eq!(lines(&[Comm, Lock], true), ["comm:stat;lock:d_wait of /mnt/x/a;d_alloc_parallel 1000"]);
         assert_eq!(lines(&[Mount], false), ["mount:/mnt/x;d_alloc_parallel 1000"]);
         assert_eq!(lines(&[], false), ["d_alloc_parallel 1000"]);
+    }
+
+    /// speedscope's file: one sampled profile, a sample per folded line with the
+    /// same weight, frames shared by index, the unit named.
+    #[test]
+    fn speedscope_has_the_folded_stacks_with_their_unit() {
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        let rows = [
+            row(1, "stat", &lookup, None, &[2_000_000, 1_500]),
+            row(2, "ls", &lookup, None, &[1_000_000]),
+            row(3, "a;b\x1b", &[], None, &[7_000]),
+            row(4, "idle", &lookup, None, &[100]),
+        ];
+        let leading = by_comm();
+        for weight in [Weight::Time, Weight::Count] {
+            let file = speedscope(&rows, weight, &leading, "blocked");
+            let file: serde_json::Value = serde_json::from_str(&file.to_string()).unwrap();
+            assert_eq!(file["$schema"], "https://www.speedscope.app/file-format-schema.json");
+            assert_eq!(file["activeProfileIndex"], 0);
+            let frames: Vec<&str> = file["shared"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
+            let mut unique = frames.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), frames.len(), "frames are shared, each once: {frames:?}");
+            let profiles = file["profiles"].as_array().unwrap();
+            assert_eq!(profiles.len(), 1);
+            let profile = &profiles[0];
+            assert_eq!(profile["type"], "sampled");
+            assert_eq!(profile["unit"], if weight == Weight::Time { "microseconds" } else { "none" });
+            let samples = profile["samples"].as_array().unwrap();
+            let weights: Vec<u64> =
+                profile["weights"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
+            assert_eq!(samples.len(), weights.len());
+            assert_eq!(profile["startValue"], 0);
+            assert_eq!(profile["endValue"].as_u64().unwrap(), weights.iter().sum::<u64>());
+            // The folded lines, frame for frame (but `;`), weight for weight.
+            let mut as_folded: Vec<String> = samples
+                .iter()
+                .zip(&weights)
+                .map(|(sample, weight)| {
+                    let names: Vec<String> = sample
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| frames[i.as_u64().unwrap() as usize].replace(';', "\\x3b"))
+                        .collect();
+                    format!("{} {weight}", names.join(";"))
+                })
+                .collect();
+            as_folded.sort_unstable();
+            assert_eq!(as_folded, folded(&rows, weight, &leading));
+        }
+        let file = speedscope(&rows, Weight::Time, &leading, "blocked");
+        // The two lookups share their kernel frames; the leaf is d_alloc_parallel.
+        let frames = file["shared"]["frames"].as_array().unwrap();
+        assert_eq!(frames.iter().filter(|f| f["name"] == "d_alloc_parallel").count(), 1);
+        assert!(frames.iter().all(|f| f["name"] != "__schedule" && f["name"] != "schedule"));
+        assert!(frames.iter().any(|f| f["name"] == "comm:a;b\\x1b"), "{frames:?}");
+        assert_eq!(file["profiles"][0]["weights"], serde_json::json!([7, 1000, 2002]));
     }
 
     /// pprof's flat (self) values go to the blocking functions; the command stays a
