@@ -8,9 +8,9 @@
 //! selection's, whichever is later, to the last interval end it was seen at),
 //! filtered by time window, mount, command and process. So an incident whose
 //! tasks never woke is the widest tower of its flame graph, and the totals agree
-//! across formats: the folded file's weights, the SVG's `all` frame, the pprof
-//! `blocked` values and the JSON groups' `total_ns` add up to the same blocked
-//! time.
+//! across formats: the folded file's weights, the SVG's `all` frame, the
+//! speedscope weights, the pprof `blocked` values and the JSON groups' `total_ns`
+//! add up to the same blocked time.
 //!
 //! The stacks of every profile (folded, svg, speedscope, pprof) end at the
 //! blocking function: the scheduler and wait-primitive frames below it are cut, as
