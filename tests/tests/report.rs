@@ -13,7 +13,7 @@ use std::{
 
 use dstrace::{
     model::aggregate::Totals,
-    resolve::symbols::Stack,
+    resolve::symbols::{is_wait_primitive, Stack},
     sinks::recording::{self, FileOptions, IntervalData, RowData, Session, Writer},
 };
 use dstrace_tests::{
@@ -128,6 +128,28 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     );
     let by_count = String::from_utf8(report(&[rec.to_str().unwrap(), "--weight", "count"]).stdout).unwrap();
     assert_eq!(folded_total(&by_count), count);
+    // The command at the root, the blocking function at the leaf: never the
+    // scheduler nor a wait primitive (unless a stack has nothing else).
+    let escaped_comm = r"comm:dst\x3bat \x0a\x1b[1m";
+    for line in folded.lines() {
+        let frames: Vec<&str> = line.rsplit_once(' ').unwrap().0.split(';').collect();
+        assert!(frames[0].starts_with("comm:"), "the command is not the root: {line}");
+        let kernel = &frames[1..];
+        if kernel.iter().any(|frame| !is_wait_primitive(frame)) {
+            assert!(!is_wait_primitive(kernel[kernel.len() - 1]), "a primitive as the leaf: {line}");
+        }
+    }
+    let stuck_lines: Vec<&str> =
+        folded.lines().filter(|line| line.starts_with(&format!("{escaped_comm};"))).collect();
+    assert!(!stuck_lines.is_empty(), "no line for the hostile name at the root:\n{folded}");
+    assert!(
+        stuck_lines.iter().any(|line| line.rsplit_once(' ').unwrap().0.ends_with(";d_alloc_parallel")),
+        "the stuck lookups do not end in d_alloc_parallel: {stuck_lines:?}"
+    );
+    // --no-comm: the kernel stacks alone, the same total.
+    let bare = String::from_utf8(report(&[rec.to_str().unwrap(), "--no-comm"]).stdout).unwrap();
+    assert!(bare.lines().all(|line| !line.contains("comm:")), "{bare}");
+    assert!(folded_total(&bare).abs_diff(folded_us) <= lines, "{bare}");
     // Grouped by mount and comm: the dead mount at the root, the hostile name
     // escaped inside its frame.
     let grouped =
@@ -136,12 +158,11 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let grouped_us = folded_total(&grouped);
     let grouped_lines = grouped.lines().count() as u64;
     assert!(grouped_us.abs_diff(folded_us) <= grouped_lines, "{grouped_us} us vs {folded_us} us");
-    let escaped_comm = r"comm:dst\x3bat \x0a\x1b[1m";
     let stuck_line = grouped
         .lines()
         .find(|line| line.starts_with(&format!("mount:{mount_point};{escaped_comm};")))
         .unwrap_or_else(|| panic!("no line for the dead mount and the hostile name:\n{grouped}"));
-    assert!(stuck_line.contains(";d_alloc_parallel;"), "{stuck_line}");
+    assert!(stuck_line.rsplit_once(' ').unwrap().0.ends_with(";d_alloc_parallel"), "{stuck_line}");
     assert_eq!(
         stuck_line.rsplit_once(' ').unwrap().0.split(';').next(),
         Some(&*format!("mount:{mount_point}"))
@@ -155,6 +176,27 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let before = dstrace(&["report", rec.to_str().unwrap(), "--until", "2000-01-01T00:00:00Z"]);
     assert_eq!(before.status.code(), Some(1), "a window with nothing in it is an error");
     assert_eq!(us(&report_json(&rec, &["--since", "1h"])["blocked_ms"]), total_us);
+
+    // speedscope: its own format, a sampled profile with its unit, the folded
+    // lines' weights: the same total, to the microsecond.
+    for (weight, unit, total) in [("time", "microseconds", folded_us), ("count", "none", count)] {
+        let path = dir.path(format!("blocked-{weight}.speedscope.json"));
+        report(&[
+            rec.to_str().unwrap(),
+            "--format",
+            "speedscope",
+            "--weight",
+            weight,
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        let file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("speedscope JSON");
+        check_speedscope(&file, unit, total);
+        let frames = file["shared"]["frames"].as_array().unwrap();
+        assert!(frames.iter().any(|f| f["name"] == "d_alloc_parallel"), "no d_alloc_parallel frame");
+        assert!(frames.iter().all(|f| f["name"] != "__schedule"), "the scheduler is a frame");
+        assert!(frames.iter().any(|f| f["name"] == r"comm:dst;at \x0a\x1b[1m"), "the hostile comm, escaped");
+    }
 
     // pprof: the same blocked time in nanoseconds, the same count.
     let pb = dir.path("blocked.pb.gz");
@@ -215,8 +257,20 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
         };
         let top = pprof(&["-top", "-cum"]);
         assert!(top.contains("d_alloc_parallel"), "{top}");
-        assert!(top.contains("__schedule"), "{top}");
         assert!(top.lines().any(|l| l.trim_start().starts_with("Type: blocked")), "{top}");
+        // By flat (self) time: the blocking functions, the stuck lookups first;
+        // the scheduler is in no stack.
+        let top = pprof(&["-top"]);
+        let ranked = top_functions(&top);
+        assert_eq!(ranked.first().map(|(name, _)| name.as_str()), Some("d_alloc_parallel"), "{top}");
+        assert!(!top.contains("__schedule") && !top.contains(" schedule\n"), "{top}");
+        for (name, flat) in &ranked {
+            assert!(*flat == 0.0 || !is_wait_primitive(name), "{name} has flat time:\n{top}");
+        }
+        // The command at the root, from its label: a frame of its own, the
+        // outermost (a line by itself, where the label line has `comm:` first).
+        let rooted = pprof(&["-traces", "-tagroot=comm"]);
+        assert!(rooted.lines().any(|line| line.trim() == r"dst;at \x0a\x1b[1m"), "{rooted}");
         // Only the waits on the dead mount: d_alloc_parallel is most of them.
         let focused = pprof(&["-top", "-cum", &format!("-tagfocus=mount={}", mount.path().display())]);
         assert!(focused.contains("d_alloc_parallel"), "{focused}");
@@ -227,6 +281,62 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
         }
         assert!(!tags.contains('\x1b'), "an escape sequence reached go tool pprof's output");
     }
+}
+
+/// The functions of `go tool pprof -top`, in its order, with their flat values
+/// (in the unit it shows them in).
+fn top_functions(top: &str) -> Vec<(String, f64)> {
+    top.lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flat = fields.first()?;
+            let number = flat.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == 'µ');
+            Some((fields[5..].join(" "), number.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Checks a speedscope file against the essentials of its schema
+/// (https://www.speedscope.app/file-format-schema.json): the schema named, frames
+/// with names, one sampled profile with this unit whose samples index the frames,
+/// as many weights as samples, `endValue - startValue` their sum, and `total`.
+fn check_speedscope(file: &Value, unit: &str, total: u64) {
+    assert_eq!(file["$schema"], "https://www.speedscope.app/file-format-schema.json");
+    let frames = file["shared"]["frames"].as_array().expect("shared.frames");
+    assert!(!frames.is_empty());
+    for frame in frames {
+        let name = frame["name"].as_str().unwrap_or_else(|| panic!("a frame without a name: {frame}"));
+        assert!(!name.chars().any(char::is_control), "a control character in {name:?}");
+    }
+    let profiles = file["profiles"].as_array().expect("profiles");
+    assert_eq!(profiles.len(), 1);
+    let index = file["activeProfileIndex"].as_u64().unwrap_or(0) as usize;
+    assert!(index < profiles.len());
+    let profile = &profiles[0];
+    assert_eq!(profile["type"], "sampled");
+    assert_eq!(profile["unit"], unit);
+    assert!(profile["name"].is_string());
+    let samples = profile["samples"].as_array().expect("samples");
+    let weights: Vec<u64> = profile["weights"]
+        .as_array()
+        .expect("weights")
+        .iter()
+        .map(|w| w.as_u64().expect("a weight"))
+        .collect();
+    assert_eq!(samples.len(), weights.len(), "a weight per sample");
+    for sample in samples {
+        let sample = sample.as_array().expect("a sample is a list of frame indices");
+        assert!(!sample.is_empty());
+        for i in sample {
+            assert!((i.as_u64().expect("an index") as usize) < frames.len(), "{i} is no frame");
+        }
+    }
+    let sum: u64 = weights.iter().sum();
+    let (start, end) = (profile["startValue"].as_u64().unwrap(), profile["endValue"].as_u64().unwrap());
+    assert_eq!(end - start, sum);
+    assert_eq!(sum, total, "speedscope's total is not the folded one");
 }
 
 /// Stops a recorder as Ctrl-C does and checks it ended well.

@@ -198,9 +198,18 @@ pub struct ReportArgs {
     pub weight: Weight,
 
     /// Leading frames, in this order, so the graph splits by them at its root
-    /// (folded and svg; pprof has them as labels).
+    /// (folded, svg, speedscope; pprof has them as labels). The command is a frame
+    /// of every stack: the root by default (as in perf's and offcputime's), right
+    /// after the frames given here unless `comm` is among them (then where it is
+    /// listed). Every stack ends at the function that blocked: the scheduler and
+    /// wait primitives below it are left out.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "mount,lock,comm")]
     pub group_by: Vec<GroupBy>,
+
+    /// Leave the command's frame out of the stacks (folded, svg, speedscope): the
+    /// kernel stack alone, under any --group-by frames.
+    #[arg(long)]
+    pub no_comm: bool,
 
     /// Only intervals that ended at or after this time: RFC 3339 (2026-11-22T03:14:00Z,
     /// or without Z for UTC), or a duration such as 10m: that long before the end of

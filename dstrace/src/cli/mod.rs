@@ -93,17 +93,21 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Record(RecordArgs),
 
-    /// Report on recordings: folded stacks, an SVG flame graph, pprof, or JSON.
+    /// Report on recordings: folded stacks, an SVG flame graph, speedscope, pprof,
+    /// or JSON.
     ///
     /// Stacks are weighted by blocked time in microseconds (or by number of
-    /// waits); --group-by puts the mount, lock or command at the root of the
-    /// graph. The pprof profile has sample types blocked (nanoseconds) and count,
-    /// and labels comm, pid, mount, lock. Damaged parts of a recording are
-    /// reported on standard error and skipped.
+    /// waits). Each goes from the command (the root) to the function that
+    /// blocked (the leaf: the scheduler and wait primitives below it are left
+    /// out); --group-by puts the mount or lock before the command. The pprof
+    /// profile has sample types blocked (nanoseconds) and count, and labels comm,
+    /// pid, mount, lock. Damaged parts of a recording are reported on standard
+    /// error and skipped.
     ///
     /// Examples:
     ///   dstrace report dstrace.rec > blocked.folded
     ///   dstrace report dstrace.rec.1 dstrace.rec --format svg --group-by mount -o blocked.svg
+    ///   dstrace report dstrace.rec --format speedscope -o blocked.speedscope.json
     ///   dstrace report dstrace.rec --format pprof -o blocked.pb.gz && go tool pprof -top blocked.pb.gz
     ///   dstrace report dstrace.rec --format json --since 30m --mount /mnt/nfs
     #[command(verbatim_doc_comment)]

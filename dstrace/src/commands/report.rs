@@ -24,7 +24,10 @@ use crate::{
         escape::escape,
         json::json_wait,
         recording::{self, file::read_file},
-        report::{folded, in_d_at, json, profile, select, svg, Filter, ReportFormat, Selection},
+        report::{
+            folded, in_d_at, json, leading_frames, profile, select, speedscope, svg, Filter, ReportFormat,
+            Selection,
+        },
         tree::in_d_text,
         Format,
     },
@@ -66,6 +69,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     if let Some(at) = time(&args.at, "--at")? {
         return write(args, &in_d_report(args, &recordings, &filter, at)?);
     }
+    let leading = leading_frames(&args.group_by, !args.no_comm)?;
     let selection = select(&recordings, &filter);
     if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
         let files: Vec<String> =
@@ -78,15 +82,21 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     }
     let bytes = match args.format {
         ReportFormat::Folded => {
-            let mut text = folded(&selection.rows, args.weight, &args.group_by).join("\n");
+            let mut text = folded(&selection.rows, args.weight, &leading).join("\n");
             if !text.is_empty() {
                 text.push('\n');
             }
             text.into_bytes()
         }
         ReportFormat::Svg => {
-            let lines = folded(&selection.rows, args.weight, &args.group_by);
+            let lines = folded(&selection.rows, args.weight, &leading);
             svg(&lines, args.weight, &subtitle(&selection))?
+        }
+        ReportFormat::Speedscope => {
+            let name = format!("Off-CPU (D state), {}", subtitle(&selection));
+            let mut text = serde_json::to_string(&speedscope(&selection.rows, args.weight, &leading, &name))?;
+            text.push('\n');
+            text.into_bytes()
         }
         ReportFormat::Pprof => {
             if args.output.is_none() && is_terminal() {

@@ -4,7 +4,9 @@
 //! or lock primitive it slept in (`schedule`, `io_schedule`, `rwsem_down_write_slowpath`,
 //! `folio_wait_bit_common`, ...). What a person wants is the first frame below those:
 //! the kernel function that decided to wait. [`WAIT_PRIMITIVES`] is the one list of
-//! what counts as a primitive.
+//! what counts as a primitive: the blocking function shown and grouped by everywhere,
+//! and the leaf of every profile `dstrace report` writes ([`from_blocking_function`]),
+//! both come from it.
 
 use std::{collections::HashMap, rc::Rc};
 
@@ -150,6 +152,17 @@ fn matches_any(patterns: &[Pattern], symbol: &str) -> bool {
 /// is not a primitive, or `None` if every frame is one.
 pub fn blocking_function<'a>(frames: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     frames.into_iter().find(|frame| !is_wait_primitive(frame))
+}
+
+/// A stack (innermost frame first) from its blocking function on: the scheduler and
+/// primitive frames below [`blocking_function`] cut, so that a profile's leaf is the
+/// function that decided to wait. A stack of primitives only is kept whole: there is
+/// nothing else to show.
+pub fn from_blocking_function<S: AsRef<str>>(stack: &[S]) -> &[S] {
+    match stack.iter().position(|frame| !is_wait_primitive(frame.as_ref())) {
+        Some(first) => &stack[first..],
+        None => stack,
+    }
 }
 
 /// The kernel's text symbols, from `/proc/kallsyms`, sorted by address.
@@ -416,6 +429,23 @@ ffffffffc0001000 t nfs_file_fsync\t[nfs]
         assert_eq!(blocking_function(nfs), Some("rpc_wait_bit_killable"));
 
         assert_eq!(blocking_function(["__schedule", "schedule"]), None);
+    }
+
+    #[test]
+    fn stacks_for_reports_start_at_their_blocking_function() {
+        let open = ["__schedule", "schedule", "rwsem_down_write_slowpath", "down_write", "path_openat"];
+        assert_eq!(from_blocking_function(&open), ["path_openat"]);
+        // The same cut as blocking_function's, whatever the stack.
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        assert_eq!(from_blocking_function(&lookup)[0], blocking_function(lookup).unwrap());
+        // Stacks from the task iterator may lack the scheduler: nothing to cut.
+        assert_eq!(
+            from_blocking_function(&["d_alloc_parallel", "lookup_slow"]),
+            ["d_alloc_parallel", "lookup_slow"]
+        );
+        // Nothing but primitives: kept whole, not emptied.
+        assert_eq!(from_blocking_function(&["__schedule", "schedule"]), ["__schedule", "schedule"]);
+        assert!(from_blocking_function::<&str>(&[]).is_empty());
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! build. Only what dstrace fills in is declared; a reader skips nothing it needs.
 //!
 //! Each sample is one aggregated row of a recording: its kernel stack (leaf
-//! first, as pprof wants), two values (`blocked`/`nanoseconds` and
-//! `count`/`count`) and labels `comm`, `pid` (numeric), `mount` and `lock`, so that
-//! `go tool pprof -tagfocus comm=nfsd` or `-tags` work. Names and labels are
+//! first, as pprof wants; [`crate::sinks::report::profile`] gives it from the
+//! blocking function on, so the flat values of `go tool pprof -top` rank the
+//! functions that blocked, not `__schedule`), two values (`blocked`/`nanoseconds`
+//! and `count`/`count`) and labels `comm`, `pid` (numeric), `mount` and `lock`, so
+//! that `go tool pprof -tagfocus comm=nfsd` or `-tags` work, and `-tagroot=comm`
+//! puts the command at the root as the folded stacks have it. Names and labels are
 //! escaped as in text output ([`crate::sinks::text::escape`]): a process name with a
 //! terminal escape sequence does not reach the terminal of whoever reads the profile.
 

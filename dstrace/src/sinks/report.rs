@@ -8,19 +8,45 @@
 //! selection's, whichever is later, to the last interval end it was seen at),
 //! filtered by time window, mount, command and process. So an incident whose
 //! tasks never woke is the widest tower of its flame graph, and the totals agree
-//! across formats: the folded file's weights, the SVG's `all` frame, the pprof
-//! `blocked` values and the JSON groups' `total_ns` add up to the same blocked
-//! time.
+//! across formats: the folded file's weights, the SVG's `all` frame, the
+//! speedscope weights, the pprof `blocked` values and the JSON groups' `total_ns`
+//! add up to the same blocked time.
+//!
+//! The stacks of every profile (folded, svg, speedscope, pprof) end at the
+//! blocking function: the scheduler and wait-primitive frames below it are cut, as
+//! [`from_blocking_function`] cuts them (the one list of primitives,
+//! [`crate::resolve::symbols::WAIT_PRIMITIVES`]). Every stack of an off-CPU
+//! profile ends in the scheduler, so a leaf there says nothing and takes all the
+//! self time: `go tool pprof -top` would rank `__schedule` at 100%. With the cut,
+//! the self time is the blocking function's (`d_alloc_parallel`,
+//! `rpc_wait_bit_killable`, ...), the function the text and JSON output name, and
+//! the frames above it say how the task got there. A stack of primitives only is
+//! kept whole.
+//!
+//! The command is a frame of every folded, svg and speedscope stack, `comm:NAME`,
+//! as perf's and offcputime's folded stacks have the process name at the root: by
+//! default it is the root. `--group-by` frames (`mount:...`, `lock:...`, and
+//! `comm:...` where the user places it) come first, in the order given, so a graph
+//! can split by mount before anything else; without `comm` among them the command
+//! comes right after them, at the root of the task's own frames, and `--no-comm`
+//! leaves it out ([`leading_frames`]). The prefix keeps a command apart from a
+//! kernel function of the same name (`sync`). pprof has the command, pid, mount and
+//! lock as labels instead, as pprof profiles do (`go tool pprof -tagroot=comm` puts
+//! them at the root), so its locations are only kernel functions.
 //!
 //! Formats:
 //! * `folded`: one line per stack, frames root first separated by `;`, then a
 //!   space and the weight (blocked microseconds, or the number of waits), as
-//!   flamegraph.pl, inferno and speedscope read it. `--group-by` puts `mount:...`,
-//!   `lock:...` and `comm:...` frames at the root. Frame names are escaped as text
+//!   flamegraph.pl, inferno and speedscope read it. Frame names are escaped as text
 //!   output escapes them (control characters as `\xNN`, `\` as `\\`), and `;`
 //!   as `\x3b`, so no name can split a frame or a line.
 //! * `svg`: the folded stacks drawn by the inferno crate, titled and coloured as an
 //!   off-CPU graph (its `io` palette).
+//! * `speedscope`: the same stacks in speedscope's own file format
+//!   (<https://www.speedscope.app/file-format-schema.json>): one `sampled` profile
+//!   whose samples are the folded lines, frames shared, weights in `microseconds`
+//!   (or `none`, a number of waits), so speedscope shows times with their unit
+//!   (it takes folded weights for plain numbers). Names escaped as in text output.
 //! * `pprof`: see [`crate::sinks::pprof`].
 //! * `json`: one document: `groups` as in `run --json`'s summary (per process and
 //!   blocking function), `by_mount` and `by_lock` in the summary's schema, and
@@ -44,7 +70,7 @@ use crate::{
         board::{CauseGroup, MAX_PIDS},
         wait::{LockInfo, Wait},
     },
-    resolve::symbols::blocking_function,
+    resolve::symbols::{blocking_function, from_blocking_function},
     sinks::{
         escape::escape,
         json::{json_by_process, json_causes, json_wait},
@@ -60,6 +86,8 @@ pub enum ReportFormat {
     Folded,
     /// An SVG flame graph.
     Svg,
+    /// speedscope's own JSON format (a sampled profile, with its unit).
+    Speedscope,
     /// A pprof profile (profile.proto, gzip).
     Pprof,
     /// JSON (the schema of `run --json`'s summary groups).
@@ -234,43 +262,114 @@ pub fn in_d_at(
     Some((nearest.end, waits))
 }
 
-/// A frame name safe in a folded line: escaped as text output escapes, and `;`
-/// as `\x3b`.
-pub fn folded_frame(name: &str) -> String {
-    escape(name).replace(';', "\\x3b")
+/// The leading frames of every stack: `--group-by`'s, in the order given, and
+/// the command's after them unless listed among them or left out (`comm: false`,
+/// `--no-comm`). Asking for both the command's frame and none is an error.
+pub fn leading_frames(group_by: &[GroupBy], comm: bool) -> Result<Vec<GroupBy>> {
+    let listed = group_by.contains(&GroupBy::Comm);
+    if listed && !comm {
+        bail!("--group-by comm and --no-comm contradict each other: give one");
+    }
+    let mut frames = group_by.to_vec();
+    if comm && !listed {
+        frames.push(GroupBy::Comm);
+    }
+    Ok(frames)
 }
 
-/// The folded stacks of rows: `frames weight` lines, sorted, weights summed per
-/// stack; stacks weighing nothing left out.
-pub fn folded(rows: &[RowData], weight: Weight, group_by: &[GroupBy]) -> Vec<String> {
-    let mut stacks: BTreeMap<String, Totals> = BTreeMap::new();
+/// The stacks of rows, root first: the `leading` frames, then the kernel stack from
+/// its outermost frame to its blocking function ([`from_blocking_function`]), each
+/// name escaped as text output escapes it; weights summed per stack, in the order
+/// of the stacks, those weighing nothing left out. Folded lines and speedscope
+/// samples are these, so their totals are the same.
+fn stacks(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<(Vec<String>, u64)> {
+    let mut stacks: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
     for row in rows {
-        let mut frames: Vec<String> = group_by
+        let mut frames: Vec<String> = leading
             .iter()
             .map(|by| match by {
-                GroupBy::Mount => format!("mount:{}", row.mount.as_deref().unwrap_or("-")),
-                GroupBy::Lock => format!("lock:{}", row.lock.as_deref().unwrap_or("-")),
-                GroupBy::Comm => format!("comm:{}", row.comm),
+                GroupBy::Mount => format!("mount:{}", escape(row.mount.as_deref().unwrap_or("-"))),
+                GroupBy::Lock => format!("lock:{}", escape(row.lock.as_deref().unwrap_or("-"))),
+                GroupBy::Comm => format!("comm:{}", escape(&row.comm)),
             })
             .collect();
         if row.stack.is_empty() {
             frames.push("[stack lost]".to_owned());
         } else {
-            frames.extend(row.stack.iter().rev().cloned());
+            frames.extend(from_blocking_function(&row.stack).iter().rev().map(|frame| escape(frame)));
         }
-        let key = frames.iter().map(|frame| folded_frame(frame)).collect::<Vec<_>>().join(";");
-        stacks.entry(key).or_default().add(&row.totals);
+        stacks.entry(frames).or_default().add(&row.totals);
     }
     stacks
         .into_iter()
-        .filter_map(|(stack, totals)| {
+        .filter_map(|(frames, totals)| {
             let weight = match weight {
                 Weight::Time => (totals.total_ns + 500) / 1000,
                 Weight::Count => totals.count,
             };
-            (weight > 0).then(|| format!("{stack} {weight}"))
+            (weight > 0).then_some((frames, weight))
         })
         .collect()
+}
+
+/// The folded stacks of rows: `frames weight` lines, sorted, weights summed per
+/// stack; stacks weighing nothing left out. `leading` frames at the root
+/// ([`leading_frames`]), the blocking function the leaf.
+pub fn folded(rows: &[RowData], weight: Weight, leading: &[GroupBy]) -> Vec<String> {
+    let mut lines: Vec<String> = stacks(rows, weight, leading)
+        .into_iter()
+        .map(|(frames, weight)| {
+            // Escaped already: only `;` is left to keep from splitting a frame.
+            let frames: Vec<String> = frames.iter().map(|frame| frame.replace(';', "\\x3b")).collect();
+            format!("{} {weight}", frames.join(";"))
+        })
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// The speedscope file of rows (<https://www.speedscope.app/file-format-schema.json>):
+/// one sampled profile named `name`, a sample per folded line with its weight
+/// (microseconds, or `none` for a number of waits), frames shared.
+pub fn speedscope(rows: &[RowData], weight: Weight, leading: &[GroupBy], name: &str) -> serde_json::Value {
+    let mut frames: Vec<serde_json::Value> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut samples = Vec::new();
+    let mut weights = Vec::new();
+    for (stack, stack_weight) in stacks(rows, weight, leading) {
+        let sample: Vec<usize> = stack
+            .into_iter()
+            .map(|frame| {
+                let next = index.len();
+                *index.entry(frame).or_insert_with_key(|frame| {
+                    frames.push(serde_json::json!({ "name": frame }));
+                    next
+                })
+            })
+            .collect();
+        samples.push(sample);
+        weights.push(stack_weight);
+    }
+    let unit = match weight {
+        Weight::Time => "microseconds",
+        Weight::Count => "none",
+    };
+    serde_json::json!({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": concat!("dstrace@", env!("CARGO_PKG_VERSION")),
+        "name": name,
+        "activeProfileIndex": 0,
+        "shared": { "frames": frames },
+        "profiles": [{
+            "type": "sampled",
+            "name": name,
+            "unit": unit,
+            "startValue": 0,
+            "endValue": weights.iter().sum::<u64>(),
+            "samples": samples,
+            "weights": weights,
+        }],
+    })
 }
 
 /// An SVG flame graph of folded lines.
@@ -298,7 +397,8 @@ pub fn svg(lines: &[String], weight: Weight, subtitle: &str) -> Result<Vec<u8>> 
     Ok(out)
 }
 
-/// A pprof profile of rows.
+/// A pprof profile of rows: their stacks from the blocking function on, the
+/// command, pid, mount and lock as labels.
 pub fn profile(rows: &[RowData], span: Option<(SystemTime, SystemTime)>, weight: Weight) -> Result<Vec<u8>> {
     let (start, duration) = match span {
         Some((start, end)) => (unix_ns(start), unix_ns(end).saturating_sub(unix_ns(start))),
@@ -314,7 +414,7 @@ pub fn profile(rows: &[RowData], span: Option<(SystemTime, SystemTime)>, weight:
             labels.push(("lock", lock));
         }
         builder.add(&pprof::Input {
-            stack: &row.stack,
+            stack: from_blocking_function(&row.stack),
             blocked_ns: row.totals.total_ns,
             count: row.totals.count,
             labels,
@@ -399,25 +499,203 @@ mod tests {
         }
     }
 
+    /// The leading frames of the default: the command alone.
+    fn by_comm() -> Vec<GroupBy> {
+        leading_frames(&[], true).unwrap()
+    }
+
     #[test]
     fn folded_lines_are_root_first_and_summed() {
-        let stack = ["__schedule", "d_alloc_parallel", "path_openat"];
+        let stack = ["__schedule", "schedule", "d_alloc_parallel", "path_openat"];
         let rows = [
             row(1, "stat", &stack, Some("/mnt/x"), &[2_000_000, 1_000_000]),
             row(2, "stat", &stack, Some("/mnt/x"), &[1_000_000]),
             row(3, "jbd2", &[], None, &[400]),
         ];
-        let lines = folded(&rows, Weight::Time, &[]);
+        let lines = folded(&rows, Weight::Time, &by_comm());
         // 400ns rounds to 0us: left out of the time-weighted lines.
-        assert_eq!(lines, ["path_openat;d_alloc_parallel;__schedule 4000"]);
+        assert_eq!(lines, ["comm:stat;path_openat;d_alloc_parallel 4000"]);
         let lines = folded(&rows, Weight::Count, &[GroupBy::Mount, GroupBy::Comm]);
         assert_eq!(
             lines,
+            ["mount:-;comm:jbd2;[stack lost] 1", "mount:/mnt/x;comm:stat;path_openat;d_alloc_parallel 3"]
+        );
+    }
+
+    /// The scheduler and the wait primitives are never the leaf: the blocking
+    /// function is, so the self time of a flame graph or `pprof -top` is its.
+    #[test]
+    fn the_leaf_of_a_folded_stack_is_the_blocking_function() {
+        let rwsem = [
+            "__schedule",
+            "schedule",
+            "schedule_preempt_disabled",
+            "rwsem_down_write_slowpath",
+            "down_write",
+            "path_openat",
+            "do_filp_open",
+        ];
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        // The same wait as the task iterator sees it: no scheduler frame.
+        let iterated = ["d_alloc_parallel", "lookup_slow"];
+        let rows = [
+            row(1, "touch", &rwsem, None, &[1_000_000]),
+            row(2, "stat", &lookup, None, &[2_000_000]),
+            row(3, "stat", &iterated, None, &[3_000_000]),
+            row(4, "kworker", &["__schedule", "schedule"], None, &[4_000_000]),
+        ];
+        let lines = folded(&rows, Weight::Time, &by_comm());
+        assert_eq!(
+            lines,
             [
-                "mount:-;comm:jbd2;[stack lost] 1",
-                "mount:/mnt/x;comm:stat;path_openat;d_alloc_parallel;__schedule 3"
+                // Nothing but primitives: kept whole rather than emptied.
+                "comm:kworker;schedule;__schedule 4000",
+                "comm:stat;lookup_slow;d_alloc_parallel 5000",
+                "comm:touch;do_filp_open;path_openat 1000",
             ]
         );
+        for line in &lines[1..] {
+            let leaf = line.rsplit_once(' ').unwrap().0.rsplit(';').next().unwrap();
+            assert!(!crate::resolve::symbols::is_wait_primitive(leaf), "{line}");
+        }
+    }
+
+    /// The command is the root by default, as in perf's and offcputime's folded
+    /// stacks; `--group-by` frames come before it unless it is placed among them;
+    /// `--no-comm` drops it.
+    #[test]
+    fn the_command_is_the_root_unless_placed_or_dropped() {
+        use GroupBy::{Comm, Lock, Mount};
+        assert_eq!(leading_frames(&[], true).unwrap(), [Comm]);
+        assert_eq!(leading_frames(&[Mount], true).unwrap(), [Mount, Comm]);
+        assert_eq!(leading_frames(&[Comm, Mount], true).unwrap(), [Comm, Mount]);
+        assert_eq!(leading_frames(&[Mount, Comm, Lock], true).unwrap(), [Mount, Comm, Lock]);
+        assert_eq!(leading_frames(&[Lock], false).unwrap(), [Lock]);
+        assert!(leading_frames(&[], false).unwrap().is_empty());
+        let err = leading_frames(&[Comm], false).unwrap_err().to_string();
+        assert!(err.contains("--no-comm"), "{err}");
+
+        let stack = ["__schedule", "d_alloc_parallel"];
+        let mut stuck = row(1, "stat", &stack, Some("/mnt/x"), &[1_000_000]);
+        stuck.lock = Some("d_wait of /mnt/x/a".to_owned());
+        let rows = [stuck];
+        let lines = |group_by: &[GroupBy], comm: bool| {
+            folded(&rows, Weight::Time, &leading_frames(group_by, comm).unwrap())
+        };
+        assert_eq!(lines(&[], true), ["comm:stat;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Mount], true), ["mount:/mnt/x;comm:stat;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Comm, Lock], true), ["comm:stat;lock:d_wait of /mnt/x/a;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[Mount], false), ["mount:/mnt/x;d_alloc_parallel 1000"]);
+        assert_eq!(lines(&[], false), ["d_alloc_parallel 1000"]);
+    }
+
+    /// speedscope's file: one sampled profile, a sample per folded line with the
+    /// same weight, frames shared by index, the unit named.
+    #[test]
+    fn speedscope_has_the_folded_stacks_with_their_unit() {
+        let lookup = ["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"];
+        let rows = [
+            row(1, "stat", &lookup, None, &[2_000_000, 1_500]),
+            row(2, "ls", &lookup, None, &[1_000_000]),
+            row(3, "a;b\x1b", &[], None, &[7_000]),
+            row(4, "idle", &lookup, None, &[100]),
+        ];
+        let leading = by_comm();
+        for weight in [Weight::Time, Weight::Count] {
+            let file = speedscope(&rows, weight, &leading, "blocked");
+            let file: serde_json::Value = serde_json::from_str(&file.to_string()).unwrap();
+            assert_eq!(file["$schema"], "https://www.speedscope.app/file-format-schema.json");
+            assert_eq!(file["activeProfileIndex"], 0);
+            let frames: Vec<&str> = file["shared"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
+            let mut unique = frames.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), frames.len(), "frames are shared, each once: {frames:?}");
+            let profiles = file["profiles"].as_array().unwrap();
+            assert_eq!(profiles.len(), 1);
+            let profile = &profiles[0];
+            assert_eq!(profile["type"], "sampled");
+            assert_eq!(profile["unit"], if weight == Weight::Time { "microseconds" } else { "none" });
+            let samples = profile["samples"].as_array().unwrap();
+            let weights: Vec<u64> =
+                profile["weights"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
+            assert_eq!(samples.len(), weights.len());
+            assert_eq!(profile["startValue"], 0);
+            assert_eq!(profile["endValue"].as_u64().unwrap(), weights.iter().sum::<u64>());
+            // The folded lines, frame for frame (but `;`), weight for weight.
+            let mut as_folded: Vec<String> = samples
+                .iter()
+                .zip(&weights)
+                .map(|(sample, weight)| {
+                    let names: Vec<String> = sample
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| frames[i.as_u64().unwrap() as usize].replace(';', "\\x3b"))
+                        .collect();
+                    format!("{} {weight}", names.join(";"))
+                })
+                .collect();
+            as_folded.sort_unstable();
+            assert_eq!(as_folded, folded(&rows, weight, &leading));
+        }
+        let file = speedscope(&rows, Weight::Time, &leading, "blocked");
+        // The two lookups share their kernel frames; the leaf is d_alloc_parallel.
+        let frames = file["shared"]["frames"].as_array().unwrap();
+        assert_eq!(frames.iter().filter(|f| f["name"] == "d_alloc_parallel").count(), 1);
+        assert!(frames.iter().all(|f| f["name"] != "__schedule" && f["name"] != "schedule"));
+        assert!(frames.iter().any(|f| f["name"] == "comm:a;b\\x1b"), "{frames:?}");
+        assert_eq!(file["profiles"][0]["weights"], serde_json::json!([7, 1000, 2002]));
+    }
+
+    /// pprof's flat (self) values go to the blocking functions; the command stays a
+    /// label (for `-tagfocus`, `-tags`), not a location.
+    #[test]
+    fn pprof_leaves_are_blocking_functions_and_commands_labels() {
+        let rows = [
+            row(
+                1,
+                "stat",
+                &["__schedule", "schedule", "d_alloc_parallel", "lookup_slow"],
+                Some("/mnt/x"),
+                &[3_000],
+            ),
+            row(
+                2,
+                "sync",
+                &[
+                    "__schedule",
+                    "io_schedule",
+                    "folio_wait_bit_common",
+                    "folio_wait_writeback",
+                    "__filemap_fdatawait_range",
+                ],
+                None,
+                &[5_000],
+            ),
+        ];
+        let profile = pprof::decode(&profile(&rows, None, Weight::Time).unwrap()).unwrap();
+        let name = |i: i64| profile.string_table[i as usize].as_str();
+        let function = |location: u64| name(profile.function[location as usize - 1].name);
+        let leaves: Vec<&str> = profile.sample.iter().map(|s| function(s.location_id[0])).collect();
+        assert_eq!(leaves, ["d_alloc_parallel", "__filemap_fdatawait_range"]);
+        let names: Vec<&str> = profile.function.iter().map(|f| name(f.name)).collect();
+        assert!(!names.iter().any(|n| crate::resolve::symbols::is_wait_primitive(n)), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("comm:")), "{names:?}");
+        let labels: Vec<(&str, &str)> = profile.sample[0]
+            .label
+            .iter()
+            .filter(|l| l.str != 0)
+            .map(|l| (name(l.key), name(l.str)))
+            .collect();
+        assert_eq!(labels, [("comm", "stat"), ("mount", "/mnt/x")]);
+        let values: Vec<i64> = profile.sample.iter().map(|s| s.value[0]).collect();
+        assert_eq!(values, [3_000, 5_000]);
     }
 
     #[test]
@@ -436,7 +714,8 @@ mod tests {
     fn svg_is_an_off_cpu_graph() {
         let rows = [row(1, "stat", &["__schedule", "d_alloc_parallel"], None, &[3_000_000])];
         let svg =
-            String::from_utf8(svg(&folded(&rows, Weight::Time, &[]), Weight::Time, "test").unwrap()).unwrap();
+            String::from_utf8(svg(&folded(&rows, Weight::Time, &by_comm()), Weight::Time, "test").unwrap())
+                .unwrap();
         assert!(svg.contains("Off-CPU (D state)"), "{svg}");
         assert!(svg.contains("d_alloc_parallel"));
         assert!(svg.contains("3,000 us") || svg.contains("3000 us"), "{svg}");
