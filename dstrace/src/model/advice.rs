@@ -29,6 +29,12 @@ pub fn advise(waits: &[Wait]) -> Vec<String> {
     advise_with(waits, &file_locks::queues(&file_locks::read()))
 }
 
+/// Whether a task found in D has no known age (no start, 0 s): before tracing,
+/// its task clock did not say when it last ran.
+fn age_unknown(wait: &Wait) -> bool {
+    wait.start.is_none() && wait.duration_ns == 0 && wait.source != crate::model::wait::Source::Traced
+}
+
 /// As [`advise`], with the file lock queues given.
 pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
     let stuck: Vec<&Wait> = waits.iter().filter(|w| w.is_ongoing() && w.duration_ns >= MIN_AGE_NS).collect();
@@ -38,10 +44,18 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
     // server not answering.
     let own_namespace = mounts::namespace_of(None).unwrap_or(0);
     let mut by_mount: BTreeMap<(u64, String), Vec<&Wait>> = BTreeMap::new();
+    let mount_key = |mount: &Mount| (mount.namespace, mount.mount_point.to_string_lossy().into_owned());
     for wait in &stuck {
         if let Some(mount) = &wait.on.mount {
-            let key = (mount.namespace, mount.mount_point.to_string_lossy().into_owned());
-            by_mount.entry(key).or_default().push(wait);
+            by_mount.entry(mount_key(mount)).or_default().push(wait);
+        }
+    }
+    // A task already in D whose age the clocks cannot give (its `exec_start` is 0
+    // or ahead of its CPU's clock: seen on 6.12 in a TCG guest, the last task of a
+    // pile-up) is one of the pile-up on a mount where others are stuck.
+    for wait in waits.iter().filter(|w| w.is_ongoing() && age_unknown(w)) {
+        if let Some(tasks) = wait.on.mount.as_ref().and_then(|mount| by_mount.get_mut(&mount_key(mount))) {
+            tasks.push(wait);
         }
     }
     for ((_, mount_point), waits) in &by_mount {
@@ -385,6 +399,19 @@ mod tests {
              killed until the server 10.0.0.5 answers; `umount -l /var/lib/nova` detaches the mount point, \
              `umount -f /var/lib/nova` aborts pending RPCs"
         );
+    }
+
+    /// A task of no known age counts in the pile-up of a mount others are stuck
+    /// on, and alone it gets no advice.
+    #[test]
+    fn a_task_of_unknown_age_counts_beside_stuck_ones_only() {
+        let mut waits: Vec<Wait> = (1..=3).map(|pid| wait(pid, NFS, 240_000_000_000)).collect();
+        let mut unknown = wait(4, NFS, 0);
+        unknown.source = crate::model::wait::Source::Iterator;
+        waits.push(unknown.clone());
+        let advice = advise(&waits);
+        assert!(advice[0].starts_with("4 tasks wait on the NFS mount /var/lib/nova"), "{advice:?}");
+        assert_eq!(advise(&[unknown]), Vec::<String>::new());
     }
 
     fn rpc(timeouts: u32, not_responding_ns: Option<u64>) -> Link {
