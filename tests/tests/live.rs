@@ -128,7 +128,11 @@ fn json_lines_show_growing_ages_then_completed_waits() {
             .collect();
         assert!(ages.len() >= 2, "pid {pid} listed as ongoing fewer than twice: {ages:?}");
         assert!(ages.windows(2).all(|w| w[1] > w[0]), "the ages of pid {pid} do not grow: {ages:?}");
-        let done = records.iter().find(|r| r["type"] == "wait" && r["tgid"] == *pid).unwrap();
+        // Its wait behind the lookup (its exec may have waited for a page first).
+        let done = records
+            .iter()
+            .find(|r| r["type"] == "wait" && r["tgid"] == *pid && r["function"] == "d_alloc_parallel")
+            .unwrap_or_else(|| panic!("no wait of {pid} in d_alloc_parallel"));
         assert!(
             done["blocked_ms"].as_f64().unwrap() >= ages[ages.len() - 1],
             "the completed wait is shorter than its last age: {done}"
