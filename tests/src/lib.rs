@@ -511,6 +511,15 @@ pub fn output_of(mut child: Child, deadline: Duration, what: &str) -> std::proce
     std::process::Output { status, stdout: reader.join().unwrap(), stderr }
 }
 
+/// Stops a recorder of [`start_recording`] as Ctrl-C does; panics unless it
+/// ended well.
+pub fn stop_recording(mut recorder: Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
+    let status = recorder.wait().unwrap();
+    assert!(status.success(), "dstrace record exited with {status}");
+}
+
 /// Starts `dstrace record -o FILE ...` and returns once tracing is live (it says
 /// it records), its standard error passed on.
 pub fn start_recording(file: &std::path::Path, args: &[&str]) -> Child {

@@ -18,7 +18,7 @@ use dstrace::{
 };
 use dstrace_tests::{
     dstrace_bin, fuse::FuseMount, hostile_pileup, json_lines, require_root, require_tool, start_recording,
-    Children, Dstrace, Scratch, HOSTILE_COMM,
+    stop_recording, Children, Dstrace, Scratch, HOSTILE_COMM,
 };
 use serde_json::Value;
 
@@ -72,17 +72,14 @@ fn a_recording_of_real_d_states_reports_the_same_totals_in_every_format() {
     let rec = dir.path("incident.rec");
     let mount = FuseMount::new("record").expect("mount the test filesystem");
 
-    let mut recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
+    let recorder = start_recording(&rec, &["--interval", "1s", "--min-duration", "100ms"]);
     let mut pileup = hostile_pileup(&mount, &dir, HOSTILE_COMM.as_ref(), "missing".as_ref(), 3);
     let stuck = pileup.stuck.clone();
     sleep(Duration::from_secs(2));
     mount.release();
     pileup.children.wait_all(Duration::from_secs(10));
     sleep(Duration::from_millis(1500));
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
-    let status = recorder.wait().unwrap();
-    assert!(status.success(), "dstrace record exited with {status}");
+    stop_recording(recorder);
     assert_eq!(std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777, 0o600);
 
     let mount_point = mount.path().to_str().unwrap().to_owned();
@@ -337,14 +334,6 @@ fn check_speedscope(file: &Value, unit: &str, total: u64) {
     let (start, end) = (profile["startValue"].as_u64().unwrap(), profile["endValue"].as_u64().unwrap());
     assert_eq!(end - start, sum);
     assert_eq!(sum, total, "speedscope's total is not the folded one");
-}
-
-/// Stops a recorder as Ctrl-C does and checks it ended well.
-fn stop_recording(mut recorder: std::process::Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(recorder.id() as libc::pid_t, libc::SIGINT) };
-    let status = recorder.wait().unwrap();
-    assert!(status.success(), "dstrace record exited with {status}");
 }
 
 /// The incident as it usually is: a pile-up already standing when recording

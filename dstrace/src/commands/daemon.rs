@@ -268,8 +268,9 @@ impl Daemon {
         }
     }
 
-    /// The tasks in D now, for at least `min-duration`; a mount whose oldest
-    /// passed `stuck-after` (or stopped being so) is said on standard error.
+    /// The tasks in D now, for at least `min-duration`, their labels learnt for
+    /// the rows of their process and stack; a mount whose oldest passed
+    /// `stuck-after` (or stopped being so) is said on standard error.
     fn in_d(&mut self) -> Vec<Wait> {
         let min_ns = duration_ns(self.config.min_duration);
         let mut waits = self.session.in_d_now(min_ns);
@@ -281,22 +282,20 @@ impl Daemon {
         for line in self.watch.check(&waits, Instant::now(), queues) {
             eprintln!("dstrace: {line}");
         }
+        for wait in &waits {
+            self.labels.learn(wait);
+        }
         waits
     }
 
     /// A look at the tasks in D for the stuck mounts alone.
     fn check_stuck(&mut self) {
-        for wait in self.in_d() {
-            self.labels.learn(&wait);
-        }
+        self.in_d();
     }
 
     /// The metrics text of a scrape.
     fn scrape(&mut self) -> String {
         let in_d = self.in_d();
-        for wait in &in_d {
-            self.labels.learn(wait);
-        }
         self.read_aggregates();
         let counters = self.session.tracer.counters().unwrap_or_default();
         let usage = crate::resolve::procfs::usage(std::process::id());
@@ -306,9 +305,6 @@ impl Daemon {
     /// The end of a recording interval.
     fn record_interval(&mut self) {
         let in_d = self.in_d();
-        for wait in &in_d {
-            self.labels.learn(wait);
-        }
         self.read_aggregates();
         self.write_interval(&in_d);
         self.forget_ended_processes();

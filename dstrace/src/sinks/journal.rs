@@ -38,7 +38,7 @@ use crate::{
     sinks::{
         escape::escape,
         metrics::mount_label,
-        tree::{chain_text, holder_text, in_d_text},
+        tree::{chain_text, holder_name, in_d_text},
     },
 };
 
@@ -166,11 +166,12 @@ fn stuck_text(waits: &[&Wait], all_queues: &[Queue]) -> String {
 /// dentry 0x...`), else the FUSE daemon or NFS server its chain ends at, else
 /// `unknown`.
 fn holder(waits: &[Wait]) -> String {
-    let lock = waits.iter().filter_map(|wait| wait.lock.as_ref()).find(|lock| lock.holder.is_some());
-    if let Some(lock) = lock {
-        let held_by = holder_text(Some(lock));
-        let who = held_by.strip_prefix("held by ").unwrap_or(&held_by);
-        return format!("{who} holds {}", lock.name());
+    let held = waits
+        .iter()
+        .filter_map(|wait| wait.lock.as_ref())
+        .find_map(|lock| Some((lock, lock.holder.as_ref()?)));
+    if let Some((lock, holder)) = held {
+        return format!("{} holds {}", holder_name(holder), lock.name());
     }
     let end = waits
         .iter()

@@ -237,11 +237,14 @@ fn still_the_same(seen_at: SystemTime, wait: &Wait) -> bool {
 /// millisecond, the clocks of the two records may differ by a few).
 fn completed_as(seen: &Wait, completed: &Wait) -> bool {
     match (seen.start, completed.start) {
-        (Some(a), Some(b)) => {
-            a.duration_since(b).or_else(|_| b.duration_since(a)).is_ok_and(|d| d.as_nanos() <= 50_000_000)
-        }
+        (Some(a), Some(b)) => apart(a, b) <= std::time::Duration::from_millis(50),
         _ => false,
     }
+}
+
+/// How far apart two times are, whichever is first.
+fn apart(a: SystemTime, b: SystemTime) -> std::time::Duration {
+    a.duration_since(b).or_else(|_| b.duration_since(a)).unwrap_or_default()
 }
 
 /// The tasks in D at the recorded moment nearest `at` (an interval's end), with
@@ -251,13 +254,11 @@ pub fn in_d_at(
     filter: &Filter,
     at: SystemTime,
 ) -> Option<(SystemTime, Vec<Wait>)> {
-    let distance =
-        |end: SystemTime| end.duration_since(at).or_else(|_| at.duration_since(end)).unwrap_or_default();
     let nearest = recordings
         .iter()
         .flat_map(|r| &r.intervals)
         .filter(|interval| filter.in_window(interval.end))
-        .min_by_key(|interval| distance(interval.end))?;
+        .min_by_key(|interval| apart(interval.end, at))?;
     let waits = nearest.in_d.iter().filter(|wait| filter.wants_wait(wait)).cloned().collect();
     Some((nearest.end, waits))
 }

@@ -15,7 +15,7 @@ use crate::{
         board::BoardGroup,
         link::Link,
         rpc,
-        wait::{LockInfo, Wait},
+        wait::{Holder, LockInfo, Wait},
     },
 };
 
@@ -95,8 +95,14 @@ impl TreeRow {
 
 /// `held by comm[tid] (S in function)`, or nothing when the holder is unknown.
 pub fn holder_text(lock: Option<&LockInfo>) -> String {
-    let Some(holder) = lock.and_then(|lock| lock.holder.as_ref()) else { return String::new() };
-    let mut text = format!("held by {}[{}]", holder.comm, holder.tid);
+    lock.and_then(|lock| lock.holder.as_ref())
+        .map_or_else(String::new, |holder| format!("held by {}", holder_name(holder)))
+}
+
+/// A lock's holder for people: `stat[42] (S in request_wait_answer)`, as
+/// [`holder_text`] says it.
+pub fn holder_name(holder: &Holder) -> String {
+    let mut text = format!("{}[{}]", holder.comm, holder.tid);
     if holder.reader_hint {
         text.push_str(" (a reader)");
     }
