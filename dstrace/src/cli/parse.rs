@@ -7,12 +7,27 @@ use std::time::{Duration, SystemTime};
 /// The default `--min-duration` of `dstrace run`.
 pub const DEFAULT_MIN_DURATION: &str = "1ms";
 
-/// Parses durations such as `1ms`, `250us`, `2s`, `1m30s`, or a bare `0`.
+/// The longest duration any flag or key takes: ten years. Far past any use, and
+/// far below what breaks the arithmetic that follows (a deadline `now + d`, a
+/// connection's lifetime of ten request timeouts, nanoseconds in a `u64`: 584
+/// years), so no duration given can overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// [`MAX_DURATION`] as the errors say it.
+pub const MAX_DURATION_TEXT: &str = "3650d (10 years)";
+
+/// Parses durations such as `1ms`, `250us`, `2s`, `1m30s`, or a bare `0`, at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text).map_err(|err| format!("{err} (examples: 500us, 10ms, 2s, 1m)"))
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (examples: 500us, 10ms, 2s, 1m; at most {MAX_DURATION_TEXT})"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("too long: give at most {MAX_DURATION_TEXT}"));
+    }
+    Ok(duration)
 }
 
 /// Parses `--ring-buffer-kib`: a power of two, at least one page, at most 1 GiB.
@@ -95,6 +110,13 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        for huge in
+            ["3651d", "9223372036854775808s", "18446744073709551615s", "1e400s", "99999999999999999999999s"]
+        {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains(MAX_DURATION_TEXT) && !err.contains('\n'), "{huge}: {err}");
+        }
     }
 
     #[test]
