@@ -329,11 +329,61 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
     })
 }
 
-/// Reads and parses a configuration file.
+/// The largest configuration file read: a few lines of TOML are a few hundred
+/// bytes; past this it is the wrong file.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads and parses a configuration file: a regular file of at most
+/// [`MAX_CONFIG_BYTES`]. It is opened without blocking (a FIFO would wait for a
+/// writer) and checked on the descriptor opened, so that `/dev/zero`, a FIFO or a
+/// directory is refused in one line instead of read forever or waited on.
 pub fn read(path: &Path) -> Result<Settings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot read the configuration file {shown}"))?;
+    let kind =
+        file.metadata().with_context(|| format!("cannot read the configuration file {shown}"))?.file_type();
+    if !kind.is_file() {
+        anyhow::bail!(
+            "the configuration file {shown} is {}, not a regular file: give --config the path of a TOML file",
+            file_kind(kind)
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the configuration file {shown}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        anyhow::bail!(
+            "the configuration file {shown} is larger than 1 MiB, the most read: give --config the daemon's \
+             TOML file (a few lines)"
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("the configuration file {shown} is not UTF-8 text: give a TOML file"))?;
     parse(&text, path)
+}
+
+/// What a file that is not a regular one is, for an error.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "of another kind"
+    }
 }
 
 /// The settings in force for these arguments: the file read (if any) and the flags.
