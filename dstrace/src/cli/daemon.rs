@@ -104,8 +104,9 @@ pub struct Settings {
     #[serde(default)]
     pub max_mounts: Option<usize>,
 
-    /// Connections to the metrics endpoint served at once; more are answered 503
-    /// [default: 8].
+    /// Connections to the metrics endpoint served at once; past them, a new one
+    /// takes the slot of the one waiting longest for its request (503 when all
+    /// are answering) [default: 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     #[serde(default)]
     pub max_connections: Option<u32>,
