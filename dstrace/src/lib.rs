@@ -19,11 +19,14 @@
 //! * [`kernel`]: the kernel side: what must hold first, BTF and tracefs layouts,
 //!   loading and attaching, privileges, decoding what it sends;
 //! * [`clock`] (used by all): kernel timestamps to wall-clock time, durations for
-//!   people and for JSON.
+//!   people and for JSON;
+//! * [`escape`] (used by all): names made safe for a terminal, and words quoted
+//!   for a shell.
 
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod escape;
 pub mod kernel;
 pub mod model;
 pub mod resolve;

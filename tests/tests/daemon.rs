@@ -237,7 +237,7 @@ fn value(series: &Value) -> f64 {
 /// A mount point as dstrace labels it: control characters as \xNN, a backslash
 /// doubled (the escaping of every other output).
 fn label(path: &Path) -> String {
-    dstrace::sinks::escape::escape(path.to_str().unwrap())
+    dstrace::escape::escape(path.to_str().unwrap())
 }
 
 /// A real Prometheus scrapes the daemon every second while tasks pile up in D

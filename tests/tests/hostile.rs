@@ -237,3 +237,92 @@ fn report_survives_random_damage_to_whole_files() {
         }
     }
 }
+
+/// The advice's commands, pasted as printed into a real shell, act on the mount
+/// they name, whatever its mount point holds: a command substitution, a space, a
+/// quote, a backslash, a newline, a backtick, a byte that is not UTF-8. And a
+/// mount point that is not UTF-8 spoils the attribution of no other mount: each
+/// pile-up is on its own mount, in text and JSON. Fails if the advice's commands
+/// are escaped once more for the terminal (`'a\\b'` names another path), or if a
+/// mount point's bytes are read as lossy text (`\xff` becomes U+FFFD).
+#[test]
+fn pasted_advice_acts_on_hostile_mount_points() {
+    if !require_root("pasted_advice_acts_on_hostile_mount_points") {
+        return;
+    }
+    let dir = Scratch::new("hostile-advice");
+    let marker = dir.path("pwned");
+    let names: Vec<Vec<u8>> = vec![
+        format!("nfs$(touch {})", marker.display()).replace('/', "_").into_bytes(),
+        format!("x;touch {} #", marker.display()).replace('/', "_").into_bytes(),
+        b"with space".to_vec(),
+        b"it's".to_vec(),
+        b"back\\slash".to_vec(),
+        b"new\nline".to_vec(),
+        b"tick`s`".to_vec(),
+        b"not\xffutf8".to_vec(),
+        b"\x1b]2;PWNED\x07".to_vec(),
+    ];
+    let mounts: Vec<FuseMount> = names
+        .iter()
+        .map(|name| FuseMount::at(dir.path(OsStr::from_bytes(name)), "dstrace-test").expect("mount"))
+        .collect();
+    let pileups: Vec<_> = mounts.iter().map(|mount| dstrace_tests::Pileup::start(mount, 2)).collect();
+    // The advice speaks of waits of a second or more.
+    sleep(Duration::from_millis(1500));
+
+    let text = Command::new(dstrace_bin()).arg("snapshot").output().unwrap();
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(!text.lines().any(|line| line.chars().any(char::is_control)), "a control character:\n{text}");
+    let json = Command::new(dstrace_bin()).args(["snapshot", "--json"]).output().unwrap();
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+
+    // Each pile-up on its own mount (JSON names are lossy UTF-8).
+    for (mount, pileup) in mounts.iter().zip(&pileups) {
+        let expected = mount.path().to_string_lossy().into_owned();
+        for pid in &pileup.stuck {
+            let task = json["tasks"].as_array().unwrap().iter().find(|t| t["tgid"] == *pid);
+            let task = task.unwrap_or_else(|| panic!("{pid} is not in the snapshot: {json}"));
+            assert_eq!(task["mount"]["mountpoint"], expected.as_str(), "{task}");
+        }
+    }
+
+    // The commands of the text advice, as a person would copy them.
+    let commands: Vec<String> = text
+        .lines()
+        .filter(|line| line.starts_with("  * "))
+        .flat_map(|line| line.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|command| command.starts_with("umount -l ") && command.contains("dstrace-hostile-advice"))
+        .collect();
+    assert_eq!(commands.len(), mounts.len(), "one umount per mount:\n{text}");
+    for command in &commands {
+        for shell in ["sh", "bash"] {
+            let syntax = Command::new(shell).args(["-n", "-c", command]).output().unwrap();
+            assert!(syntax.status.success(), "{shell} -n refuses {command:?}");
+        }
+    }
+    let json_advice: Vec<&str> =
+        json["advice"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for command in &commands {
+        assert!(
+            json_advice.iter().any(|line| line.contains(command.as_str())),
+            "{command:?} not in {json_advice:?}"
+        );
+    }
+    // Pasted into bash: each detaches its own mount point, and nothing else runs.
+    for command in &commands {
+        let pasted = Command::new("bash").args(["-c", command]).output().unwrap();
+        assert!(pasted.status.success(), "{command:?}: {}", String::from_utf8_lossy(&pasted.stderr));
+    }
+    let left = dstrace::resolve::mounts::read().unwrap();
+    for mount in &mounts {
+        assert!(
+            !left.iter().any(|m| m.mount_point == mount.path()),
+            "{:?} is still mounted after the advice's commands:\n{commands:#?}",
+            mount.path()
+        );
+    }
+    assert!(!marker.exists(), "a command in a mount point's name ran");
+    drop(pileups);
+}

@@ -18,10 +18,9 @@ use anyhow::{bail, Context as _, Result};
 use crate::{
     cli::{args::ReportArgs, parse::parse_time},
     clock::rfc3339_utc,
-    model::advice::shell_word,
+    escape::{escape, shell_word},
     sinks::{
         self,
-        escape::escape,
         json::json_wait,
         recording::{self, file::read_file},
         report::{
@@ -72,8 +71,7 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     let leading = leading_frames(&args.group_by, !args.no_comm)?;
     let selection = select(&recordings, &filter);
     if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
-        let files: Vec<String> =
-            args.files.iter().map(|file| escape(&shell_word(&file.to_string_lossy()))).collect();
+        let files: Vec<String> = args.files.iter().map(|file| shell_word(file.as_os_str())).collect();
         bail!(
             "nothing recorded matches {}: see what is there with `dstrace report {} --format json`",
             selection_text(args),
@@ -127,7 +125,9 @@ fn write(args: &ReportArgs, bytes: &[u8]) -> Result<()> {
 /// shell as it could be typed again (control characters escaped).
 fn selection_text(args: &ReportArgs) -> String {
     let mut flags = Vec::new();
-    let mut flag = |name: &str, value: String| flags.push(format!("{name} {}", escape(&shell_word(&value))));
+    let mut flag = |name: &str, value: String| {
+        flags.push(format!("{name} {}", shell_word(std::ffi::OsStr::new(&value))))
+    };
     for (name, value) in [("--since", &args.since), ("--until", &args.until), ("--at", &args.at)] {
         if let Some(value) = value {
             flag(name, value.clone());

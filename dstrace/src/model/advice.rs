@@ -4,11 +4,16 @@
 //! The patterns are read from the wait chains ([`crate::model::chain`]): a FUSE daemon
 //! that does not answer, an NFS server, a task holding a lock others wait for, a
 //! file lock, writeback to a block device.
+//!
+//! A line is for a person and holds commands to paste: the names in its words are
+//! escaped here ([`prose`]) and the words of its commands quoted for the shell
+//! ([`shell_word`]), so the sinks print it as it is ([`crate::escape::controls`]).
 
 use std::collections::BTreeMap;
 
 use crate::{
     clock::human_duration,
+    escape::{prose, shell_word},
     model::{chain, link::Link, rpc, wait::Wait},
     resolve::{
         file_locks::{self, Queue},
@@ -73,16 +78,20 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
                 _ => None,
             }));
             let mut line = format!(
-                "{n} {} on the FUSE mount {mount_point} ({}) for up to {}: ",
+                "{n} {} on the FUSE mount {} ({}) for up to {}: ",
                 tasks_wait(n),
-                mount.source,
+                prose(mount_point),
+                prose(&mount.source),
                 human_duration(oldest)
             );
             match daemons.as_slice() {
                 [(pid, comm, Some('T'))] => line.push_str(&format!(
-                    "its daemon {comm}[{pid}] is stopped, `kill -CONT {pid}` resumes it; "
+                    "its daemon {}[{pid}] is stopped, `kill -CONT {pid}` resumes it; ",
+                    prose(comm)
                 )),
-                [(pid, comm, _)] => line.push_str(&format!("its daemon {comm}[{pid}] does not answer; ")),
+                [(pid, comm, _)] => {
+                    line.push_str(&format!("its daemon {}[{pid}] does not answer; ", prose(comm)));
+                }
                 _ => line.push_str("its daemon does not answer; "),
             }
             line.push_str(&format!(
@@ -103,12 +112,14 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
             advice.push((
                 n,
                 format!(
-                    "{n} {} on the NFS mount {mount_point} ({}) for up to {}{}: they cannot be killed until \
-                     the server {server} answers; `{}` detaches the mount point, `{}` aborts pending RPCs",
+                    "{n} {} on the NFS mount {} ({}) for up to {}{}: they cannot be killed until \
+                     the server {} answers; `{}` detaches the mount point, `{}` aborts pending RPCs",
                     tasks_wait(n),
-                    mount.source,
+                    prose(mount_point),
+                    prose(&mount.source),
                     human_duration(oldest),
                     rpc_state(&links),
+                    prose(&server),
                     on_mount("umount -l"),
                     on_mount("umount -f"),
                 ),
@@ -120,11 +131,13 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
             advice.push((
                 n,
                 format!(
-                    "{n} {} for I/O to {} ({mount_point}) for up to {}: see its queue \
-                     (/sys/block/{device}/inflight, iostat -x)",
+                    "{n} {} for I/O to {} ({}) for up to {}: see its queue \
+                     (/sys/block/{}/inflight, iostat -x)",
                     tasks_wait(n),
-                    mount.source,
-                    human_duration(oldest)
+                    prose(&mount.source),
+                    prose(mount_point),
+                    human_duration(oldest),
+                    prose(device),
                 ),
             ));
         }
@@ -145,7 +158,7 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
         let links: Vec<&Link> = unmounted.iter().flat_map(|w| w.chain.iter()).collect();
         let calls: Vec<String> = dedup(links.iter().filter_map(|link| match link {
             Link::Rpc { program, version, procedure, .. } => {
-                Some(rpc::call_name(program, *version, procedure))
+                Some(prose(&rpc::call_name(program, *version, procedure)))
             }
             _ => None,
         }));
@@ -183,7 +196,7 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
             .take(4)
             .map(|wait| {
                 let syscall = wait.on.syscall.map_or(String::new(), |name| format!(" ({name})"));
-                format!("{}[{}]{syscall}", wait.comm, wait.tid)
+                format!("{}[{}]{syscall}", prose(&wait.comm), wait.tid)
             })
             .collect();
         advice.push((
@@ -210,7 +223,7 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
         let Some(holder) = waits.iter().find_map(|w| w.lock.as_ref()?.holder.clone()) else { continue };
         let n = waits.len();
         let doing = match (holder.state, &holder.function) {
-            (Some(state), Some(function)) => format!("; it is in {state} in {function}"),
+            (Some(state), Some(function)) => format!("; it is in {state} in {}", prose(function)),
             (Some(state), None) => format!("; it is in {state}"),
             (None, _) => "; it has exited since".to_owned(),
         };
@@ -218,9 +231,10 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
         advice.push((
             n,
             format!(
-                "pid {} ({}) {what} {name} that {n} {} for{doing}",
+                "pid {} ({}) {what} {} that {n} {} for{doing}",
                 holder.pid,
-                holder.comm,
+                prose(&holder.comm),
+                prose(name),
                 tasks_wait(n),
             ),
         ));
@@ -247,15 +261,15 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
             .iter()
             .filter_map(|wait| wait.on.mount.as_ref())
             .find(|mount| mount.dev == queue.held.dev)
-            .map_or(String::new(), |mount| format!(" of {}", mount.mount_point.to_string_lossy()));
+            .map_or(String::new(), |mount| format!(" of {}", prose(&mount.mount_point.to_string_lossy())));
         let who: Vec<String> = waiters.iter().map(|&pid| task_text(pid)).collect();
         advice.push((
             n,
             format!(
                 "{} holds the {} {} lock on inode {} ({}:{}{on}) that {n} {} for: {}",
                 task_text(pid),
-                queue.held.kind,
-                queue.held.access,
+                prose(&queue.held.kind),
+                prose(&queue.held.access),
                 queue.held.ino,
                 queue.held.dev.0,
                 queue.held.dev.1,
@@ -275,7 +289,7 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
         }
     }
     for ((pid, what), n) in by_file_lock {
-        advice.push((n, format!("pid {pid} holds the {what} that {n} {} for", tasks_wait(n))));
+        advice.push((n, format!("pid {pid} holds the {} that {n} {} for", prose(&what), tasks_wait(n))));
     }
 
     advice.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -318,7 +332,7 @@ fn in_nfs_client(wait: &Wait) -> bool {
 /// namespace of task `pid` (one that sees the mount) when it is not dstrace's own:
 /// `nsenter -m -t PID command MOUNT_POINT`.
 fn on_mount(command: &str, mount: &Mount, pid: u32, own_namespace: u64) -> String {
-    let path = shell_word(&mount.mount_point.to_string_lossy());
+    let path = shell_word(mount.mount_point.as_os_str());
     if mount.namespace != 0 && own_namespace != 0 && mount.namespace != own_namespace {
         format!("nsenter -m -t {pid} {command} {path}")
     } else {
@@ -326,25 +340,13 @@ fn on_mount(command: &str, mount: &Mount, pid: u32, own_namespace: u64) -> Strin
     }
 }
 
-/// A word as a shell reads it back: as it is when it holds only characters no
-/// shell treats specially, else in single quotes (a `'` written `'\''`).
-pub fn shell_word(word: &str) -> String {
-    let plain =
-        !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 /// A task as `/proc` shows it now: `holder[194] in D in folio_wait_bit_common`.
 fn task_text(pid: u32) -> String {
     match chain::task_now(pid, pid) {
         Link::Task { comm, state: Some('D'), function: Some(function), .. } => {
-            format!("{comm}[{pid}] in D in {function}")
+            format!("{}[{pid}] in D in {}", prose(&comm), prose(&function))
         }
-        Link::Task { comm, state: Some(state), .. } => format!("{comm}[{pid}] in {state}"),
+        Link::Task { comm, state: Some(state), .. } => format!("{}[{pid}] in {state}", prose(&comm)),
         _ => format!("pid {pid} (gone)"),
     }
 }
@@ -582,10 +584,6 @@ mod tests {
 
     #[test]
     fn commands_are_quoted_and_entered_into_the_mount_namespace() {
-        assert_eq!(shell_word("/mnt/x"), "/mnt/x");
-        assert_eq!(shell_word("/mnt/with space"), "'/mnt/with space'");
-        assert_eq!(shell_word("/mnt/it's;rm -rf"), r"'/mnt/it'\''s;rm -rf'");
-        assert_eq!(shell_word(""), "''");
         let mut mount = mounts::parse(FUSE).pop().unwrap();
         assert_eq!(on_mount("umount -l", &mount, 7, 0), "umount -l /mnt/x");
         mount.namespace = 4026532900;

@@ -14,6 +14,7 @@
 use std::{
     collections::HashMap,
     fs::File,
+    os::unix::ffi::OsStringExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -48,37 +49,56 @@ pub struct Mount {
 
 /// Reads the mount table of this process.
 pub fn read() -> Result<Vec<Mount>> {
-    let text = procfs::read_text_bounded(Path::new("/proc/self/mountinfo"), procfs::BOUNDED_READ)
+    let bytes = procfs::read_bounded(Path::new("/proc/self/mountinfo"), procfs::BOUNDED_READ)
         .context("cannot read /proc/self/mountinfo")?;
-    Ok(parse(&text))
+    Ok(parse_bytes(&bytes))
 }
 
 /// Parses the text of a `mountinfo` file; malformed lines are skipped.
 pub fn parse(text: &str) -> Vec<Mount> {
-    text.lines().filter_map(parse_line).collect()
+    parse_bytes(text.as_bytes())
 }
 
-fn parse_line(line: &str) -> Option<Mount> {
+/// Parses a `mountinfo` file as read: a line whose mount point is not UTF-8 is
+/// that mount's own business, the others are read as usual.
+pub fn parse_bytes(bytes: &[u8]) -> Vec<Mount> {
+    bytes.split(|&b| b == b'\n').filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &[u8]) -> Option<Mount> {
     // 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-    let (before, after) = line.split_once(" - ")?;
-    let mut fields = before.split(' ');
-    let id = fields.next()?.parse().ok()?;
-    let parent_id = fields.next()?.parse().ok()?;
-    let (major, minor) = fields.next()?.split_once(':')?;
-    let dev = (major.parse().ok()?, minor.parse().ok()?);
-    let root = PathBuf::from(unescape(fields.next()?));
-    let mount_point = PathBuf::from(unescape(fields.next()?));
-    let mut after = after.split(' ');
-    let fs_type = unescape(after.next()?);
-    let source = unescape(after.next()?);
-    let super_options = after.next().map(unescape).unwrap_or_default();
+    let at = line.windows(3).position(|w| w == b" - ")?;
+    let (before, after) = (&line[..at], &line[at + 3..]);
+    let mut fields = before.split(|&b| b == b' ');
+    let number = |field: &[u8]| std::str::from_utf8(field).ok()?.parse().ok();
+    let id = number(fields.next()?)?;
+    let parent_id = number(fields.next()?)?;
+    let dev_field = fields.next()?;
+    let colon = dev_field.iter().position(|&b| b == b':')?;
+    let dev = (number(&dev_field[..colon])?, number(&dev_field[colon + 1..])?);
+    let root = path(fields.next()?);
+    let mount_point = path(fields.next()?);
+    let mut after = after.split(|&b| b == b' ');
+    let fs_type = text(after.next()?);
+    let source = text(after.next()?);
+    let super_options = after.next().map(text).unwrap_or_default();
     Some(Mount { id, parent_id, dev, root, mount_point, fs_type, source, super_options, namespace: 0 })
+}
+
+/// A path field: its bytes as they are (a mount point may hold any byte but NUL,
+/// and a command on it must name it exactly).
+fn path(field: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(unescape(field)))
+}
+
+/// A field shown as text (type, source, options): not UTF-8 is replaced.
+fn text(field: &[u8]) -> String {
+    String::from_utf8_lossy(&unescape(field)).into_owned()
 }
 
 /// Undoes the kernel's octal escapes (`\040` for a space, `\012` for a newline,
 /// `\134` for a backslash).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
+fn unescape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -94,7 +114,7 @@ fn unescape(field: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// How long the namespace of a process is taken as known.
@@ -125,8 +145,8 @@ impl Space {
     fn read(namespace: u64, reader: Option<u32>) -> Space {
         let path = mountinfo_path(reader);
         let watch = File::open(&path).ok();
-        let text = procfs::read_text_bounded(&path, procfs::BOUNDED_READ).unwrap_or_default();
-        let mut mounts = parse(&text);
+        let bytes = procfs::read_bounded(&path, procfs::BOUNDED_READ).unwrap_or_default();
+        let mut mounts = parse_bytes(&bytes);
         for mount in &mut mounts {
             mount.namespace = namespace;
         }
@@ -333,9 +353,21 @@ bogus line
     }
 
     #[test]
+    fn a_mount_point_not_utf8_is_kept_as_bytes_and_spoils_no_other() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut text = b"36 35 0:40 / /mnt/bad\xff\\134 rw - tmpfs no\xfene rw\n".to_vec();
+        text.extend_from_slice(b"37 35 0:42 / /mnt/x rw - fuse.x x rw\n");
+        let mounts = parse_bytes(&text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0].mount_point.as_os_str().as_bytes(), b"/mnt/bad\xff\\");
+        assert_eq!(mounts[0].source, "no\u{fffd}ne");
+        assert_eq!(mounts[1].mount_point, Path::new("/mnt/x"));
+    }
+
+    #[test]
     fn unescapes_octal() {
-        assert_eq!(unescape("a\\040b\\012c\\134d"), "a b\nc\\d");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape(b"a\\040b\\012c\\134d"), b"a b\nc\\d");
+        assert_eq!(unescape(b"trailing\\04"), b"trailing\\04");
     }
 
     /// A pid no task has: its namespace is dstrace's own, the table's.

@@ -274,10 +274,16 @@ fn optional_bounded(dir: &Path, name: &str) -> Option<Option<String>> {
 /// that, `TimedOut`, and the thread is left behind, blocked in a killable wait
 /// that ends with the process at the latest.
 pub fn read_text_bounded(path: &Path, timeout: Duration) -> io::Result<String> {
+    read_bounded(path, timeout).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// As [`read_text_bounded`], the bytes as they are (a mount table: a mount point
+/// may hold bytes that are not UTF-8, and a command must name it exactly).
+pub fn read_bounded(path: &Path, timeout: Duration) -> io::Result<Vec<u8>> {
     let (send, receive) = mpsc::channel();
     let owned = path.to_path_buf();
     std::thread::Builder::new().name("dstrace-proc-read".into()).spawn(move || {
-        let _ = send.send(read_text(&owned));
+        let _ = send.send(read_bytes(&owned));
     })?;
     receive.recv_timeout(timeout).unwrap_or_else(|_| {
         Err(io::Error::new(
@@ -311,9 +317,13 @@ fn optional_from(dir: &Path, result: io::Result<String>) -> Option<Option<String
 /// The content of a `/proc` file as text (invalid UTF-8, possible in `comm`, is
 /// replaced), at most [`MAX_FILE_BYTES`].
 fn read_text(path: &Path) -> io::Result<String> {
+    read_bytes(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     File::open(path)?.take(MAX_FILE_BYTES).read_to_end(&mut bytes)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(bytes)
 }
 
 /// Parses a `stat` line: `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`.

@@ -23,8 +23,9 @@
 //! speak of the same thing. The check is made at every look at the tasks in D
 //! (scrapes, recording intervals) and at least every [`Watch::period`]. Each line
 //! is one line, [`escape`]d as every text output is (a hostile mount or command
-//! name cannot break it or reach a terminal); the commands in the advice are
-//! shell-quoted by the advice itself ([`crate::model::advice::shell_word`]).
+//! name cannot break it or reach a terminal), but for the advice, which escapes
+//! its names and quotes its commands itself ([`crate::escape::shell_word`]), so
+//! that they paste as they are.
 
 use std::{
     collections::BTreeMap,
@@ -33,10 +34,10 @@ use std::{
 
 use crate::{
     clock::{duration_ns, human_duration},
+    escape::{controls, escape},
     model::{advice, link::Link, wait::Wait},
     resolve::file_locks::Queue,
     sinks::{
-        escape::escape,
         metrics::mount_label,
         tree::{chain_text, holder_name, in_d_text},
     },
@@ -107,7 +108,12 @@ impl Watch {
             };
             let all = all_queues.get_or_insert_with(|| queues.take().map_or_else(Vec::new, |read| read()));
             let place = place(waits);
-            lines.push(escape(&format!("{heading}: {place}: {}", stuck_text(waits, all))));
+            let (text, advice) = stuck_text(waits, all);
+            lines.push(format!(
+                "{}; advice: {}",
+                escape(&format!("{heading}: {place}: {text}")),
+                controls(&advice)
+            ));
             let oldest = waits.iter().map(|wait| wait.duration_ns).max().unwrap_or(0);
             let began = now.checked_sub(Duration::from_nanos(oldest)).unwrap_or(now);
             let stuck = self.stuck.entry(label.clone()).or_insert(Stuck { place, began, said: now });
@@ -139,9 +145,9 @@ fn place(waits: &[&Wait]) -> String {
     }
 }
 
-/// The tasks in D, the holder and the advice of one mount's waits (the oldest
-/// first).
-fn stuck_text(waits: &[&Wait], all_queues: &[Queue]) -> String {
+/// The tasks in D and the holder of one mount's waits (the oldest first), and
+/// their advice (its names escaped and its commands quoted already).
+fn stuck_text(waits: &[&Wait], all_queues: &[Queue]) -> (String, String) {
     let mut waits: Vec<Wait> = waits.iter().map(|&wait| wait.clone()).collect();
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
     // The file lock queues of this mount's device, or that its tasks wait in.
@@ -158,7 +164,7 @@ fn stuck_text(waits: &[&Wait], all_queues: &[Queue]) -> String {
     let advice = advice::advise_with(&waits, &queues);
     let advice =
         if advice.is_empty() { "none (no pattern dstrace knows)".to_owned() } else { advice.join(" | ") };
-    format!("{}; holder: {}; advice: {advice}", in_d_text(&waits), holder(&waits))
+    (format!("{}; holder: {}", in_d_text(&waits), holder(&waits)), advice)
 }
 
 /// What holds the tasks: the holder of the lock the oldest wait naming one
@@ -308,9 +314,9 @@ mod tests {
             line.contains(r"; holder: evil\x0acomm[42] (S in request_wait_answer) holds lookup of a name in dentry 0x1234; "),
             "{line:?}"
         );
-        // The mount point quoted for the shell (its newline then escaped, as
-        // every output escapes it).
-        assert!(line.contains(r"`umount -l '/mnt/a\x0ab c'`"), "{line:?}");
+        // The mount point quoted for the shell as it is: its newline as bash
+        // reads it back, not escaped once more.
+        assert!(line.contains(r"`umount -l $'/mnt/a\x0ab c'`"), "{line:?}");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! (max-mounts + 2) x 8 x (max-functions + 1) histograms.
 //!
 //! Label values are written as dstrace writes names everywhere else
-//! ([`crate::sinks::escape::escape`]: control characters as `\xNN`, a backslash doubled),
+//! ([`crate::escape::escape`]: control characters as `\xNN`, a backslash doubled),
 //! then escaped as the exposition format wants (`\` and `"` preceded by `\`): a
 //! hostile process or mount name can neither break the format nor reach the
 //! terminal of whoever reads a scrape with curl.
@@ -40,8 +40,8 @@ use std::{
 use dstrace_common::{hist_bucket_floor_ns, Counter, HIST_BUCKETS};
 
 use crate::{
-    model::aggregate::Totals, resolve::procfs::Usage, resolve::symbols::blocking_function,
-    sinks::escape::escape, sinks::recording::RowData,
+    escape::escape, model::aggregate::Totals, resolve::procfs::Usage, resolve::symbols::blocking_function,
+    sinks::recording::RowData,
 };
 
 /// The label of a wait with no mount or no lock.

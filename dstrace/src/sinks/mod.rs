@@ -5,10 +5,10 @@
 //! Every sink is handed the same things ([`Summary`], [`Snapshot`], [`Update`],
 //! waits from [`crate::model`]) and decides only how they look. Names from the
 //! kernel (commands, paths, symbols) are any bytes: text sinks escape them
-//! ([`escape`]), JSON escapes as JSON does.
+//! ([`crate::escape`]), JSON escapes as JSON does.
 //!
 //! * [`text`], [`json`] (schema version 1 and every wire type), [`tree`] (the
-//!   waits in words: tree rows, chains, drops), [`escape`];
+//!   waits in words: tree rows, chains, drops), [`crate::escape`];
 //! * [`tui`]: the full-screen view of `dstrace run`;
 //! * [`recording`]: the recording file and the recorder that writes it;
 //! * [`report`] and [`pprof`]: recordings as folded stacks, SVG, pprof, JSON;
@@ -16,7 +16,6 @@
 //!   pushes; [`journal`]: the lines it writes when a mount's tasks stay in D.
 
 pub mod endpoint;
-pub mod escape;
 pub mod journal;
 pub mod json;
 pub mod metrics;
@@ -162,9 +161,10 @@ mod tests {
 
     use super::*;
     use crate::{
+        escape::escape,
         model::wait::{Source, TaskState, WakerInfo},
         resolve::attribution::Attribution,
-        sinks::{escape::escape, text::summary_line},
+        sinks::text::summary_line,
     };
 
     fn wait(comm: &str) -> Wait {

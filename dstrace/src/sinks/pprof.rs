@@ -20,7 +20,7 @@ use std::{collections::HashMap, io::Write as _};
 use anyhow::{Context as _, Result};
 use prost::Message as _;
 
-use crate::sinks::escape::escape;
+use crate::escape::escape;
 
 /// `Profile`.
 #[derive(Clone, PartialEq, prost::Message)]

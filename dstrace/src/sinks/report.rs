@@ -65,6 +65,7 @@ use clap::ValueEnum;
 
 use crate::{
     clock::{json_ms, rfc3339_utc},
+    escape::escape,
     model::{
         aggregate::{groups_of, Totals},
         board::{CauseGroup, MAX_PIDS},
@@ -72,7 +73,6 @@ use crate::{
     },
     resolve::symbols::{blocking_function, from_blocking_function},
     sinks::{
-        escape::escape,
         json::{json_by_process, json_causes, json_wait},
         pprof,
         recording::{self, unix_ns, RowData},

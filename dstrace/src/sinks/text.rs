@@ -6,13 +6,13 @@ use std::io::{self, Write};
 
 use crate::{
     clock::{human_duration, local_time_of_day},
+    escape::{controls, escape},
     model::{
         aggregate::Group,
         board::{self, BoardGroup, CauseGroup},
         wait::{Source, Wait, WakerInfo},
     },
     sinks::{
-        escape::escape,
         tree::{self, chain_text, drops_text, in_d_text, on_text},
         Sink, Snapshot, Start, Summary, Update,
     },
@@ -148,7 +148,7 @@ impl<W: Write> TextSink<W> {
         writeln!(self.out)?;
         writeln!(self.out, "Advice:")?;
         for line in advice {
-            writeln!(self.out, "  * {}", escape(line))?;
+            writeln!(self.out, "  * {}", controls(line))?;
         }
         Ok(())
     }

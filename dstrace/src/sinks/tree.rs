@@ -3,7 +3,7 @@
 //! line, where a wait is, how many tasks are in D. The plain text sink, the
 //! full-screen view and the daemon's notes all say it the same way.
 //!
-//! Nothing here escapes: the sinks escape what they print ([`crate::sinks::escape`]).
+//! Nothing here escapes: the sinks escape what they print ([`crate::escape`]).
 
 use std::fmt::Write as _;
 

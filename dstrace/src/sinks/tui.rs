@@ -31,11 +31,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     clock::human_duration,
+    escape::{controls, escape},
     model::board::{BoardGroup, GroupKey, SortBy},
-    sinks::{
-        escape::escape,
-        tree::{self, chain_text},
-    },
+    sinks::tree::{self, chain_text},
 };
 
 /// Kernel frames shown per stack of an expanded group.
@@ -133,7 +131,7 @@ impl Tui {
             .advice
             .iter()
             .take(4)
-            .map(|line| Line::from(format!("* {}", escape(line))).yellow())
+            .map(|line| Line::from(format!("* {}", controls(line))).yellow())
             .collect();
         let status = Line::from(escape(screen.status)).bold().reversed();
         self.terminal.draw(|frame| {
