@@ -313,3 +313,73 @@ fn capabilities_are_dropped_after_attach_and_waits_stay_attributed() {
 fn is_dstrace(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "dstrace")
 }
+
+/// SIGHUP, what a process gets when its terminal goes (an ssh session dropped in
+/// the middle of the incident), ends `record` and `run` as SIGTERM does: exit 0,
+/// the recording's last interval with the task still in D written, the summary
+/// printed. Under `nohup` (SIGHUP ignored when dstrace starts) it stays ignored
+/// and `run` goes on. Fails if SIGHUP kills them (the default action) or if they
+/// catch it under `nohup`.
+#[test]
+fn a_hangup_ends_record_and_run_with_what_they_owe() {
+    use std::os::unix::process::CommandExt as _;
+    if !require_root("a_hangup_ends_record_and_run_with_what_they_owe") {
+        return;
+    }
+    let dir = Scratch::new("hangup");
+    let mount = FuseMount::new("hangup").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 1);
+    let stuck = pileup.stuck[0];
+    let hang_up = |pid: u32| {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    };
+
+    // record: the last interval is written, the task in D in it.
+    let rec = dir.path("hangup.rec");
+    let mut recorder = start_recording(&rec, &["--interval", "1s"]);
+    hang_up(recorder.id());
+    let status = wait_bounded(&mut recorder, "record after SIGHUP");
+    assert!(status.success(), "record after SIGHUP: {status:?}");
+    let report = Command::new(dstrace_bin())
+        .args(["report", rec.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let compact = serde_json::to_string(&report).unwrap();
+    assert!(
+        compact.contains(&format!("\"tgid\":{stuck}")),
+        "the task in D is not in the recording: {report}"
+    );
+
+    // run: the summary, with the task still in D.
+    let mut run = Dstrace::spawn(&["run", "--plain", "--interval", "1s"]);
+    run.wait_for_line(START_TIMEOUT, |line| line.starts_with("TIME "));
+    hang_up(run.pid());
+    let (status, lines) = run.finish();
+    assert!(status.success(), "run after SIGHUP: {status:?}");
+    assert!(lines.iter().any(|line| line == "== Summary"), "no summary after SIGHUP:\n{}", lines.join("\n"));
+
+    // Under nohup: SIGHUP stays ignored; SIGINT still ends it with its summary.
+    let mut cmd = Command::new(dstrace_bin());
+    cmd.args(["run", "--plain", "--interval", "1s"]);
+    // SAFETY: signal(2) in the child between fork and exec, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let mut run = Dstrace::spawn_command(cmd);
+    run.wait_for_line(START_TIMEOUT, |line| line.starts_with("TIME "));
+    hang_up(run.pid());
+    sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) with signal 0 only asks whether our child still exists.
+    let alive = unsafe { libc::kill(run.pid() as libc::pid_t, 0) } == 0;
+    assert!(alive, "run under nohup ended on SIGHUP");
+    let (status, lines) = run.interrupt();
+    assert!(status.success(), "{status:?}");
+    assert!(lines.iter().any(|line| line == "== Summary"), "{}", lines.join("\n"));
+    drop(pileup);
+}

@@ -46,7 +46,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_MIN_DURATION, value_parser = parse_duration)]
     pub min_duration: Duration,
 
-    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C, SIGTERM or SIGHUP.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
@@ -156,7 +156,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
     pub min_duration: Duration,
 
-    /// Stop after this long (e.g. 1h); default: until Ctrl-C or SIGTERM.
+    /// Stop after this long (e.g. 1h); default: until Ctrl-C, SIGTERM or SIGHUP.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 

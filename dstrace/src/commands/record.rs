@@ -28,7 +28,7 @@ pub fn record(args: &RecordArgs) -> Result<()> {
 }
 
 async fn record_loop(args: &RecordArgs, options: Options) -> Result<()> {
-    let signals = Signals::catch()?;
+    let signals = Signals::catch_with_hangup()?;
     // The file first: a bad path fails before anything is loaded.
     let mut recorder =
         Recorder::create(args.caps.file(args.output.clone()), args.interval, args.min_duration)?;

@@ -140,7 +140,7 @@ impl Live {
 }
 
 async fn trace(args: &RunArgs, options: Options) -> Result<()> {
-    let signals = Signals::catch()?;
+    let signals = Signals::catch_with_hangup()?;
     let json = args.view.json;
     let view = if !json && !args.plain && tui::available() {
         View::Screen(Box::new(Tui::start().context("cannot take over the terminal (try --plain)")?))

@@ -53,27 +53,69 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// The signals that end a session: SIGINT and SIGTERM.
+/// The signals that end a session: SIGINT and SIGTERM; for `run` and `record`,
+/// SIGHUP too.
+///
+/// SIGHUP is what a process gets when its terminal goes (an ssh session that
+/// drops during the incident): `run` and `record` then end as on SIGTERM, with
+/// what they owe written (the recording's last interval, the summary), rather
+/// than die with it unwritten. They do not carry on unseen: a tracer nobody can
+/// see or stop from its terminal would be a surprise. Started under `nohup`
+/// (SIGHUP ignored), SIGHUP stays ignored and they go on. The daemon reads SIGHUP
+/// as "read the configuration again" instead.
 pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Option<Signal>,
 }
 
 impl Signals {
-    /// Catches them from now on: one that comes while loading then ends the
-    /// session as soon as it is loaded, with what it owes written (a summary, a
-    /// recording's last interval).
+    /// Catches SIGINT and SIGTERM from now on: one that comes while loading then
+    /// ends the session as soon as it is loaded, with what it owes written (a
+    /// summary, a recording's last interval).
     pub fn catch() -> io::Result<Signals> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: None,
         })
+    }
+
+    /// As [`Signals::catch`], and SIGHUP ends the session too, unless it was
+    /// ignored when dstrace started (`nohup`).
+    pub fn catch_with_hangup() -> io::Result<Signals> {
+        let mut signals = Signals::catch()?;
+        if !hangup_ignored() {
+            signals.hangup = Some(signal(SignalKind::hangup())?);
+        }
+        Ok(signals)
+    }
+}
+
+/// Whether SIGHUP is ignored (`nohup`, or a parent that set it so before exec).
+fn hangup_ignored() -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into
+    // `old`, a zeroed `sigaction` (a valid value for every field) owned here.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The next SIGHUP, or never when it is not caught.
+async fn hangup(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
 /// What woke a session up ([`Session::next`]).
 pub enum Wake<I> {
-    /// SIGINT, SIGTERM or the end of `--duration`: the session is over.
+    /// SIGINT, SIGTERM, SIGHUP (`run`, `record`) or the end of `--duration`: the
+    /// session is over.
     Stop,
     /// Completed waits are in the ring buffer: [`Session::drain`] them.
     Waits,
@@ -156,6 +198,7 @@ impl Session {
         tokio::select! {
             _ = self.signals.interrupt.recv() => Ok(Wake::Stop),
             _ = self.signals.terminate.recv() => Ok(Wake::Stop),
+            () = hangup(&mut self.signals.hangup) => Ok(Wake::Stop),
             _ = sleep_until(self.deadline) => Ok(Wake::Stop),
             ready = self.ring.readable_mut() => {
                 // Cleared before the records are read: one that arrives while they
