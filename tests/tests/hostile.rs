@@ -326,3 +326,45 @@ fn pasted_advice_acts_on_hostile_mount_points() {
     assert!(!marker.exists(), "a command in a mount point's name ran");
     drop(pileups);
 }
+
+/// A mount point of some 300 bytes (a Kubernetes CSI volume's is over 127):
+/// every wait on it is on that mount, traced (its path walk read into 128 bytes)
+/// and found already in D (256), and its path, which did not fit, ends in the
+/// cut mark instead of passing for a whole path. Fails if a cut path is shown as
+/// whole, or if the mount comes from the path string (it lands on `/`).
+#[test]
+fn a_long_path_keeps_its_mount_and_is_marked_cut() {
+    if !require_root("a_long_path_keeps_its_mount_and_is_marked_cut") {
+        return;
+    }
+    let dir = Scratch::new("long-path");
+    let mut long = dir.dir().to_path_buf();
+    for i in 0..6 {
+        long.push(format!("kubernetes.io~csi-volume-pvc-{i}-0123456789abcdef0123456789"));
+    }
+    assert!(long.as_os_str().len() > 300, "{long:?}");
+    let mount = FuseMount::at(long.clone(), "dstrace-test").expect("mount the test filesystem");
+    let mut run = Dstrace::spawn(&["run", "--json", "--interval", "1s"]);
+    run.wait_for_line(START_TIMEOUT, |line| line.contains(r#""type":"start""#));
+    let pileup = dstrace_tests::Pileup::start(&mount, 2);
+    let snapshot = Command::new(dstrace_bin()).args(["snapshot", "--json"]).output().unwrap();
+    let (status, lines) = run.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    let summary = records.iter().find(|r| r["type"] == "summary").expect("a summary");
+    let snapshot: Value = serde_json::from_slice(&snapshot.stdout).unwrap();
+    let whole = long.join("missing").to_str().unwrap().to_owned();
+    let check = |what: &str, task: &Value| {
+        assert_eq!(task["mount"]["mountpoint"], long.to_str().unwrap(), "{what}: {task}");
+        let path = task["file"]["path"].as_str().unwrap_or_else(|| panic!("{what}: no path: {task}"));
+        let cut = path.strip_suffix('\u{2026}').unwrap_or_else(|| panic!("{what}: not marked cut: {path}"));
+        assert!(whole.starts_with(cut) && cut.len() < whole.len(), "{what}: {path} is not a part of {whole}");
+    };
+    for pid in &pileup.stuck {
+        let ongoing = summary["ongoing"].as_array().unwrap().iter().find(|t| t["tgid"] == *pid);
+        check("run", ongoing.unwrap_or_else(|| panic!("{pid} not still in D: {summary}")));
+        let task = snapshot["tasks"].as_array().unwrap().iter().find(|t| t["tgid"] == *pid);
+        check("snapshot", task.unwrap_or_else(|| panic!("{pid} not in the snapshot: {snapshot}")));
+    }
+    drop(pileup);
+}

@@ -56,6 +56,24 @@ pub fn comm_string(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
+/// What marks the end of a path the kernel side's buffer was too short for.
+pub const CUT_MARK: char = '\u{2026}';
+
+/// A path the kernel side copied into a fixed buffer (`bpf_probe_read_kernel_str`,
+/// which cuts what does not fit and always ends in NUL): up to its NUL, and
+/// [`CUT_MARK`] after it when it filled the buffer, so a path cut is never shown
+/// as a whole one (a path of exactly the buffer's length less one is marked too:
+/// it may go on). Where it matters the mount comes from the kernel's mount ID,
+/// never from this text.
+pub fn path_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let mut path = String::from_utf8_lossy(&bytes[..len]).into_owned();
+    if len + 1 >= bytes.len() && !bytes.is_empty() {
+        path.push(CUT_MARK);
+    }
+    path
+}
+
 /// The letter `ps` shows for a task's `__state` bits (`task_state_index()`,
 /// fs/proc/array.c): `R`, `S`, `D`, `T`, `t`, `X`, `Z`, `P`, `I`.
 pub fn state_letter(state: u32) -> char {
@@ -80,6 +98,14 @@ mod tests {
     use dstrace_common::{Cause, InFlight, Target, Waker, NO_STACK};
 
     use super::*;
+
+    #[test]
+    fn a_path_that_filled_its_buffer_is_marked_cut() {
+        assert_eq!(path_string(b"/mnt/x\0\0\0\0"), "/mnt/x");
+        assert_eq!(path_string(b"/mnt/xyz\0"), "/mnt/xyz\u{2026}", "it may go on");
+        assert_eq!(path_string(b"/mnt/xyzw"), "/mnt/xyzw\u{2026}");
+        assert_eq!(path_string(b"\0\0"), "");
+    }
 
     fn sample() -> WaitEvent {
         let mut comm = [0u8; 16];

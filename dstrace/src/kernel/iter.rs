@@ -45,7 +45,7 @@ use dstrace_common::{
 
 use crate::kernel::{
     btf::{self, KernelLayout},
-    decode::{comm_string, decode_records},
+    decode::{comm_string, decode_records, path_string},
     object::{self, fill_syscall_args, take_map, OBJECT},
     preflight::{self, VMLINUX_BTF},
 };
@@ -619,7 +619,7 @@ fn task_seen(record: &TaskRecord, pt_regs: bool) -> TaskSeen {
             waiting: waiter_kind(record.fd_waiting),
         }),
         walk: have(HAVE_WALK).then(|| WalkSeen {
-            path: comm_string(&record.walk_path),
+            path: path_string(&record.walk_path),
             last: comm_string(&record.walk_last),
             mnt_id: record.walk.mnt_id,
             dev: record.walk.dev,

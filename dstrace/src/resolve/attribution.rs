@@ -19,7 +19,7 @@ use dstrace_common::Target;
 
 use crate::{
     kernel::{
-        decode::kernel_dev,
+        decode::{kernel_dev, path_string},
         iter::TaskSeen,
         syscalls::{self, AT_FDCWD},
     },
@@ -103,8 +103,7 @@ pub fn attribute(pid: u32, target: &Target, table: &mut MountTable, files: &mut 
 
 /// The kernel objects the kernel side noted of a wait's syscall.
 pub fn objects_of(target: &Target) -> Objects {
-    let len = target.path.iter().position(|&b| b == 0).unwrap_or(target.path.len());
-    let path = String::from_utf8_lossy(&target.path[..len]).into_owned();
+    let path = path_string(&target.path);
     let walk = &target.walk;
     Objects {
         syscall: syscalls::by_nr(target.syscall),
