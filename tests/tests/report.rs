@@ -688,3 +688,72 @@ fn a_killed_recorder_leaves_a_readable_recording() {
     let out = report(&[rec.to_str().unwrap(), "--format", "json"]);
     assert!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["count"].as_u64().unwrap() > 0);
 }
+
+/// Process churn cannot push a long wait out of a recording: 12,000 short-lived
+/// processes, each waiting in D for its `fsync`, make more aggregation keys than
+/// the kernel's map holds (10,240); `record` moves the entries of ended
+/// processes out of it as it fills, so three waits of 1.5 s made after the churn
+/// are in the report, and nothing was dropped. Fails without the pruning (the
+/// full map drops every new key's waits: `aggregation_map_full`).
+#[test]
+fn process_churn_pushes_no_wait_out_of_a_recording() {
+    if !require_root("process_churn_pushes_no_wait_out_of_a_recording") {
+        return;
+    }
+    let dir = Scratch::new("churn");
+    let fs = Command::new("stat").args(["-f", "-c", "%T", dir.dir().to_str().unwrap()]).output().unwrap();
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_owned();
+    assert_ne!(
+        fs, "tmpfs",
+        "the churn needs a directory where fsync waits in D; the scratch directory is on tmpfs"
+    );
+    let rec = dir.path("churn.rec");
+    let recorder = start_recording(&rec, &["--interval", "1s"]);
+    const PROCESSES: usize = 12_000;
+    let churn: Vec<_> = (0..2)
+        .map(|lane| {
+            let file = dir.path(format!("churn-{lane}"));
+            std::thread::spawn(move || {
+                for _ in 0..PROCESSES / 2 {
+                    let status = Command::new("dd")
+                        .args(["if=/dev/zero", "bs=4k", "count=1", "conv=fsync", "status=none"])
+                        .arg(format!("of={}", file.display()))
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            })
+        })
+        .collect();
+    for lane in churn {
+        lane.join().unwrap();
+    }
+    let mount = FuseMount::new("churn").expect("mount the test filesystem");
+    let mut late = Vec::new();
+    for _ in 0..3 {
+        let mut pileup = dstrace_tests::Pileup::start(&mount, 1);
+        late.push(pileup.stuck[0]);
+        sleep(Duration::from_millis(1500));
+        mount.release();
+        pileup.children.wait_all(Duration::from_secs(10));
+    }
+    sleep(Duration::from_millis(1500));
+    stop_recording(recorder);
+
+    let json = report_json(&rec, &[]);
+    let groups = json["by_process"].as_array().unwrap();
+    assert!(
+        groups.len() > 10_240,
+        "the churn made only {} process rows: not more than the map holds",
+        groups.len()
+    );
+    assert_eq!(json["drops"], serde_json::json!({}), "lost: {}", json["drops"]);
+    for pid in &late {
+        let waited: f64 = groups
+            .iter()
+            .filter(|g| g["tgid"] == *pid && g["function"] == "d_alloc_parallel")
+            .map(|g| g["blocked_ms"].as_f64().unwrap())
+            .sum();
+        assert!(waited >= 1400.0, "pid {pid} waited 1.5 s after the churn; the report has {waited} ms");
+    }
+}

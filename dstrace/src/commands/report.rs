@@ -70,6 +70,14 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     }
     let leading = leading_frames(&args.group_by, !args.no_comm)?;
     let selection = select(&recordings, &filter);
+    if !selection.drops.is_empty() {
+        let lost: Vec<String> = selection.drops.iter().map(|(name, n)| format!("{name}={n}")).collect();
+        eprintln!(
+            "dstrace: warning: the kernel side lost data while this was recorded ({}): the totals are short of \
+             what happened",
+            lost.join(" ")
+        );
+    }
     if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
         let files: Vec<String> = args.files.iter().map(|file| shell_word(file.as_os_str())).collect();
         bail!(

@@ -178,6 +178,7 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
                 return Err(err);
             }
         };
+    session.keep_ended_processes();
     live.recording = RunRecording::start(args.recording.file(), Some(args.interval), args.min_duration)?;
     let recording_notes = live.recording.notes();
     live.note(recording_notes);

@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    clock::monotonic_ns,
+    clock::{monotonic_ns, ticks},
     kernel::{
         decode::decode_wait,
         iter::Peer,
@@ -144,7 +144,14 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     signals: Signals,
     deadline: Option<Instant>,
+    /// When the aggregation map is looked at for ended processes
+    /// ([`Session::keep_ended_processes`]).
+    prune: Option<tokio::time::Interval>,
 }
+
+/// How often `run` and `record` look whether the aggregation map needs pruning:
+/// process churn fills its 10,240 entries within seconds.
+const PRUNE_CHECK: Duration = Duration::from_secs(1);
 
 impl Session {
     /// Loads and attaches the programs for `options`, takes their ring buffer and
@@ -177,7 +184,16 @@ impl Session {
             ring,
             signals,
             deadline: duration.map(|d| since + d),
+            prune: None,
         })
+    }
+
+    /// From now on, every [`PRUNE_CHECK`], moves the aggregation entries of ended
+    /// processes out of the kernel's map once it is half full, their totals kept
+    /// ([`Tracer::keep_ended_processes`]): for `run` and `record`, whose summary
+    /// and recording count every wait since tracing began.
+    pub fn keep_ended_processes(&mut self) {
+        self.prune = Some(ticks(PRUNE_CHECK));
     }
 
     /// Drops the capabilities nothing later needs and gives back the start-up
@@ -195,18 +211,24 @@ impl Session {
     /// Waits until the session is over, completed waits arrive, or `input` (the
     /// command's own: keys, ticks, scrapes) is ready.
     pub async fn next<I>(&mut self, input: impl Future<Output = I>) -> io::Result<Wake<I>> {
-        tokio::select! {
-            _ = self.signals.interrupt.recv() => Ok(Wake::Stop),
-            _ = self.signals.terminate.recv() => Ok(Wake::Stop),
-            () = hangup(&mut self.signals.hangup) => Ok(Wake::Stop),
-            _ = sleep_until(self.deadline) => Ok(Wake::Stop),
-            ready = self.ring.readable_mut() => {
-                // Cleared before the records are read: one that arrives while they
-                // are drained wakes the session again, and is never missed.
-                ready?.clear_ready();
-                Ok(Wake::Waits)
+        tokio::pin!(input);
+        loop {
+            tokio::select! {
+                _ = self.signals.interrupt.recv() => return Ok(Wake::Stop),
+                _ = self.signals.terminate.recv() => return Ok(Wake::Stop),
+                () = hangup(&mut self.signals.hangup) => return Ok(Wake::Stop),
+                _ = sleep_until(self.deadline) => return Ok(Wake::Stop),
+                ready = self.ring.readable_mut() => {
+                    // Cleared before the records are read: one that arrives while
+                    // they are drained wakes the session again, and is never missed.
+                    ready?.clear_ready();
+                    return Ok(Wake::Waits);
+                }
+                input = &mut input => return Ok(Wake::Input(input)),
+                () = next_tick(self.prune.as_mut()) => {
+                    self.tracer.keep_ended_processes();
+                }
             }
-            input = input => Ok(Wake::Input(input)),
         }
     }
 

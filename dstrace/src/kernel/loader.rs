@@ -122,7 +122,19 @@ pub struct Tracer {
     pub fuse_inflight: HashMap<MapData, FuseKey, FuseRequest>,
     /// RPC tasks in flight.
     pub rpc_inflight: HashMap<MapData, RpcKey, RpcCall>,
+    /// The totals of aggregation entries moved out of the kernel's map
+    /// ([`Tracer::keep_ended_processes`]), still counted by [`Tracer::aggregates`].
+    kept: std::collections::HashMap<AggKey, AggValue>,
 }
+
+/// The aggregation map is pruned once it holds this many entries: half of it, so
+/// that a burst of new processes finds room before the next pruning.
+pub const PRUNE_AT: usize = limits::AGG_ENTRIES as usize / 2;
+
+/// The most entries of ended processes kept apart, each under its own process;
+/// past it, an ended process's entry is added to the one of the same command,
+/// stack and cause under pid 0 (about 300 bytes each: at most some 30 MiB).
+pub const KEPT_MAX: usize = 100_000;
 
 /// What `start.skipped` says where the kernel side cannot read the syscall of a
 /// wait it sees begin, nor so the file of its file descriptor (the path walk's
@@ -290,6 +302,7 @@ impl Tracer {
             agg,
             fuse_inflight,
             rpc_inflight,
+            kept: std::collections::HashMap::new(),
         })
     }
 
@@ -349,9 +362,60 @@ impl Tracer {
         self.rpc_inflight.iter().filter_map(Result::ok).collect()
     }
 
-    /// The aggregation map as it is now (its counters only grow).
+    /// The aggregation since tracing began: the kernel's map as it is now, and the
+    /// entries [`Tracer::keep_ended_processes`] moved out of it (so the counters of
+    /// every key only grow).
     pub fn aggregates(&self) -> Vec<(AggKey, AggValue)> {
-        self.agg.iter().filter_map(Result::ok).collect()
+        let mut all: Vec<(AggKey, AggValue)> = self.agg.iter().filter_map(Result::ok).collect();
+        if self.kept.is_empty() {
+            return all;
+        }
+        let mut in_map = std::collections::HashSet::with_capacity(all.len());
+        for (key, value) in &mut all {
+            if let Some(kept) = self.kept.get(key) {
+                add_to(value, kept);
+            }
+            in_map.insert(*key);
+        }
+        all.extend(self.kept.iter().filter(|(key, _)| !in_map.contains(key)).map(|(k, v)| (*k, *v)));
+        all
+    }
+
+    /// For `run` and `record`, which read the aggregation for as long as they
+    /// trace: once the kernel's map holds [`PRUNE_AT`] entries, moves those of
+    /// processes that have ended out of it into userspace, so that process churn
+    /// cannot fill it (a full map drops every new key's waits: counted as
+    /// `aggregation_map_full`). Their totals stay in [`Tracer::aggregates`].
+    /// Returns how many entries were moved. (The daemon, which runs for weeks,
+    /// forgets them instead once it has read them: [`Tracer::remove_aggregates`].)
+    pub fn keep_ended_processes(&mut self) -> usize {
+        let keys: Vec<AggKey> = self.agg.keys().filter_map(Result::ok).collect();
+        if keys.len() < PRUNE_AT {
+            return 0;
+        }
+        let mut moved = 0;
+        for key in keys {
+            if key.tgid == 0 || std::path::Path::new(&format!("/proc/{}", key.tgid)).exists() {
+                continue;
+            }
+            let Ok(value) = self.agg.get(&key, 0) else { continue };
+            if self.agg.remove(&key).is_err() {
+                continue;
+            }
+            let kept_key = if self.kept.len() < KEPT_MAX || self.kept.contains_key(&key) {
+                key
+            } else {
+                AggKey { tgid: 0, ..key }
+            };
+            match self.kept.get_mut(&kept_key) {
+                Some(kept) => add_to(kept, &value),
+                None => {
+                    self.kept.insert(kept_key, value);
+                }
+            }
+            moved += 1;
+        }
+        moved
     }
 
     /// Removes entries from the aggregation map (those of processes that have
@@ -359,6 +423,16 @@ impl Tracer {
     /// with the keys of processes long gone. Returns how many were removed.
     pub fn remove_aggregates(&mut self, keys: &[AggKey]) -> usize {
         keys.iter().filter(|key| self.agg.remove(key).is_ok()).count()
+    }
+}
+
+/// Adds the waits of `more` to `total` (two entries of the same key).
+fn add_to(total: &mut AggValue, more: &AggValue) {
+    total.count += more.count;
+    total.total_ns += more.total_ns;
+    total.max_ns = total.max_ns.max(more.max_ns);
+    for (bucket, n) in total.hist.iter_mut().zip(more.hist) {
+        *bucket += n;
     }
 }
 

@@ -62,6 +62,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
+use dstrace_common::Counter;
 
 use crate::{
     clock::{json_ms, rfc3339_utc},
@@ -129,6 +130,9 @@ pub struct Selection {
     pub span: Option<(SystemTime, SystemTime)>,
     /// The kernel side's counters at the end of the last interval.
     pub counters: Vec<(String, u64)>,
+    /// What the kernel side lost within the selected intervals, by drop counter
+    /// (those above zero): what the totals are short of.
+    pub drops: Vec<(String, u64)>,
 }
 
 /// The filters of `dstrace report`, times resolved.
@@ -164,10 +168,39 @@ impl Filter {
     }
 }
 
+/// What the drop counters at the end of an interval add to those at the end of
+/// the one before (totals since tracing began; one smaller than before is a new
+/// session appended to the file, counting from zero).
+fn lost_within(before: &[(String, u64)], now: &[(String, u64)]) -> Vec<(String, u64)> {
+    let is_drop = |name: &str| Counter::ALL.iter().any(|c| c.is_drop() && c.name() == name);
+    now.iter()
+        .filter(|(name, _)| is_drop(name))
+        .map(|(name, n)| {
+            let earlier = before.iter().find(|(b, _)| b == name).map_or(0, |&(_, b)| b);
+            (name.clone(), if *n >= earlier { n - earlier } else { *n })
+        })
+        .collect()
+}
+
 /// Selects what the filter lets through from recordings.
 pub fn select(recordings: &[recording::Recording], filter: &Filter) -> Selection {
     let mut selection = Selection::default();
     let mut still: HashMap<u32, Vec<(SystemTime, Wait)>> = HashMap::new();
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    for recording in recordings {
+        let mut before: &[(String, u64)] = &[];
+        for interval in &recording.intervals {
+            if filter.in_window(interval.end) {
+                for (name, n) in lost_within(before, &interval.counters) {
+                    *drops.entry(name).or_default() += n;
+                }
+            }
+            if !interval.counters.is_empty() {
+                before = &interval.counters;
+            }
+        }
+    }
+    selection.drops = drops.into_iter().filter(|&(_, n)| n > 0).collect();
     for interval in recordings.iter().flat_map(|r| &r.intervals) {
         if !filter.in_window(interval.end) {
             continue;
@@ -476,6 +509,7 @@ pub fn json(
         "still_in_d": selection.still_in_d,
         "in_d": selection.in_d.iter().map(json_wait).collect::<Vec<_>>(),
         "counters": counters,
+        "drops": selection.drops.iter().map(|(name, n)| (name.clone(), (*n).into())).collect::<serde_json::Map<_, _>>(),
         "damage": damage,
     })
 }
@@ -483,6 +517,22 @@ pub fn json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_what_each_interval_adds_and_a_new_session_counts_from_zero() {
+        let counters = |full: u64, ended: u64| {
+            vec![("aggregation_map_full".to_owned(), full), ("waits_ended".to_owned(), ended)]
+        };
+        assert_eq!(
+            lost_within(&counters(5, 10), &counters(8, 99)),
+            vec![("aggregation_map_full".to_owned(), 3)]
+        );
+        assert_eq!(
+            lost_within(&counters(5, 10), &counters(2, 1)),
+            vec![("aggregation_map_full".to_owned(), 2)]
+        );
+        assert_eq!(lost_within(&[], &counters(4, 1)), vec![("aggregation_map_full".to_owned(), 4)]);
+    }
     use crate::resolve::symbols::Stack;
 
     fn row(pid: u32, comm: &str, stack: &[&str], mount: Option<&str>, durations_ns: &[u64]) -> RowData {
