@@ -144,11 +144,14 @@ impl FuseDaemon {
         assert_eq!(pid, child.id(), "the daemon is the process started");
         let path = PathBuf::from(path);
         let namespace = namespace_of(pid);
-        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("its mountinfo");
-        let mount = dstrace::resolve::mounts::parse(&mountinfo)
+        let mountinfo = std::fs::read(format!("/proc/{pid}/mountinfo")).expect("its mountinfo");
+        let mount = dstrace::resolve::mounts::parse_bytes(&mountinfo)
             .into_iter()
             .find(|m| m.mount_point == path)
-            .unwrap_or_else(|| panic!("{} is not in the daemon's mountinfo:\n{mountinfo}", path.display()));
+            .unwrap_or_else(|| {
+                let mountinfo = String::from_utf8_lossy(&mountinfo);
+                panic!("{} is not in the daemon's mountinfo:\n{mountinfo}", path.display())
+            });
         let mount = MountFacts {
             id: mount.id,
             dev: mount.dev,

@@ -25,17 +25,15 @@ use dstrace_tests::{
 /// `TASK_INTERRUPTIBLE`: the `S` of `ps`.
 const TASK_INTERRUPTIBLE: u32 = 0x1;
 
-/// The mount ID (first field) and device (third, `major:minor`, in the kernel's
-/// encoding) of the mount at `path` in `/proc/self/mountinfo`.
+/// The mount ID and device (in the kernel's encoding) of the mount at `path` in
+/// `/proc/self/mountinfo` (read as bytes: another mount point may not be UTF-8).
 fn mount_of(path: &Path) -> (u32, u32) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mountinfo
-        .lines()
-        .find(|line| line.split(' ').nth(4) == path.to_str())
-        .unwrap_or_else(|| panic!("{} is not in /proc/self/mountinfo:\n{mountinfo}", path.display()));
-    let fields: Vec<&str> = line.split(' ').collect();
-    let (major, minor) = fields[2].split_once(':').unwrap();
-    (fields[0].parse().unwrap(), (major.parse::<u32>().unwrap() << 20) | minor.parse::<u32>().unwrap())
+    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap();
+    let mount = dstrace::resolve::mounts::parse_bytes(&mountinfo)
+        .into_iter()
+        .find(|mount| mount.mount_point == path)
+        .unwrap_or_else(|| panic!("{} is not in /proc/self/mountinfo", path.display()));
+    (mount.id, (mount.dev.0 << 20) | mount.dev.1)
 }
 
 /// A new test filesystem, with its mount ID and device.
