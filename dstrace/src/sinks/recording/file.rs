@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::sinks::recording::{
     frames::{check_header, frame, header, HEADER_LEN},
     intern::Interner,
-    schema::{IntervalData, Record, Session},
+    schema::{Gap, IntervalData, Record, Session},
 };
 
 /// Where a recording goes, and how big its files may grow.
@@ -31,14 +31,24 @@ pub struct FileOptions {
 }
 
 /// Writes a recording: frames appended, files rotated at their size cap.
+///
+/// A write that fails leaves no torn frame where it can help it (what it
+/// appended is cut off again) and costs no name: the next frame defines again
+/// everything it uses, so a caller that holds what it could not write
+/// ([`crate::sinks::recording::recorder::Recorder`], on a full disk) writes it
+/// later as if nothing had happened.
 pub struct Writer {
     options: FileOptions,
     session: Session,
     file: File,
     size: u64,
     interner: Interner,
-    /// A write failed: the next frame must start a new session.
+    /// The file is new (after a rotation): its first frame is a session.
     needs_session: bool,
+    /// A write failed: the next frame defines again what it uses.
+    needs_forget: bool,
+    /// Files were rotated but the new `FILE` is not open yet.
+    needs_file: bool,
     /// The file's size when its last session began.
     session_end: u64,
     full: bool,
@@ -56,7 +66,9 @@ impl Writer {
             file,
             size,
             interner: Interner::default(),
-            needs_session: false,
+            needs_session: true,
+            needs_forget: false,
+            needs_file: false,
             session_end: 0,
             full: false,
             written: 0,
@@ -70,16 +82,21 @@ impl Writer {
         &self.options.path
     }
 
+    /// Bytes a file may hold before it is rotated.
+    pub fn max_size(&self) -> u64 {
+        self.options.max_size
+    }
+
     /// Whether the file is full and recording has stopped (`rotate` 0).
     pub fn is_full(&self) -> bool {
         self.full
     }
 
     fn start_session(&mut self) -> Result<()> {
-        self.interner = Interner::default();
-        self.needs_session = false;
         let frame = frame(&Record::Session(self.session.clone()))?;
         self.append(&frame)?;
+        self.interner = Interner::default();
+        (self.needs_session, self.needs_forget) = (false, false);
         self.session_end = self.size;
         Ok(())
     }
@@ -87,9 +104,18 @@ impl Writer {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         let result = self.file.write_all(bytes);
         if let Err(err) = result {
-            // The frame may be half written: the next one starts a new session,
-            // so that nothing refers to what the reader may not have.
-            self.needs_session = true;
+            // What went out of a half-written frame is cut off again (only what
+            // this writer appended: nothing before `size`), so that a later write
+            // leaves no torn frame behind; the next frame defines again what it
+            // uses, so that nothing refers to a definition the file may not have.
+            self.needs_forget = true;
+            let len = self.file.metadata().map_or(self.size, |meta| meta.len());
+            if len > self.size
+                && len <= self.size + bytes.len() as u64
+                && self.file.set_len(self.size).is_err()
+            {
+                self.size = len;
+            }
             return Err(err).with_context(|| format!("cannot write to {}", self.options.path.display()));
         }
         self.size += bytes.len() as u64;
@@ -97,11 +123,15 @@ impl Writer {
         Ok(())
     }
 
-    /// The frames of an interval: its own, then that of the tasks in D at its end
-    /// (if any were).
-    fn frames_of(&mut self, data: &IntervalData) -> Result<Vec<u8>> {
+    /// The frames of an interval: what was lost before it (`gap`), its own, then
+    /// that of the tasks in D at its end (if any were).
+    fn frames_of(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<Vec<u8>> {
+        let mut bytes = match gap {
+            Some(gap) => frame(&Record::Gap(gap.clone()))?,
+            None => Vec::new(),
+        };
         let (first, interval) = self.interner.interval(data);
-        let mut bytes = frame(&Record::IntervalAt(first, interval))?;
+        bytes.extend(frame(&Record::IntervalAt(first, interval))?);
         if !data.in_d.is_empty() {
             bytes.extend(frame(&Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)))?);
         }
@@ -109,32 +139,51 @@ impl Writer {
     }
 
     /// Writes one interval, rotating first if the file would grow past its cap.
-    pub fn write_interval(&mut self, data: &IntervalData) -> Result<()> {
+    pub fn write_interval(&mut self, data: &IntervalData) -> Result<bool> {
+        self.write(None, data)
+    }
+
+    /// Writes one interval after what was lost before it (`gap`), rotating first
+    /// if the file would grow past its cap. `Ok(false)`: not written, the file is
+    /// full (`rotate` 0).
+    pub fn write(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<bool> {
         if self.full {
-            return Ok(());
+            return Ok(false);
+        }
+        if self.needs_file {
+            self.reopen()?;
         }
         if self.needs_session {
             self.start_session()?;
         }
-        let mut bytes = self.frames_of(data)?;
+        if self.needs_forget {
+            self.interner.forget();
+        }
+        let mut bytes = self.frames_of(gap, data)?;
         // A file holding no interval yet takes one whatever its size: rotating it
         // would only make another such file.
         if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
             if self.options.rotate == 0 {
                 self.full = true;
-                eprintln!(
-                    "dstrace: warning: {} reached its size cap of {} bytes: recording stops \
-                     (use --rotate N to keep the last N files instead)",
-                    self.options.path.display(),
-                    self.options.max_size
-                );
-                return Ok(());
+                return Ok(false);
             }
             self.rotate()?;
             self.start_session()?;
-            bytes = self.frames_of(data)?;
+            bytes = self.frames_of(gap, data)?;
         }
-        self.append(&bytes)
+        self.append(&bytes)?;
+        self.needs_forget = false;
+        Ok(true)
+    }
+
+    /// Opens `FILE` again after a rotation; its first frame will be a session.
+    fn reopen(&mut self) -> Result<()> {
+        let (file, size) = open_recording(&self.options.path)?;
+        self.file = file;
+        self.size = size;
+        self.needs_file = false;
+        self.needs_session = true;
+        Ok(())
     }
 
     /// `FILE.N-1` to `FILE.N`, ..., `FILE` to `FILE.1`; then a new `FILE`.
@@ -159,10 +208,8 @@ impl Writer {
             std::fs::rename(&from, &to)
                 .with_context(|| format!("cannot rotate {} to {}", from.display(), to.display()))?;
         }
-        let (file, size) = open_recording(path)?;
-        self.file = file;
-        self.size = size;
-        Ok(())
+        self.needs_file = true;
+        self.reopen()
     }
 }
 
@@ -260,10 +307,34 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
             .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
     }
     if size == 0 {
-        file.write_all(&header()).with_context(|| format!("cannot write to {}", path.display()))?;
+        if let Err(err) = file.write_all(&header()) {
+            // No half header: the next try (a full disk freed) starts it again.
+            let _ = file.set_len(0);
+            return Err(err).with_context(|| format!("cannot write to {}", path.display()));
+        }
         size = HEADER_LEN as u64;
     }
     Ok((file, size))
+}
+
+/// Refuses an output that is one of the files a command reads: the same file
+/// (device and inode) through any path, a symbolic link or a hard link, so that
+/// `dstrace report REC -o REC` never writes a report over the recording. An
+/// output that does not exist yet is none of them.
+pub fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for input in inputs {
+        let Ok(meta) = std::fs::metadata(input) else { continue };
+        if (meta.dev(), meta.ino()) == (out.dev(), out.ino()) {
+            bail!(
+                "-o {} is {}, a file this command reads (the same file): it would be written over; \
+                 give -o another path",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a recording file (a regular file; a FIFO or device is refused, not read).

@@ -102,7 +102,9 @@ pub struct Damage {
 
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.at_end {
+        if self.skipped == 0 && !self.at_end {
+            write!(f, "at byte {}: {}", self.offset, self.what)
+        } else if self.at_end {
             write!(
                 f,
                 "at byte {}: {}; the last {} bytes were skipped (a recording cut short by a crash or a \

@@ -79,8 +79,8 @@ pub use frames::{
 };
 pub use intern::{Interner, Table};
 pub use schema::{
-    from_unix_ns, unix_ns, First, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record, Row,
-    RowData, Session, TasksInD, WaitRecord, WakerRecord,
+    from_unix_ns, unix_ns, First, Gap, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record,
+    Row, RowData, Session, TasksInD, WaitRecord, WakerRecord,
 };
 
 /// A recording read and resolved.
@@ -108,6 +108,9 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
             Record::Interval(interval) => recording.intervals.push(table.interval(None, &interval)),
             Record::IntervalAt(first, interval) => {
                 recording.intervals.push(table.interval(Some(first), &interval));
+            }
+            Record::Gap(gap) => {
+                recording.damage.push(Damage { offset, what: gap.to_string(), skipped: 0, at_end: false });
             }
             Record::InD(in_d) => {
                 let (waits, lost) = table.tasks_in_d(&in_d);
