@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    collections::BTreeSet,
     io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -16,7 +17,10 @@ use dstrace::{
     resolve::symbols::Stack,
     sinks::recording::{self, FileOptions, IntervalData, RowData, Session, Writer},
 };
-use dstrace_tests::{dstrace_bin, mounts, require_root, scaled, stop_recording, Scratch};
+use dstrace_tests::{
+    dstrace_bin, fuse::FuseMount, hostile_pileup, mounts, require_root, scaled, start_recording,
+    stop_recording, Pileup, Rng, Scratch,
+};
 use serde_json::Value;
 
 fn dstrace(args: &[&str]) -> Output {
@@ -236,4 +240,188 @@ fn a_capped_recording_counts_only_what_it_wrote() {
     assert_eq!(written, 1, "{last}");
     assert!(last.starts_with(&format!("dstrace: recorded 1 intervals and {waits} waits")), "{last}");
     assert!(last.contains("not written, past its size cap (--rotate 0): "), "{last}");
+}
+
+/// Records `rec` while `pileup` stands, until two intervals have tasks in D at
+/// their end, then lets it go.
+fn record_pileup<'m>(rec: &Path, mount: &'m FuseMount, pileup: impl FnOnce() -> Pileup<'m>) {
+    let recorder = start_recording(rec, &["--interval", "1s", "--min-duration", "100ms"]);
+    let mut pileup = pileup();
+    let with_in_d = || {
+        let bytes = std::fs::read(rec).unwrap_or_default();
+        recording::read(&bytes).map_or(0, |r| r.intervals.iter().filter(|i| !i.in_d.is_empty()).count())
+    };
+    wait_until(Duration::from_secs(20), "two intervals with tasks in D", || with_in_d() >= 2);
+    mount.release();
+    pileup.children.wait_all(Duration::from_secs(10));
+    let before = recording::read(&std::fs::read(rec).unwrap()).unwrap().intervals.len();
+    wait_until(Duration::from_secs(10), "an interval after the release", || {
+        recording::read(&std::fs::read(rec).unwrap()).unwrap().intervals.len() > before
+    });
+    stop_recording(recorder);
+}
+
+/// The names a report gives, each with its role: the path of keys to it in the
+/// JSON document (array indices left out), for the keys that hold names.
+fn names(json: &Value) -> BTreeSet<(String, String)> {
+    const NAME_KEYS: [&str; 17] = [
+        "comm",
+        "function",
+        "mountpoint",
+        "path",
+        "fstype",
+        "lock",
+        "name",
+        "kind",
+        "syscall",
+        "stack[]",
+        "cgroup",
+        "hostname",
+        "kernel",
+        "procedure",
+        "program",
+        "address",
+        "oldest_opcode",
+    ];
+    fn walk(value: &Value, path: &str, out: &mut BTreeSet<(String, String)>) {
+        match value {
+            Value::Object(map) => map.iter().for_each(|(key, v)| walk(v, &format!("{path}.{key}"), out)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, &format!("{path}[]"), out)),
+            Value::String(text) => {
+                let key = path.rsplit('.').next().unwrap_or_default();
+                if NAME_KEYS.contains(&key) {
+                    out.insert((path.to_owned(), text.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(json, "", &mut out);
+    out
+}
+
+/// The frames of a recording, as byte ranges in file order.
+fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut starts: Vec<usize> =
+        recording::decode(bytes).unwrap().records.iter().map(|(at, _)| *at as usize).collect();
+    starts.sort_unstable();
+    starts.iter().enumerate().map(|(i, &at)| at..starts.get(i + 1).copied().unwrap_or(bytes.len())).collect()
+}
+
+/// Whole frames of real recordings (made by `dstrace record` during real D
+/// states) copied, swapped, deleted, or spliced in from another recording: every
+/// mutant is reported as damaged (stderr and JSON), and every name its report
+/// gives is one the undamaged report gives, in the same role, or reads as lost.
+#[test]
+fn whole_frame_damage_of_real_recordings_is_reported_and_names_nothing_wrongly() {
+    if !require_root("whole_frame_damage_of_real_recordings_is_reported_and_names_nothing_wrongly") {
+        return;
+    }
+    let dir = Scratch::new("frame-damage");
+    let mount = FuseMount::new("frames").expect("mount the test filesystem");
+    let ours = dir.path("ours.rec");
+    record_pileup(&ours, &mount, || Pileup::start(&mount, 3));
+    // Another recording, other names: another command, another path.
+    let theirs = dir.path("theirs.rec");
+    record_pileup(&theirs, &mount, || {
+        hostile_pileup(&mount, &dir, "other-stat".as_ref(), "elsewhere".as_ref(), 2)
+    });
+
+    let report = |path: &Path| -> (Value, String) {
+        let out = dstrace(&["report", path.to_str().unwrap(), "--format", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        (serde_json::from_slice(&out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (whole_json, whole_stderr) = report(&ours);
+    assert_eq!(whole_json["damage"], serde_json::json!([]), "{whole_stderr}");
+    // The names of the undamaged recording in their roles: of its whole report,
+    // and of those of each part of it (a frame lost may leave a wait in D that
+    // the whole saw end: it is then a row of a task still in D, as in the report
+    // of the intervals up to then).
+    let mut known = names(&whole_json);
+    for interval in recording::read(&std::fs::read(&ours).unwrap()).unwrap().intervals {
+        let at = dstrace::clock::rfc3339_utc(interval.end + Duration::from_micros(1));
+        let before = dstrace::clock::rfc3339_utc(interval.end - Duration::from_micros(1));
+        for window in [["--until", at.as_str()], ["--since", before.as_str()]] {
+            let mut args = vec!["report", ours.to_str().unwrap(), "--format", "json"];
+            args.extend_from_slice(&window);
+            // A part where nothing happened is an error (nothing matches).
+            if let Ok(json) = serde_json::from_slice(&dstrace(&args).stdout) {
+                known.extend(names(&json));
+            }
+        }
+    }
+    assert!(known.iter().any(|(role, name)| role == ".in_d[].comm" && name == "stat"), "{known:?}");
+    assert!(
+        known.iter().any(|(role, name)| role.ends_with("file.path") && name.ends_with("/missing")),
+        "{known:?}"
+    );
+    let whole = std::fs::read(&ours).unwrap();
+    let other = std::fs::read(&theirs).unwrap();
+    let (our_frames, their_frames) = (frame_spans(&whole), frame_spans(&other));
+    let n = our_frames.len();
+    assert!(n >= 6, "{n} frames");
+
+    let mut rng = Rng::seeded("whole_frame_damage_of_real_recordings_is_reported_and_names_nothing_wrongly");
+    let mutant = dir.path("mutant.rec");
+    let mut lost_names = 0;
+    for round in 0..2000 {
+        let mut frames: Vec<Vec<u8>> = our_frames.iter().map(|span| whole[span.clone()].to_vec()).collect();
+        let mut done = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let len = frames.len() as u64;
+            match rng.below(4) {
+                0 => {
+                    let (i, j) = (rng.below(len) as usize, rng.below(len + 1) as usize);
+                    frames.insert(j, frames[i].clone());
+                    done.push(format!("copied {i} to {j}"));
+                }
+                1 => {
+                    let i = rng.below(len) as usize;
+                    let j = (i + 1 + rng.below(len - 1) as usize) % frames.len();
+                    frames.swap(i, j);
+                    done.push(format!("swapped {i} and {j}"));
+                }
+                2 if len > 2 => {
+                    // Never the last frame of the recording: a recording that lost
+                    // it is one that stopped earlier, which nothing can tell.
+                    let last = &whole[our_frames[n - 1].clone()];
+                    let i = rng.below(len) as usize;
+                    if frames[i] != last {
+                        frames.remove(i);
+                        done.push(format!("deleted {i}"));
+                    }
+                }
+                _ => {
+                    let (i, j) = (rng.below(their_frames.len() as u64) as usize, rng.below(len + 1) as usize);
+                    frames.insert(j, other[their_frames[i].clone()].to_vec());
+                    done.push(format!("theirs {i} put at {j}"));
+                }
+            }
+        }
+        let mut bytes = whole[..recording::HEADER_LEN].to_vec();
+        bytes.extend(frames.concat());
+        if bytes == whole {
+            continue;
+        }
+        std::fs::write(&mutant, &bytes).unwrap();
+        let (json, stderr) = report(&mutant);
+        let damage = json["damage"].as_array().unwrap();
+        assert!(!damage.is_empty(), "round {round} ({done:?}): no damage reported");
+        assert_eq!(stderr.lines().count(), damage.len(), "round {round} ({done:?}): {stderr}");
+        assert!(stderr.lines().all(|line| line.starts_with("dstrace: warning: ")), "{stderr}");
+        let got = names(&json);
+        lost_names += got.iter().filter(|(_, name)| name.starts_with("<lost ")).count();
+        let unknown: Vec<&(String, String)> = got
+            .iter()
+            .filter(|(_, name)| !name.starts_with("<lost "))
+            .filter(|pair| !known.contains(*pair))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "round {round} ({done:?}): names not in the undamaged report: {unknown:?}"
+        );
+    }
+    eprintln!("names that read as lost (reported as damage): {lost_names}");
 }

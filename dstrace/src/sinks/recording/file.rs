@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::sinks::recording::{
-    frames::{check_header, frame, header, HEADER_LEN},
+    frames::{check_header, file_id, header, random, stamped_frame, FileId, Stamp, HEADER_LEN},
     intern::Interner,
     schema::{Gap, IntervalData, Record, Session},
 };
@@ -41,6 +41,10 @@ pub struct Writer {
     options: FileOptions,
     session: Session,
     file: File,
+    /// The identity of the file written, from its header.
+    file_id: FileId,
+    /// The stamp of the next frame: its session, its number.
+    stamp: Stamp,
     size: u64,
     interner: Interner,
     /// The file is new (after a rotation): its first frame is a session.
@@ -59,11 +63,13 @@ pub struct Writer {
 impl Writer {
     /// Opens (or creates) the file and starts a session in it.
     pub fn open(options: FileOptions, session: Session) -> Result<Writer> {
-        let (file, size) = open_recording(&options.path)?;
+        let (file, size, file_id) = open_recording(&options.path)?;
         let mut writer = Writer {
             options,
             session,
             file,
+            file_id,
+            stamp: Stamp::default(),
             size,
             interner: Interner::default(),
             needs_session: true,
@@ -93,15 +99,18 @@ impl Writer {
     }
 
     fn start_session(&mut self) -> Result<()> {
-        let frame = frame(&Record::Session(self.session.clone()))?;
-        self.append(&frame)?;
+        let stamp = Stamp { session: u32::from_le_bytes(random()), seq: 0 };
+        let frame = stamped_frame(&self.file_id, stamp, &Record::Session(self.session.clone()))?;
+        self.stamp = stamp;
+        self.append(&frame, 1)?;
         self.interner = Interner::default();
         (self.needs_session, self.needs_forget) = (false, false);
         self.session_end = self.size;
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Appends `frames` frames (`bytes`), numbered from the next stamp on.
+    fn append(&mut self, bytes: &[u8], frames: u32) -> Result<()> {
         let result = self.file.write_all(bytes);
         if let Err(err) = result {
             // What went out of a half-written frame is cut off again (only what
@@ -120,22 +129,30 @@ impl Writer {
         }
         self.size += bytes.len() as u64;
         self.written += bytes.len() as u64;
+        self.stamp.seq += frames;
         Ok(())
     }
 
     /// The frames of an interval: what was lost before it (`gap`), its own, then
     /// that of the tasks in D at its end (if any were).
-    fn frames_of(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<Vec<u8>> {
-        let mut bytes = match gap {
-            Some(gap) => frame(&Record::Gap(gap.clone()))?,
-            None => Vec::new(),
-        };
-        let (first, interval) = self.interner.interval(data);
-        bytes.extend(frame(&Record::IntervalAt(first, interval))?);
-        if !data.in_d.is_empty() {
-            bytes.extend(frame(&Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)))?);
+    /// Also returns how many frames.
+    fn frames_of(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<(Vec<u8>, u32)> {
+        let mut records = Vec::with_capacity(3);
+        if let Some(gap) = gap {
+            records.push(Record::Gap(gap.clone()));
         }
-        Ok(bytes)
+        let (first, interval) = self.interner.interval(data);
+        records.push(Record::IntervalAt(first, interval));
+        if !data.in_d.is_empty() {
+            records.push(Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)));
+        }
+        let mut bytes = Vec::new();
+        let mut stamp = self.stamp;
+        for record in &records {
+            bytes.extend(stamped_frame(&self.file_id, stamp, record)?);
+            stamp.seq += 1;
+        }
+        Ok((bytes, records.len() as u32))
     }
 
     /// Writes one interval, rotating first if the file would grow past its cap.
@@ -159,7 +176,7 @@ impl Writer {
         if self.needs_forget {
             self.interner.forget();
         }
-        let mut bytes = self.frames_of(gap, data)?;
+        let (mut bytes, mut frames) = self.frames_of(gap, data)?;
         // A file holding no interval yet takes one whatever its size: rotating it
         // would only make another such file.
         if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
@@ -169,18 +186,19 @@ impl Writer {
             }
             self.rotate()?;
             self.start_session()?;
-            bytes = self.frames_of(gap, data)?;
+            (bytes, frames) = self.frames_of(gap, data)?;
         }
-        self.append(&bytes)?;
+        self.append(&bytes, frames)?;
         self.needs_forget = false;
         Ok(true)
     }
 
     /// Opens `FILE` again after a rotation; its first frame will be a session.
     fn reopen(&mut self) -> Result<()> {
-        let (file, size) = open_recording(&self.options.path)?;
+        let (file, size, file_id) = open_recording(&self.options.path)?;
         self.file = file;
         self.size = size;
+        self.file_id = file_id;
         self.needs_file = false;
         self.needs_session = true;
         Ok(())
@@ -241,8 +259,8 @@ fn open_error(path: &Path, err: io::Error) -> anyhow::Error {
 }
 
 /// Checks an open file that may hold a recording: a regular file owned by us,
-/// empty or starting with a recording's header. Returns its size.
-fn check_existing(path: &Path, file: &File) -> Result<u64> {
+/// empty or starting with a recording's header. Returns its size and identity.
+fn check_existing(path: &Path, file: &File) -> Result<(u64, FileId)> {
     let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
     if !meta.file_type().is_file() {
         bail!("{} is not a regular file: give the path of a recording file", path.display());
@@ -257,8 +275,8 @@ fn check_existing(path: &Path, file: &File) -> Result<u64> {
             meta.uid()
         );
     }
+    let mut head = [0u8; HEADER_LEN];
     if meta.len() > 0 {
-        let mut head = [0u8; HEADER_LEN];
         let read = file.read_at(&mut head, 0).with_context(|| format!("cannot read {}", path.display()))?;
         check_header(&head[..read]).map_err(|err| {
             anyhow::anyhow!(
@@ -267,7 +285,7 @@ fn check_existing(path: &Path, file: &File) -> Result<u64> {
             )
         })?;
     }
-    Ok(meta.len())
+    Ok((meta.len(), file_id(&head)))
 }
 
 /// Takes the file's write lock (`flock`, held while the file is open): two
@@ -290,7 +308,7 @@ fn lock_for_writing(path: &Path, file: &File) -> Result<()> {
 
 /// Opens a recording for appending, creating it (mode 0600) if missing, never
 /// through a symbolic link; writes the header of a new file.
-fn open_recording(path: &Path) -> Result<(File, u64)> {
+fn open_recording(path: &Path) -> Result<(File, u64, FileId)> {
     let mut file = File::options()
         .read(true)
         .append(true)
@@ -299,7 +317,7 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| open_error(path, err))?;
-    let mut size = check_existing(path, &file)?;
+    let (mut size, mut id) = check_existing(path, &file)?;
     lock_for_writing(path, &file)?;
     let mode = file.metadata().map(|meta| meta.permissions().mode()).unwrap_or(0);
     if mode & 0o077 != 0 {
@@ -307,14 +325,16 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
             .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
     }
     if size == 0 {
-        if let Err(err) = file.write_all(&header()) {
+        let header = header();
+        id = file_id(&header);
+        if let Err(err) = file.write_all(&header) {
             // No half header: the next try (a full disk freed) starts it again.
             let _ = file.set_len(0);
             return Err(err).with_context(|| format!("cannot write to {}", path.display()));
         }
         size = HEADER_LEN as u64;
     }
-    Ok((file, size))
+    Ok((file, size, id))
 }
 
 /// Refuses an output that is one of the files a command reads: the same file

@@ -74,8 +74,8 @@ pub mod schema;
 
 pub use file::{FileOptions, Writer};
 pub use frames::{
-    check_header, decode, frame, header, Damage, Decoded, NotARecording, FRAME_HEADER_LEN, FRAME_MARKER,
-    HEADER_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+    check_header, decode, file_id, frame, header, stamped_frame, Damage, Decoded, FileId, NotARecording,
+    Stamp, FRAME_HEADER_LEN, FRAME_MARKER, HEADER_LEN, MAGIC, MAX_FRAME_LEN, STAMPED_MARKER, VERSION,
 };
 pub use intern::{Interner, Table};
 pub use schema::{
@@ -99,7 +99,14 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
     let decoded = decode(bytes)?;
     let mut recording = Recording { damage: decoded.damage, ..Recording::default() };
     let mut table = Table::default();
-    for (offset, record) in decoded.records {
+    let mut session = None;
+    for ((offset, record), stamped) in decoded.records.into_iter().zip(decoded.sessions) {
+        // A session's names are its own: a new table at its start, even when
+        // its session record was lost.
+        if stamped != session {
+            table = Table::default();
+            session = stamped;
+        }
         match record {
             Record::Session(session) => {
                 table = Table::default();
@@ -144,6 +151,8 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
+
+    use std::{collections::HashMap, time::SystemTime};
 
     use super::*;
     use crate::{
@@ -302,21 +311,177 @@ mod tests {
         interval
     }
 
+    /// The identity of the files the tests make (a session appended to one
+    /// keeps it, as a dstrace appending to a file does).
+    const TEST_FILE: FileId = *b"tests!";
+
+    /// A file of one session (stamped frames, format 3) with these intervals.
     fn file_of(intervals: &[IntervalData]) -> Vec<u8> {
+        file_of_id(intervals, TEST_FILE, Some(u32::from_le_bytes(frames::random())))
+    }
+
+    /// A file of the identity `id`, one session with these intervals: stamped
+    /// frames of that session, or unstamped ones (format 2) for `None`.
+    fn file_of_id(intervals: &[IntervalData], id: FileId, session: Option<u32>) -> Vec<u8> {
         let mut bytes = header().to_vec();
+        bytes[10..].copy_from_slice(&id);
         let mut interner = Interner::default();
-        bytes.extend(
-            frame(&Record::Session(Session { dstrace: "test".into(), ..Session::default() })).unwrap(),
-        );
+        let mut seq = 0;
+        let mut frame_of = |record: Record| match session {
+            Some(session) => {
+                seq += 1;
+                stamped_frame(&id, Stamp { session, seq: seq - 1 }, &record).unwrap()
+            }
+            None => frame(&record).unwrap(),
+        };
+        bytes.extend(frame_of(Record::Session(Session { dstrace: "test".into(), ..Session::default() })));
         for interval in intervals {
             let (first, encoded) = interner.interval(interval);
-            bytes.extend(frame(&Record::IntervalAt(first, encoded)).unwrap());
+            bytes.extend(frame_of(Record::IntervalAt(first, encoded)));
             if !interval.in_d.is_empty() {
                 let in_d = interner.tasks_in_d(interval.end, &interval.in_d);
-                bytes.extend(frame(&Record::InD(in_d)).unwrap());
+                bytes.extend(frame_of(Record::InD(in_d)));
             }
         }
         bytes
+    }
+
+    /// Whole frames duplicated, swapped, deleted or taken from another
+    /// recording (every checksum intact): each is reported, and no name is ever
+    /// another's (a name is the one it was, or reads as lost). Seeded, bounded.
+    #[test]
+    fn whole_frames_copied_swapped_lost_or_foreign_are_reported_and_name_nothing_wrongly() {
+        // Each interval its own command; stacks, mounts and locks shared, so that
+        // later frames refer to what earlier ones defined. The other recording
+        // has other names under the same ids.
+        let named = |seconds: u64, prefix: &str| {
+            let mut interval = interval_with_tasks_in_d(seconds, 1 + (seconds % 3) as u32);
+            interval.rows[1].comm = format!("{prefix}{seconds}");
+            if prefix != "c" {
+                for row in &mut interval.rows {
+                    row.stack = row.stack.iter().map(|f| format!("{prefix}{f}")).collect();
+                    row.mount = row.mount.as_ref().map(|m| format!("{prefix}{m}"));
+                }
+                for wait in interval.waits.iter_mut().chain(&mut interval.in_d) {
+                    wait.comm = format!("{prefix}{}", wait.comm);
+                    wait.stack = wait.stack.iter().map(|f| format!("{prefix}{f}")).collect();
+                }
+            }
+            interval
+        };
+        let ours: Vec<IntervalData> = (0..70).map(|i| named(100 + 10 * i, "c")).collect();
+        let theirs: Vec<IntervalData> = (0..70).map(|i| named(100 + 10 * i, "other-")).collect();
+        let whole = file_of(&ours);
+        let other = file_of_id(&theirs, *b"other!", Some(7));
+        let spans = |bytes: &[u8]| -> Vec<std::ops::Range<usize>> {
+            let records = decode(bytes).unwrap().records;
+            let starts: Vec<usize> = records.iter().map(|(at, _)| *at as usize).collect();
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, &at)| at..starts.get(i + 1).copied().unwrap_or(bytes.len()))
+                .collect()
+        };
+        let (our_frames, their_frames) = (spans(&whole), spans(&other));
+        let expected: HashMap<SystemTime, &IntervalData> = ours.iter().map(|i| (i.end, i)).collect();
+        let lost = |name: &str| name.starts_with("<lost ");
+        let mut seed = 0x5eed_f4a3_e5c0_0001u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut kinds = [0usize; 4];
+        for round in 0..2000 {
+            let mut frames: Vec<Vec<u8>> =
+                our_frames.iter().map(|span| whole[span.clone()].to_vec()).collect();
+            let kind = next(4);
+            kinds[kind] += 1;
+            let n = frames.len();
+            let what = match kind {
+                0 => {
+                    let (i, j) = (next(n), next(n + 1));
+                    frames.insert(j, frames[i].clone());
+                    format!("frame {i} copied to {j}")
+                }
+                1 => {
+                    let i = next(n);
+                    let j = (i + 1 + next(n - 1)) % n;
+                    frames.swap(i, j);
+                    format!("frames {i} and {j} swapped")
+                }
+                2 => {
+                    // Not the last: losing the last frame is a recording that ended
+                    // earlier (a crash), which nothing can tell.
+                    let i = next(n - 1);
+                    frames.remove(i);
+                    format!("frame {i} deleted")
+                }
+                _ => {
+                    let (i, j) = (next(their_frames.len()), next(n + 1));
+                    frames.insert(j, other[their_frames[i].clone()].to_vec());
+                    format!("their frame {i} put at {j}")
+                }
+            };
+            let mut bytes = whole[..HEADER_LEN].to_vec();
+            bytes.extend(frames.concat());
+            let recording = read(&bytes).unwrap();
+            assert!(!recording.damage.is_empty(), "round {round}: {what}: not reported");
+            for interval in &recording.intervals {
+                let Some(original) = expected.get(&interval.end) else {
+                    panic!("round {round}: {what}: an interval ending at {:?} out of nowhere", interval.end)
+                };
+                for row in interval.rows.iter().filter(|row| !lost(&row.comm)) {
+                    let same = original.rows.iter().find(|o| o.comm == row.comm && o.pid == row.pid);
+                    let Some(same) = same else { panic!("round {round}: {what}: a row of {}", row.comm) };
+                    assert!(
+                        row.stack.iter().any(|f| lost(f)) || row.stack == same.stack,
+                        "round {round}: {what}: {:?} for {:?}",
+                        row.stack,
+                        same.stack
+                    );
+                    assert!(
+                        row.mount == same.mount || row.mount.as_deref().is_some_and(lost),
+                        "round {round}"
+                    );
+                    assert!(row.lock == same.lock || row.lock.as_deref().is_some_and(lost), "round {round}");
+                }
+                let pairs = interval
+                    .waits
+                    .iter()
+                    .map(|w| (w, &original.waits))
+                    .chain(interval.in_d.iter().map(|w| (w, &original.in_d)));
+                for (wait, list) in pairs {
+                    let Some(same) = list.iter().find(|o| o.tid == wait.tid) else {
+                        panic!("round {round}: {what}: a wait of tid {}", wait.tid)
+                    };
+                    let path = |w: &Wait| w.on.file.as_ref().and_then(|f| f.path.clone()).unwrap_or_default();
+                    let mount = |w: &Wait| {
+                        w.on.mount
+                            .as_ref()
+                            .map(|m| m.mount_point.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    };
+                    for (got, want) in [
+                        (wait.comm.clone(), same.comm.clone()),
+                        (path(wait), path(same)),
+                        (mount(wait), mount(same)),
+                        (
+                            wait.blocked_in.clone().unwrap_or_default(),
+                            same.blocked_in.clone().unwrap_or_default(),
+                        ),
+                    ] {
+                        assert!(got == want || lost(&got), "round {round}: {what}: {got:?} for {want:?}");
+                    }
+                    assert!(
+                        wait.stack.iter().any(|f| lost(f)) || wait.stack == same.stack,
+                        "round {round}: {what}"
+                    );
+                }
+            }
+        }
+        assert!(kinds.iter().all(|&k| k > 300), "{kinds:?}");
     }
 
     #[test]
@@ -554,12 +719,15 @@ mod tests {
                     _ => next() as u8,
                 };
             }
-            let crc = crc32fast::hash(&bytes[payload]);
+            let crc = frames::stamped_crc(&TEST_FILE, &bytes[payload]);
             bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
             let recording = read(&bytes).unwrap();
             undecodable += recording.damage.len();
             assert!(
-                recording.damage.iter().all(|d| !d.at_end && d.what.contains("record")),
+                recording.damage.iter().all(|d| !d.at_end
+                    && (d.what.contains("record")
+                        || d.what.contains("of session")
+                        || d.what.contains("in D"))),
                 "{:?}",
                 recording.damage
             );
