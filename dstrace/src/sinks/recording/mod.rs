@@ -20,21 +20,29 @@
 //!
 //! ```text
 //! file    = header frame*
-//! header  = "DSTRREC\0" (8 bytes) | version: u16 | 6 reserved bytes (zero)
-//! frame   = marker "\xd5FRM" (4 bytes) | len: u32 | crc32(payload): u32 | payload (len bytes)
-//! payload = one Record, encoded with postcard 1.x (its wire format is specified and
-//!           stable: variable-length integers, strings as length + UTF-8)
+//! header  = "DSTRREC\0" (8 bytes) | version: u16 | file identity (6 random bytes; zero before format 3)
+//! frame   = marker "\xd5FRS" (4 bytes) | len: u32 | crc32(identity ++ payload): u32 | payload (len bytes)
+//! payload = stamp, then one Record, encoded with postcard 1.x (its wire format is
+//!           specified and stable: variable-length integers, strings as length + UTF-8)
+//! stamp   = session: u32 (random, drawn when it starts) | seq: u32 (its frames numbered from 0)
 //! ```
+//!
+//! Formats 1 and 2 had unstamped frames: marker `"\xd5FRM"`, `crc32(payload)`, the
+//! record alone. The reader reads both kinds, in any file (a dstrace of format 3
+//! appends stamped frames to an older file and leaves its header alone).
 //!
 //! A [`Record`] is a [`Record::Session`] (who recorded, when, with what settings),
 //! a [`Record::IntervalAt`] (format 2; [`Record::Interval`] in format 1): the
 //! in-kernel aggregation drained over one interval (one [`Row`] per process,
 //! command, kernel stack and cause, with count, total, maximum and log2
 //! histogram), the individual waits above the threshold of that interval, and the
-//! kernel side's counters; or a [`Record::InD`] (format 2), the frame after an
+//! kernel side's counters; a [`Record::InD`] (format 2), the frame after an
 //! interval's: the tasks in D at its end, each described once
 //! ([`schema::InDRecord`]: all `run --json` says of it) and then a number and an
-//! age per interval while it stays as it was. Strings (symbols, commands, mount
+//! age per interval while it stays as it was; or a [`Record::Gap`] (format 3):
+//! nothing could be written for a while (a full disk), what the next interval
+//! holds instead (every interval that ended meanwhile, as one) and what was lost.
+//! Strings (symbols, commands, mount
 //! points, lock names), stacks and descriptions are interned per session: a record
 //! lists those it uses for the first time, and refers to all of them by number, so
 //! a symbol is written once per file. A record of format 2 says which ids its
@@ -46,14 +54,21 @@
 //! of one) is read on its own.
 //!
 //! Versions: the header holds the format of the dstrace that created the file.
-//! Format 2 only added record kinds, so format 1 files read as they are; a reader
-//! of format 1 refuses a format 2 file, and reports a record kind it does not
-//! know (in a format 1 file a later dstrace appended to) as a damaged frame.
+//! Format 2 only added record kinds, so format 1 files read as they are; format 3
+//! stamped the frames (a new marker, so both kinds read in one file) and added
+//! [`Record::Gap`]. A reader of format N refuses a file of a later format, and
+//! reports a frame it does not know (in an older file a later dstrace appended
+//! to) as damage.
 //!
 //! The reader checks the header's magic and version, then each frame's marker,
 //! length ([`MAX_FRAME_LEN`] at most) and checksum. A frame that fails is reported
 //! as [`Damage`] (its offset and what was wrong) and skipped: the reader looks for
-//! the next intact frame after it, so one bad frame costs one interval.
+//! the next intact frame after it, so one bad frame costs one interval. Whole
+//! frames moved about, every checksum intact, cannot be taken for one another
+//! ([`frames`]): one of another file fails its checksum (the file's identity is
+//! in it), a copy is a number seen already (skipped), frames out of order are
+//! read in their order, numbers missing are frames lost; each is reported, and a
+//! session's names are its own even when its session record was lost.
 //!
 //! # Files
 //!

@@ -5,12 +5,15 @@
 //! ([`Recorder::interval`], which takes its own difference from the previous read,
 //! independent of any other reader). It writes one frame per interval to a
 //! [`crate::sinks::recording`] file, so a crash loses at most the interval in progress.
+//! A full disk or quota loses none of the aggregation: what cannot be written is
+//! held, summed, and written at the first interval that can be (see [`Recorder`]).
 //!
 //! # In a trace loop
 //!
 //! `dstrace run` holds a [`RunRecording`] (nothing when `--output` is not given)
-//! and makes five calls, each a no-op without a recording, none failing (a write
-//! error is one warning, and the recording stops):
+//! and makes five calls, each a no-op without a recording, none failing (a full
+//! disk is held and retried, as everywhere; another write error is one warning,
+//! and the recording stops):
 //!
 //! ```text
 //! let mut recording = RunRecording::start(args.recording.file(), args.interval, args.min_duration)?;
