@@ -143,7 +143,8 @@ fn record_survives_a_full_disk_and_says_the_gap() {
 
     let filler = disk.0.join("filler");
     fill(&filler);
-    let failed = wait_for_line(&log, Duration::from_secs(10), |line| line.contains("No space left"));
+    // The file's last page may hold a few more intervals (tmpfs gives whole pages).
+    let failed = wait_for_line(&log, Duration::from_secs(90), |line| line.contains("No space left"));
     assert!(failed.starts_with("dstrace: warning: cannot write to"), "{failed}");
     let held = size();
     std::fs::remove_file(&filler).unwrap();
@@ -178,7 +179,8 @@ fn record_survives_a_full_disk_and_says_the_gap() {
 }
 
 /// `dstrace report REC -o REC` (or a symbolic or hard link to it) writes nothing
-/// over the recording: one line naming both and the fix, exit 1.
+/// over the recording: one line naming both and the fix, exit 1; nor over any
+/// other recording.
 #[test]
 fn report_never_writes_over_a_recording_it_reads() {
     let dir = Scratch::new("report-over");
@@ -211,6 +213,14 @@ fn report_never_writes_over_a_recording_it_reads() {
             assert_eq!(std::fs::read(&rec).unwrap(), bytes, "the recording is untouched");
         }
     }
+    // A recording it does not read: refused too.
+    let other_bytes = std::fs::read(&other).unwrap();
+    let out = dstrace(&["report", rec.to_str().unwrap(), "-o", other.to_str().unwrap()]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is a dstrace recording") && stderr.contains("give -o another path"), "{stderr}");
+    assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
     // Another path is written as before.
     let out = dstrace(&["report", rec.to_str().unwrap(), "-o", dir.path("out.folded").to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");

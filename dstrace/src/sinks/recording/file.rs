@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::sinks::recording::{
-    frames::{check_header, file_id, header, random, stamped_frame, FileId, Stamp, HEADER_LEN},
+    frames::{check_header, file_id, header, random, stamped_frame, FileId, Stamp, HEADER_LEN, MAGIC},
     intern::Interner,
     schema::{Gap, IntervalData, Record, Session},
 };
@@ -337,10 +337,10 @@ fn open_recording(path: &Path) -> Result<(File, u64, FileId)> {
     Ok((file, size, id))
 }
 
-/// Refuses an output that is one of the files a command reads: the same file
-/// (device and inode) through any path, a symbolic link or a hard link, so that
-/// `dstrace report REC -o REC` never writes a report over the recording. An
-/// output that does not exist yet is none of them.
+/// Refuses an output that is one of the files a command reads (the same file,
+/// device and inode, through any path, a symbolic link or a hard link) or any
+/// recording, so that `dstrace report REC -o REC` never writes a report over
+/// the recording. An output that does not exist yet is none of them.
 pub fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<()> {
     let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
     for input in inputs {
@@ -351,6 +351,20 @@ pub fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<()>
                  give -o another path",
                 output.display(),
                 input.display()
+            );
+        }
+    }
+    if out.file_type().is_file() {
+        let mut head = [0u8; MAGIC.len()];
+        let read = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(output)
+            .and_then(|file| file.read_at(&mut head, 0));
+        if read.is_ok_and(|n| n == head.len()) && head == MAGIC {
+            bail!(
+                "-o {} is a dstrace recording: it would be written over; give -o another path",
+                output.display()
             );
         }
     }

@@ -386,9 +386,9 @@ impl Recorder {
                 self.intervals += pending.intervals;
                 self.waits_written += pending.data.waits.len() as u64;
                 if let Some((failed, _)) = pending.failed {
-                    let seconds = now.duration_since(failed).unwrap_or_default().as_secs();
+                    let long = human_duration(duration_ns(now.duration_since(failed).unwrap_or_default()));
                     let note = format!(
-                        "writing to {} again, after {seconds} s: the {} intervals held are written as \
+                        "writing to {} again, after {long}: the {} intervals held are written as \
                          one, with a record of what was lost ({} waits one by one, the tasks in D at \
                          {} interval ends)",
                         self.path().display(),

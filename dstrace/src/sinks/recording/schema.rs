@@ -113,10 +113,10 @@ pub struct Interval {
 
 impl std::fmt::Display for Gap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seconds = self.resumed_ns.saturating_sub(self.failed_ns) / 1_000_000_000;
+        let long = crate::clock::human_duration(self.resumed_ns.saturating_sub(self.failed_ns));
         write!(
             f,
-            "nothing could be written from {} to {} ({seconds} s: {}); the {} intervals that ended \
+            "nothing could be written from {} to {} ({long}: {}); the {} intervals that ended \
              meanwhile are the next one, whole; lost: {} waits one by one (they are in the \
              aggregation), the tasks in D at {} interval ends, {} aggregated waits",
             crate::clock::rfc3339_utc(from_unix_ns(self.failed_ns)),
