@@ -541,10 +541,42 @@ mod tests {
     /// A recording of format 1 (before the tasks in D were kept) is read as it was.
     #[test]
     fn a_recording_of_format_1_is_read() {
-        let mut bytes = file_of(&[sample_interval(100)]);
+        let mut bytes = file_of_id(&[sample_interval(100)], [0; 6], None);
         bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
         let recording = read(&bytes).unwrap();
         assert_eq!(recording.intervals, [sample_interval(100)]);
+    }
+
+    /// A recording of format 2 (unstamped frames, no identity) is read as it was,
+    /// and this dstrace appends its stamped session to it, header untouched: both
+    /// read, with no damage.
+    #[test]
+    fn a_recording_of_format_2_is_read_and_appended_to() {
+        let intervals = [interval_with_tasks_in_d(100, 2), interval_with_tasks_in_d(110, 1)];
+        let mut bytes = file_of_id(&intervals, [0; 6], None);
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let recording = read(&bytes).unwrap();
+        assert_eq!((recording.intervals.as_slice(), recording.damage.as_slice()), (&intervals[..], &[][..]));
+
+        let dir = std::env::temp_dir().join(format!("dstrace-format-2-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.rec");
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let options = FileOptions { path: path.clone(), max_size: 1 << 20, rotate: 0 };
+        let mut writer = Writer::open(options, Session::default()).unwrap();
+        assert!(writer.write_interval(&interval_with_tasks_in_d(200, 2)).unwrap());
+        drop(writer);
+        let appended = std::fs::read(&path).unwrap();
+        assert_eq!(appended[..HEADER_LEN], bytes[..HEADER_LEN], "the header is left alone");
+        let recording = read(&appended).unwrap();
+        assert_eq!(recording.damage, []);
+        assert_eq!(recording.sessions.len(), 2);
+        let all: Vec<IntervalData> =
+            intervals.iter().cloned().chain([interval_with_tasks_in_d(200, 2)]).collect();
+        assert_eq!(recording.intervals, all);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The tasks in D of a damaged interval frame are kept, and a damaged frame of

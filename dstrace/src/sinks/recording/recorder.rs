@@ -561,3 +561,46 @@ pub fn written_line(recorder: &Recorder) -> String {
         recorder.path().display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::recording::tests::{interval_with_tasks_in_d, sample_interval};
+
+    /// Intervals held on a full disk are one interval: the rows summed (the
+    /// aggregation is a difference, so nothing of it is lost), the waits kept up
+    /// to the bound and the rest counted, the tasks in D of the last end (the
+    /// lists before it counted).
+    #[test]
+    fn held_intervals_sum_their_rows_and_count_what_they_lose() {
+        let first = interval_with_tasks_in_d(100, 2);
+        let mut held = Pending::new(first.clone(), true);
+        assert_eq!(held.gap(SystemTime::now()), None, "nothing failed yet");
+        held.failed = Some((first.end, "No space left on device (os error 28)".into()));
+        let mut storm = sample_interval(110);
+        storm.rows.clear();
+        storm.waits = vec![storm.waits[0].clone(); MAX_BUFFERED_WAITS];
+        held.add(storm, false);
+        let last = interval_with_tasks_in_d(120, 3);
+        held.add(last.clone(), true);
+
+        assert_eq!((held.data.start, held.data.end), (first.start, last.end));
+        assert_eq!(held.data.rows.len(), first.rows.len());
+        for (row, one) in held.data.rows.iter().zip(&first.rows) {
+            assert_eq!(row.totals.count, 2 * one.totals.count);
+            assert_eq!(row.totals.total_ns, 2 * one.totals.total_ns);
+        }
+        assert_eq!(held.data.waits.len(), MAX_BUFFERED_WAITS);
+        assert_eq!(held.data.in_d, last.in_d);
+        let gap = held.gap(last.end).unwrap();
+        // The first interval's waits and the storm's fill the bound; the last's are lost.
+        let lost = (first.waits.len() + last.waits.len()) as u64;
+        assert_eq!((gap.intervals, gap.waits_lost, gap.looks_lost, gap.aggregated_lost), (2, lost, 1, 0));
+        let text = gap.to_string();
+        assert!(text.starts_with("nothing could be written from "), "{text}");
+        assert!(
+            text.contains("No space left on device") && text.contains(&format!("{lost} waits one by one")),
+            "{text}"
+        );
+    }
+}
