@@ -53,6 +53,8 @@ pub struct Writer {
     needs_forget: bool,
     /// Files were rotated but the new `FILE` is not open yet.
     needs_file: bool,
+    /// The last write that failed left part of its frames in the file.
+    torn: bool,
     /// The file's size when its last session began.
     session_end: u64,
     full: bool,
@@ -75,6 +77,7 @@ impl Writer {
             needs_session: true,
             needs_forget: false,
             needs_file: false,
+            torn: false,
             session_end: 0,
             full: false,
             written: 0,
@@ -119,11 +122,13 @@ impl Writer {
             // uses, so that nothing refers to a definition the file may not have.
             self.needs_forget = true;
             let len = self.file.metadata().map_or(self.size, |meta| meta.len());
-            if len > self.size
+            self.torn = len > self.size
                 && len <= self.size + bytes.len() as u64
-                && self.file.set_len(self.size).is_err()
-            {
+                && self.file.set_len(self.size).is_err();
+            if self.torn {
+                // Left in the file: their numbers and ids are not given again.
                 self.size = len;
+                self.stamp.seq += frames;
             }
             return Err(err).with_context(|| format!("cannot write to {}", self.options.path.display()));
         }
@@ -176,6 +181,7 @@ impl Writer {
         if self.needs_forget {
             self.interner.forget();
         }
+        let mut before = self.interner.next_ids();
         let (mut bytes, mut frames) = self.frames_of(gap, data)?;
         // A file holding no interval yet takes one whatever its size: rotating it
         // would only make another such file.
@@ -186,9 +192,18 @@ impl Writer {
             }
             self.rotate()?;
             self.start_session()?;
+            before = self.interner.next_ids();
             (bytes, frames) = self.frames_of(gap, data)?;
         }
-        self.append(&bytes, frames)?;
+        if let Err(err) = self.append(&bytes, frames) {
+            if !self.torn {
+                // Nothing of it is in the file: its ids are given again, so that
+                // a disk full for days does not use them up, retry after retry.
+                self.interner.forget();
+                self.interner.rewind(before);
+            }
+            return Err(err);
+        }
         self.needs_forget = false;
         Ok(true)
     }

@@ -326,8 +326,12 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, NotARecording> {
 /// frame, in their order; reports (in `damage`) the copies (skipped), the frames
 /// out of order, and the numbers missing that no damage explains.
 fn in_order(frames: Vec<(u64, Option<Stamp>, Record)>, mut damage: Vec<Damage>) -> Decoded {
+    // Offsets of the damage found in the bytes, in file order.
     let bytes_damaged: Vec<u64> = damage.iter().map(|d| d.offset).collect();
-    let explained = |from: u64, to: u64| bytes_damaged.iter().any(|&at| from < at && at < to);
+    let explained = |from: u64, to: u64| {
+        let first_after = bytes_damaged.partition_point(|&at| at <= from);
+        bytes_damaged.get(first_after).is_some_and(|&at| at < to)
+    };
     let mut by_session: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, (_, stamp, _)) in frames.iter().enumerate() {
         if let Some(stamp) = stamp {

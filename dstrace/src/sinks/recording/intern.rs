@@ -71,6 +71,18 @@ impl Interner {
         self.described.clear();
     }
 
+    /// The ids the next definitions get.
+    pub fn next_ids(&self) -> First {
+        self.next
+    }
+
+    /// Gives the ids from `to` on again, after [`Interner::forget`]: for a record
+    /// encoded but never written (nothing of it is in the file), so that no
+    /// reader has seen them.
+    pub fn rewind(&mut self, to: First) {
+        self.next = to;
+    }
+
     /// The id of a string, defining it if new.
     pub fn string(&mut self, text: &str) -> u32 {
         if let Some(&id) = self.strings.get(text) {
