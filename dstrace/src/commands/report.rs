@@ -22,7 +22,10 @@ use crate::{
     sinks::{
         self,
         json::json_wait,
-        recording::{self, file::read_file},
+        recording::{
+            self,
+            file::{read_file, refuse_output_over_input},
+        },
         report::{
             folded, in_d_at, json, leading_frames, profile, select, speedscope, svg, Filter, ReportFormat,
             Selection,
@@ -34,6 +37,9 @@ use crate::{
 
 /// Runs `dstrace report`.
 pub fn report(args: &ReportArgs) -> Result<()> {
+    if let Some(output) = &args.output {
+        refuse_output_over_input(output, &args.files)?;
+    }
     let mut recordings = Vec::new();
     let mut damage = Vec::new();
     for path in &args.files {

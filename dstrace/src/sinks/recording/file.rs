@@ -13,9 +13,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::sinks::recording::{
-    frames::{check_header, frame, header, HEADER_LEN},
+    frames::{check_header, file_id, header, random, stamped_frame, FileId, Stamp, HEADER_LEN, MAGIC},
     intern::Interner,
-    schema::{IntervalData, Record, Session},
+    schema::{Gap, IntervalData, Record, Session},
 };
 
 /// Where a recording goes, and how big its files may grow.
@@ -31,14 +31,30 @@ pub struct FileOptions {
 }
 
 /// Writes a recording: frames appended, files rotated at their size cap.
+///
+/// A write that fails leaves no torn frame where it can help it (what it
+/// appended is cut off again) and costs no name: the next frame defines again
+/// everything it uses, so a caller that holds what it could not write
+/// ([`crate::sinks::recording::recorder::Recorder`], on a full disk) writes it
+/// later as if nothing had happened.
 pub struct Writer {
     options: FileOptions,
     session: Session,
     file: File,
+    /// The identity of the file written, from its header.
+    file_id: FileId,
+    /// The stamp of the next frame: its session, its number.
+    stamp: Stamp,
     size: u64,
     interner: Interner,
-    /// A write failed: the next frame must start a new session.
+    /// The file is new (after a rotation): its first frame is a session.
     needs_session: bool,
+    /// A write failed: the next frame defines again what it uses.
+    needs_forget: bool,
+    /// Files were rotated but the new `FILE` is not open yet.
+    needs_file: bool,
+    /// The last write that failed left part of its frames in the file.
+    torn: bool,
     /// The file's size when its last session began.
     session_end: u64,
     full: bool,
@@ -49,14 +65,19 @@ pub struct Writer {
 impl Writer {
     /// Opens (or creates) the file and starts a session in it.
     pub fn open(options: FileOptions, session: Session) -> Result<Writer> {
-        let (file, size) = open_recording(&options.path)?;
+        let (file, size, file_id) = open_recording(&options.path)?;
         let mut writer = Writer {
             options,
             session,
             file,
+            file_id,
+            stamp: Stamp::default(),
             size,
             interner: Interner::default(),
-            needs_session: false,
+            needs_session: true,
+            needs_forget: false,
+            needs_file: false,
+            torn: false,
             session_end: 0,
             full: false,
             written: 0,
@@ -70,71 +91,132 @@ impl Writer {
         &self.options.path
     }
 
+    /// Bytes a file may hold before it is rotated.
+    pub fn max_size(&self) -> u64 {
+        self.options.max_size
+    }
+
     /// Whether the file is full and recording has stopped (`rotate` 0).
     pub fn is_full(&self) -> bool {
         self.full
     }
 
     fn start_session(&mut self) -> Result<()> {
+        let stamp = Stamp { session: u32::from_le_bytes(random()), seq: 0 };
+        let frame = stamped_frame(&self.file_id, stamp, &Record::Session(self.session.clone()))?;
+        self.stamp = stamp;
+        self.append(&frame, 1)?;
         self.interner = Interner::default();
-        self.needs_session = false;
-        let frame = frame(&Record::Session(self.session.clone()))?;
-        self.append(&frame)?;
+        (self.needs_session, self.needs_forget) = (false, false);
         self.session_end = self.size;
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Appends `frames` frames (`bytes`), numbered from the next stamp on.
+    fn append(&mut self, bytes: &[u8], frames: u32) -> Result<()> {
         let result = self.file.write_all(bytes);
         if let Err(err) = result {
-            // The frame may be half written: the next one starts a new session,
-            // so that nothing refers to what the reader may not have.
-            self.needs_session = true;
+            // What went out of a half-written frame is cut off again (only what
+            // this writer appended: nothing before `size`), so that a later write
+            // leaves no torn frame behind; the next frame defines again what it
+            // uses, so that nothing refers to a definition the file may not have.
+            self.needs_forget = true;
+            let len = self.file.metadata().map_or(self.size, |meta| meta.len());
+            self.torn = len > self.size
+                && len <= self.size + bytes.len() as u64
+                && self.file.set_len(self.size).is_err();
+            if self.torn {
+                // Left in the file: their numbers and ids are not given again.
+                self.size = len;
+                self.stamp.seq += frames;
+            }
             return Err(err).with_context(|| format!("cannot write to {}", self.options.path.display()));
         }
         self.size += bytes.len() as u64;
         self.written += bytes.len() as u64;
+        self.stamp.seq += frames;
         Ok(())
     }
 
-    /// The frames of an interval: its own, then that of the tasks in D at its end
-    /// (if any were).
-    fn frames_of(&mut self, data: &IntervalData) -> Result<Vec<u8>> {
-        let (first, interval) = self.interner.interval(data);
-        let mut bytes = frame(&Record::IntervalAt(first, interval))?;
-        if !data.in_d.is_empty() {
-            bytes.extend(frame(&Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)))?);
+    /// The frames of an interval: what was lost before it (`gap`), its own, then
+    /// that of the tasks in D at its end (if any were).
+    /// Also returns how many frames.
+    fn frames_of(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<(Vec<u8>, u32)> {
+        let mut records = Vec::with_capacity(3);
+        if let Some(gap) = gap {
+            records.push(Record::Gap(gap.clone()));
         }
-        Ok(bytes)
+        let (first, interval) = self.interner.interval(data);
+        records.push(Record::IntervalAt(first, interval));
+        if !data.in_d.is_empty() {
+            records.push(Record::InD(self.interner.tasks_in_d(data.end, &data.in_d)));
+        }
+        let mut bytes = Vec::new();
+        let mut stamp = self.stamp;
+        for record in &records {
+            bytes.extend(stamped_frame(&self.file_id, stamp, record)?);
+            stamp.seq += 1;
+        }
+        Ok((bytes, records.len() as u32))
     }
 
     /// Writes one interval, rotating first if the file would grow past its cap.
-    pub fn write_interval(&mut self, data: &IntervalData) -> Result<()> {
+    pub fn write_interval(&mut self, data: &IntervalData) -> Result<bool> {
+        self.write(None, data)
+    }
+
+    /// Writes one interval after what was lost before it (`gap`), rotating first
+    /// if the file would grow past its cap. `Ok(false)`: not written, the file is
+    /// full (`rotate` 0).
+    pub fn write(&mut self, gap: Option<&Gap>, data: &IntervalData) -> Result<bool> {
         if self.full {
-            return Ok(());
+            return Ok(false);
+        }
+        if self.needs_file {
+            self.reopen()?;
         }
         if self.needs_session {
             self.start_session()?;
         }
-        let mut bytes = self.frames_of(data)?;
+        if self.needs_forget {
+            self.interner.forget();
+        }
+        let mut before = self.interner.next_ids();
+        let (mut bytes, mut frames) = self.frames_of(gap, data)?;
         // A file holding no interval yet takes one whatever its size: rotating it
         // would only make another such file.
         if self.size + bytes.len() as u64 > self.options.max_size && self.size > self.session_end {
             if self.options.rotate == 0 {
                 self.full = true;
-                eprintln!(
-                    "dstrace: warning: {} reached its size cap of {} bytes: recording stops \
-                     (use --rotate N to keep the last N files instead)",
-                    self.options.path.display(),
-                    self.options.max_size
-                );
-                return Ok(());
+                return Ok(false);
             }
             self.rotate()?;
             self.start_session()?;
-            bytes = self.frames_of(data)?;
+            before = self.interner.next_ids();
+            (bytes, frames) = self.frames_of(gap, data)?;
         }
-        self.append(&bytes)
+        if let Err(err) = self.append(&bytes, frames) {
+            if !self.torn {
+                // Nothing of it is in the file: its ids are given again, so that
+                // a disk full for days does not use them up, retry after retry.
+                self.interner.forget();
+                self.interner.rewind(before);
+            }
+            return Err(err);
+        }
+        self.needs_forget = false;
+        Ok(true)
+    }
+
+    /// Opens `FILE` again after a rotation; its first frame will be a session.
+    fn reopen(&mut self) -> Result<()> {
+        let (file, size, file_id) = open_recording(&self.options.path)?;
+        self.file = file;
+        self.size = size;
+        self.file_id = file_id;
+        self.needs_file = false;
+        self.needs_session = true;
+        Ok(())
     }
 
     /// `FILE.N-1` to `FILE.N`, ..., `FILE` to `FILE.1`; then a new `FILE`.
@@ -159,10 +241,8 @@ impl Writer {
             std::fs::rename(&from, &to)
                 .with_context(|| format!("cannot rotate {} to {}", from.display(), to.display()))?;
         }
-        let (file, size) = open_recording(path)?;
-        self.file = file;
-        self.size = size;
-        Ok(())
+        self.needs_file = true;
+        self.reopen()
     }
 }
 
@@ -194,8 +274,8 @@ fn open_error(path: &Path, err: io::Error) -> anyhow::Error {
 }
 
 /// Checks an open file that may hold a recording: a regular file owned by us,
-/// empty or starting with a recording's header. Returns its size.
-fn check_existing(path: &Path, file: &File) -> Result<u64> {
+/// empty or starting with a recording's header. Returns its size and identity.
+fn check_existing(path: &Path, file: &File) -> Result<(u64, FileId)> {
     let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
     if !meta.file_type().is_file() {
         bail!("{} is not a regular file: give the path of a recording file", path.display());
@@ -210,8 +290,8 @@ fn check_existing(path: &Path, file: &File) -> Result<u64> {
             meta.uid()
         );
     }
+    let mut head = [0u8; HEADER_LEN];
     if meta.len() > 0 {
-        let mut head = [0u8; HEADER_LEN];
         let read = file.read_at(&mut head, 0).with_context(|| format!("cannot read {}", path.display()))?;
         check_header(&head[..read]).map_err(|err| {
             anyhow::anyhow!(
@@ -220,7 +300,7 @@ fn check_existing(path: &Path, file: &File) -> Result<u64> {
             )
         })?;
     }
-    Ok(meta.len())
+    Ok((meta.len(), file_id(&head)))
 }
 
 /// Takes the file's write lock (`flock`, held while the file is open): two
@@ -243,7 +323,7 @@ fn lock_for_writing(path: &Path, file: &File) -> Result<()> {
 
 /// Opens a recording for appending, creating it (mode 0600) if missing, never
 /// through a symbolic link; writes the header of a new file.
-fn open_recording(path: &Path) -> Result<(File, u64)> {
+fn open_recording(path: &Path) -> Result<(File, u64, FileId)> {
     let mut file = File::options()
         .read(true)
         .append(true)
@@ -252,7 +332,7 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| open_error(path, err))?;
-    let mut size = check_existing(path, &file)?;
+    let (mut size, mut id) = check_existing(path, &file)?;
     lock_for_writing(path, &file)?;
     let mode = file.metadata().map(|meta| meta.permissions().mode()).unwrap_or(0);
     if mode & 0o077 != 0 {
@@ -260,10 +340,50 @@ fn open_recording(path: &Path) -> Result<(File, u64)> {
             .with_context(|| format!("cannot make {} private (mode 0600)", path.display()))?;
     }
     if size == 0 {
-        file.write_all(&header()).with_context(|| format!("cannot write to {}", path.display()))?;
+        let header = header();
+        id = file_id(&header);
+        if let Err(err) = file.write_all(&header) {
+            // No half header: the next try (a full disk freed) starts it again.
+            let _ = file.set_len(0);
+            return Err(err).with_context(|| format!("cannot write to {}", path.display()));
+        }
         size = HEADER_LEN as u64;
     }
-    Ok((file, size))
+    Ok((file, size, id))
+}
+
+/// Refuses an output that is one of the files a command reads (the same file,
+/// device and inode, through any path, a symbolic link or a hard link) or any
+/// recording, so that `dstrace report REC -o REC` never writes a report over
+/// the recording. An output that does not exist yet is none of them.
+pub fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for input in inputs {
+        let Ok(meta) = std::fs::metadata(input) else { continue };
+        if (meta.dev(), meta.ino()) == (out.dev(), out.ino()) {
+            bail!(
+                "-o {} is {}, a file this command reads (the same file): it would be written over; \
+                 give -o another path",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    if out.file_type().is_file() {
+        let mut head = [0u8; MAGIC.len()];
+        let read = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(output)
+            .and_then(|file| file.read_at(&mut head, 0));
+        if read.is_ok_and(|n| n == head.len()) && head == MAGIC {
+            bail!(
+                "-o {} is a dstrace recording: it would be written over; give -o another path",
+                output.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a recording file (a regular file; a FIFO or device is refused, not read).

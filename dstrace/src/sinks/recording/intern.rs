@@ -55,13 +55,32 @@ impl Interner {
     /// Counts a record about to be encoded, forgetting every definition when it
     /// is time to define again.
     fn record(&mut self) {
-        self.records += 1;
-        if self.records > DEFINE_AGAIN {
-            self.records = 1;
-            self.strings.clear();
-            self.stacks.clear();
-            self.described.clear();
+        if self.records >= DEFINE_AGAIN {
+            self.forget();
         }
+        self.records += 1;
+    }
+
+    /// Forgets every definition now (a write failed: what the lost frame defined
+    /// may not be in the file), so that the next record defines again, under new
+    /// ids, everything it uses.
+    pub fn forget(&mut self) {
+        self.records = 0;
+        self.strings.clear();
+        self.stacks.clear();
+        self.described.clear();
+    }
+
+    /// The ids the next definitions get.
+    pub fn next_ids(&self) -> First {
+        self.next
+    }
+
+    /// Gives the ids from `to` on again, after [`Interner::forget`]: for a record
+    /// encoded but never written (nothing of it is in the file), so that no
+    /// reader has seen them.
+    pub fn rewind(&mut self, to: First) {
+        self.next = to;
     }
 
     /// The id of a string, defining it if new.

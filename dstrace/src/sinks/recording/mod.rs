@@ -20,21 +20,29 @@
 //!
 //! ```text
 //! file    = header frame*
-//! header  = "DSTRREC\0" (8 bytes) | version: u16 | 6 reserved bytes (zero)
-//! frame   = marker "\xd5FRM" (4 bytes) | len: u32 | crc32(payload): u32 | payload (len bytes)
-//! payload = one Record, encoded with postcard 1.x (its wire format is specified and
-//!           stable: variable-length integers, strings as length + UTF-8)
+//! header  = "DSTRREC\0" (8 bytes) | version: u16 | file identity (6 random bytes; zero before format 3)
+//! frame   = marker "\xd5FRS" (4 bytes) | len: u32 | crc32(identity ++ payload): u32 | payload (len bytes)
+//! payload = stamp, then one Record, encoded with postcard 1.x (its wire format is
+//!           specified and stable: variable-length integers, strings as length + UTF-8)
+//! stamp   = session: u32 (random, drawn when it starts) | seq: u32 (its frames numbered from 0)
 //! ```
+//!
+//! Formats 1 and 2 had unstamped frames: marker `"\xd5FRM"`, `crc32(payload)`, the
+//! record alone. The reader reads both kinds, in any file (a dstrace of format 3
+//! appends stamped frames to an older file and leaves its header alone).
 //!
 //! A [`Record`] is a [`Record::Session`] (who recorded, when, with what settings),
 //! a [`Record::IntervalAt`] (format 2; [`Record::Interval`] in format 1): the
 //! in-kernel aggregation drained over one interval (one [`Row`] per process,
 //! command, kernel stack and cause, with count, total, maximum and log2
 //! histogram), the individual waits above the threshold of that interval, and the
-//! kernel side's counters; or a [`Record::InD`] (format 2), the frame after an
+//! kernel side's counters; a [`Record::InD`] (format 2), the frame after an
 //! interval's: the tasks in D at its end, each described once
 //! ([`schema::InDRecord`]: all `run --json` says of it) and then a number and an
-//! age per interval while it stays as it was. Strings (symbols, commands, mount
+//! age per interval while it stays as it was; or a [`Record::Gap`] (format 3):
+//! nothing could be written for a while (a full disk), what the next interval
+//! holds instead (every interval that ended meanwhile, as one) and what was lost.
+//! Strings (symbols, commands, mount
 //! points, lock names), stacks and descriptions are interned per session: a record
 //! lists those it uses for the first time, and refers to all of them by number, so
 //! a symbol is written once per file. A record of format 2 says which ids its
@@ -46,14 +54,21 @@
 //! of one) is read on its own.
 //!
 //! Versions: the header holds the format of the dstrace that created the file.
-//! Format 2 only added record kinds, so format 1 files read as they are; a reader
-//! of format 1 refuses a format 2 file, and reports a record kind it does not
-//! know (in a format 1 file a later dstrace appended to) as a damaged frame.
+//! Format 2 only added record kinds, so format 1 files read as they are; format 3
+//! stamped the frames (a new marker, so both kinds read in one file) and added
+//! [`Record::Gap`]. A reader of format N refuses a file of a later format, and
+//! reports a frame it does not know (in an older file a later dstrace appended
+//! to) as damage.
 //!
 //! The reader checks the header's magic and version, then each frame's marker,
 //! length ([`MAX_FRAME_LEN`] at most) and checksum. A frame that fails is reported
 //! as [`Damage`] (its offset and what was wrong) and skipped: the reader looks for
-//! the next intact frame after it, so one bad frame costs one interval.
+//! the next intact frame after it, so one bad frame costs one interval. Whole
+//! frames moved about, every checksum intact, cannot be taken for one another
+//! ([`frames`]): one of another file fails its checksum (the file's identity is
+//! in it), a copy is a number seen already (skipped), frames out of order are
+//! read in their order, numbers missing are frames lost; each is reported, and a
+//! session's names are its own even when its session record was lost.
 //!
 //! # Files
 //!
@@ -74,13 +89,13 @@ pub mod schema;
 
 pub use file::{FileOptions, Writer};
 pub use frames::{
-    check_header, decode, frame, header, Damage, Decoded, NotARecording, FRAME_HEADER_LEN, FRAME_MARKER,
-    HEADER_LEN, MAGIC, MAX_FRAME_LEN, VERSION,
+    check_header, decode, file_id, frame, header, stamped_frame, Damage, Decoded, FileId, NotARecording,
+    Stamp, FRAME_HEADER_LEN, FRAME_MARKER, HEADER_LEN, MAGIC, MAX_FRAME_LEN, STAMPED_MARKER, VERSION,
 };
 pub use intern::{Interner, Table};
 pub use schema::{
-    from_unix_ns, unix_ns, First, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record, Row,
-    RowData, Session, TasksInD, WaitRecord, WakerRecord,
+    from_unix_ns, unix_ns, First, Gap, HolderRecord, Interval, IntervalData, LockRecord, MountRecord, Record,
+    Row, RowData, Session, TasksInD, WaitRecord, WakerRecord,
 };
 
 /// A recording read and resolved.
@@ -99,7 +114,14 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
     let decoded = decode(bytes)?;
     let mut recording = Recording { damage: decoded.damage, ..Recording::default() };
     let mut table = Table::default();
-    for (offset, record) in decoded.records {
+    let mut session = None;
+    for ((offset, record), stamped) in decoded.records.into_iter().zip(decoded.sessions) {
+        // A session's names are its own: a new table at its start, even when
+        // its session record was lost.
+        if stamped != session {
+            table = Table::default();
+            session = stamped;
+        }
         match record {
             Record::Session(session) => {
                 table = Table::default();
@@ -108,6 +130,9 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
             Record::Interval(interval) => recording.intervals.push(table.interval(None, &interval)),
             Record::IntervalAt(first, interval) => {
                 recording.intervals.push(table.interval(Some(first), &interval));
+            }
+            Record::Gap(gap) => {
+                recording.damage.push(Damage { offset, what: gap.to_string(), skipped: 0, at_end: false });
             }
             Record::InD(in_d) => {
                 let (waits, lost) = table.tasks_in_d(&in_d);
@@ -141,6 +166,8 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
+
+    use std::{collections::HashMap, time::SystemTime};
 
     use super::*;
     use crate::{
@@ -299,21 +326,177 @@ mod tests {
         interval
     }
 
+    /// The identity of the files the tests make (a session appended to one
+    /// keeps it, as a dstrace appending to a file does).
+    const TEST_FILE: FileId = *b"tests!";
+
+    /// A file of one session (stamped frames, format 3) with these intervals.
     fn file_of(intervals: &[IntervalData]) -> Vec<u8> {
+        file_of_id(intervals, TEST_FILE, Some(u32::from_le_bytes(frames::random())))
+    }
+
+    /// A file of the identity `id`, one session with these intervals: stamped
+    /// frames of that session, or unstamped ones (format 2) for `None`.
+    fn file_of_id(intervals: &[IntervalData], id: FileId, session: Option<u32>) -> Vec<u8> {
         let mut bytes = header().to_vec();
+        bytes[10..].copy_from_slice(&id);
         let mut interner = Interner::default();
-        bytes.extend(
-            frame(&Record::Session(Session { dstrace: "test".into(), ..Session::default() })).unwrap(),
-        );
+        let mut seq = 0;
+        let mut frame_of = |record: Record| match session {
+            Some(session) => {
+                seq += 1;
+                stamped_frame(&id, Stamp { session, seq: seq - 1 }, &record).unwrap()
+            }
+            None => frame(&record).unwrap(),
+        };
+        bytes.extend(frame_of(Record::Session(Session { dstrace: "test".into(), ..Session::default() })));
         for interval in intervals {
             let (first, encoded) = interner.interval(interval);
-            bytes.extend(frame(&Record::IntervalAt(first, encoded)).unwrap());
+            bytes.extend(frame_of(Record::IntervalAt(first, encoded)));
             if !interval.in_d.is_empty() {
                 let in_d = interner.tasks_in_d(interval.end, &interval.in_d);
-                bytes.extend(frame(&Record::InD(in_d)).unwrap());
+                bytes.extend(frame_of(Record::InD(in_d)));
             }
         }
         bytes
+    }
+
+    /// Whole frames duplicated, swapped, deleted or taken from another
+    /// recording (every checksum intact): each is reported, and no name is ever
+    /// another's (a name is the one it was, or reads as lost). Seeded, bounded.
+    #[test]
+    fn whole_frames_copied_swapped_lost_or_foreign_are_reported_and_name_nothing_wrongly() {
+        // Each interval its own command; stacks, mounts and locks shared, so that
+        // later frames refer to what earlier ones defined. The other recording
+        // has other names under the same ids.
+        let named = |seconds: u64, prefix: &str| {
+            let mut interval = interval_with_tasks_in_d(seconds, 1 + (seconds % 3) as u32);
+            interval.rows[1].comm = format!("{prefix}{seconds}");
+            if prefix != "c" {
+                for row in &mut interval.rows {
+                    row.stack = row.stack.iter().map(|f| format!("{prefix}{f}")).collect();
+                    row.mount = row.mount.as_ref().map(|m| format!("{prefix}{m}"));
+                }
+                for wait in interval.waits.iter_mut().chain(&mut interval.in_d) {
+                    wait.comm = format!("{prefix}{}", wait.comm);
+                    wait.stack = wait.stack.iter().map(|f| format!("{prefix}{f}")).collect();
+                }
+            }
+            interval
+        };
+        let ours: Vec<IntervalData> = (0..70).map(|i| named(100 + 10 * i, "c")).collect();
+        let theirs: Vec<IntervalData> = (0..70).map(|i| named(100 + 10 * i, "other-")).collect();
+        let whole = file_of(&ours);
+        let other = file_of_id(&theirs, *b"other!", Some(7));
+        let spans = |bytes: &[u8]| -> Vec<std::ops::Range<usize>> {
+            let records = decode(bytes).unwrap().records;
+            let starts: Vec<usize> = records.iter().map(|(at, _)| *at as usize).collect();
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, &at)| at..starts.get(i + 1).copied().unwrap_or(bytes.len()))
+                .collect()
+        };
+        let (our_frames, their_frames) = (spans(&whole), spans(&other));
+        let expected: HashMap<SystemTime, &IntervalData> = ours.iter().map(|i| (i.end, i)).collect();
+        let lost = |name: &str| name.starts_with("<lost ");
+        let mut seed = 0x5eed_f4a3_e5c0_0001u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut kinds = [0usize; 4];
+        for round in 0..2000 {
+            let mut frames: Vec<Vec<u8>> =
+                our_frames.iter().map(|span| whole[span.clone()].to_vec()).collect();
+            let kind = next(4);
+            kinds[kind] += 1;
+            let n = frames.len();
+            let what = match kind {
+                0 => {
+                    let (i, j) = (next(n), next(n + 1));
+                    frames.insert(j, frames[i].clone());
+                    format!("frame {i} copied to {j}")
+                }
+                1 => {
+                    let i = next(n);
+                    let j = (i + 1 + next(n - 1)) % n;
+                    frames.swap(i, j);
+                    format!("frames {i} and {j} swapped")
+                }
+                2 => {
+                    // Not the last: losing the last frame is a recording that ended
+                    // earlier (a crash), which nothing can tell.
+                    let i = next(n - 1);
+                    frames.remove(i);
+                    format!("frame {i} deleted")
+                }
+                _ => {
+                    let (i, j) = (next(their_frames.len()), next(n + 1));
+                    frames.insert(j, other[their_frames[i].clone()].to_vec());
+                    format!("their frame {i} put at {j}")
+                }
+            };
+            let mut bytes = whole[..HEADER_LEN].to_vec();
+            bytes.extend(frames.concat());
+            let recording = read(&bytes).unwrap();
+            assert!(!recording.damage.is_empty(), "round {round}: {what}: not reported");
+            for interval in &recording.intervals {
+                let Some(original) = expected.get(&interval.end) else {
+                    panic!("round {round}: {what}: an interval ending at {:?} out of nowhere", interval.end)
+                };
+                for row in interval.rows.iter().filter(|row| !lost(&row.comm)) {
+                    let same = original.rows.iter().find(|o| o.comm == row.comm && o.pid == row.pid);
+                    let Some(same) = same else { panic!("round {round}: {what}: a row of {}", row.comm) };
+                    assert!(
+                        row.stack.iter().any(|f| lost(f)) || row.stack == same.stack,
+                        "round {round}: {what}: {:?} for {:?}",
+                        row.stack,
+                        same.stack
+                    );
+                    assert!(
+                        row.mount == same.mount || row.mount.as_deref().is_some_and(lost),
+                        "round {round}"
+                    );
+                    assert!(row.lock == same.lock || row.lock.as_deref().is_some_and(lost), "round {round}");
+                }
+                let pairs = interval
+                    .waits
+                    .iter()
+                    .map(|w| (w, &original.waits))
+                    .chain(interval.in_d.iter().map(|w| (w, &original.in_d)));
+                for (wait, list) in pairs {
+                    let Some(same) = list.iter().find(|o| o.tid == wait.tid) else {
+                        panic!("round {round}: {what}: a wait of tid {}", wait.tid)
+                    };
+                    let path = |w: &Wait| w.on.file.as_ref().and_then(|f| f.path.clone()).unwrap_or_default();
+                    let mount = |w: &Wait| {
+                        w.on.mount
+                            .as_ref()
+                            .map(|m| m.mount_point.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    };
+                    for (got, want) in [
+                        (wait.comm.clone(), same.comm.clone()),
+                        (path(wait), path(same)),
+                        (mount(wait), mount(same)),
+                        (
+                            wait.blocked_in.clone().unwrap_or_default(),
+                            same.blocked_in.clone().unwrap_or_default(),
+                        ),
+                    ] {
+                        assert!(got == want || lost(&got), "round {round}: {what}: {got:?} for {want:?}");
+                    }
+                    assert!(
+                        wait.stack.iter().any(|f| lost(f)) || wait.stack == same.stack,
+                        "round {round}: {what}"
+                    );
+                }
+            }
+        }
+        assert!(kinds.iter().all(|&k| k > 300), "{kinds:?}");
     }
 
     #[test]
@@ -358,10 +541,42 @@ mod tests {
     /// A recording of format 1 (before the tasks in D were kept) is read as it was.
     #[test]
     fn a_recording_of_format_1_is_read() {
-        let mut bytes = file_of(&[sample_interval(100)]);
+        let mut bytes = file_of_id(&[sample_interval(100)], [0; 6], None);
         bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
         let recording = read(&bytes).unwrap();
         assert_eq!(recording.intervals, [sample_interval(100)]);
+    }
+
+    /// A recording of format 2 (unstamped frames, no identity) is read as it was,
+    /// and this dstrace appends its stamped session to it, header untouched: both
+    /// read, with no damage.
+    #[test]
+    fn a_recording_of_format_2_is_read_and_appended_to() {
+        let intervals = [interval_with_tasks_in_d(100, 2), interval_with_tasks_in_d(110, 1)];
+        let mut bytes = file_of_id(&intervals, [0; 6], None);
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let recording = read(&bytes).unwrap();
+        assert_eq!((recording.intervals.as_slice(), recording.damage.as_slice()), (&intervals[..], &[][..]));
+
+        let dir = std::env::temp_dir().join(format!("dstrace-format-2-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.rec");
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let options = FileOptions { path: path.clone(), max_size: 1 << 20, rotate: 0 };
+        let mut writer = Writer::open(options, Session::default()).unwrap();
+        assert!(writer.write_interval(&interval_with_tasks_in_d(200, 2)).unwrap());
+        drop(writer);
+        let appended = std::fs::read(&path).unwrap();
+        assert_eq!(appended[..HEADER_LEN], bytes[..HEADER_LEN], "the header is left alone");
+        let recording = read(&appended).unwrap();
+        assert_eq!(recording.damage, []);
+        assert_eq!(recording.sessions.len(), 2);
+        let all: Vec<IntervalData> =
+            intervals.iter().cloned().chain([interval_with_tasks_in_d(200, 2)]).collect();
+        assert_eq!(recording.intervals, all);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The tasks in D of a damaged interval frame are kept, and a damaged frame of
@@ -551,12 +766,15 @@ mod tests {
                     _ => next() as u8,
                 };
             }
-            let crc = crc32fast::hash(&bytes[payload]);
+            let crc = frames::stamped_crc(&TEST_FILE, &bytes[payload]);
             bytes[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
             let recording = read(&bytes).unwrap();
             undecodable += recording.damage.len();
             assert!(
-                recording.damage.iter().all(|d| !d.at_end && d.what.contains("record")),
+                recording.damage.iter().all(|d| !d.at_end
+                    && (d.what.contains("record")
+                        || d.what.contains("of session")
+                        || d.what.contains("in D"))),
                 "{:?}",
                 recording.damage
             );

@@ -33,6 +33,33 @@ pub enum Record {
     /// What one interval saw, with the ids its definitions start at (format 2),
     /// so that a damaged frame before it shifts no id after it.
     IntervalAt(First, Interval),
+    /// Nothing could be written for a while (a full disk, a quota): what the
+    /// interval after it holds instead, and what was lost (format 3).
+    Gap(Gap),
+}
+
+/// A time the writer could not write (`ENOSPC`, `EDQUOT`), and what it kept: the
+/// interval record after it is every interval that ended meanwhile, as one (the
+/// aggregation is a difference, so nothing of it is lost); the waits one by one
+/// past what it holds in memory and the tasks in D of the interval ends but the
+/// last are lost, and counted here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// When writing first failed, in nanoseconds since the Unix epoch.
+    pub failed_ns: u64,
+    /// When it wrote again.
+    pub resumed_ns: u64,
+    /// Why it could not write.
+    pub error: String,
+    /// Intervals that ended meanwhile, in the next interval record as one.
+    pub intervals: u64,
+    /// Waits of at least the threshold not kept one by one (they are in the
+    /// aggregation).
+    pub waits_lost: u64,
+    /// Lists of the tasks in D at an interval's end not kept (the last is).
+    pub looks_lost: u64,
+    /// Aggregated waits not kept (past the rows held in memory).
+    pub aggregated_lost: u64,
 }
 
 /// The ids the definitions of a record start at: those of a damaged frame before
@@ -82,6 +109,25 @@ pub struct Interval {
     pub waits: Vec<WaitRecord>,
     /// The kernel side's counters at the end (totals since tracing began).
     pub counters: Vec<(u32, u64)>,
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let long = crate::clock::human_duration(self.resumed_ns.saturating_sub(self.failed_ns));
+        write!(
+            f,
+            "nothing could be written from {} to {} ({long}: {}); the {} intervals that ended \
+             meanwhile are the next one, whole; lost: {} waits one by one (they are in the \
+             aggregation), the tasks in D at {} interval ends, {} aggregated waits",
+            crate::clock::rfc3339_utc(from_unix_ns(self.failed_ns)),
+            crate::clock::rfc3339_utc(from_unix_ns(self.resumed_ns)),
+            self.error,
+            self.intervals,
+            self.waits_lost,
+            self.looks_lost,
+            self.aggregated_lost
+        )
+    }
 }
 
 /// Completed waits of one process, command, kernel stack and cause.
