@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use xtask::{ebpf, toolchain};
 
+mod fuzz;
 mod vm;
 
 #[derive(Parser)]
@@ -26,7 +27,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the eBPF build and the tests need, if it is missing (apt packages,
-    /// bpf-linker; tmux, go and inferno-flamegraph for the tests).
+    /// bpf-linker; tmux, go and inferno-flamegraph for the tests; g++ and cargo-fuzz
+    /// for the fuzz targets).
     Setup,
     /// Build the eBPF object and the dstrace binary that embeds it.
     Build {
@@ -42,11 +44,25 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Check formatting and lints, then run every test (unit, CLI, and integration
-    /// tests that load the eBPF object and make real D states; these need root).
+    /// tests that load the eBPF object and make real D states; these need root). In CI
+    /// (`CI` set), then `fuzz` for its default time.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the cargo-fuzz targets of fuzz/ (the recording reader `dstrace report`
+    /// runs, the daemon's configuration parser) and run each, both at once, for a
+    /// bounded time; fails on a panic, a hang or a blow-up, naming the input. Installs
+    /// cargo-fuzz and a C++ compiler if missing.
+    Fuzz {
+        /// How long each target runs, in seconds (libFuzzer takes 0 for no end: refused).
+        #[arg(long, default_value_t = fuzz::SECONDS, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// cargo-fuzz's sanitizer: none, or address (AddressSanitizer, for unsafe
+        /// code: needs its runtime, which rustup's toolchains have).
+        #[arg(long, default_value = "none", value_parser = fuzz::SANITIZERS)]
+        sanitizer: String,
     },
     /// Measure what dstrace costs and write BENCHMARKS.md (installs bpftrace, the
     /// peer it is compared with): its eBPF programs per invocation beside an empty
@@ -112,6 +128,11 @@ fn run(cli: Cli) -> Result<()> {
     if matches!(cli.command, Cmd::Setup | Cmd::Test { .. }) {
         toolchain::install_test_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
     }
+    if matches!(cli.command, Cmd::Setup | Cmd::Fuzz { .. })
+        || (matches!(cli.command, Cmd::Test { .. }) && in_ci())
+    {
+        toolchain::install_fuzz_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
+    }
     if matches!(cli.command, Cmd::Bench) {
         toolchain::install_bench_tools().map_err(|err| anyhow::anyhow!("{err}"))?;
     }
@@ -134,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&root, &args),
+        Cmd::Fuzz { seconds, sanitizer } => fuzz::run(&root, seconds, &sanitizer),
         Cmd::Bench => {
             let mut build = cargo(&root);
             build.args(["build", "--release", "--package", "dstrace", "--package", "dstrace-tests"]);
@@ -228,6 +250,9 @@ fn test(root: &std::path::Path, args: &[String]) -> Result<()> {
     let mut fmt = cargo(root);
     fmt.arg("fmt").arg("--manifest-path").arg(&ebpf_manifest).args(["--", "--check"]);
     status(fmt).context("the eBPF crate is not formatted: run `cargo fmt` in dstrace-ebpf")?;
+    let mut fmt = cargo(root);
+    fmt.arg("fmt").arg("--manifest-path").arg(root.join("fuzz/Cargo.toml")).args(["--", "--check"]);
+    status(fmt).context("the fuzz targets are not formatted: run `cargo fmt` in fuzz")?;
 
     let mut clippy = cargo(root);
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
@@ -252,7 +277,16 @@ fn test(root: &std::path::Path, args: &[String]) -> Result<()> {
         test.args(["--config", "target.'cfg(all())'.runner = ['sudo', '-E']"]);
     }
     test.args(args);
-    status(test)
+    status(test)?;
+    if in_ci() {
+        fuzz::run(root, fuzz::SECONDS, "none")?;
+    }
+    Ok(())
+}
+
+/// Whether this runs in CI (`CI` set, as `.ci/run` does).
+fn in_ci() -> bool {
+    env::var_os("CI").is_some()
 }
 
 fn cargo(root: &std::path::Path) -> Command {

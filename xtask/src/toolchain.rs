@@ -234,6 +234,32 @@ pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The cargo-fuzz release `cargo xtask fuzz` drives.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Commands the fuzz targets' build needs, from Debian packages: a C++ compiler
+/// (`libfuzzer-sys` compiles libFuzzer, which is C++, with the `cc` crate's `c++`).
+pub const FUZZ_PACKAGES: &[(&str, &str)] = &[("c++", "g++")];
+
+/// Installs what `cargo xtask fuzz` needs, if missing: the [`FUZZ_PACKAGES`] and
+/// `cargo-fuzz` (`cargo install cargo-fuzz`). Idempotent: when everything is there it
+/// runs nothing.
+pub fn install_fuzz_tools() -> Result<(), Box<dyn std::error::Error>> {
+    install_missing(FUZZ_PACKAGES)?;
+    if find_program("cargo-fuzz").is_none() {
+        eprintln!(
+            "xtask: building cargo-fuzz {CARGO_FUZZ_VERSION} (for `cargo xtask fuzz`, about 2 minutes)"
+        );
+        let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"])
+            .status()?;
+        if !status.success() {
+            return Err(format!("`cargo install cargo-fuzz` failed ({status})").into());
+        }
+    }
+    Ok(())
+}
+
 /// Commands the benchmarks run, from Debian packages: `bpftrace` (the peer whose
 /// equivalent D-state script dstrace is compared with).
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[("bpftrace", "bpftrace")];
@@ -388,7 +414,7 @@ pub fn is_root() -> bool {
 }
 
 /// The trimmed standard output of a command that succeeded.
-fn output(cmd: &mut Command) -> Option<String> {
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
