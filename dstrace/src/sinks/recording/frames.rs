@@ -264,6 +264,62 @@ fn intact<'b>(bytes: &'b [u8], pos: usize, file: &FileId) -> Result<(&'b [u8], b
     Ok((payload, stamped))
 }
 
+/// How many bytes the search for intact frames after damage may checksum, in all:
+/// each candidate marker costs the length its header claims, so a file of
+/// headers that each claim the rest of it would cost the square of its size
+/// (hours for 64 MiB). Intact frames cost the file once, real damage about one
+/// frame per damaged place; three times the file and a largest frame is far above
+/// that.
+fn resync_budget(file_len: usize) -> u64 {
+    3 * file_len as u64 + u64::from(MAX_FRAME_LEN)
+}
+
+/// Said when [`resync_budget`] is spent.
+const GAVE_UP: &str =
+    "no intact frame looked for past here: the file's frames claim more bytes than it has many \
+     times over (forged?)";
+
+/// [`intact`], its checksum paid from `budget`: `None` when it cannot pay (the
+/// budget is then 0).
+fn intact_within<'b>(
+    bytes: &'b [u8],
+    at: usize,
+    file: &FileId,
+    budget: &mut u64,
+) -> Option<Result<(&'b [u8], bool), Bad>> {
+    let claimed = bytes
+        .get(at + 4..at + 8)
+        .map_or(0, |len| u64::from(u32::from_le_bytes([len[0], len[1], len[2], len[3]])));
+    // What `intact` would checksum: nothing for a length past the frame limit or
+    // the file's end, which it refuses first.
+    let fits =
+        claimed <= u64::from(MAX_FRAME_LEN) && (at + FRAME_HEADER_LEN) as u64 + claimed <= bytes.len() as u64;
+    let cost = if fits { claimed } else { 0 };
+    if cost > *budget {
+        *budget = 0;
+        return None;
+    }
+    *budget -= cost;
+    Some(intact(bytes, at, file))
+}
+
+/// The first frame at or after `from` that is intact, each candidate's checksum
+/// paid from `budget` (none past it: `budget` is then 0).
+fn next_intact(bytes: &[u8], from: usize, file: &FileId, budget: &mut u64) -> Option<usize> {
+    for at in from..bytes.len() {
+        let rest = &bytes[at..];
+        if !(rest.starts_with(&FRAME_MARKER) || rest.starts_with(&STAMPED_MARKER)) {
+            continue;
+        }
+        match intact_within(bytes, at, file, budget) {
+            None => return None,
+            Some(Ok(_)) => return Some(at),
+            Some(Err(_)) => {}
+        }
+    }
+    None
+}
+
 /// Decodes a whole recording. Never panics, whatever the bytes: damage is
 /// reported in [`Decoded::damage`] and skipped.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, NotARecording> {
@@ -272,8 +328,18 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, NotARecording> {
     let mut frames: Vec<(u64, Option<Stamp>, Record)> = Vec::new();
     let mut damage = Vec::new();
     let mut pos = HEADER_LEN;
+    let mut budget = resync_budget(bytes.len());
     while pos < bytes.len() {
-        match intact(bytes, pos, &file) {
+        let Some(checked) = intact_within(bytes, pos, &file, &mut budget) else {
+            damage.push(Damage {
+                offset: pos as u64,
+                what: GAVE_UP.to_owned(),
+                skipped: (bytes.len() - pos) as u64,
+                at_end: true,
+            });
+            break;
+        };
+        match checked {
             Ok((payload, stamped)) => {
                 let decoded = if stamped {
                     postcard::take_from_bytes::<(Stamp, Record)>(payload)
@@ -302,16 +368,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, NotARecording> {
                 pos += FRAME_HEADER_LEN + payload.len();
             }
             Err(bad) => {
-                // Look for the next intact frame after this one.
-                let next = (pos + 1..bytes.len())
-                    .filter(|&at| {
-                        bytes[at..].starts_with(&FRAME_MARKER) || bytes[at..].starts_with(&STAMPED_MARKER)
-                    })
-                    .find(|&at| intact(bytes, at, &file).is_ok());
+                // Look for the next intact frame after this one, within what is
+                // left of the checksum budget.
+                let next = next_intact(bytes, pos + 1, &file, &mut budget);
                 let end = next.unwrap_or(bytes.len());
+                let what =
+                    if next.is_none() && budget == 0 { format!("{bad}; {GAVE_UP}") } else { bad.to_string() };
                 damage.push(Damage {
                     offset: pos as u64,
-                    what: bad.to_string(),
+                    what,
                     skipped: (end - pos) as u64,
                     at_end: next.is_none(),
                 });

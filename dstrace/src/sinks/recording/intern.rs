@@ -327,6 +327,15 @@ impl Interner {
     }
 }
 
+/// The most bytes of text one record's stacks, or the tasks in D at one
+/// interval's end, resolve to when read: far above what dstrace writes (a task
+/// in D is a few hundred bytes of text; 10,000 of them some megabytes), far below
+/// what would exhaust memory.
+const MAX_RESOLVED: usize = 32 << 20;
+
+/// What a frame or a link costs beside its texts, in [`MAX_RESOLVED`]'s account.
+const FRAME_COST: usize = 32;
+
 /// Strings and stacks of a session, as the reader has them so far.
 #[derive(Default)]
 ///
@@ -355,12 +364,26 @@ impl Table {
         }
     }
 
+    /// The length of string `id` as it is resolved (a lost one too).
+    fn text_len(&self, id: u32) -> usize {
+        self.strings.get(&id).map_or(24, String::len)
+    }
+
     fn define(&mut self, first: Option<First>, strings: &[String], stacks: &[Vec<u32>]) {
         let first = first.unwrap_or(self.next);
         for (id, text) in (first.string..).zip(strings) {
             self.strings.insert(id, text.clone());
         }
+        // A stack is its frames' texts: a few ids of a long string would make
+        // much of little, so a record's stacks resolve to at most MAX_RESOLVED
+        // bytes; past it they are lost (read as `<lost stack N>`).
+        let mut budget = MAX_RESOLVED;
         for (id, ids) in (first.stack..).zip(stacks) {
+            let cost: usize = ids.iter().map(|&id| self.text_len(id) + FRAME_COST).sum();
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
             let stack: Stack = ids.iter().map(|&id| self.string(id)).collect();
             self.stacks.insert(id, stack);
         }
@@ -373,21 +396,62 @@ impl Table {
 
     /// Takes in the definitions of the tasks in D at an interval's end and
     /// resolves them; also returns how many referred to a description lost (in a
-    /// damaged frame), which are left out.
-    pub fn tasks_in_d(&mut self, in_d: &TasksInD) -> (Vec<Wait>, usize) {
+    /// damaged frame), and how many would have made more text than
+    /// [`MAX_RESOLVED`] allows, which are left out.
+    pub fn tasks_in_d(&mut self, in_d: &TasksInD) -> (Vec<Wait>, usize, usize) {
         self.define(Some(in_d.first), &in_d.strings, &in_d.stacks);
         for (id, record) in (in_d.first.described..).zip(&in_d.described) {
             self.described.insert(id, record.clone());
         }
-        let mut lost = 0;
-        let mut waits = Vec::with_capacity(in_d.tasks.len());
+        let (mut lost, mut too_big) = (0, 0);
+        let mut waits = Vec::with_capacity(in_d.tasks.len().min(1 << 16));
+        // Each task resolves its description's texts again: a record of a few
+        // bytes per task must not make gigabytes of them (a description with a
+        // long chain of a long string, named by many tasks), so the tasks of one
+        // interval's end resolve to at most MAX_RESOLVED bytes; the rest are lost.
+        let mut budget = MAX_RESOLVED;
         for &(id, ms) in &in_d.tasks {
-            match self.described.get(&id) {
-                Some(record) => waits.push(self.in_d_wait(record, in_d.end_ns, ms)),
-                None => lost += 1,
+            let Some(record) = self.described.get(&id) else {
+                lost += 1;
+                continue;
+            };
+            let cost = self.resolved_len(record);
+            if cost > budget {
+                too_big += 1;
+                continue;
             }
+            budget -= cost;
+            waits.push(self.in_d_wait(record, in_d.end_ns, ms));
         }
-        (waits, lost)
+        (waits, lost, too_big)
+    }
+
+    /// About how many bytes a task described by `record` resolves to: its
+    /// chain's texts (the stacks are shared, not copied).
+    fn resolved_len(&self, record: &InDRecord) -> usize {
+        let texts = |ids: &[u32]| ids.iter().map(|&id| self.text_len(id)).sum::<usize>();
+        let chain: usize = record
+            .chain
+            .iter()
+            .map(|link| {
+                FRAME_COST
+                    + match *link {
+                        LinkRecord::Task(_, _, comm, _, function) => {
+                            texts(&[comm]) + function.map_or(0, |f| texts(&[f]))
+                        }
+                        LinkRecord::Lock(name) => texts(&[name]),
+                        LinkRecord::FileLock(kind) => texts(&[kind]),
+                        LinkRecord::Mount(mountpoint, fstype, source) => texts(&[mountpoint, fstype, source]),
+                        LinkRecord::FuseRequests(_, _, opcode, _, comm, _) => texts(&[opcode, comm]),
+                        LinkRecord::FuseDaemon(_, comm, _, _) => texts(&[comm]),
+                        LinkRecord::Rpc(program, _, procedure, ..) => texts(&[program, procedure]),
+                        LinkRecord::NfsServer(address, version) => {
+                            texts(&[address]) + version.map_or(0, |v| texts(&[v]))
+                        }
+                    }
+            })
+            .sum();
+        FRAME_COST * 16 + chain + texts(&[record.wait.comm])
     }
 
     fn in_d_wait(&self, record: &InDRecord, end_ns: u64, ms: u64) -> Wait {

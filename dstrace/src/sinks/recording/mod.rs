@@ -135,11 +135,22 @@ pub fn read(bytes: &[u8]) -> Result<Recording, NotARecording> {
                 recording.damage.push(Damage { offset, what: gap.to_string(), skipped: 0, at_end: false });
             }
             Record::InD(in_d) => {
-                let (waits, lost) = table.tasks_in_d(&in_d);
+                let (waits, lost, too_big) = table.tasks_in_d(&in_d);
                 if lost > 0 {
                     recording.damage.push(Damage {
                         offset,
                         what: format!("{lost} tasks in D whose description was in a damaged frame"),
+                        skipped: 0,
+                        at_end: false,
+                    });
+                }
+                if too_big > 0 {
+                    recording.damage.push(Damage {
+                        offset,
+                        what: format!(
+                            "{too_big} tasks in D left out: their descriptions would make more text than a \
+                             recording of dstrace holds (a damaged or forged frame)"
+                        ),
                         skipped: 0,
                         at_end: false,
                     });
@@ -858,5 +869,62 @@ mod tests {
         drop(writer);
         assert_eq!(read_file("capped").intervals, [sample_interval(100)]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file of frame headers each claiming the rest of it (a checksum of the
+    /// rest at each), and one where such headers follow intact frames: both are
+    /// read in bounded work, the search given up and said. Without the budget a
+    /// 64 MiB file of them took hours.
+    #[test]
+    fn frames_that_claim_the_rest_of_the_file_cost_bounded_work() {
+        let claim_rest = |bytes: &mut Vec<u8>, total: usize| {
+            let len = (total - bytes.len() - FRAME_HEADER_LEN) as u32;
+            bytes.extend_from_slice(&frames::FRAME_MARKER);
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&[0; 4]);
+        };
+        let total = HEADER_LEN + FRAME_HEADER_LEN * 20_000;
+        let mut headers = header().to_vec();
+        while headers.len() < total {
+            claim_rest(&mut headers, total);
+        }
+        let read_back = read(&headers).unwrap();
+        let gave_up = read_back.damage.iter().any(|d| d.what.contains("no intact frame looked for"));
+        assert!(gave_up, "{} damages, none giving up", read_back.damage.len());
+
+        let whole = file_of(&[sample_interval(100)]);
+        let frames_part = &whole[HEADER_LEN..];
+        // Each claim checksums the rest: about n x the file in all, past the
+        // budget (three times the file and a largest frame).
+        let n = 2_000;
+        let total = HEADER_LEN + n * (frames_part.len() + FRAME_HEADER_LEN) + 64 * 1024;
+        let mut mixed = whole[..HEADER_LEN].to_vec();
+        for _ in 0..n {
+            mixed.extend_from_slice(frames_part);
+            claim_rest(&mut mixed, total);
+        }
+        mixed.resize(total, 0);
+        let read_back = read(&mixed).unwrap();
+        assert!(!read_back.intervals.is_empty());
+        let gave_up = read_back.damage.iter().any(|d| d.what.contains("no intact frame looked for"));
+        assert!(gave_up, "{} damages, none giving up", read_back.damage.len());
+    }
+
+    /// A description of a task in D with a chain of 10,000 links of a 10 KB
+    /// string, named by 200 tasks (20 GB of text from a few KB): those past the
+    /// budget are left out and counted, not resolved.
+    #[test]
+    fn tasks_in_d_that_would_make_gigabytes_of_text_are_left_out() {
+        let interval = interval_with_tasks_in_d(100, 1);
+        let mut interner = Interner::default();
+        let mut in_d = interner.tasks_in_d(interval.end, &interval.in_d);
+        let long = in_d.first.string + in_d.strings.len() as u32;
+        in_d.strings.push("x".repeat(10_000));
+        in_d.described[0].chain.extend(std::iter::repeat_n(schema::LinkRecord::Lock(long), 10_000));
+        in_d.tasks = vec![in_d.tasks[0]; 200];
+        let (waits, lost, too_big) = intern::Table::default().tasks_in_d(&in_d);
+        assert_eq!(lost, 0);
+        assert_eq!(waits.len() + too_big, 200);
+        assert!(waits.len() <= 1 && too_big >= 199, "{} resolved, {too_big} left out", waits.len());
     }
 }
