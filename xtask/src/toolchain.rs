@@ -222,14 +222,31 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
 /// Idempotent: when everything is there it runs nothing.
 pub fn install_test_tools() -> Result<(), Box<dyn std::error::Error>> {
     install_missing(TEST_PACKAGES)?;
-    if find_program("inferno-flamegraph").is_none() {
-        eprintln!("xtask: building inferno {INFERNO_VERSION} (inferno-flamegraph, for the report tests)");
-        let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["install", "inferno", "--version", INFERNO_VERSION, "--locked"])
-            .status()?;
-        if !status.success() {
-            return Err(format!("`cargo install inferno` failed ({status})").into());
-        }
+    cargo_install(
+        "inferno-flamegraph",
+        "inferno",
+        INFERNO_VERSION,
+        "inferno-flamegraph, for the report tests",
+    )
+}
+
+/// `cargo install CRATE --version VERSION --locked` unless `program` is on PATH
+/// already; `why` says in the progress line what it is for.
+fn cargo_install(
+    program: &str,
+    krate: &str,
+    version: &str,
+    why: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if find_program(program).is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: building {krate} {version} ({why})");
+    let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", krate, "--version", version, "--locked"])
+        .status()?;
+    if !status.success() {
+        return Err(format!("`cargo install {krate}` failed ({status})").into());
     }
     Ok(())
 }
@@ -246,18 +263,7 @@ pub const FUZZ_PACKAGES: &[(&str, &str)] = &[("c++", "g++")];
 /// runs nothing.
 pub fn install_fuzz_tools() -> Result<(), Box<dyn std::error::Error>> {
     install_missing(FUZZ_PACKAGES)?;
-    if find_program("cargo-fuzz").is_none() {
-        eprintln!(
-            "xtask: building cargo-fuzz {CARGO_FUZZ_VERSION} (for `cargo xtask fuzz`, about 2 minutes)"
-        );
-        let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"])
-            .status()?;
-        if !status.success() {
-            return Err(format!("`cargo install cargo-fuzz` failed ({status})").into());
-        }
-    }
-    Ok(())
+    cargo_install("cargo-fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION, "for `cargo xtask fuzz`, about 2 minutes")
 }
 
 /// Commands the benchmarks run, from Debian packages: `bpftrace` (the peer whose
