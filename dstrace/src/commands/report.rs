@@ -76,20 +76,22 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     }
     let leading = leading_frames(&args.group_by, !args.no_comm)?;
     let selection = select(&recordings, &filter);
-    if !selection.drops.is_empty() {
-        let lost: Vec<String> = selection.drops.iter().map(|(name, n)| format!("{name}={n}")).collect();
-        eprintln!(
-            "dstrace: warning: the kernel side lost data while this was recorded ({}): the totals are short of \
-             what happened",
-            lost.join(" ")
-        );
-    }
     if selected && selection.rows.is_empty() && selection.waits.is_empty() && selection.in_d.is_empty() {
         let files: Vec<String> = args.files.iter().map(|file| shell_word(file.as_os_str())).collect();
         bail!(
             "nothing recorded matches {}: see what is there with `dstrace report {} --format json`",
             selection_text(args),
             files.join(" ")
+        );
+    }
+    // After the empty-selection check: a selection that matches nothing is one line
+    // of error, not a warning about totals no one will see.
+    if !selection.drops.is_empty() {
+        let lost: Vec<String> = selection.drops.iter().map(|(name, n)| format!("{name}={n}")).collect();
+        eprintln!(
+            "dstrace: warning: the kernel side lost data while this was recorded ({}): the totals are short of \
+             what happened",
+            lost.join(" ")
         );
     }
     let bytes = match args.format {
