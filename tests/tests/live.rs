@@ -220,3 +220,191 @@ fn snapshot_json_has_the_documented_fields() {
     assert!(task["stack"].as_array().is_some_and(|s| !s.is_empty()), "{task}");
     drop(pileup);
 }
+
+/// A pile-up on a terminal of `width` x `height` among finished waits of other
+/// tasks: a program copied under the names `{name}stat` (the pile-up) and
+/// `{name}dd` (the noise: a loop of short synchronous writes to a disk file, each
+/// a short D wait, and `{name}sync` of the file), so that other tests' pile-ups
+/// stay out (`--comm`).
+struct Scene<'m> {
+    tmux: Tmux,
+    pileup: Pileup<'m>,
+    mountpoint: String,
+    _noise: dstrace_tests::Children,
+    _scratch: dstrace_tests::Scratch,
+}
+
+impl<'m> Scene<'m> {
+    fn start(mount: &'m FuseMount, name: &str, width: u16, height: u16) -> Scene<'m> {
+        // On the disk (not a tmpfs): a synchronous write there waits in D.
+        let scratch = dstrace_tests::Scratch::new(&format!("screen-{name}"));
+        let stat = scratch.path(format!("{name}stat"));
+        let dd = scratch.path(format!("{name}dd"));
+        let sync = scratch.path(format!("{name}sync"));
+        std::fs::copy(which("stat"), &stat).unwrap();
+        std::fs::copy(which("dd"), &dd).unwrap();
+        std::fs::copy(which("sync"), &sync).unwrap();
+        let command = format!(
+            "'{}' run --comm {name}stat --comm {name}dd --comm {name}sync --min-duration 0; echo \"exit=$?\"; \
+             sleep 600",
+            dstrace_bin().display(),
+        );
+        let tmux = Tmux::start(name, &command, width, height);
+        tmux.wait_for(START_TIMEOUT, "tracing", |s| {
+            status(s).contains("drops:") && !status(s).contains("loading")
+        });
+        let mut noise = dstrace_tests::Children::default();
+        noise.spawn(std::process::Command::new("sh").arg("-c").arg(format!(
+            "while :; do '{dd}' if=/dev/zero of='{file}' bs=4k count=8 oflag=dsync 2>/dev/null; '{sync}' '{file}'; \
+             sleep 0.1; done",
+            dd = dd.display(),
+            sync = sync.display(),
+            file = scratch.path("noise").display()
+        )));
+        let pileup = Pileup::of(mount, &stat, &mount.path().join("missing"), 2);
+        let mountpoint = mount.path().to_str().unwrap().to_owned();
+        Scene { tmux, pileup, mountpoint, _noise: noise, _scratch: scratch }
+    }
+
+    /// Waits for a screen that shows the pile-up whole: its mount with the 2
+    /// tasks in D, the chain to the lookup's owner and the daemon, the advice with
+    /// its remedy, the folded finished waits and the command line's filter.
+    fn whole(&self) -> String {
+        let owner = format!("[{}]", self.pileup.owner);
+        self.tmux.wait_for(START_TIMEOUT, "the whole pile-up on the first screen", |s| {
+            let chain = paragraph(s, "chain:");
+            let advice = paragraph(s, "* ");
+            s.lines().any(|l| l.contains(&self.mountpoint) && l.split_whitespace().next() == Some("2"))
+                && chain.contains(&owner)
+                && chain.contains("FUSE requests unanswered")
+                && chain
+                    .rsplit(" -> ")
+                    .next()
+                    .is_some_and(|last| last.starts_with("FUSE daemon ") && last.contains(']'))
+                && advice.contains(&format!("on the FUSE mount {}", self.mountpoint))
+                && advice.ends_with("fails every pending request")
+                && s.contains("groups of finished waits")
+                && status(s).contains("only --comm")
+                && status(s).contains("drops:")
+        })
+    }
+}
+
+/// The status line (one or more lines above the column header).
+fn status(screen: &str) -> String {
+    screen.lines().take_while(|l| !l.trim_start().starts_with("IN D")).take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Where a program is.
+fn which(program: &str) -> std::path::PathBuf {
+    let out =
+        std::process::Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The line of `screen` that starts (after its indentation) with `start`, with
+/// the lines after it that are indented more (its continuation), as one line.
+fn paragraph(screen: &str, start: &str) -> String {
+    let lines: Vec<&str> = screen.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let Some(first) = lines.iter().position(|l| l.trim_start().starts_with(start)) else {
+        return String::new();
+    };
+    let mut text = lines[first].trim().to_owned();
+    for line in &lines[first + 1..] {
+        if line.trim().is_empty() || indent(line) <= indent(lines[first]) {
+            break;
+        }
+        text.push(' ');
+        text.push_str(line.trim());
+    }
+    text
+}
+
+fn first_screen_shows_the_pileup_whole(name: &str, width: u16, height: u16) {
+    if !require_root(name) {
+        return;
+    }
+    let mount = FuseMount::new(name).expect("mount the test filesystem");
+    let scene = Scene::start(&mount, name, width, height);
+    let screen = scene.whole();
+    assert!(
+        screen.lines().all(|l| l.chars().count() <= usize::from(width)),
+        "nothing wider than the pane: {screen}"
+    );
+    scene.tmux.keys(&["q"]);
+    let screen = scene.tmux.wait_for(Duration::from_secs(10), "exit", |s| s.contains("exit="));
+    assert!(screen.contains("exit=0"), "{screen}");
+}
+
+/// At 80x24, the first screen of a pile-up among finished waits shows the stuck
+/// mount, the whole chain (to the lookup's owner and the daemon) and the whole
+/// advice: the stuck group first, the finished ones folded, every line wrapped.
+#[test]
+fn first_screen_shows_the_pileup_whole_at_80x24() {
+    first_screen_shows_the_pileup_whole("s80", 80, 24);
+}
+
+/// The same at 120x40.
+#[test]
+fn first_screen_shows_the_pileup_whole_at_120x40() {
+    first_screen_shows_the_pileup_whole("s120", 120, 40);
+}
+
+/// The keys of the 3 a.m. screen: the column header stays when the groups
+/// scroll after expanding them all; `/fuse` finds the FUSE group by its type; `?`
+/// shows the help; Escape clears the filter and never quits.
+#[test]
+fn header_stays_filter_finds_the_type_help_and_escape_does_not_quit() {
+    if !require_root("header_stays_filter_finds_the_type_help_and_escape_does_not_quit") {
+        return;
+    }
+    let mount = FuseMount::new("sk").expect("mount the test filesystem");
+    let scene = Scene::start(&mount, "sk", 80, 24);
+    let tmux = &scene.tmux;
+    scene.whole();
+    // Under the status line (which may take two lines).
+    let header = |s: &str| s.lines().take(3).any(|l| l.trim_start().starts_with("IN D"));
+    // The finished waits shown, the last group selected, everything expanded:
+    // far more lines than the pane.
+    tmux.keys(&["f"]);
+    tmux.wait_for(Duration::from_secs(5), "the finished waits", |s| s.contains("f hides them"));
+    tmux.keys(&["G", "e"]);
+    // The last group (finished waits, nothing to list) expanded: `-`.
+    let screen = tmux.wait_for(Duration::from_secs(5), "expanded groups", |s| s.contains(" -  done by"));
+    let mount_row = |s: &str| {
+        s.lines().any(|l| l.contains(&scene.mountpoint) && l.split_whitespace().next() == Some("2"))
+    };
+    assert!(!mount_row(&screen), "scrolled down to the last group: {screen}");
+    assert!(header(&screen), "the column header stays: {screen}");
+    tmux.keys(&["e", "g"]);
+
+    // The filter matches the mount's type.
+    tmux.keys(&["/", "f", "u", "s", "e", "Enter"]);
+    let screen = tmux.wait_for(Duration::from_secs(5), "filtered view", |s| s.contains("[filter: fuse"));
+    let screen = if mount_row(&screen) {
+        screen
+    } else {
+        tmux.wait_for(Duration::from_secs(5), "the FUSE group", mount_row)
+    };
+    assert!(!screen.contains("No group matches"), "{screen}");
+
+    // Escape clears the filter; another one does not quit: `?` still answers.
+    tmux.keys(&["Escape"]);
+    tmux.wait_for(Duration::from_secs(5), "filter cleared", |s| !s.contains("[filter:"));
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["?"]);
+    let screen = tmux.wait_for(Duration::from_secs(5), "help", |s| s.contains("this help"));
+    assert!(!screen.contains("exit="), "Escape quit: {screen}");
+    for key in ["PgUp/PgDn", "g/G", "p ", "q, Ctrl-C", "Esc "] {
+        assert!(screen.contains(key), "the help names {key:?}: {screen}");
+    }
+    tmux.keys(&["Escape"]);
+    tmux.wait_for(Duration::from_secs(5), "help closed", |s| !s.contains("this help"));
+    // `p` pauses, and says so.
+    tmux.keys(&["p"]);
+    tmux.wait_for(Duration::from_secs(5), "paused", |s| status(s).contains("PAUSED"));
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for(Duration::from_secs(10), "exit", |s| s.contains("exit="));
+    assert!(screen.contains("exit=0"), "{screen}");
+}

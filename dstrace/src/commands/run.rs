@@ -91,6 +91,9 @@ struct Live {
     recording: RunRecording,
     /// Notes held back while the full screen is shown, printed after it.
     notes: Vec<String>,
+    /// The task filters of the command line, as words (`--comm stat`), for the
+    /// status line: what "no task in D" is true of.
+    only: String,
 }
 
 impl Live {
@@ -122,20 +125,35 @@ impl Live {
         let ongoing = &self.in_d;
         let groups = self.board.groups(ongoing, tui.sort());
         let advice = advise(ongoing);
+        // The parts of the status line, the most needed first: what does not fit
+        // the width is left out from the end, never the tasks in D (with what
+        // they are filtered by, and whether tracing is on yet) or the drops.
+        let mut in_d = in_d_text(ongoing);
+        if !self.only.is_empty() {
+            in_d.push_str(&format!(" (only {})", self.only));
+        }
         let tracing = match self.traced_since {
             Some(since) => format!("tracing for {}", human_duration(duration_ns(since.elapsed()))),
-            None => "loading the eBPF programs...".to_owned(),
+            None => {
+                in_d.push_str(", loading the eBPF programs...");
+                String::new()
+            }
         };
-        let status = format!(
-            " dstrace run  {}  {}  {}  {} waits of at least {} seen{}",
-            local_time_of_day(SystemTime::now()),
-            in_d_text(ongoing),
+        let mut time = local_time_of_day(SystemTime::now());
+        // To the second: the status line has little room.
+        time.truncate(8);
+        let status: Vec<String> = [
+            in_d,
+            self.drops.trim_start_matches("; ").to_owned(),
             tracing,
-            self.shown,
-            human_duration(self.min_duration_ns),
-            self.drops,
-        );
-        tui.draw(&Screen { groups: &groups, status: &status, advice: &advice })
+            time,
+            format!("{} waits of at least {} seen", self.shown, human_duration(self.min_duration_ns)),
+            "dstrace run".to_owned(),
+        ]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect();
+        tui.draw(Screen { groups, status: &status, advice: &advice })
     }
 }
 
@@ -158,6 +176,7 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
         in_d: Vec::new(),
         recording: RunRecording::default(),
         notes: Vec::new(),
+        only: only_text(args),
     };
 
     // At once, before anything is loaded: the tasks already in D as `/proc` shows
@@ -225,6 +244,24 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
     // the one that counts.
     let summarized = summarize(&mut live, &mut session);
     outcome.and(summarized)
+}
+
+/// The task filters of the command line, short (`--comm stat,df --pid 7`): for
+/// people, not for pasting (the status line has little room), or nothing.
+fn only_text(args: &RunArgs) -> String {
+    let numbers = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>();
+    let mut words = Vec::new();
+    for (flag, values) in [
+        ("--pid", numbers(&args.pid)),
+        ("--tid", numbers(&args.tid)),
+        ("--comm", args.comm.clone()),
+        ("--cgroup", args.cgroup.clone()),
+    ] {
+        if !values.is_empty() {
+            words.push(format!("{flag} {}", values.join(",")));
+        }
+    }
+    words.join(" ")
 }
 
 /// The first view: the tasks in D before tracing (the last look).

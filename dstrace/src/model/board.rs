@@ -139,15 +139,18 @@ impl SortBy {
         }
     }
 
-    /// The sort key of a set of groups (larger first).
-    fn rank(self, groups: &[&BoardGroup]) -> (u64, u64, u64) {
-        let in_d = groups.iter().map(|g| g.tasks.len() as u64).sum();
+    /// The sort key of a set of groups (larger first): stuck first (any task in
+    /// D now), whatever the order, so that a pile-up is never under finished
+    /// waits; then the order's own key.
+    fn rank(self, groups: &[&BoardGroup]) -> Rank {
+        let in_d: u64 = groups.iter().map(|g| g.tasks.len() as u64).sum();
         let oldest = groups.iter().map(|g| g.oldest_ns()).max().unwrap_or(0);
         let blocked = groups.iter().map(|g| g.blocked_ns()).sum();
+        let stuck = in_d > 0;
         match self {
-            SortBy::InD => (in_d, oldest, blocked),
-            SortBy::Oldest => (oldest, in_d, blocked),
-            SortBy::Blocked => (blocked, in_d, oldest),
+            SortBy::InD => (stuck, in_d, oldest, blocked),
+            SortBy::Oldest => (stuck, oldest, in_d, blocked),
+            SortBy::Blocked => (stuck, blocked, in_d, oldest),
         }
     }
 }
@@ -200,10 +203,13 @@ impl Board {
         for group in &mut groups {
             group.tasks.sort_by(|a, b| b.duration_ns.cmp(&a.duration_ns).then(a.tid.cmp(&b.tid)));
         }
-        sort_tree(&mut groups, sort);
+        sort_groups(&mut groups, sort);
         groups
     }
 }
+
+/// A sort key of groups ([`SortBy::rank`]).
+type Rank = (bool, u64, u64, u64);
 
 fn add_pid(pids: &mut Vec<u32>, pid: u32) {
     if !pids.contains(&pid) && pids.len() < MAX_PIDS {
@@ -211,10 +217,11 @@ fn add_pid(pids: &mut Vec<u32>, pid: u32) {
     }
 }
 
-/// Sorts groups as a tree: mounts by the rank of all their groups, locks within
-/// a mount by theirs, then the groups; ties by name, so the order is stable.
-fn sort_tree(groups: &mut [BoardGroup], sort: SortBy) {
-    type Rank = (u64, u64, u64);
+/// Sorts groups as a tree (as [`Board::groups`] gives them): mounts by the rank
+/// of all their groups, locks within a mount by theirs, then the groups; ties by
+/// name, so the order is stable. Mounts, locks and groups with a task in D come
+/// before those without, in every order.
+pub fn sort_groups(groups: &mut [BoardGroup], sort: SortBy) {
     let mut mount_rank: HashMap<Option<String>, Rank> = HashMap::new();
     let mut lock_rank: HashMap<(Option<String>, Option<String>), Rank> = HashMap::new();
     {
@@ -383,7 +390,11 @@ pub(crate) mod tests {
         assert_eq!(groups[2].mount.as_ref().map(|m| m.source.as_str()), Some("sshfs"));
 
         let by_blocked = board.groups(&ongoing, SortBy::Blocked);
-        assert_eq!(by_blocked[0].key.function, "jbd2", "1 ms blocked beats the rest");
+        assert_eq!(
+            by_blocked.iter().map(|g| g.key.function.as_str()).collect::<Vec<_>>(),
+            ["g", "h", "f", "jbd2"],
+            "stuck first: 1 ms blocked of finished waits comes after every task in D"
+        );
 
         let mounts = by_mount(&groups);
         assert_eq!(

@@ -314,6 +314,48 @@ pub fn drops_text(counters: &[(Counter, u64)], bad_records: u64) -> String {
     text
 }
 
+/// `text` broken at spaces into lines of at most `width` characters: the first
+/// line indented by `first` spaces, the others by `rest`; a word longer than a
+/// line is cut where the line ends. Nothing is left out: the lines hold every word.
+pub fn wrap(text: &str, width: usize, first: usize, rest: usize) -> Vec<String> {
+    let width = width.max(1);
+    // A line holds at least one character after its indentation.
+    let (first, rest) = (first.min(width - 1), rest.min(width - 1));
+    let mut lines = Vec::new();
+    let mut line = " ".repeat(first);
+    let mut len = first;
+    // Whether the line has no word yet.
+    let mut bare = true;
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        if word.is_empty() && bare {
+            continue;
+        }
+        if !bare {
+            if len + 1 + word.len() > width {
+                lines.push(std::mem::replace(&mut line, " ".repeat(rest)));
+                len = rest;
+            } else {
+                line.push(' ');
+                len += 1;
+            }
+        }
+        while len + word.len() > width {
+            let room = width - len;
+            line.extend(word.drain(..room));
+            lines.push(std::mem::replace(&mut line, " ".repeat(rest)));
+            len = rest;
+        }
+        len += word.len();
+        line.extend(word);
+        bare = false;
+    }
+    if !bare || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +430,29 @@ mod tests {
             chain_text(&[requests(None, None)]),
             "3 FUSE requests unanswered, the first LOOKUP from touch[6]"
         );
+    }
+
+    #[test]
+    fn wrapping_keeps_every_word_within_the_width() {
+        let text = "stat[12] D in d_alloc_parallel -> stat[11] S in request_wait_answer";
+        let lines = wrap(text, 30, 2, 6);
+        assert_eq!(
+            lines,
+            [
+                "  stat[12] D in",
+                "      d_alloc_parallel ->",
+                "      stat[11] S in",
+                "      request_wait_answer"
+            ]
+        );
+        assert!(lines.iter().all(|line| line.chars().count() <= 30));
+        let words: Vec<&str> = lines.iter().flat_map(|line| line.split_whitespace()).collect();
+        assert_eq!(words, text.split_whitespace().collect::<Vec<_>>(), "no word lost");
+        // A word longer than a line is cut, not dropped; double spaces stay.
+        assert_eq!(wrap("abcdefghij", 4, 0, 1), ["abcd", " efg", " hij"]);
+        assert_eq!(wrap("a  b", 10, 0, 0), ["a  b"]);
+        assert_eq!(wrap("", 10, 3, 0), ["   "]);
+        assert_eq!(wrap("x y", 0, 5, 5), ["x", "y"], "no width still shows everything");
     }
 
     #[test]

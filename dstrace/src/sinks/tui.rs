@@ -24,7 +24,7 @@ use ratatui::{
     layout::{Constraint, Layout},
     style::{Modifier, Style, Stylize as _},
     text::{Line, Span},
-    widgets::Paragraph,
+    widgets::{Block, Clear, Paragraph},
     Terminal,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -32,21 +32,27 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     clock::human_duration,
     escape::{controls, escape},
-    model::board::{BoardGroup, GroupKey, SortBy},
-    sinks::tree::{self, chain_text},
+    model::board::{sort_groups, BoardGroup, GroupKey, SortBy},
+    sinks::tree::{self, chain_text, wrap},
 };
 
 /// Kernel frames shown per stack of an expanded group.
 const STACK_FRAMES: usize = 12;
 /// Tasks listed per expanded group.
 const EXPANDED_TASKS: usize = 50;
+/// Lines the groups keep at least, whatever the advice takes.
+const MIN_BODY: usize = 6;
+/// The width of the numbers in front of each row (`IN D`, `OLDEST`, `BLOCKED`,
+/// `DONE`).
+const NUMBERS: usize = 31;
 
 /// What one screen shows beside the groups.
 pub struct Screen<'a> {
     /// The groups, in board order.
-    pub groups: &'a [BoardGroup],
-    /// The first line: time, tasks in D, tracing state, drops.
-    pub status: &'a str,
+    pub groups: Vec<BoardGroup>,
+    /// The parts of the first line, the most needed first (tasks in D, drops,
+    /// ...): those that do not fit the width are left out, the first two never.
+    pub status: &'a [String],
     /// Advice lines.
     pub advice: &'a [String],
 }
@@ -73,8 +79,21 @@ pub struct Tui {
     sort: SortBy,
     filter: String,
     editing_filter: bool,
+    /// Whether the groups of finished waits (nothing in D now) are shown, or
+    /// folded into one line.
+    finished: bool,
+    /// Whether the help is shown over the groups.
+    help: bool,
+    /// While paused: the groups and advice of the moment `p` was pressed.
+    frozen: Option<(Vec<BoardGroup>, Vec<String>)>,
+    paused: bool,
     /// The keys of the groups last drawn, in order (what the selection indexes).
     shown: Vec<GroupKey>,
+    /// The line of each group last drawn, in the body.
+    group_lines: Vec<usize>,
+    /// The first line of the body shown, and the height of the body.
+    offset: usize,
+    page: usize,
 }
 
 impl Tui {
@@ -101,7 +120,14 @@ impl Tui {
             sort: SortBy::default(),
             filter: String::new(),
             editing_filter: false,
+            finished: false,
+            help: false,
+            frozen: None,
+            paused: false,
             shown: Vec::new(),
+            group_lines: Vec::new(),
+            offset: 0,
+            page: 1,
         })
     }
 
@@ -110,11 +136,26 @@ impl Tui {
         self.sort
     }
 
-    /// Draws a screen.
-    pub fn draw(&mut self, screen: &Screen<'_>) -> io::Result<()> {
+    /// Draws a screen (while paused, the groups and advice of the moment of the
+    /// pause, with the status of now).
+    pub fn draw(&mut self, screen: Screen<'_>) -> io::Result<()> {
+        let (all, advice) = if self.paused {
+            self.frozen.get_or_insert_with(|| (screen.groups, screen.advice.to_vec())).clone()
+        } else {
+            self.frozen = None;
+            (screen.groups, screen.advice.to_vec())
+        };
         let filter = self.filter.to_lowercase();
-        let groups: Vec<BoardGroup> =
-            screen.groups.iter().filter(|group| matches(group, &filter)).cloned().collect();
+        let (stuck, finished): (Vec<BoardGroup>, Vec<BoardGroup>) = all
+            .into_iter()
+            .filter(|group| matches(group, &filter))
+            .partition(|group| !group.tasks.is_empty());
+        let stuck_count = stuck.len();
+        let finished_count = finished.len();
+        let mut groups = stuck;
+        if self.finished {
+            groups.extend(finished);
+        }
         // Keep the selection on the same group when the order changes.
         let previous = self.shown.get(self.selected).cloned();
         self.shown = groups.iter().map(|group| group.key.clone()).collect();
@@ -125,114 +166,233 @@ impl Tui {
         }
         self.selected = self.selected.min(self.shown.len().saturating_sub(1));
 
-        let (lines, selected_line) = self.body(&groups);
-        let footer = self.footer();
-        let advice: Vec<Line<'_>> = screen
-            .advice
-            .iter()
-            .take(4)
-            .map(|line| Line::from(format!("* {}", controls(line))).yellow())
+        let size = self.terminal.size()?;
+        let (width, height) = (usize::from(size.width), usize::from(size.height));
+        let lines = self.body(&groups, stuck_count, finished_count, width);
+        let advice = advice_lines(&advice, width, height.saturating_sub(4 + MIN_BODY));
+        let footer = self.footer(width);
+        let mut parts: Vec<String> = screen.status.iter().map(|part| escape(part)).collect();
+        let mut keep = 2;
+        if self.paused {
+            parts.insert(0, "PAUSED (p resumes)".to_owned());
+            keep += 1;
+        }
+        // The parts that must stay go to a second line rather than be cut.
+        let status: Vec<Line<'_>> = fit(&parts, keep, "  ", width.saturating_sub(1))
+            .into_iter()
+            .map(|line| Line::from(format!(" {line:w$}", w = width.saturating_sub(1))).bold().reversed())
             .collect();
-        let status = Line::from(escape(screen.status)).bold().reversed();
+        let status_height = status.len();
+        let header = Line::from(format!(
+            "{:>5} {:>8} {:>8} {:>6} MOUNT / LOCK / BLOCKED IN",
+            "IN D", "OLDEST", "BLOCKED", "DONE"
+        ))
+        .bold();
+
+        // Scroll so that the selected group stays in view, with a line of what follows.
+        let body_height = height.saturating_sub(2 + status_height + advice.len()).max(1);
+        self.page = body_height;
+        match self.group_lines.get(self.selected) {
+            Some(&line) => {
+                if line < self.offset {
+                    self.offset = line.saturating_sub(2);
+                }
+                if line + 2 > self.offset + body_height {
+                    self.offset = (line + 2).saturating_sub(body_height);
+                }
+            }
+            None => self.offset = 0,
+        }
+        self.offset = self.offset.min(lines.len().saturating_sub(body_height));
+        let offset = u16::try_from(self.offset).unwrap_or(u16::MAX);
+        let help = self.help;
         self.terminal.draw(|frame| {
-            let [top, body, advice_area, bottom] = Layout::vertical([
+            let [top, head, body, advice_area, bottom] = Layout::vertical([
+                Constraint::Length(u16::try_from(status_height).unwrap_or(u16::MAX)),
                 Constraint::Length(1),
-                Constraint::Min(3),
-                Constraint::Length(advice.len() as u16),
+                Constraint::Min(1),
+                Constraint::Length(u16::try_from(advice.len()).unwrap_or(u16::MAX)),
                 Constraint::Length(1),
             ])
             .areas(frame.area());
             frame.render_widget(Paragraph::new(status), top);
-            // Scroll so that the selected group stays in view.
-            let height = body.height as usize;
-            let offset = selected_line.map_or(0, |line| (line + 3).saturating_sub(height));
-            frame.render_widget(Paragraph::new(lines).scroll((offset as u16, 0)), body);
+            frame.render_widget(Paragraph::new(header), head);
+            frame.render_widget(Paragraph::new(lines).scroll((offset, 0)), body);
             frame.render_widget(Paragraph::new(advice), advice_area);
             frame.render_widget(Paragraph::new(footer), bottom);
+            if help {
+                let area = frame.area();
+                let lines: Vec<Line<'_>> = HELP.iter().map(|line| Line::from(*line)).collect();
+                let w =
+                    (HELP.iter().map(|line| line.len()).max().unwrap_or(0) + 4).min(usize::from(area.width));
+                let h = (HELP.len() + 2).min(usize::from(area.height));
+                let rect = ratatui::layout::Rect {
+                    x: area.x + (area.width.saturating_sub(w as u16)) / 2,
+                    y: area.y + (area.height.saturating_sub(h as u16)) / 2,
+                    width: w as u16,
+                    height: h as u16,
+                };
+                frame.render_widget(Clear, rect);
+                frame.render_widget(
+                    Paragraph::new(lines).block(Block::bordered().title(" keys (Esc closes) ")),
+                    rect,
+                );
+            }
         })?;
         Ok(())
     }
 
-    /// The lines of the groups, and the index of the selected group's line.
-    fn body(&self, groups: &[BoardGroup]) -> (Vec<Line<'static>>, Option<usize>) {
-        let mut lines = vec![Line::from(format!(
-            "{:>5}  {:>9}  {:>9}  {:>6}  MOUNT / LOCK / BLOCKED IN",
-            "IN D", "OLDEST", "BLOCKED", "DONE"
-        ))
-        .bold()];
-        if groups.is_empty() {
+    /// The lines of the groups (the stuck ones, then, when shown, the finished
+    /// ones, or a line that says how many they are); records the line of each group.
+    fn body(
+        &mut self,
+        groups: &[BoardGroup],
+        stuck: usize,
+        finished: usize,
+        width: usize,
+    ) -> Vec<Line<'static>> {
+        let mut lines = Vec::new();
+        self.group_lines.clear();
+        if stuck == 0 && finished == 0 {
             let text = if self.filter.is_empty() {
                 "No task in D, and no D wait of at least --min-duration yet."
             } else {
                 "No group matches the filter (Esc clears it)."
             };
             lines.push(Line::from(text).italic());
-            return (lines, None);
+            return lines;
         }
-        let mut selected_line = None;
-        for row in tree::rows(groups) {
-            let indent = "  ".repeat(row.depth);
+        if stuck == 0 {
+            lines.push(Line::from("No task in D now.").italic());
+        }
+        self.rows(&mut lines, groups, 0..stuck, width);
+        if finished > 0 {
+            if self.finished {
+                lines.push(
+                    Line::from(format!(
+                        "-- {finished} groups of finished waits, nothing in D now (f hides them) --"
+                    ))
+                    .italic(),
+                );
+                self.rows(&mut lines, groups, stuck..groups.len(), width);
+            } else {
+                let text = format!("{finished} groups of finished waits, nothing in D now: f shows them");
+                lines.extend(wrap(&text, width, 0, 2).into_iter().map(|line| Line::from(line).italic()));
+            }
+        }
+        lines
+    }
+
+    /// The rows of `groups[range]` as a tree, with their chains and, expanded,
+    /// their tasks and stacks.
+    fn rows(
+        &mut self,
+        lines: &mut Vec<Line<'static>>,
+        groups: &[BoardGroup],
+        range: std::ops::Range<usize>,
+        width: usize,
+    ) {
+        let first = range.start;
+        let part = &groups[range];
+        let column = width.saturating_sub(NUMBERS);
+        for row in tree::rows(part) {
+            let indent = 2 * row.depth;
             let oldest =
                 if row.in_d > 0 { format!("{}+", human_duration(row.oldest_ns)) } else { "-".into() };
             let numbers = format!(
-                "{:>5}  {:>9}  {:>9}  {:>6}  ",
+                "{:>5} {:>8} {:>8} {:>6} ",
                 row.in_d,
                 oldest,
                 human_duration(row.blocked_ns),
                 row.done
             );
-            let label = format!("{indent}{}", escape(&row.label));
-            let detail = format!("  {}", escape(&row.detail));
-            let line = match row.group {
-                None if row.depth == 0 => {
-                    Line::from(vec![Span::raw(numbers), label.bold().cyan(), detail.into()])
-                }
-                None => Line::from(vec![Span::raw(numbers), label.yellow(), detail.into()]),
+            let severity = if row.in_d > 0 { severity(row.oldest_ns) } else { Style::default() };
+            let index = row.group.map(|index| index + first);
+            let (label_style, detail_style, marker) = match index {
+                None if row.depth == 0 => (Style::default().bold().cyan(), Style::default(), String::new()),
+                None => (Style::default().yellow(), Style::default(), String::new()),
                 Some(index) => {
-                    let selected = index == self.selected;
-                    let marker = if self.expanded.contains(&groups[index].key) { "-" } else { "+" };
-                    let style = if selected {
+                    let style = if index == self.selected {
                         Style::default().add_modifier(Modifier::REVERSED)
                     } else {
                         Style::default()
                     };
-                    if selected {
-                        selected_line = Some(lines.len());
-                    }
-                    Line::from(vec![
-                        Span::raw(numbers),
-                        Span::styled(format!("{label} {marker}"), style.add_modifier(Modifier::BOLD)),
-                        Span::styled(detail, style),
-                    ])
+                    let marker = if self.expanded.contains(&groups[index].key) { " -" } else { " +" };
+                    (style.add_modifier(Modifier::BOLD), style, marker.to_owned())
                 }
             };
-            lines.push(line);
-            let Some(index) = row.group else { continue };
+            if index.is_some() {
+                self.group_lines.push(lines.len());
+            }
+            // The label (with its marker) and the detail, wrapped in their column.
+            let label = format!("{}{marker}", escape(&row.label));
+            let text = format!("{label}  {}", escape(&row.detail));
+            let wrapped = wrap(text.trim_end(), column, indent, indent + 4);
+            let label_len = indent + label.chars().count();
+            for (n, piece) in wrapped.into_iter().enumerate() {
+                let front = if n == 0 {
+                    Span::styled(numbers.clone(), severity)
+                } else {
+                    Span::raw(" ".repeat(NUMBERS.min(width)))
+                };
+                if n == 0 && piece.chars().count() > label_len {
+                    let (head, tail): (String, String) = {
+                        let chars: Vec<char> = piece.chars().collect();
+                        (chars[..label_len].iter().collect(), chars[label_len..].iter().collect())
+                    };
+                    lines.push(Line::from(vec![
+                        front,
+                        Span::styled(head, label_style),
+                        Span::styled(tail, detail_style),
+                    ]));
+                } else {
+                    let style = if n == 0 { label_style } else { detail_style };
+                    lines.push(Line::from(vec![front, Span::styled(piece, style)]));
+                }
+            }
+            let Some(index) = index else { continue };
             let group = &groups[index];
-            let pad = " ".repeat(38 + indent.len() + 2);
+            let pad = 2 + indent;
             if let Some(links) = group.chain() {
-                lines.push(Line::from(format!("{pad}chain: {}", escape(&chain_text(links)))).dim());
+                let text = format!("chain: {}", escape(&chain_text(links)));
+                lines.extend(wrap(&text, width, pad, pad + 4).into_iter().map(Line::from));
             }
             if self.expanded.contains(&group.key) {
-                lines.extend(expanded(group, &pad));
+                lines.extend(expanded(group, pad + 2, width));
             }
         }
-        (lines, selected_line)
     }
 
-    fn footer(&self) -> Line<'static> {
+    fn footer(&self, width: usize) -> Line<'static> {
         if self.editing_filter {
-            return Line::from(format!("filter: {}_   (Enter: keep, Esc: clear)", escape(&self.filter)))
-                .reversed();
+            return Line::from(format!(
+                "filter: {}_   (Enter: keep, Esc: clear; matches mount, type, source, lock, function, command)",
+                escape(&self.filter)
+            ))
+            .reversed();
         }
-        let mut text = format!(
-            "q quit  \u{2191}\u{2193} move  Enter expand  s sort ({})  / filter  e expand all",
-            self.sort.name()
-        );
+        let mut parts = Vec::new();
         if !self.filter.is_empty() {
-            text.push_str(&format!("  [filter: {}, Esc clears]", escape(&self.filter)));
+            parts.push(format!("[filter: {}, Esc clears]", escape(&self.filter)));
         }
-        Line::from(text).reversed()
+        parts.extend(
+            [
+                "q quit",
+                "? help",
+                "/ filter",
+                if self.finished { "f hide finished" } else { "f show finished" },
+                if self.paused { "p resume" } else { "p pause" },
+                "Enter expand",
+                "\u{2191}\u{2193} PgUp PgDn move",
+                "e expand all",
+            ]
+            .map(str::to_owned),
+        );
+        parts.insert(
+            parts.len().min(if self.filter.is_empty() { 4 } else { 5 }),
+            format!("s sort ({})", self.sort.name()),
+        );
+        Line::from(fit(&parts, 1, "  ", width).swap_remove(0)).reversed()
     }
 
     /// Handles a key.
@@ -258,14 +418,26 @@ impl Tui {
             }
             return Action::Redraw;
         }
+        if self.help {
+            // Any key closes the help; `q` quits too.
+            self.help = false;
+            return if key.code == KeyCode::Char('q') { Action::Quit } else { Action::Redraw };
+        }
         match key.code {
             KeyCode::Null => Action::Redraw,
             KeyCode::Char('q') => Action::Quit,
-            KeyCode::Esc if !self.filter.is_empty() => {
+            KeyCode::Char('?') | KeyCode::F(1) => {
+                self.help = true;
+                Action::Redraw
+            }
+            KeyCode::Esc => {
+                // Never quits: a stray Escape at 3 a.m. must not end the diagnosis.
+                if self.filter.is_empty() {
+                    return Action::Nothing;
+                }
                 self.filter.clear();
                 Action::Redraw
             }
-            KeyCode::Esc => Action::Quit,
             KeyCode::Up | KeyCode::Char('k') => {
                 self.selected = self.selected.saturating_sub(1);
                 Action::Redraw
@@ -274,12 +446,26 @@ impl Tui {
                 self.selected = (self.selected + 1).min(self.shown.len().saturating_sub(1));
                 Action::Redraw
             }
+            KeyCode::PageDown | KeyCode::PageUp => {
+                let down = key.code == KeyCode::PageDown;
+                let page = self.page.saturating_sub(1).max(1);
+                self.offset = if down { self.offset + page } else { self.offset.saturating_sub(page) };
+                // The first group on the new page (the last one at the end).
+                self.selected = self
+                    .group_lines
+                    .iter()
+                    .position(|&line| line >= self.offset)
+                    .unwrap_or(self.shown.len().saturating_sub(1));
+                Action::Redraw
+            }
             KeyCode::Home | KeyCode::Char('g') => {
                 self.selected = 0;
+                self.offset = 0;
                 Action::Redraw
             }
             KeyCode::End | KeyCode::Char('G') => {
                 self.selected = self.shown.len().saturating_sub(1);
+                self.offset = usize::MAX;
                 Action::Redraw
             }
             KeyCode::Enter | KeyCode::Char(' ') => {
@@ -298,8 +484,19 @@ impl Tui {
                 }
                 Action::Redraw
             }
+            KeyCode::Char('f') => {
+                self.finished = !self.finished;
+                Action::Redraw
+            }
+            KeyCode::Char('p') => {
+                self.paused = !self.paused;
+                Action::Redraw
+            }
             KeyCode::Char('s') => {
                 self.sort = self.sort.next();
+                if let Some((groups, _)) = &mut self.frozen {
+                    sort_groups(groups, self.sort);
+                }
                 Action::Regroup
             }
             KeyCode::Char('/') => {
@@ -311,43 +508,124 @@ impl Tui {
     }
 }
 
+/// The help shown by `?`: every key.
+const HELP: &[&str] = &[
+    "?, F1          this help (any key closes it)",
+    "q, Ctrl-C      quit (the summary follows on the normal screen)",
+    "Up/Down, k/j   select the group above / below",
+    "PgUp/PgDn      a page up / down",
+    "g/G, Home/End  the first / last group",
+    "Enter, Space   expand the group to its tasks and stacks (again: fold)",
+    "e              expand all groups (again: fold all)",
+    "f              show / hide the groups of finished waits (nothing in D)",
+    "s              sort by tasks in D, oldest wait, blocked time",
+    "/              filter: mount, type, source, lock, holder, function,",
+    "               command; Enter keeps it, Esc clears it",
+    "Esc            clear the filter (never quits)",
+    "p              pause / resume (the groups stop changing)",
+    "",
+    "Groups with a task in D come first; the colour of the numbers is the",
+    "age of the oldest wait: yellow from 1s, red from 10s.",
+];
+
+/// The style of a row's numbers by the age of its oldest wait: yellow from a
+/// second, red from ten (colours go with NO_COLOR: crossterm leaves them out).
+fn severity(oldest_ns: u64) -> Style {
+    match oldest_ns {
+        10_000_000_000.. => Style::default().red().bold(),
+        1_000_000_000.. => Style::default().yellow(),
+        _ => Style::default(),
+    }
+}
+
+/// The advice wrapped to the width, at most `max` lines; a last line says when
+/// some did not fit.
+fn advice_lines(advice: &[String], width: usize, max: usize) -> Vec<Line<'static>> {
+    let mut lines: Vec<String> =
+        advice.iter().flat_map(|line| wrap(&format!("* {}", controls(line)), width, 0, 2)).collect();
+    if lines.len() > max {
+        let more = lines.len() + 1 - max;
+        lines.truncate(max.saturating_sub(1));
+        if max > 0 {
+            lines.push(format!("(and {more} more lines of advice: the summary at the end has them)"));
+        }
+    }
+    lines.into_iter().map(|line| Line::from(line).yellow()).collect()
+}
+
+/// The parts joined by `separator` into lines of `width`: the first `keep`
+/// always (on a line of their own when they do not fit the line so far, wrapped
+/// when longer than a line), each other one when it fits the last line (a long
+/// one left out lets a shorter one after it in), in their order.
+pub fn fit(parts: &[String], keep: usize, separator: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for (n, part) in parts.iter().enumerate() {
+        let Some(line) = lines.last_mut() else { continue };
+        let len = line.chars().count();
+        let extra = part.chars().count() + if len == 0 { 0 } else { separator.chars().count() };
+        if len + extra <= width {
+            if len > 0 {
+                line.push_str(separator);
+            }
+            line.push_str(part);
+        } else if n < keep {
+            if len == 0 {
+                lines.pop();
+            }
+            lines.extend(wrap(part, width, 0, 2));
+        }
+    }
+    lines
+}
+
 impl Drop for Tui {
     fn drop(&mut self) {
         restore();
     }
 }
 
-/// Whether a group matches a (lower-case) filter: in its mount, lock, function or
-/// the command names of its tasks.
+/// Whether a group matches a (lower-case) filter: in its mount point, the mount's
+/// type and source, its lock and the lock's holder, its function or the command
+/// names of its tasks.
 fn matches(group: &BoardGroup, filter: &str) -> bool {
     if filter.is_empty() {
         return true;
     }
     let hit = |text: &str| text.to_lowercase().contains(filter);
     group.key.mount.as_deref().is_some_and(hit)
+        || group.mount.as_ref().is_some_and(|mount| hit(&mount.fs_type) || hit(&mount.source))
         || group.key.lock.as_deref().is_some_and(hit)
+        || group.lock.as_ref().and_then(|lock| lock.holder.as_ref()).is_some_and(|holder| hit(&holder.comm))
         || hit(&group.key.function)
         || group.tasks.iter().any(|wait| hit(&wait.comm))
 }
 
 /// The lines of an expanded group: its tasks, then its distinct stacks.
-fn expanded(group: &BoardGroup, pad: &str) -> Vec<Line<'static>> {
+fn expanded(group: &BoardGroup, pad: usize, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
+    let mut push = |text: String, dim: bool| {
+        for line in wrap(&text, width, pad, pad + 4) {
+            lines.push(if dim { Line::from(line).dim() } else { Line::from(line) });
+        }
+    };
     for wait in group.tasks.iter().take(EXPANDED_TASKS) {
         let file = wait.on.file.as_ref().and_then(|file| file.path.clone()).unwrap_or_default();
-        lines.push(Line::from(format!(
-            "{pad}{}/{} {} {} {}+ {} {}",
-            wait.pid,
-            wait.tid,
-            escape(&wait.comm),
-            wait.state.name(),
-            human_duration(wait.duration_ns),
-            wait.on.syscall.unwrap_or(""),
-            escape(&file),
-        )));
+        push(
+            format!(
+                "{}/{} {} {} {}+ {} {}",
+                wait.pid,
+                wait.tid,
+                escape(&wait.comm),
+                wait.state.name(),
+                human_duration(wait.duration_ns),
+                wait.on.syscall.unwrap_or(""),
+                escape(&file),
+            ),
+            false,
+        );
     }
     if group.tasks.len() > EXPANDED_TASKS {
-        lines.push(Line::from(format!("{pad}... {} more tasks", group.tasks.len() - EXPANDED_TASKS)));
+        push(format!("... {} more tasks", group.tasks.len() - EXPANDED_TASKS), false);
     }
     let mut stacks: Vec<(&[String], usize)> = Vec::new();
     for wait in &group.tasks {
@@ -357,12 +635,41 @@ fn expanded(group: &BoardGroup, pad: &str) -> Vec<Line<'static>> {
         }
     }
     for (stack, n) in stacks {
-        lines.push(Line::from(format!("{pad}stack of {n} task(s):")).dim());
+        push(format!("stack of {n} task(s):"), true);
         for frame in stack.iter().take(STACK_FRAMES) {
-            lines.push(Line::from(format!("{pad}  {}", escape(frame))).dim());
+            push(format!("  {}", escape(frame)), true);
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(parts: &[&str]) -> Vec<String> {
+        parts.iter().map(|part| (*part).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_status_line_keeps_the_tasks_in_d_and_the_drops() {
+        let status =
+            parts(&["2 tasks in D, the oldest for 4.000s", "drops: none", "tracing for 9.000s", "12:00:00"]);
+        assert_eq!(
+            fit(&status, 2, "  ", 80),
+            ["2 tasks in D, the oldest for 4.000s  drops: none  tracing for 9.000s  12:00:00"]
+        );
+        // What does not fit is left out, a shorter part after it comes in.
+        assert_eq!(fit(&status, 2, "  ", 60), ["2 tasks in D, the oldest for 4.000s  drops: none  12:00:00"]);
+        // The parts kept go to a line of their own rather than be cut.
+        assert_eq!(
+            fit(&status, 2, "  ", 40),
+            ["2 tasks in D, the oldest for 4.000s", "drops: none  12:00:00"]
+        );
+        let drops = parts(&["no task in D", "drops: stack_lost=3 events_lost=12", "tracing"]);
+        assert_eq!(fit(&drops, 2, "  ", 20), ["no task in D", "drops: stack_lost=3", "  events_lost=12"]);
+        assert_eq!(fit(&[], 2, "  ", 20), [""], "always a line");
+    }
 }
 
 /// Leaves raw mode and the alternate screen, shows the cursor. Safe to call more
