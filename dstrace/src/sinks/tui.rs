@@ -643,35 +643,6 @@ fn expanded(group: &BoardGroup, pad: usize, width: usize) -> Vec<Line<'static>> 
     lines
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(parts: &[&str]) -> Vec<String> {
-        parts.iter().map(|part| (*part).to_owned()).collect()
-    }
-
-    #[test]
-    fn the_status_line_keeps_the_tasks_in_d_and_the_drops() {
-        let status =
-            parts(&["2 tasks in D, the oldest for 4.000s", "drops: none", "tracing for 9.000s", "12:00:00"]);
-        assert_eq!(
-            fit(&status, 2, "  ", 80),
-            ["2 tasks in D, the oldest for 4.000s  drops: none  tracing for 9.000s  12:00:00"]
-        );
-        // What does not fit is left out, a shorter part after it comes in.
-        assert_eq!(fit(&status, 2, "  ", 60), ["2 tasks in D, the oldest for 4.000s  drops: none  12:00:00"]);
-        // The parts kept go to a line of their own rather than be cut.
-        assert_eq!(
-            fit(&status, 2, "  ", 40),
-            ["2 tasks in D, the oldest for 4.000s", "drops: none  12:00:00"]
-        );
-        let drops = parts(&["no task in D", "drops: stack_lost=3 events_lost=12", "tracing"]);
-        assert_eq!(fit(&drops, 2, "  ", 20), ["no task in D", "drops: stack_lost=3", "  events_lost=12"]);
-        assert_eq!(fit(&[], 2, "  ", 20), [""], "always a line");
-    }
-}
-
 /// Leaves raw mode and the alternate screen, shows the cursor. Safe to call more
 /// than once.
 pub fn restore() {
@@ -717,4 +688,33 @@ pub fn keys() -> UnboundedReceiver<KeyEvent> {
 pub fn available() -> bool {
     use std::io::IsTerminal as _;
     io::stdin().is_terminal() && io::stdout().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(parts: &[&str]) -> Vec<String> {
+        parts.iter().map(|part| (*part).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_status_line_keeps_the_tasks_in_d_and_the_drops() {
+        let status =
+            parts(&["2 tasks in D, the oldest for 4.000s", "drops: none", "tracing for 9.000s", "12:00:00"]);
+        assert_eq!(
+            fit(&status, 2, "  ", 80),
+            ["2 tasks in D, the oldest for 4.000s  drops: none  tracing for 9.000s  12:00:00"]
+        );
+        // What does not fit is left out, a shorter part after it comes in.
+        assert_eq!(fit(&status, 2, "  ", 60), ["2 tasks in D, the oldest for 4.000s  drops: none  12:00:00"]);
+        // The parts kept go to a line of their own rather than be cut.
+        assert_eq!(
+            fit(&status, 2, "  ", 40),
+            ["2 tasks in D, the oldest for 4.000s", "drops: none  tracing for 9.000s"]
+        );
+        let drops = parts(&["no task in D", "drops: stack_lost=3 events_lost=12", "tracing"]);
+        assert_eq!(fit(&drops, 2, "  ", 20), ["no task in D", "drops: stack_lost=3", "  events_lost=12"]);
+        assert_eq!(fit(&[], 2, "  ", 20), [""], "always a line");
+    }
 }
