@@ -1,7 +1,14 @@
 //! The full-screen view of `dstrace run` on a terminal: the board
 //! ([`crate::model::board`]) as a tree, mount -> lock -> blocking function, with the
-//! tasks, the chain of each group on one line, and the advice; keys to move, sort,
-//! expand a group to its tasks and stacks, filter, and quit.
+//! tasks, the chain of each group and the advice; keys to move, sort, expand a group
+//! to its tasks and stacks, filter, pause, show the help (`?`), and quit.
+//!
+//! It is read at 3 a.m. on whatever terminal is at hand, so the stuck come first:
+//! the groups with a task in D now, before the finished waits, which fold into one
+//! line (`f` shows them). Nothing that matters is cut: chains, advice and rows wrap
+//! to the width ([`crate::sinks::tree::wrap`]), the column header stays while the
+//! groups scroll, and the status line keeps the tasks in D and the drops, leaving
+//! out what does not fit after them ([`fit`]). `Esc` never quits.
 //!
 //! The terminal is the one thing a crash must not leave broken: raw mode and the
 //! alternate screen are undone by [`Tui`]'s `Drop` and by a panic hook, whatever
@@ -192,6 +199,10 @@ impl Tui {
         // Scroll so that the selected group stays in view, with a line of what follows.
         let body_height = height.saturating_sub(2 + status_height + advice.len()).max(1);
         self.page = body_height;
+        if self.offset == usize::MAX {
+            // `G`: the end of the groups at the bottom.
+            self.offset = lines.len().saturating_sub(body_height);
+        }
         match self.group_lines.get(self.selected) {
             Some(&line) => {
                 if line < self.offset {
