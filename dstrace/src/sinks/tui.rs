@@ -461,12 +461,7 @@ impl Tui {
                 let down = key.code == KeyCode::PageDown;
                 let page = self.page.saturating_sub(1).max(1);
                 self.offset = if down { self.offset + page } else { self.offset.saturating_sub(page) };
-                // The first group on the new page (the last one at the end).
-                self.selected = self
-                    .group_lines
-                    .iter()
-                    .position(|&line| line >= self.offset)
-                    .unwrap_or(self.shown.len().saturating_sub(1));
+                self.selected = page_from(&self.group_lines, self.selected, page, down);
                 Action::Redraw
             }
             KeyCode::Home | KeyCode::Char('g') => {
@@ -516,6 +511,21 @@ impl Tui {
             }
             _ => Action::Nothing,
         }
+    }
+}
+
+/// The group a page down (or up) from `selected`, given the line of each group:
+/// the last one within a page below (the first within a page above), and at
+/// least the next (previous) one.
+fn page_from(group_lines: &[usize], selected: usize, page: usize, down: bool) -> usize {
+    let Some(&line) = group_lines.get(selected) else { return 0 };
+    let last = group_lines.len().saturating_sub(1);
+    if down {
+        let within = group_lines.iter().rposition(|&l| l <= line + page).unwrap_or(selected);
+        within.max(selected + 1).min(last)
+    } else {
+        let within = group_lines.iter().position(|&l| l + page >= line).unwrap_or(selected);
+        within.min(selected.saturating_sub(1))
     }
 }
 
@@ -707,6 +717,18 @@ mod tests {
 
     fn parts(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|part| (*part).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_page_moves_by_lines_and_at_least_one_group() {
+        let lines = [0, 3, 4, 10, 30, 31];
+        assert_eq!(page_from(&lines, 0, 10, true), 3);
+        assert_eq!(page_from(&lines, 3, 10, true), 4, "the next group is further than a page");
+        assert_eq!(page_from(&lines, 5, 10, true), 5, "the last stays");
+        assert_eq!(page_from(&lines, 4, 10, false), 3);
+        assert_eq!(page_from(&lines, 3, 10, false), 0);
+        assert_eq!(page_from(&lines, 0, 10, false), 0);
+        assert_eq!(page_from(&[], 0, 10, true), 0);
     }
 
     #[test]
