@@ -39,6 +39,16 @@ impl Tmux {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// What the pane shows now, with its styles as escape sequences (`ESC [ 2 m`
+    /// for dim, ...).
+    pub fn styled_screen(&self) -> String {
+        let output = Command::new("tmux")
+            .args(["capture-pane", "-p", "-e", "-t", &self.session])
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// What the pane shows now and everything that scrolled off it before (the
     /// normal screen's history; a full-screen view's alternate screen has none).
     pub fn history(&self) -> String {

@@ -332,6 +332,10 @@ fn first_screen_shows_the_pileup_whole(name: &str, width: u16, height: u16) {
         screen.lines().all(|l| l.chars().count() <= usize::from(width)),
         "nothing wider than the pane: {screen}"
     );
+    // The chain, the line that says why, in normal weight (not dim: SGR 2).
+    let styled = scene.tmux.styled_screen();
+    let chain = styled.lines().find(|l| l.contains("chain:")).unwrap_or_else(|| panic!("{styled}"));
+    assert!(!chain.contains("\x1b[2m") && !chain.contains(";2m"), "the chain is dim: {chain:?}");
     scene.tmux.keys(&["q"]);
     let screen = scene.tmux.wait_for(Duration::from_secs(10), "exit", |s| s.contains("exit="));
     assert!(screen.contains("exit=0"), "{screen}");
