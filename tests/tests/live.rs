@@ -230,6 +230,8 @@ struct Scene<'m> {
     tmux: Tmux,
     pileup: Pileup<'m>,
     mountpoint: String,
+    /// The name of the pile-up's program.
+    stat: String,
     _noise: dstrace_tests::Children,
     _scratch: dstrace_tests::Scratch,
 }
@@ -263,18 +265,20 @@ impl<'m> Scene<'m> {
         )));
         let pileup = Pileup::of(mount, &stat, &mount.path().join("missing"), 2);
         let mountpoint = mount.path().to_str().unwrap().to_owned();
-        Scene { tmux, pileup, mountpoint, _noise: noise, _scratch: scratch }
+        Scene { tmux, pileup, mountpoint, stat: format!("{name}stat"), _noise: noise, _scratch: scratch }
     }
 
     /// Waits for a screen that shows the pile-up whole: its mount with the 2
-    /// tasks in D, the chain to the lookup's owner and the daemon, the advice with
+    /// tasks in D, the lock's holder (the lookup's owner), the chain to the lookup's owner and the daemon, the advice with
     /// its remedy, the folded finished waits and the command line's filter.
     fn whole(&self) -> String {
         let owner = format!("[{}]", self.pileup.owner);
+        let holder = format!("held by {}{owner}", self.stat);
         self.tmux.wait_for(START_TIMEOUT, "the whole pile-up on the first screen", |s| {
             let chain = paragraph(s, "chain:");
             let advice = paragraph(s, "* ");
             s.lines().any(|l| l.contains(&self.mountpoint) && l.split_whitespace().next() == Some("2"))
+                && s.split_whitespace().collect::<Vec<_>>().join(" ").contains(&holder)
                 && chain.contains(&owner)
                 && chain.contains("FUSE requests unanswered")
                 && chain
