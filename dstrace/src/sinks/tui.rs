@@ -720,6 +720,17 @@ mod tests {
     }
 
     #[test]
+    fn the_filter_matches_the_mounts_type_and_source() {
+        use crate::model::board::{tests::wait, Board};
+        let groups =
+            Board::default().groups(&[wait(2, Some("/mnt/x"), false, "g", true, 1_000)], SortBy::InD);
+        for filter in ["fuse", "sshfs", "/mnt/x", "g", ""] {
+            assert!(matches(&groups[0], filter), "{filter:?}");
+        }
+        assert!(!matches(&groups[0], "nfs"));
+    }
+
+    #[test]
     fn a_page_moves_by_lines_and_at_least_one_group() {
         let lines = [0, 3, 4, 10, 30, 31];
         assert_eq!(page_from(&lines, 0, 10, true), 3);
