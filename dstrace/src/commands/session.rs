@@ -369,7 +369,7 @@ fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context)
     let filters = &options.filters;
     tasks
         .iter()
-        .filter(|task| task.pid != std::process::id())
+        .filter(|task| task.pid != procfs::own_tgid())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
         .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
         .collect()

@@ -19,7 +19,7 @@ use crate::{
     clock::monotonic_ns,
     kernel::{iter::Looker, preflight},
     model::{
-        advice::advise,
+        advice::advise_once,
         board::{Board, SortBy},
         chain,
         seen::Seen,
@@ -57,7 +57,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
             let context = chain::Context::default();
             let waits: Vec<Wait> = tasks
                 .iter()
-                .filter(|task| task.pid != std::process::id())
+                .filter(|task| task.pid != procfs::own_tgid())
                 .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
                 .collect();
             (waits, proc_cannot_see(&tasks, &why), "proc")
@@ -65,7 +65,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
     };
     waits.sort_by_key(|wait: &Wait| std::cmp::Reverse(wait.duration_ns));
     let snapshot = Snapshot {
-        advice: advise(&waits),
+        advice: advise_once(&waits),
         time: SystemTime::now(),
         groups: Board::default().groups(&waits, SortBy::InD),
         waits,

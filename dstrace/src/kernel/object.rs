@@ -23,7 +23,7 @@ pub fn kernel_config(layout: &KernelLayout) -> Config {
         task_pid_offset: layout.task_pid_offset,
         task_state_offset: layout.task_state_offset,
         task_flags_offset: layout.task_flags_offset,
-        self_tgid: std::process::id(),
+        self_tgid: crate::resolve::procfs::own_tgid(),
         offsets: layout.target_offsets.clone().unwrap_or(Offsets::UNSET),
         vfs: layout.vfs_offsets.clone().unwrap_or(VfsOffsets::UNSET),
         locks: layout.lock_offsets.clone().unwrap_or(LockOffsets::UNSET),

@@ -28,9 +28,22 @@ pub const MIN_AGE_NS: u64 = 1_000_000_000;
 const BLOCK_WAITS: [&str; 5] =
     ["submit_bio_wait", "__filemap_fdatawait_range", "blk_mq_get_tag", "rq_qos_wait", "__bio_queue_enter"];
 
-/// The advice for these waits (those still going on) and for the file locks
-/// others queue for now (`/proc/locks`), most tasks first.
+/// The advice for these waits (those still going on), most tasks first; with
+/// the file locks others queue for now (`/proc/locks`) only when one of them
+/// waits for a file lock. A read of `/proc/locks` takes the kernel's locks of
+/// every file lock of the host and puts dstrace itself in D for milliseconds:
+/// too much for each refresh of a live view that shows no file lock wait.
 pub fn advise(waits: &[Wait]) -> Vec<String> {
+    let file_lock_wait =
+        waits.iter().any(|wait| wait.is_ongoing() && wait.on.is_file_lock_wait(wait.blocked_in.as_deref()));
+    let queues = if file_lock_wait { file_locks::queues(&file_locks::read()) } else { Vec::new() };
+    advise_with(waits, &queues)
+}
+
+/// As [`advise`], with every file lock queue `/proc/locks` lists (its waiters
+/// sleep in S, so no wait need show it): for a look taken once (`snapshot`, the
+/// summary at the end of `run`).
+pub fn advise_once(waits: &[Wait]) -> Vec<String> {
     advise_with(waits, &file_locks::queues(&file_locks::read()))
 }
 
