@@ -122,3 +122,44 @@ fn proc_locks_is_not_read_without_a_file_lock_wait() {
     let opens = traced.lines().filter(|line| line.contains("\"/proc/locks\"")).count();
     assert!(opens <= 1, "/proc/locks opened {opens} times over {intervals} intervals");
 }
+
+/// A program the kernel refuses (here, where it refuses them: the fentry programs
+/// on `d_alloc_parallel`) is listed whole in the `start` record; on standard
+/// error, nothing of it without `--verbose`, one short line with it.
+#[test]
+fn a_refused_program_is_one_line_and_only_with_verbose() {
+    if !require_root("a_refused_program_is_one_line_and_only_with_verbose") {
+        return;
+    }
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(dstrace_bin());
+        cmd.args(["run", "--duration", "1s", "--interval", "0"]).args(args);
+        dstrace_tests::output_bounded(&mut cmd, scaled(START_TIMEOUT), "dstrace run")
+    };
+    let json = run(&["--json"]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let start: Value =
+        serde_json::from_str(String::from_utf8_lossy(&json.stdout).lines().next().unwrap()).unwrap();
+    let refused: Vec<&str> = start["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|what| what.contains("the kernel refused the program"))
+        .collect();
+    if refused.is_empty() {
+        eprintln!("skipped: this kernel refuses no program of dstrace: {start}");
+        return;
+    }
+    let quiet = run(&["--plain"]);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{stderr}");
+    assert!(!stderr.contains("refuse") && !stderr.contains("Verifier"), "without --verbose: {stderr}");
+    let verbose = run(&["--plain", "--verbose"]);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(verbose.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|line| line.contains("refuses")).collect();
+    assert_eq!(lines.len(), refused.len(), "one line per refused program: {stderr}");
+    assert!(lines.iter().all(|line| line.contains(": not traced (this kernel refuses its ")), "{stderr}");
+    assert!(!stderr.contains("Verifier"), "the verifier's log is for the start record: {stderr}");
+}

@@ -186,7 +186,7 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
     live.traced_since = Some(session.since);
     if !json {
         // With --json, `start` says what is not recorded.
-        live.note(session.skipped_notes());
+        live.note(session.skipped_notes(args.view.verbose));
     }
     if session.hidden_symbols {
         live.note([

@@ -203,9 +203,15 @@ impl Session {
         privileges::settle_after_attach(&self.tracer, needs)
     }
 
-    /// What this kernel cannot record, one note each.
-    pub fn skipped_notes(&self) -> Vec<String> {
-        self.tracer.skipped.iter().map(|what| format!("not recorded on this kernel: {what}")).collect()
+    /// What this kernel cannot record, one note each; the programs it refused
+    /// only with `verbose`, one short line each (the `start` record lists them
+    /// all, whole).
+    pub fn skipped_notes(&self, verbose: bool) -> Vec<String> {
+        let tracer = &self.tracer;
+        let lacks = &tracer.skipped[..tracer.skipped.len().saturating_sub(tracer.refused.len())];
+        let notes = lacks.iter().map(|what| format!("not recorded on this kernel: {what}"));
+        let refused = tracer.refused.iter().filter(|_| verbose).cloned();
+        notes.chain(refused).collect()
     }
 
     /// Waits until the session is over, completed waits arrive, or `input` (the
