@@ -225,6 +225,15 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A cgroup id the record does not know (a task seen in `/proc`) is `null`,
+    /// not the 0 no cgroup has.
+    #[test]
+    fn json_cgroup_id_unknown_is_null() {
+        assert_eq!(json::json_wait(&wait("stat"))["cgroup_id"], 1234);
+        let unknown = Wait { cgroup_id: 0, source: Source::Proc, ..wait("stat") };
+        assert_eq!(json::json_wait(&unknown)["cgroup_id"], serde_json::Value::Null);
+    }
+
     #[test]
     fn text_line_has_every_column() {
         let text = printed(Format::Text { stacks: true }, |p| p.wait(&wait("stat")).unwrap());
