@@ -99,12 +99,54 @@ fn proc_cannot_see(tasks: &[procfs::ProcTask], why: &str) -> Vec<String> {
     missing.push(
         "NFS and sunrpc RPCs in flight, who wakes a task: they need live tracing (dstrace run)".to_owned(),
     );
-    if !preflight::may_load_bpf() || tasks.iter().any(|task| task.stack.is_none()) {
-        missing.push(
-            "the kernel stacks of some tasks (/proc/PID/stack needs root): their blocking function \
-             comes from wchan"
-                .to_owned(),
-        );
+    let no_stack: Vec<&procfs::ProcTask> = tasks.iter().filter(|task| task.stack.is_none()).collect();
+    if !preflight::may_load_bpf() || !no_stack.is_empty() {
+        // `wchan` of another user's task is "0" without ptrace rights: then the
+        // blocking function is unknown too.
+        let from_wchan = no_stack.iter().any(|task| task.wchan.is_some());
+        let unknown = no_stack.iter().any(|task| task.wchan.is_none());
+        let then = match (from_wchan, unknown) {
+            (true, false) => "their blocking function comes from /proc/PID/wchan",
+            (true, true) => {
+                "their blocking function comes from /proc/PID/wchan where it is readable, else it is \
+                 unknown (?)"
+            }
+            (false, _) => "their blocking function is unknown (?): /proc/PID/wchan needs the same rights",
+        };
+        missing.push(format!("the kernel stacks of some tasks (/proc/PID/stack needs root): {then}"));
     }
     missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(wchan: Option<&str>) -> procfs::ProcTask {
+        procfs::ProcTask {
+            pid: 7,
+            tid: 7,
+            comm: "dd".into(),
+            state: 'D',
+            ppid: 1,
+            kernel_thread: false,
+            wchan: wchan.map(str::to_owned),
+            stack: None,
+            syscall: None,
+            last_ran_ns: None,
+            cpu: None,
+        }
+    }
+
+    /// Unprivileged, neither the stack nor wchan is readable: the function is
+    /// said unknown, not said to come from wchan.
+    #[test]
+    fn without_wchan_the_function_is_said_unknown() {
+        let missing = proc_cannot_see(&[task(None)], "no BPF");
+        let stacks = missing.iter().find(|line| line.contains("kernel stacks")).unwrap();
+        assert!(stacks.contains("unknown") && !stacks.contains("comes from"), "{stacks}");
+        let missing = proc_cannot_see(&[task(Some("d_alloc_parallel"))], "no BPF");
+        let stacks = missing.iter().find(|line| line.contains("kernel stacks")).unwrap();
+        assert!(stacks.ends_with("comes from /proc/PID/wchan"), "{stacks}");
+    }
 }
