@@ -286,6 +286,26 @@ mod tests {
         assert_eq!(value["syscall"], "statx");
     }
 
+    /// A mount whose only wait is still going on: the table by mount does not say
+    /// it was blocked 0us. Its blocked-time columns are those of the waits that
+    /// ended (none here), labelled so; its oldest wait is there as an age so far.
+    #[test]
+    fn the_table_by_mount_says_its_blocked_time_is_of_ended_waits() {
+        let mut ongoing = wait("dd");
+        ongoing.end = None;
+        ongoing.duration_ns = 86_000_000_000;
+        let groups = crate::model::board::Board::default()
+            .groups(std::slice::from_ref(&ongoing), crate::model::board::SortBy::InD);
+        let text =
+            printed(Format::Text { stacks: false }, |p| p.summary(&Summary { groups, ..summary() }).unwrap());
+        let table = text.split("Waits by mount").nth(1).unwrap();
+        let header = table.lines().nth(1).unwrap();
+        assert!(header.contains("DONE TIME") && header.contains("DONE MAX"), "{text}");
+        let row = table.lines().find(|line| line.contains("/tmp/fuse")).unwrap();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[1..5], ["1", "1m26s+", "0", "0us"], "{text}");
+    }
+
     #[test]
     fn ongoing_waits_say_so() {
         let mut ongoing = wait("df");
