@@ -37,6 +37,7 @@ use crate::{
         decode::decode_wait,
         iter::Peer,
         loader::{comm_key, Filters, Options, Tracer},
+        object::own_tgid,
         privileges::{self, Needs},
     },
     model::{
@@ -375,7 +376,7 @@ fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context)
     let filters = &options.filters;
     tasks
         .iter()
-        .filter(|task| task.pid != procfs::own_tgid())
+        .filter(|task| task.pid != own_tgid())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
         .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
         .collect()

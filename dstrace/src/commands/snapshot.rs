@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::args::SnapshotArgs,
     clock::monotonic_ns,
-    kernel::{iter::Looker, preflight},
+    kernel::{iter::Looker, object::own_tgid, preflight},
     model::{
         advice::advise_once,
         board::{Board, SortBy},
@@ -57,7 +57,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
             let context = chain::Context::default();
             let waits: Vec<Wait> = tasks
                 .iter()
-                .filter(|task| task.pid != procfs::own_tgid())
+                .filter(|task| task.pid != own_tgid())
                 .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
                 .collect();
             (waits, proc_cannot_see(&tasks, &why), "proc")

@@ -662,7 +662,7 @@ mod tests {
         assert_eq!(config.min_duration_ns, 5_000_000);
         assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
         assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
-        assert_eq!(config.self_tgid, std::process::id(), "dstrace's own waits are left out");
+        assert_eq!(config.self_tgid, crate::kernel::object::own_tgid(), "dstrace's own waits are left out");
         assert_eq!(config.offsets, dstrace_common::Offsets::UNSET, "a group the kernel lacks stays unset");
         let options = Options { include_idle: false, ..options };
         assert_eq!(super::config(&layout, &options).flags, 0);

@@ -153,19 +153,6 @@ pub fn task(proc_root: &Path, pid: u32, tid: u32) -> Option<ProcTask> {
     read_task(&dir, pid, tid, |_| true)
 }
 
-/// dstrace's own process id as the kernel side and `/proc` name it: the target
-/// of `/proc/self`, which `/proc` gives in the pid namespace it was mounted for
-/// (the host's: the ids the eBPF programs see). `std::process::id()` is the id
-/// in dstrace's own pid namespace: started in a container or by `unshare
-/// --pid`, that is another number, and its own waits would be listed as the
-/// machine's.
-pub fn own_tgid() -> u32 {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|target| target.to_str()?.parse().ok())
-        .unwrap_or_else(std::process::id)
-}
-
 /// The scheduler's task clock now, as `/proc` prints `se.exec_start`: this
 /// thread's own, read while it runs (stamped when it last got the CPU).
 pub fn task_clock_now() -> Option<u64> {
