@@ -469,3 +469,43 @@ fn a_file_lock_queue_names_its_holder_and_waiters() {
     drop(children);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The advice for a FUSE mount whose daemon does not answer names the
+/// connection's `abort` file only where fusectl is mounted (where it exists);
+/// else it says how to mount fusectl first.
+#[test]
+fn fuse_advice_names_the_abort_file_only_where_fusectl_is_mounted() {
+    if !require_root("fuse_advice_names_the_abort_file_only_where_fusectl_is_mounted") {
+        return;
+    }
+    let mount = FuseMount::new("fusectl").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 2);
+    let mountpoint = mount.path().to_str().unwrap().to_owned();
+    // The advice is for waits of a second or more: snapshots until one has it.
+    let deadline = Instant::now() + scaled(START_TIMEOUT);
+    let line = loop {
+        let out = std::process::Command::new(dstrace_tests::dstrace_bin())
+            .args(["snapshot", "--json"])
+            .output()
+            .expect("dstrace snapshot runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = snapshot["advice"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|line| line.contains(&format!("the FUSE mount {mountpoint} ")))
+            .map(str::to_owned);
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no advice for {mountpoint}: {snapshot}");
+        sleep(Duration::from_millis(200));
+    };
+    drop(pileup);
+    let fusectl = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" - fusectl ");
+    let how = "`mount -t fusectl none /sys/fs/fuse/connections`";
+    assert!(line.contains("/abort fails every pending request"), "{line}");
+    assert_eq!(line.contains(how), !fusectl, "fusectl mounted: {fusectl}: {line}");
+}

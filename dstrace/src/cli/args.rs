@@ -30,6 +30,11 @@ pub struct ViewArgs {
     /// document).
     #[arg(long)]
     pub json: bool,
+
+    /// Also say which programs this kernel refused (they are always listed in
+    /// the `start` record).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 /// Options of `dstrace snapshot`.

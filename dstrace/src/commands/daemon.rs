@@ -146,7 +146,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
         watch: Watch::new(config.stuck_after, config.stuck_repeat),
         config,
     };
-    for note in daemon.session.skipped_notes() {
+    for note in daemon.session.skipped_notes(true) {
         eprintln!("dstrace: {note}");
     }
     eprintln!("dstrace: daemon: {}", daemon.config.describe());

@@ -34,7 +34,7 @@ async fn record_loop(args: &RecordArgs, options: Options) -> Result<()> {
         Recorder::create(args.caps.file(args.output.clone()), args.interval, args.min_duration)?;
     let mut session = Session::start(options, Names::new(), signals, args.duration)?;
     session.keep_ended_processes();
-    for note in session.settle(Needs { write_files: true }).into_iter().chain(session.skipped_notes()) {
+    for note in session.settle(Needs { write_files: true }).into_iter().chain(session.skipped_notes(true)) {
         eprintln!("dstrace: {note}");
     }
     eprintln!(

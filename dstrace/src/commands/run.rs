@@ -27,7 +27,7 @@ use crate::{
         privileges::Needs,
     },
     model::{
-        advice::advise,
+        advice::{advise, advise_once},
         aggregate::{group, Aggregator, Group, Totals},
         board::{Board, SortBy},
         wait::Wait,
@@ -205,7 +205,7 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
     live.traced_since = Some(session.since);
     if !json {
         // With --json, `start` says what is not recorded.
-        live.note(session.skipped_notes());
+        live.note(session.skipped_notes(args.view.verbose));
     }
     if session.hidden_symbols {
         live.note([
@@ -285,7 +285,7 @@ fn summarize(live: &mut Live, session: &mut Session) -> Result<()> {
     let aggregates = Aggregator::default().delta(session.tracer.aggregates());
     let by_process = by_process(&aggregates, &session.tracer, &mut session.names.stacks);
     let summary = Summary {
-        advice: advise(&ongoing),
+        advice: advise_once(&ongoing),
         groups: live.board.groups(&ongoing, SortBy::InD),
         shown: live.shown,
         min_duration_ns: live.min_duration_ns,

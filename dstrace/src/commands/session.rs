@@ -37,6 +37,7 @@ use crate::{
         decode::decode_wait,
         iter::Peer,
         loader::{comm_key, Filters, Options, Tracer},
+        object::own_tgid,
         privileges::{self, Needs},
     },
     model::{
@@ -203,9 +204,15 @@ impl Session {
         privileges::settle_after_attach(&self.tracer, needs)
     }
 
-    /// What this kernel cannot record, one note each.
-    pub fn skipped_notes(&self) -> Vec<String> {
-        self.tracer.skipped.iter().map(|what| format!("not recorded on this kernel: {what}")).collect()
+    /// What this kernel cannot record, one note each; the programs it refused
+    /// only with `verbose`, one short line each (the `start` record lists them
+    /// all, whole).
+    pub fn skipped_notes(&self, verbose: bool) -> Vec<String> {
+        let tracer = &self.tracer;
+        let lacks = &tracer.skipped[..tracer.skipped.len().saturating_sub(tracer.refused.len())];
+        let notes = lacks.iter().map(|what| format!("not recorded on this kernel: {what}"));
+        let refused = tracer.refused.iter().filter(|_| verbose).cloned();
+        notes.chain(refused).collect()
     }
 
     /// Waits until the session is over, completed waits arrive, or `input` (the
@@ -369,7 +376,7 @@ fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context)
     let filters = &options.filters;
     tasks
         .iter()
-        .filter(|task| task.pid != std::process::id())
+        .filter(|task| task.pid != own_tgid())
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
         .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
         .collect()

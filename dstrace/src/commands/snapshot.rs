@@ -17,9 +17,9 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::args::SnapshotArgs,
     clock::monotonic_ns,
-    kernel::{iter::Looker, preflight},
+    kernel::{iter::Looker, object::own_tgid, preflight},
     model::{
-        advice::advise,
+        advice::advise_once,
         board::{Board, SortBy},
         chain,
         seen::Seen,
@@ -57,7 +57,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
             let context = chain::Context::default();
             let waits: Vec<Wait> = tasks
                 .iter()
-                .filter(|task| task.pid != std::process::id())
+                .filter(|task| task.pid != own_tgid())
                 .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
                 .collect();
             (waits, proc_cannot_see(&tasks, &why), "proc")
@@ -65,7 +65,7 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
     };
     waits.sort_by_key(|wait: &Wait| std::cmp::Reverse(wait.duration_ns));
     let snapshot = Snapshot {
-        advice: advise(&waits),
+        advice: advise_once(&waits),
         time: SystemTime::now(),
         groups: Board::default().groups(&waits, SortBy::InD),
         waits,
@@ -99,12 +99,54 @@ fn proc_cannot_see(tasks: &[procfs::ProcTask], why: &str) -> Vec<String> {
     missing.push(
         "NFS and sunrpc RPCs in flight, who wakes a task: they need live tracing (dstrace run)".to_owned(),
     );
-    if !preflight::may_load_bpf() || tasks.iter().any(|task| task.stack.is_none()) {
-        missing.push(
-            "the kernel stacks of some tasks (/proc/PID/stack needs root): their blocking function \
-             comes from wchan"
-                .to_owned(),
-        );
+    let no_stack: Vec<&procfs::ProcTask> = tasks.iter().filter(|task| task.stack.is_none()).collect();
+    if !preflight::may_load_bpf() || !no_stack.is_empty() {
+        // `wchan` of another user's task is "0" without ptrace rights: then the
+        // blocking function is unknown too.
+        let from_wchan = no_stack.iter().any(|task| task.wchan.is_some());
+        let unknown = no_stack.iter().any(|task| task.wchan.is_none());
+        let then = match (from_wchan, unknown) {
+            (true, false) => "their blocking function comes from /proc/PID/wchan",
+            (true, true) => {
+                "their blocking function comes from /proc/PID/wchan where it is readable, else it is \
+                 unknown (?)"
+            }
+            (false, _) => "their blocking function is unknown (?): /proc/PID/wchan needs the same rights",
+        };
+        missing.push(format!("the kernel stacks of some tasks (/proc/PID/stack needs root): {then}"));
     }
     missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(wchan: Option<&str>) -> procfs::ProcTask {
+        procfs::ProcTask {
+            pid: 7,
+            tid: 7,
+            comm: "dd".into(),
+            state: 'D',
+            ppid: 1,
+            kernel_thread: false,
+            wchan: wchan.map(str::to_owned),
+            stack: None,
+            syscall: None,
+            last_ran_ns: None,
+            cpu: None,
+        }
+    }
+
+    /// Unprivileged, neither the stack nor wchan is readable: the function is
+    /// said unknown, not said to come from wchan.
+    #[test]
+    fn without_wchan_the_function_is_said_unknown() {
+        let missing = proc_cannot_see(&[task(None)], "no BPF");
+        let stacks = missing.iter().find(|line| line.contains("kernel stacks")).unwrap();
+        assert!(stacks.contains("unknown") && !stacks.contains("comes from"), "{stacks}");
+        let missing = proc_cannot_see(&[task(Some("d_alloc_parallel"))], "no BPF");
+        let stacks = missing.iter().find(|line| line.contains("kernel stacks")).unwrap();
+        assert!(stacks.ends_with("comes from /proc/PID/wchan"), "{stacks}");
+    }
 }

@@ -105,7 +105,13 @@ pub struct Tracer {
     pub program: &'static str,
     /// What this kernel lacks and dstrace therefore does not record, one line each
     /// (what the task iterator cannot give included: [`Tracer::iterator_skipped`]).
+    /// The `start` record lists them all; its last `refused.len()` are the
+    /// programs the kernel refused.
     pub skipped: Vec<String>,
+    /// The programs this kernel refused to load or attach, one short line each
+    /// (`d_alloc_parallel lookups: not traced (...)`): said only with `--verbose`,
+    /// their whole reasons being in `skipped`.
+    pub refused: Vec<String>,
     /// The task iterator programs, where the kernel has them.
     iterators: Option<Iterators>,
     /// What the task iterator cannot give on this kernel, one line each.
@@ -270,14 +276,18 @@ impl Tracer {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
         }
+        // The refusals last: they are the end of `skipped` (see `Tracer::refused`).
+        let mut refused = Vec::new();
         if rpc {
             if let Err(err) = attach_rpc(&mut ebpf, &btf) {
                 skipped.push(format!("NFS and sunrpc RPCs: {err:#}"));
+                refused.push(refused_line("NFS and sunrpc RPCs", "tracepoint", &err));
             }
         }
         if lookups {
             if let Err(err) = attach_lookups(&mut ebpf, &btf) {
                 skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
+                refused.push(refused_line("d_alloc_parallel lookups", "fentry", &err));
             }
         }
         if floors == Some(FloorOrder::Last) {
@@ -294,6 +304,7 @@ impl Tracer {
             ebpf,
             program,
             skipped,
+            refused,
             iterators,
             iterator_skipped,
             stacks,
@@ -563,6 +574,13 @@ fn attach_lookups(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     attached
 }
 
+/// The one line said of a program the kernel refused: what is not traced and the
+/// kernel's answer, its root cause only (`Operation not permitted`; the verifier
+/// log, empty or long, is for the `start` record).
+fn refused_line(what: &str, kind: &str, err: &anyhow::Error) -> String {
+    format!("{what}: not traced (this kernel refuses its {kind} programs: {})", err.root_cause())
+}
+
 /// Attaches the sunrpc programs (classic tracepoints, each named after its event),
 /// or none: without `rpc_task_end`, entries would stay in `RPC_INFLIGHT` for ever.
 fn attach_rpc(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
@@ -644,7 +662,7 @@ mod tests {
         assert_eq!(config.min_duration_ns, 5_000_000);
         assert_eq!((config.task_pid_offset, config.task_state_offset), (2000, 24));
         assert_eq!(config.flags, CONFIG_INCLUDE_IDLE);
-        assert_eq!(config.self_tgid, std::process::id(), "dstrace's own waits are left out");
+        assert_eq!(config.self_tgid, crate::kernel::object::own_tgid(), "dstrace's own waits are left out");
         assert_eq!(config.offsets, dstrace_common::Offsets::UNSET, "a group the kernel lacks stays unset");
         let options = Options { include_idle: false, ..options };
         assert_eq!(super::config(&layout, &options).flags, 0);

@@ -23,7 +23,7 @@ pub fn kernel_config(layout: &KernelLayout) -> Config {
         task_pid_offset: layout.task_pid_offset,
         task_state_offset: layout.task_state_offset,
         task_flags_offset: layout.task_flags_offset,
-        self_tgid: std::process::id(),
+        self_tgid: own_tgid(),
         offsets: layout.target_offsets.clone().unwrap_or(Offsets::UNSET),
         vfs: layout.vfs_offsets.clone().unwrap_or(VfsOffsets::UNSET),
         locks: layout.lock_offsets.clone().unwrap_or(LockOffsets::UNSET),
@@ -31,6 +31,19 @@ pub fn kernel_config(layout: &KernelLayout) -> Config {
         iter: layout.iter.offsets,
         ..Config::UNSET
     }
+}
+
+/// dstrace's own process id as the kernel side and `/proc` name it: the target
+/// of `/proc/self`, which `/proc` gives in the pid namespace it was mounted for
+/// (the host's: the ids the eBPF programs see). `std::process::id()` is the id
+/// in dstrace's own pid namespace: started in a container or by `unshare
+/// --pid`, that is another number, and its own waits would be listed as the
+/// machine's.
+pub fn own_tgid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|target| target.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
 }
 
 /// Describes the syscalls whose arguments name a file (`crate::kernel::syscalls`).

@@ -28,9 +28,22 @@ pub const MIN_AGE_NS: u64 = 1_000_000_000;
 const BLOCK_WAITS: [&str; 5] =
     ["submit_bio_wait", "__filemap_fdatawait_range", "blk_mq_get_tag", "rq_qos_wait", "__bio_queue_enter"];
 
-/// The advice for these waits (those still going on) and for the file locks
-/// others queue for now (`/proc/locks`), most tasks first.
+/// The advice for these waits (those still going on), most tasks first; with
+/// the file locks others queue for now (`/proc/locks`) only when one of them
+/// waits for a file lock. A read of `/proc/locks` takes the kernel's locks of
+/// every file lock of the host and puts dstrace itself in D for milliseconds:
+/// too much for each refresh of a live view that shows no file lock wait.
 pub fn advise(waits: &[Wait]) -> Vec<String> {
+    let file_lock_wait =
+        waits.iter().any(|wait| wait.is_ongoing() && wait.on.is_file_lock_wait(wait.blocked_in.as_deref()));
+    let queues = if file_lock_wait { file_locks::queues(&file_locks::read()) } else { Vec::new() };
+    advise_with(waits, &queues)
+}
+
+/// As [`advise`], with every file lock queue `/proc/locks` lists (its waiters
+/// sleep in S, so no wait need show it): for a look taken once (`snapshot`, the
+/// summary at the end of `run`).
+pub fn advise_once(waits: &[Wait]) -> Vec<String> {
     advise_with(waits, &file_locks::queues(&file_locks::read()))
 }
 
@@ -95,10 +108,9 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
                 _ => line.push_str("its daemon does not answer; "),
             }
             line.push_str(&format!(
-                "`{}` detaches the mount point; writing 1 to /sys/fs/fuse/connections/{}/abort fails every \
-                 pending request",
+                "`{}` detaches the mount point; {}",
                 on_mount("umount -l"),
-                mount.dev.1
+                fuse_abort(mount.dev.1, fusectl_mounted())
             ));
             advice.push((n, line));
         } else if mount.fs_type.starts_with("nfs") {
@@ -296,6 +308,24 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
     advice.into_iter().map(|(_, line)| line).collect()
 }
 
+/// How to fail every pending request of FUSE connection `minor`: its `abort` file,
+/// which exists only where the fusectl filesystem is mounted (else how to mount
+/// it first).
+fn fuse_abort(minor: u32, fusectl_mounted: bool) -> String {
+    let abort = format!("writing 1 to /sys/fs/fuse/connections/{minor}/abort fails every pending request");
+    if fusectl_mounted {
+        abort
+    } else {
+        format!("after `mount -t fusectl none /sys/fs/fuse/connections` (not mounted now), {abort}")
+    }
+}
+
+/// Whether dstrace's mount namespace has the fusectl filesystem mounted (its
+/// mount table; unreadable: not known to be).
+fn fusectl_mounted() -> bool {
+    mounts::read().is_ok_and(|table| table.iter().any(|mount| mount.fs_type == "fusectl"))
+}
+
 /// What the RPCs of these links say of the server: `, the server not responding
 /// for 2m10s (3 major timeouts of NFSv4 LOCK)`, or nothing when none timed out.
 fn rpc_state(links: &[&Link]) -> String {
@@ -446,6 +476,23 @@ mod tests {
         // Without a major timeout, nothing is said of the server's state.
         waits[1].chain = vec![rpc(0, None)];
         assert!(!advise(&waits)[0].contains("RESPONDING"));
+    }
+
+    /// The `abort` file is named as it is only where fusectl is mounted; else the
+    /// advice says how to mount it first.
+    #[test]
+    fn fuse_abort_says_how_to_mount_fusectl() {
+        assert_eq!(
+            fuse_abort(55, true),
+            "writing 1 to /sys/fs/fuse/connections/55/abort fails every pending request"
+        );
+        assert_eq!(
+            fuse_abort(55, false),
+            "after `mount -t fusectl none /sys/fs/fuse/connections` (not mounted now), writing 1 to \
+             /sys/fs/fuse/connections/55/abort fails every pending request"
+        );
+        let fusectl = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" - fusectl ");
+        assert_eq!(fusectl_mounted(), fusectl);
     }
 
     #[test]

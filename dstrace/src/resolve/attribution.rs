@@ -55,6 +55,28 @@ pub struct Attribution {
 /// Syscalls that wait for a file lock.
 const LOCKING_SYSCALLS: [&str; 2] = ["flock", "fcntl"];
 
+/// Kernel functions a task blocks in while it waits for a file lock: a POSIX lock,
+/// a flock, a lease (fs/locks.c).
+const FILE_LOCK_FUNCTIONS: [&str; 6] = [
+    "locks_lock_inode_wait",
+    "posix_lock_inode_wait",
+    "flock_lock_inode_wait",
+    "fcntl_setlk",
+    "__break_lease",
+    "do_lock_file_wait",
+];
+
+impl Attribution {
+    /// Whether the wait is one for a file lock: its syscall locks a file
+    /// (`flock`, `fcntl`), or it blocks in a file lock function of the kernel.
+    /// Only then is `/proc/locks` worth a read.
+    pub fn is_file_lock_wait(&self, blocked_in: Option<&str>) -> bool {
+        self.syscall.is_some_and(|name| LOCKING_SYSCALLS.contains(&name))
+            || !self.file_locks.is_empty()
+            || blocked_in.is_some_and(|function| FILE_LOCK_FUNCTIONS.contains(&function))
+    }
+}
+
 /// The paths of file descriptors read lately: `readlink /proc/PID/fd/N` by pid,
 /// fd, and the device and inode the kernel side saw behind the fd, so that waits
 /// on one open file (thousands a second, under load) cost one `readlink` a second,

@@ -136,7 +136,7 @@ pub fn tasks_in_states(proc_root: &Path, states: &[char]) -> io::Result<Vec<Proc
                 continue;
             }
             let dir = task_dir.join(tid.to_string());
-            if let Some(task) = read_task(&dir, pid, tid, states) {
+            if let Some(task) = read_task(&dir, pid, tid, |state| states.contains(&state)) {
                 tasks.push(task);
             }
         }
@@ -145,11 +145,12 @@ pub fn tasks_in_states(proc_root: &Path, states: &[char]) -> io::Result<Vec<Proc
     Ok(tasks)
 }
 
-/// One thread of `proc_root`, in whatever state, if it exists.
+/// One thread of `proc_root`, in whatever state, if it exists. Its `stat` is read
+/// once: a task that runs changes state between two reads (R, D, S), and is not
+/// gone for that.
 pub fn task(proc_root: &Path, pid: u32, tid: u32) -> Option<ProcTask> {
     let dir = proc_root.join(pid.to_string()).join("task").join(tid.to_string());
-    let stat = parse_stat(&read_text(&dir.join("stat")).ok()?)?;
-    read_task(&dir, pid, tid, &[stat.state])
+    read_task(&dir, pid, tid, |_| true)
 }
 
 /// The scheduler's task clock now, as `/proc` prints `se.exec_start`: this
@@ -227,10 +228,10 @@ fn numeric_name(name: &std::ffi::OsStr) -> Option<u32> {
     name.parse().ok()
 }
 
-/// One thread, if it still exists and its state is in `states`.
-fn read_task(dir: &Path, pid: u32, tid: u32, states: &[char]) -> Option<ProcTask> {
+/// One thread, if it still exists and its state is `wanted`.
+fn read_task(dir: &Path, pid: u32, tid: u32, wanted: impl Fn(char) -> bool) -> Option<ProcTask> {
     let stat = parse_stat(&read_text(&dir.join("stat")).ok()?)?;
-    if !states.contains(&stat.state) {
+    if !wanted(stat.state) {
         return None;
     }
     let stack = optional_bounded(dir, "stack")?.map(|text| parse_stack(&text));
@@ -812,6 +813,31 @@ mod tests {
         // Every state at once: unreadable files (EPERM on /proc/1/stack here) are no error.
         let states = ['R', 'S', 'D', 'T', 't', 'Z', 'X', 'I', 'P', 'W', 'K'];
         assert!(!tasks_in_states(proc_root, &states).unwrap().is_empty());
+    }
+
+    /// A thread that runs and sleeps in turn (R, S, R, ...) is found every time it
+    /// is looked at, whatever state it is in between the reads: a lock's holder
+    /// that is busy is not "gone".
+    #[test]
+    fn a_task_changing_state_is_not_gone() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (send, receive) = std::sync::mpsc::channel();
+        let busy = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = send.send(unsafe { libc::gettid() } as u32);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let spin = Instant::now();
+                while spin.elapsed() < Duration::from_micros(20) {}
+                std::thread::sleep(Duration::from_micros(1));
+            }
+        });
+        let tid = receive.recv().unwrap();
+        let pid = std::process::id();
+        let missing = (0..2000).filter(|_| task(Path::new("/proc"), pid, tid).is_none()).count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+        assert_eq!(missing, 0, "a live thread was not found {missing} times in 2000");
     }
 
     #[test]

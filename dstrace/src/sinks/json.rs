@@ -208,7 +208,9 @@ struct JsonWait<'a> {
     tid: u32,
     tgid: u32,
     comm: &'a str,
-    cgroup_id: u64,
+    /// `null` when unknown (a task seen in `/proc` only: its cgroup id is the
+    /// kernel's, which `/proc` does not give), never 0.
+    cgroup_id: Option<u64>,
     /// The cgroup v2 path.
     cgroup: Option<&'a str>,
     state: &'static str,
@@ -341,7 +343,7 @@ impl<'a> JsonWait<'a> {
             tid: wait.tid,
             tgid: wait.pid,
             comm: &wait.comm,
-            cgroup_id: wait.cgroup_id,
+            cgroup_id: (wait.cgroup_id != 0).then_some(wait.cgroup_id),
             cgroup: wait.cgroup.as_deref(),
             state: wait.state.name(),
             function: wait.blocked_in.as_deref(),

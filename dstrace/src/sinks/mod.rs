@@ -225,6 +225,15 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A cgroup id the record does not know (a task seen in `/proc`) is `null`,
+    /// not the 0 no cgroup has.
+    #[test]
+    fn json_cgroup_id_unknown_is_null() {
+        assert_eq!(json::json_wait(&wait("stat"))["cgroup_id"], 1234);
+        let unknown = Wait { cgroup_id: 0, source: Source::Proc, ..wait("stat") };
+        assert_eq!(json::json_wait(&unknown)["cgroup_id"], serde_json::Value::Null);
+    }
+
     #[test]
     fn text_line_has_every_column() {
         let text = printed(Format::Text { stacks: true }, |p| p.wait(&wait("stat")).unwrap());
@@ -275,6 +284,26 @@ mod tests {
         assert_eq!(value["mount"]["dev"], "0:55");
         assert_eq!(value["file"]["path"], "/tmp/fuse/missing");
         assert_eq!(value["syscall"], "statx");
+    }
+
+    /// A mount whose only wait is still going on: the table by mount does not say
+    /// it was blocked 0us. Its blocked-time columns are those of the waits that
+    /// ended (none here), labelled so; its oldest wait is there as an age so far.
+    #[test]
+    fn the_table_by_mount_says_its_blocked_time_is_of_ended_waits() {
+        let mut ongoing = wait("dd");
+        ongoing.end = None;
+        ongoing.duration_ns = 86_000_000_000;
+        let groups = crate::model::board::Board::default()
+            .groups(std::slice::from_ref(&ongoing), crate::model::board::SortBy::InD);
+        let text =
+            printed(Format::Text { stacks: false }, |p| p.summary(&Summary { groups, ..summary() }).unwrap());
+        let table = text.split("Waits by mount").nth(1).unwrap();
+        let header = table.lines().nth(1).unwrap();
+        assert!(header.contains("DONE TIME") && header.contains("DONE MAX"), "{text}");
+        let row = table.lines().find(|line| line.contains("/tmp/fuse")).unwrap();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[1..5], ["1", "1m26s+", "0", "0us"], "{text}");
     }
 
     #[test]

@@ -158,19 +158,27 @@ impl<W: Write> TextSink<W> {
             return Ok(());
         }
         writeln!(self.out)?;
-        writeln!(self.out, "{title} (waits shown and tasks still in D):")?;
+        // The blocked time here is that of the waits that ended (DONE): a task
+        // still in D counts in IN D NOW and OLDEST only (the tree above counts
+        // its time so far in its BLOCKED).
+        writeln!(
+            self.out,
+            "{title} (tasks still in D; waits shown that ended, their blocked time and longest):"
+        )?;
         writeln!(
             self.out,
             "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  WHAT / HELD BY",
-            what, "IN D NOW", "OLDEST", "DONE", "BLOCKED", "MAX"
+            what, "IN D NOW", "OLDEST", "DONE", "DONE TIME", "DONE MAX"
         )?;
         for group in groups.iter().take(TEXT_GROUPS) {
+            let oldest =
+                if group.ongoing > 0 { format!("{}+", human_duration(group.oldest_ns)) } else { "-".into() };
             writeln!(
                 self.out,
                 "  {:<40}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {}",
                 escape(&group.key),
                 group.ongoing,
-                human_duration(group.oldest_ns),
+                oldest,
                 group.completed.count,
                 human_duration(group.completed.total_ns),
                 human_duration(group.completed.max_ns),
