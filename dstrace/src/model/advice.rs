@@ -239,7 +239,7 @@ pub fn advise_with(waits: &[Wait], queues: &[Queue]) -> Vec<String> {
             (Some(state), None) => format!("; it is in {state}"),
             (None, _) => "; it has exited since".to_owned(),
         };
-        let what = if name.starts_with("lookup of a name") { "is looking up the name" } else { "holds" };
+        let what = if name.starts_with("lookup of a name") { "is doing the" } else { "holds" };
         advice.push((
             n,
             format!(

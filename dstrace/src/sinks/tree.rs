@@ -162,13 +162,15 @@ pub fn chain_text(links: &[Link]) -> String {
                 };
                 match oldest_ns {
                     Some(age) => format!(
-                        "{in_flight} FUSE requests unanswered{read}, the oldest for {} ({oldest_opcode} from \
+                        "{} unanswered{read}, the oldest for {} ({oldest_opcode} from \
                          {oldest_comm}[{oldest_tid}])",
+                        fuse_requests(*in_flight),
                         human_duration(*age)
                     ),
                     None => format!(
-                        "{in_flight} FUSE requests unanswered{read}, the first {oldest_opcode} from \
-                         {oldest_comm}[{oldest_tid}]"
+                        "{} unanswered{read}, the first {oldest_opcode} from \
+                         {oldest_comm}[{oldest_tid}]",
+                        fuse_requests(*in_flight)
                     ),
                 }
             }
@@ -180,7 +182,10 @@ pub fn chain_text(links: &[Link]) -> String {
                     None => text.push_str(" (gone)"),
                 }
                 if let Some(waiting) = waiting {
-                    text.push_str(&format!(", {waiting} requests waiting"));
+                    text.push_str(&format!(
+                        ", {waiting} {} waiting",
+                        if *waiting == 1 { "request" } else { "requests" }
+                    ));
                 }
                 text
             }
@@ -226,6 +231,14 @@ pub fn chain_text(links: &[Link]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" -> ")
+}
+
+/// `1 FUSE request`, `3 FUSE requests`.
+fn fuse_requests(n: u64) -> String {
+    match n {
+        1 => "1 FUSE request".to_owned(),
+        n => format!("{n} FUSE requests"),
+    }
 }
 
 /// `3 tasks in D, the oldest for 4.100s`, or `no task in D`.
@@ -430,6 +443,14 @@ mod tests {
             chain_text(&[requests(None, None)]),
             "3 FUSE requests unanswered, the first LOOKUP from touch[6]"
         );
+        let mut one = requests(None, None);
+        if let Link::FuseRequests { in_flight, .. } = &mut one {
+            *in_flight = 1;
+        }
+        assert_eq!(chain_text(&[one]), "1 FUSE request unanswered, the first LOOKUP from touch[6]");
+        let daemon = |waiting| Link::FuseDaemon { pid: 5, comm: "sshfs".into(), state: Some('S'), waiting };
+        assert_eq!(chain_text(&[daemon(Some(1))]), "FUSE daemon sshfs[5] S, 1 request waiting");
+        assert_eq!(chain_text(&[daemon(Some(2))]), "FUSE daemon sshfs[5] S, 2 requests waiting");
     }
 
     #[test]

@@ -176,7 +176,6 @@ impl Tui {
         let size = self.terminal.size()?;
         let (width, height) = (usize::from(size.width), usize::from(size.height));
         let lines = self.body(&groups, stuck_count, finished_count, width);
-        let advice = advice_lines(&advice, width, height.saturating_sub(4 + MIN_BODY));
         let footer = self.footer(width);
         let mut parts: Vec<String> = screen.status.iter().map(|part| escape(part)).collect();
         let mut keep = 2;
@@ -190,6 +189,15 @@ impl Tui {
             .map(|line| Line::from(format!(" {line:w$}", w = width.saturating_sub(1))).bold().reversed())
             .collect();
         let status_height = status.len();
+        // The first group (the most stuck) keeps its rows and chain whole and the
+        // first advice item stays whole; the advice has what the groups leave.
+        let room = height.saturating_sub(2 + status_height);
+        let first_item =
+            advice.first().map_or(0, |line| wrap(&format!("* {}", controls(line)), width, 0, 2).len());
+        let first_group =
+            if stuck_count > 0 { self.group_lines.get(1).copied().unwrap_or(lines.len()) } else { 0 };
+        let body_keeps = first_group.min(room.saturating_sub(first_item)).max(MIN_BODY);
+        let advice = advice_lines(&advice, width, room.saturating_sub(body_keeps));
         let header = Line::from(format!(
             "{:>5} {:>8} {:>8} {:>6} MOUNT / LOCK / BLOCKED IN",
             "IN D", "OLDEST", "BLOCKED", "DONE"
