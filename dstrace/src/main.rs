@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Record(args) => commands::record::record(&args),
         Command::Report(args) => commands::report::report(&args),
         Command::Daemon(args) => commands::daemon::daemon(&args),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man { dir } => commands::docs::man(dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

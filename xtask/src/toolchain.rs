@@ -207,9 +207,12 @@ pub const INFERNO_VERSION: &str = "0.12.8";
 /// report tests' profiles), `prometheus` (scrapes `dstrace daemon` in its tests;
 /// its `promtool check metrics` checks the scrapes),
 /// `systemd-analyze` (verifies dist/dstrace.service) and `strace` (the reliability
-/// tests list every path dstrace touches beside a dead mount).
+/// tests list every path dstrace touches beside a dead mount), `man` (renders
+/// `dstrace man`) and `jq` (the `--help` examples are run as written).
 pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "tmux"),
+    ("man", "man-db"),
+    ("jq", "jq"),
     ("go", "golang-go"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),

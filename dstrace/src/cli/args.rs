@@ -138,7 +138,7 @@ pub struct FileCapArgs {
 pub struct RunOutputArgs {
     /// Also write a recording to FILE (as `dstrace record` does), every --interval
     /// or every 10s; read it with `dstrace report`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     #[command(flatten)]

@@ -87,8 +87,9 @@ pub struct Settings {
     #[serde(default, deserialize_with = "duration")]
     pub min_duration: Option<Duration>,
 
-    /// Also count TASK_IDLE waits (idle kernel threads) [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    /// Also count TASK_IDLE waits (idle kernel threads); in the file:
+    /// `include-idle = true`.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     #[serde(default)]
     pub include_idle: Option<bool>,
 

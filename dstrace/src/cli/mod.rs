@@ -1,5 +1,6 @@
-//! The command line, defined once: `--help`, errors and (later) the man page and
-//! completions all come from these definitions.
+//! The command line, defined once: `--help`, errors, the man page (`dstrace man`)
+//! and the shell completions (`dstrace completions SHELL`) all come from these
+//! definitions, so none of them can say a flag that is not there.
 //!
 //! * this file: [`Cli`] and its [`Command`]s, with the help that teaches them;
 //! * [`args`]: every subcommand's flags;
@@ -10,9 +11,43 @@ pub mod args;
 pub mod daemon;
 pub mod parse;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 use crate::cli::args::{RecordArgs, ReportArgs, RunArgs, SnapshotArgs};
+
+/// The words dstrace prints, explained (the end of `dstrace --help` and
+/// `dstrace run --help`, and the README's glossary).
+pub const GLOSSARY: &str = "\
+Words in the output:
+  D               TASK_UNINTERRUPTIBLE: asleep, deaf to signals, kill -9 included.
+  D+killable      TASK_KILLABLE: as D, but kill -9 ends the wait (NFS, FUSE, most locks).
+  D+idle          TASK_IDLE: an idle kernel thread; left out unless --include-idle.
+  IN D            Tasks of the group in D now.
+  OLDEST          The longest wait of the group still in D; a trailing + says it is
+                  still growing. >= before an age: a lower bound (the wait began
+                  before dstrace started, and the kernel kept no exact start).
+  BLOCKED         Time in D so far: the waits that ended plus the ones still going.
+  DONE            Waits of the group that have ended since dstrace started.
+  DONE TIME/MAX   Summary tables: the total and longest of the waits that ended.
+  BLOCKED IN      The kernel function the task sleeps in, below the scheduler and the
+                  lock and wait primitives.
+  WOKEN BY        The task that woke the waiter (comm[tid]); irq(comm[tid]) when the
+                  wake-up came from an interrupt, whose task is whichever it came in on.
+  done by pid N   A group whose waits all ended: the processes that had them.
+  held by X[N]    The task holding the lock the group waits for; (gone) when it has
+                  exited, S/D/R its state now, in FUNCTION where it sleeps.
+  chain           Waiter -> lock -> holder -> what the holder waits on -> the FUSE
+                  daemon or NFS server at the end.
+  P99<=           99 of 100 waits took at most this long (the upper edge of the
+                  kernel histogram's power-of-two bucket).
+  drops           Data the kernel side could not keep (full maps or ring buffer);
+                  none means nothing was lost.";
+
+/// `0.1.0 (commit 0123456789ab)`: the version and the git commit it was built from
+/// (`unknown commit` for a build outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DSTRACE_COMMIT"), ")");
 
 /// Finds tasks stuck in uninterruptible sleep (the `D` of `ps`): for how long, and in
 /// which kernel function.
@@ -22,7 +57,13 @@ use crate::cli::args::{RecordArgs, ReportArgs, RunArgs, SnapshotArgs};
 /// on a dead NFS or FUSE mount. It needs root (or CAP_BPF and CAP_PERFMON) and a
 /// kernel with BTF (CONFIG_DEBUG_INFO_BTF=y, Linux 5.8 or later).
 #[derive(Debug, Parser)]
-#[command(name = "dstrace", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "dstrace",
+    version = VERSION,
+    propagate_version = true,
+    max_term_width = 100,
+    after_long_help = GLOSSARY
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -46,8 +87,10 @@ pub enum Command {
     /// short ones included), the tasks still in D, the advice and the counters,
     /// drops included.
     ///
-    /// On a terminal this is a full-screen view: arrows or j/k move, Enter expands
-    /// a group to its tasks and stacks, s changes the order, / filters, q quits.
+    /// On a terminal this is a full-screen view, the groups with tasks in D first:
+    /// arrows or j/k move, Enter expands a group to its tasks and stacks, s changes
+    /// the order, / filters, f shows finished waits, p pauses, ? lists every key,
+    /// q quits.
     /// Otherwise (piped, or --plain): a line per completed wait and, every
     /// --interval, the groups as a table. With --json: one JSON object per line
     /// (the schema is in the README).
@@ -57,7 +100,7 @@ pub enum Command {
     ///   sudo dstrace run --plain --min-duration 100ms --stacks
     ///   sudo dstrace run --duration 30s --json > waits.ndjson
     ///   sudo dstrace run --comm nova-compute --pid 4242,4243
-    #[command(verbatim_doc_comment)]
+    #[command(verbatim_doc_comment, after_long_help = GLOSSARY)]
     Run(RunArgs),
 
     /// One look at the tasks in D now, no live tracing.
@@ -73,7 +116,7 @@ pub enum Command {
     ///
     /// Examples:
     ///   dstrace snapshot
-    ///   sudo dstrace snapshot --json | jq '.tasks[] | {pid, comm, blocked_in}'
+    ///   sudo dstrace snapshot --json | jq '.tasks[] | {tid, comm, function, blocked_ms}'
     #[command(verbatim_doc_comment)]
     Snapshot(SnapshotArgs),
 
@@ -135,6 +178,31 @@ pub enum Command {
     ///   curl -s localhost:9977/metrics | grep dstrace_uninterruptible_tasks
     #[command(verbatim_doc_comment)]
     Daemon(daemon::DaemonArgs),
+
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Examples:
+    ///   dstrace completions bash | sudo tee /etc/bash_completion.d/dstrace
+    ///   dstrace completions zsh > ~/.zfunc/_dstrace
+    ///   dstrace completions fish > ~/.config/fish/completions/dstrace.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff), or write one page per command to a directory.
+    ///
+    /// Examples:
+    ///   dstrace man | man -l -
+    ///   sudo dstrace man --dir /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write dstrace.1 and dstrace-COMMAND.1 into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

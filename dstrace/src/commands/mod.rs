@@ -3,6 +3,7 @@
 //! in how they trace.
 
 pub mod daemon;
+pub mod docs;
 pub mod record;
 pub mod report;
 pub mod run;
