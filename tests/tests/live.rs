@@ -280,7 +280,8 @@ impl<'m> Scene<'m> {
             s.lines().any(|l| l.contains(&self.mountpoint) && l.split_whitespace().next() == Some("2"))
                 && s.split_whitespace().collect::<Vec<_>>().join(" ").contains(&holder)
                 && chain.contains(&owner)
-                && chain.contains(" unanswered") && chain.contains("FUSE request")
+                && chain.contains(" unanswered")
+                && chain.contains("FUSE request")
                 && chain
                     .rsplit(" -> ")
                     .next()
