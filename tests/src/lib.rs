@@ -830,3 +830,14 @@ pub fn hostile_pileup<'m>(
     std::os::unix::fs::symlink(std::path::Path::new("/usr/bin/stat"), &program).unwrap();
     Pileup::of(mount, &program, &mount.path().join(name), n)
 }
+
+/// `report`'s standard error without its warning that the kernel side lost data
+/// while the recording was made (a lost stack on a busy host is counted and said,
+/// not a fault of the recording): what the tests of damage and refusals count.
+pub fn without_kernel_losses(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|line| !line.starts_with("dstrace: warning: the kernel side lost data"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
