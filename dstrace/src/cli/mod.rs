@@ -82,10 +82,10 @@ pub enum Command {
     /// and the lock and wait primitives), with the wait chain of each group
     /// (waiter -> lock -> holder -> what the holder waits on -> daemon or server)
     /// and advice for the patterns it knows. Idle kernel threads (TASK_IDLE) are
-    /// left out unless --include-idle is given. At the end (q, Ctrl-C, SIGTERM, SIGHUP or
-    /// --duration): the groups, blocked time by process and function (every wait,
-    /// short ones included), the tasks still in D, the advice and the counters,
-    /// drops included.
+    /// left out unless --include-idle is given. At the end (q, Ctrl-C, SIGTERM,
+    /// SIGHUP or --duration): the groups, blocked time by process and function
+    /// (every wait, short ones included), the tasks still in D, the advice and the
+    /// counters, drops included.
     ///
     /// On a terminal this is a full-screen view, the groups with tasks in D first:
     /// arrows or j/k move, Enter expands a group to its tasks and stacks, s changes
