@@ -288,7 +288,7 @@ impl<'m> Scene<'m> {
                     .is_some_and(|last| last.starts_with("FUSE daemon ") && last.contains(']'))
                 && advice.contains(&format!("on the FUSE mount {}", self.mountpoint))
                 && advice.ends_with("fails every pending request")
-                && s.contains("groups of finished waits")
+                && s.contains(" of finished waits, nothing in D now")
                 && status(s).contains("only --comm")
                 && status(s).contains("drops:")
         })

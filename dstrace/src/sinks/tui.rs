@@ -289,13 +289,15 @@ impl Tui {
             if self.finished {
                 lines.push(
                     Line::from(format!(
-                        "-- {finished} groups of finished waits, nothing in D now (f hides them) --"
+                        "-- {} of finished waits, nothing in D now (f hides them) --",
+                        groups_of(finished)
                     ))
                     .italic(),
                 );
                 self.rows(&mut lines, groups, stuck..groups.len(), width);
             } else {
-                let text = format!("{finished} groups of finished waits, nothing in D now: f shows them");
+                let text =
+                    format!("{} of finished waits, nothing in D now: f shows them", groups_of(finished));
                 lines.extend(wrap(&text, width, 0, 2).into_iter().map(|line| Line::from(line).italic()));
             }
         }
@@ -567,6 +569,15 @@ fn severity(oldest_ns: u64) -> Style {
     }
 }
 
+/// `1 group`, `3 groups`.
+fn groups_of(n: usize) -> String {
+    if n == 1 {
+        "1 group".to_owned()
+    } else {
+        format!("{n} groups")
+    }
+}
+
 /// The advice wrapped to the width, at most `max` lines; a last line says when
 /// some did not fit.
 fn advice_lines(advice: &[String], width: usize, max: usize) -> Vec<Line<'static>> {
@@ -725,6 +736,12 @@ mod tests {
 
     fn parts(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|part| (*part).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_count_of_groups_is_said_in_the_number_it_has() {
+        assert_eq!(groups_of(1), "1 group");
+        assert_eq!(groups_of(7), "7 groups");
     }
 
     #[test]
