@@ -374,9 +374,10 @@ fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context)
     // After the listing: each task listed last ran before.
     let now = ProcNow::read();
     let filters = &options.filters;
+    let own = own_tgid();
     tasks
         .iter()
-        .filter(|task| task.pid != own_tgid())
+        .filter(|task| task.pid != own)
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
         .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
         .collect()

@@ -55,9 +55,10 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<()> {
             let tasks = procfs::tasks_in_states(Path::new("/proc"), states).context("cannot list /proc")?;
             let now = ProcNow::read();
             let context = chain::Context::default();
+            let own = own_tgid();
             let waits: Vec<Wait> = tasks
                 .iter()
-                .filter(|task| task.pid != own_tgid())
+                .filter(|task| task.pid != own)
                 .map(|task| Wait::from_proc(task, &now, &mut names).with_chain(&context))
                 .collect();
             (waits, proc_cannot_see(&tasks, &why), "proc")
