@@ -391,7 +391,21 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
                 scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();
             (n >= 3.0).then_some(scrape)
         },
-        || daemon.metrics(),
+        || {
+            // What the scheduler says of each (its CPU and last-run stamp), for a failure.
+            let tasks: Vec<String> = pileup
+                .stuck
+                .iter()
+                .map(|pid| {
+                    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap_or_default();
+                    let stamp = sched.lines().find(|l| l.starts_with("se.exec_start")).unwrap_or("?");
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let cpu = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(36));
+                    format!("{pid}: cpu {cpu:?}, {stamp}")
+                })
+                .collect();
+            format!("{}\n{}", tasks.join("\n"), daemon.metrics())
+        },
     );
     // All of them (the lookup's owner waits in S), none of them on "none".
     let on: f64 = scraped(&scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum();

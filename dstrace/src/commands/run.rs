@@ -20,7 +20,7 @@ use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
 use crate::{
     cli::args::RunArgs,
     clock::{duration_ns, human_duration, local_time_of_day, ticks},
-    commands::session::{self, in_d_now, next_tick, Session, Signals, Wake},
+    commands::session::{self, in_d_now, next_tick, FirstSeen, Session, Signals, Wake},
     kernel::{
         loader::{Options, Tracer},
         preflight,
@@ -182,7 +182,7 @@ async fn trace(args: &RunArgs, options: Options) -> Result<()> {
     // At once, before anything is loaded: the tasks already in D as `/proc` shows
     // them, on the full screen (lines wait for the look from kernel memory below).
     let mut names = Names::new();
-    live.in_d = in_d_now(None, &options, min_duration_ns, &mut names).0;
+    live.in_d = in_d_now(None, &options, min_duration_ns, &mut names, &mut FirstSeen::default()).0;
     live.draw().context("cannot write to standard output")?;
 
     let mut session =

@@ -140,6 +140,8 @@ pub struct Session {
     pub since: Instant,
     /// Why the last look at the tasks in D fell back on `/proc`, once said.
     look_failed: Option<String>,
+    /// When each task in D since before tracing was first found so.
+    first_seen: FirstSeen,
     /// Notes not yet shown.
     notes: Vec<String>,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -181,6 +183,7 @@ impl Session {
             hidden_symbols,
             since,
             look_failed: None,
+            first_seen: FirstSeen::default(),
             notes: Vec::new(),
             ring,
             signals,
@@ -265,8 +268,13 @@ impl Session {
     /// that fails (the task iterator refused) falls back on `/proc`, and says why
     /// once ([`Session::notes`]).
     pub fn in_d_now(&mut self, min_duration_ns: u64) -> Vec<Wait> {
-        let (waits, failed) =
-            in_d_now(Some(&mut self.tracer), &self.options, min_duration_ns, &mut self.names);
+        let (waits, failed) = in_d_now(
+            Some(&mut self.tracer),
+            &self.options,
+            min_duration_ns,
+            &mut self.names,
+            &mut self.first_seen,
+        );
         if let Some(why) = failed {
             if self.look_failed.as_deref() != Some(why.as_str()) {
                 self.notes.push(format!("warning: the look at the tasks in D fell back on /proc: {why}"));
@@ -286,19 +294,22 @@ impl Session {
 /// kernel side tracks, then those in D since before tracing began, read from
 /// kernel memory by the task iterator (or from `/proc` where it cannot run), with
 /// their chains. Without a tracer (before loading), `/proc`'s only. Returns why
-/// the iterator's look failed, if it did.
+/// the iterator's look failed, if it did. A wait found before is at least as old
+/// as the time since (`first_seen`), whatever its task clock says.
 pub fn in_d_now(
     tracer: Option<&mut Tracer>,
     options: &Options,
     min_duration_ns: u64,
     names: &mut Names,
+    first_seen: &mut FirstSeen,
 ) -> (Vec<Wait>, Option<String>) {
     // Mounts made since the last look are named, not the mount below them.
     names.mounts.refresh_if_changed();
     let now_ns = monotonic_ns();
     let Some(tracer) = tracer else {
         let context = chain::Context { now_ns, ..chain::Context::default() };
-        let mut waits = waits_in_proc(options, names, &context);
+        let mut waits = waits_in_proc(options, names, &context, first_seen);
+        first_seen.forget_the_others();
         waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
         return (waits, None);
     };
@@ -346,14 +357,20 @@ pub fn in_d_now(
             .in_d(options.include_idle)
             .filter(|seen| !traced.contains(&seen.task.tid))
             .filter(|seen| seen_task_wanted(filters, seen))
-            .map(|seen| Wait::from_seen(seen, &context.seen, &now, names).with_chain(&context))
+            .map(|seen| {
+                let wait = Wait::from_seen(seen, &context.seen, &now, names);
+                first_seen.bound(wait, seen.task.last_ran_ns, now_ns).with_chain(&context)
+            })
             .collect();
         waits.extend(before);
     } else {
         waits.extend(
-            waits_in_proc(options, names, &context).into_iter().filter(|wait| !traced.contains(&wait.tid)),
+            waits_in_proc(options, names, &context, first_seen)
+                .into_iter()
+                .filter(|wait| !traced.contains(&wait.tid)),
         );
     }
+    first_seen.forget_the_others();
     waits.sort_by_key(|wait| std::cmp::Reverse(wait.duration_ns));
     (waits, failed)
 }
@@ -368,7 +385,12 @@ fn seen_task_wanted(filters: &Filters, seen: &SeenTask) -> bool {
 
 /// The tasks in D now according to `/proc`, as ongoing waits, filtered like the
 /// kernel side filters (but for cgroups, which `/proc/PID/stat` does not name).
-fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context) -> Vec<Wait> {
+fn waits_in_proc(
+    options: &Options,
+    names: &mut Names,
+    context: &chain::Context,
+    first_seen: &mut FirstSeen,
+) -> Vec<Wait> {
     let states: &[char] = if options.include_idle { &['D', 'I'] } else { &['D'] };
     let tasks = procfs::tasks_in_states(Path::new("/proc"), states).unwrap_or_default();
     // After the listing: each task listed last ran before.
@@ -379,8 +401,48 @@ fn waits_in_proc(options: &Options, names: &mut Names, context: &chain::Context)
         .iter()
         .filter(|task| task.pid != own)
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
-        .map(|task| Wait::from_proc(task, &now, names).with_chain(context))
+        .map(|task| {
+            let wait = Wait::from_proc(task, &now, names);
+            first_seen.bound(wait, task.last_ran_ns, context.now_ns).with_chain(context)
+        })
         .collect()
+}
+
+/// When a session first found each task in D whose wait it did not see begin, by
+/// thread and the task's last-run stamp (a task that ran since is in another
+/// wait). Its wait is at least as old as the time since: a lower bound that holds
+/// where the task clock gives none (a stamp the scheduler reset when it moved the
+/// sleeping task to another CPU) or too little.
+#[derive(Debug, Default)]
+pub struct FirstSeen {
+    at: std::collections::HashMap<u32, (Option<u64>, u64)>,
+    /// The tasks found by the look under way, to forget the others after it.
+    now: HashSet<u32>,
+}
+
+impl FirstSeen {
+    /// `wait`, found now (`now_ns`, monotonic) with last-run stamp `stamp`, its age
+    /// raised to the time since it was first found so, if that is more.
+    fn bound(&mut self, mut wait: Wait, stamp: Option<u64>, now_ns: u64) -> Wait {
+        let first = self.at.entry(wait.tid).or_insert((stamp, now_ns));
+        // A stamp that changed to 0 is the scheduler's reset, not a run.
+        if first.0 != stamp && stamp.is_some_and(|stamp| stamp != 0) {
+            *first = (stamp, now_ns);
+        }
+        self.now.insert(wait.tid);
+        let since = now_ns.saturating_sub(first.1);
+        if since > wait.duration_ns {
+            wait.duration_ns = since;
+            wait.start = std::time::SystemTime::now().checked_sub(Duration::from_nanos(since));
+        }
+        wait
+    }
+
+    /// Forgets the tasks the last look did not find in D.
+    fn forget_the_others(&mut self) {
+        let now = std::mem::take(&mut self.now);
+        self.at.retain(|tid, _| now.contains(tid));
+    }
 }
 
 /// Whether a task seen in `/proc` passes the pid, tid and comm filters.
@@ -411,6 +473,31 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::wait::fake::ongoing;
+
+    #[test]
+    fn a_wait_found_before_is_at_least_as_old_as_the_time_since() {
+        const S: u64 = 1_000_000_000;
+        let mut first = FirstSeen::default();
+        // First found with no age the task clock could give: 0, then 2 s later 2 s.
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 10 * S).duration_ns, 0);
+        first.forget_the_others();
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 12 * S).duration_ns, 2 * S);
+        // The task clock's age stands where it says more.
+        let wait = first.bound(ongoing(7, "", 9 * S), Some(5), 12 * S);
+        assert_eq!(wait.duration_ns, 9 * S);
+        // A stamp the scheduler reset to 0 is the same wait.
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(0), 13 * S).duration_ns, 3 * S);
+        first.forget_the_others();
+        // A task that ran since (another stamp) is in another wait.
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(6), 14 * S).duration_ns, 0);
+        first.forget_the_others();
+        // Not found by a look: forgotten, found again later from nothing.
+        first.forget_the_others();
+        let wait = first.bound(ongoing(7, "", 0), Some(6), 20 * S);
+        assert_eq!(wait.duration_ns, 0);
+        assert!(wait.start.is_none());
+    }
 
     #[test]
     fn proc_tasks_are_filtered_like_the_kernel_side() {

@@ -215,11 +215,7 @@ impl Wait {
     /// read on the task clock of the CPU it last ran on, as [`Wait::from_proc`]).
     pub fn from_seen(seen: &SeenTask, look: &Seen, now: &ProcNow, names: &mut Names) -> Wait {
         let task = &seen.task;
-        let clock = task.cpu.and_then(|cpu| now.task_clocks.get(&cpu)).copied();
-        let age = match (task.last_ran_ns, clock) {
-            (Some(ran), Some(now)) if ran <= now => Some(now - ran),
-            _ => None,
-        };
+        let age = now.age_since(task.last_ran_ns, task.cpu);
         let lock = look.lock_of(seen);
         let mut on = attribution_of(task, names);
         if on.mount.is_none() {

@@ -245,6 +245,25 @@ impl ProcNow {
     pub fn read() -> ProcNow {
         ProcNow { wall: SystemTime::now(), task_clocks: procfs::task_clocks_now() }
     }
+
+    /// How long a task has not run, a lower bound, from its `se.exec_start`
+    /// (`last_ran`, on the task clock of the CPU it was stamped on) and the CPU the
+    /// kernel says it is on. Normally that CPU stamped it. A sleeping task that the
+    /// scheduler moved since (a dequeue the kernel delays keeps it on a run queue,
+    /// where load balancing may move it) keeps the old CPU's stamp, which may lie
+    /// ahead of its new CPU's clock (the clocks of two CPUs drift apart by their
+    /// interrupt and stolen time, minutes on a busy virtual machine): then the least
+    /// age on any CPU whose clock has passed the stamp, still a lower bound since
+    /// one of them stamped it. `None` when the kernel reset the stamp (0) or no
+    /// clock passed it.
+    pub fn age_since(&self, last_ran: Option<u64>, cpu: Option<u32>) -> Option<u64> {
+        let ran = last_ran.filter(|&ran| ran != 0)?;
+        let own = cpu.and_then(|cpu| self.task_clocks.get(&cpu)).copied();
+        match own {
+            Some(now) if ran <= now => Some(now - ran),
+            _ => self.task_clocks.values().filter(|&&now| ran <= now).map(|&now| now - ran).min(),
+        }
+    }
 }
 
 /// What turns kernel records into [`Wait`]s: the names, and the kernel side's
@@ -347,11 +366,7 @@ impl Wait {
     pub fn from_proc(task: &ProcTask, now: &ProcNow, names: &mut Names) -> Wait {
         let stack: Stack = task.stack.clone().unwrap_or_default().into();
         let blocked_in = task.blocked_in();
-        let clock = task.cpu.and_then(|cpu| now.task_clocks.get(&cpu)).copied();
-        let age = match (task.last_ran_ns, clock) {
-            (Some(ran), Some(now)) if ran <= now => Some(now - ran),
-            _ => None,
-        };
+        let age = now.age_since(task.last_ran_ns, task.cpu);
         Wait {
             start: age.and_then(|age| now.wall.checked_sub(std::time::Duration::from_nanos(age))),
             end: None,
@@ -501,5 +516,27 @@ mod tests {
             Some("rpc_wait_bit_killable"),
             "wchan stands in for the stack"
         );
+    }
+
+    #[test]
+    fn an_age_is_read_on_the_clock_that_stamped_it_and_never_above_it() {
+        let now = |clocks: &[(u32, u64)]| ProcNow {
+            wall: std::time::UNIX_EPOCH,
+            task_clocks: clocks.iter().copied().collect(),
+        };
+        // CPU 0's clock 540 s ahead of CPU 1's, as seen on a busy virtual machine.
+        let clocks = now(&[(0, 600_000), (1, 60_000)]);
+        // Stamped on its own CPU: its own clock, whether ahead or behind.
+        assert_eq!(clocks.age_since(Some(590_000), Some(0)), Some(10_000));
+        assert_eq!(clocks.age_since(Some(50_000), Some(1)), Some(10_000));
+        // Moved while asleep from CPU 0 to CPU 1: CPU 1's clock has not reached the
+        // stamp, CPU 0's gives its age.
+        assert_eq!(clocks.age_since(Some(590_000), Some(1)), Some(10_000));
+        // A stamp the kernel reset, none, or one no clock passed: unknown.
+        assert_eq!(clocks.age_since(Some(0), Some(0)), None);
+        assert_eq!(clocks.age_since(None, Some(0)), None);
+        assert_eq!(clocks.age_since(Some(700_000), Some(0)), None);
+        // A CPU whose clock this process could not read: the least age on the others.
+        assert_eq!(clocks.age_since(Some(50_000), Some(7)), Some(10_000));
     }
 }
