@@ -662,6 +662,24 @@ impl BpfIds {
     }
 }
 
+/// The names of the BPF programs `pid` has attached: those its links run (each
+/// link's `/proc/PID/fdinfo` names its program), as the kernel keeps them (at most
+/// 15 bytes).
+pub fn attached_programs(pid: u32) -> std::collections::BTreeSet<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Default::default() };
+    let linked: std::collections::BTreeSet<u32> = fds
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.lines().any(|line| line.starts_with("link_id:")))
+        .filter_map(|info| info.lines().find_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|program| linked.contains(&program.id()))
+        .filter_map(|program| program.name_as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Samples the BPF objects a process holds until it ends (every 20 ms), so that
 /// what it held is known even when it is killed: [`BpfWatch::finish`] returns
 /// the union.

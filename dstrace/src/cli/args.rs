@@ -91,6 +91,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub user_stacks: bool,
 
+    /// Do not record who woke each wait: leaves the sched_waking tracepoint
+    /// unattached, so that dstrace costs nothing on the machine's wake-ups, only on
+    /// its context switches (BENCHMARKS.md measures both). The waker ("woken by"
+    /// in the output) says who ended a wait: the holder that released a lock, the
+    /// interrupt that completed an I/O. The daemon never records it.
+    #[arg(long)]
+    pub no_waker: bool,
+
     /// Tasks the kernel side tracks in D at once; more are counted as drops.
     #[arg(long, value_name = "N", default_value_t = dstrace_common::limits::INFLIGHT_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -168,6 +176,14 @@ pub struct RecordArgs {
     /// Also record TASK_IDLE waits (idle kernel threads).
     #[arg(long)]
     pub include_idle: bool,
+
+    /// Do not record who woke each wait: leaves the sched_waking tracepoint
+    /// unattached, so that dstrace costs nothing on the machine's wake-ups, only on
+    /// its context switches (BENCHMARKS.md measures both). The waker ("woken by"
+    /// in the output) says who ended a wait: the holder that released a lock, the
+    /// interrupt that completed an I/O. The daemon never records it.
+    #[arg(long)]
+    pub no_waker: bool,
 
     #[command(flatten)]
     pub caps: FileCapArgs,

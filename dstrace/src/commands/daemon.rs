@@ -117,6 +117,8 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     let options = Options {
         min_duration: config.min_duration,
         include_idle: config.include_idle,
+        // It shows no waker: nothing runs on the machine's wake-ups.
+        no_waker: true,
         ..Options::default()
     };
     let session = Session::start(options, Names::new(), signals, None)?;

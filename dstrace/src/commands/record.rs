@@ -22,8 +22,12 @@ pub fn record(args: &RecordArgs) -> Result<()> {
     if args.interval.is_zero() {
         anyhow::bail!("--interval 0: give a recording interval such as 10s");
     }
-    let options =
-        Options { min_duration: args.min_duration, include_idle: args.include_idle, ..Options::default() };
+    let options = Options {
+        min_duration: args.min_duration,
+        include_idle: args.include_idle,
+        no_waker: args.no_waker,
+        ..Options::default()
+    };
     session::runtime()?.block_on(record_loop(args, options))
 }
 

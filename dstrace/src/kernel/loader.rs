@@ -35,6 +35,9 @@ pub struct Options {
     pub include_idle: bool,
     /// Also record user stacks.
     pub user_stacks: bool,
+    /// Leave `sched_waking` unattached: no waker is recorded, and no program runs
+    /// on the machine's wake-ups.
+    pub no_waker: bool,
     /// Which tasks to record; empty filters let every task in.
     pub filters: Filters,
     /// Sizes of the kernel side's maps.
@@ -153,6 +156,18 @@ impl Tracer {
         Tracer::load_with_floors(options, None)
     }
 
+    /// The floor alone, for the benchmarks' paired runs of a workload: the empty
+    /// `sched_switch` and `sched_waking` programs attached, nothing else (what any
+    /// tracer on these two hooks costs at least). Detached when dropped.
+    pub fn floor_only() -> Result<Ebpf> {
+        let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let mut ebpf =
+            EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context("cannot load the eBPF object")?;
+        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
+        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")?;
+        Ok(ebpf)
+    }
+
     /// As [`Tracer::load`], and also attaches the empty `sched_switch` and
     /// `sched_waking` programs, the floors the benchmarks compare with (the cost of
     /// being called at all), before or after the real ones: programs on one hook run
@@ -267,7 +282,9 @@ impl Tracer {
             attach_floors(&mut ebpf)?;
         }
         attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
-        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        if !options.no_waker {
+            attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
+        }
         if locks {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;

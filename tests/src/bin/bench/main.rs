@@ -133,10 +133,22 @@ fn recording_reports(dir: &Path) -> Result<String> {
 }
 
 fn main() -> Result<()> {
-    if std::env::var("DSTRACE_BENCH_ONLY").as_deref() == Ok("recording") {
+    match std::env::var("DSTRACE_BENCH_ONLY").as_deref() {
         // One section alone (for working on it); `cargo xtask bench` runs all.
-        print!("{}", recording_reports(&fsync_dir())?);
-        return Ok(());
+        Ok("recording") => {
+            print!("{}", recording_reports(&fsync_dir())?);
+            return Ok(());
+        }
+        Ok("ab") => {
+            tracefs_for_bpftrace()?;
+            let (bin, dir) = (dstrace_tests::dstrace_bin(), fsync_dir());
+            let tracers = ab::Tracer::all(peer::binary().as_ref());
+            let mut ab = ab::measure(&bin, &dir, &tracers, "fsync-heavy", || fsync_loop(&dir))?;
+            ab.extend(ab::measure(&bin, &dir, &tracers, "pipe-heavy", ab::pipe_ping_pong)?);
+            print!("{}", ab::report(&ab));
+            return Ok(());
+        }
+        _ => {}
     }
     let bench_started = Instant::now();
     let load_average = std::fs::read_to_string("/proc/loadavg")
@@ -188,10 +200,9 @@ fn main() -> Result<()> {
     eprintln!("dstrace-bench: time to the first screen");
     report.push_str(&first_screen(bpftrace.as_ref())?);
     eprintln!("dstrace-bench: paired A/B of workloads");
-    let ab = [
-        ab::measure(&bin, "fsync-heavy", || fsync_loop(&dir))?,
-        ab::measure(&bin, "pipe-heavy", ab::pipe_ping_pong)?,
-    ];
+    let tracers = ab::Tracer::all(bpftrace.as_ref());
+    let mut ab = ab::measure(&bin, &dir, &tracers, "fsync-heavy", || fsync_loop(&dir))?;
+    ab.extend(ab::measure(&bin, &dir, &tracers, "pipe-heavy", ab::pipe_ping_pong)?);
     report.push_str(&ab::report(&ab));
     report.push_str(&recording_reports(&dir)?);
     let soak_seconds =
