@@ -16,7 +16,7 @@ use std::{
 
 use dstrace::sinks::metrics::label_value;
 use dstrace_tests::{
-    dstrace_bin,
+    attached_programs, dstrace_bin,
     fuse::FuseMount,
     hostile_pileup,
     http::{self, encode, free_port},
@@ -451,6 +451,86 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
     let by_mount = json["by_mount"].as_array().unwrap();
     assert!(by_mount.iter().any(|m| m["mountpoint"] == mount_point), "{json}");
     drop(pileup);
+}
+
+/// Sampling (`--sample`): no program attached anywhere, yet a pile-up that began
+/// before the daemon started is counted on its mount with its exact age, said on
+/// standard error with its holder, kept in the recording, and its metrics go
+/// back to nothing once it clears.
+#[test]
+fn the_sampling_daemon_attaches_nothing_and_reports_a_pile_up_from_before() {
+    let test = "the_sampling_daemon_attaches_nothing_and_reports_a_pile_up_from_before";
+    if !require_root(test) {
+        return;
+    }
+    let dir = Scratch::new("sample");
+    let mount = FuseMount::new("sample").expect("mount the test filesystem");
+    let pileup = Pileup::start(&mount, 3);
+    let began = Instant::now();
+    sleep(Duration::from_secs(2));
+    let mut daemon = Daemon::start(&dir, &["--sample", "500ms", "--stuck-after", "1s", "--interval", "1s"]);
+    daemon.wait_ready();
+    assert!(daemon.stderr().contains("sampling the tasks in D every 500"), "{}", daemon.stderr());
+    let attached = attached_programs(daemon.pid());
+    assert!(attached.is_empty(), "a sampling daemon attached {attached:?}");
+
+    let on_mount = format!("mount=\"{}\"", label_value(mount.path().to_str().unwrap()));
+    let in_d = |scrape: &str| -> f64 {
+        scraped(scrape, "dstrace_uninterruptible_tasks", &on_mount).iter().map(|s| s.1).sum()
+    };
+    let scrape = eventually(
+        Duration::from_secs(30),
+        || Some(daemon.metrics()).filter(|s| in_d(s) >= 3.0),
+        || daemon.metrics(),
+    );
+    assert_eq!(in_d(&scrape), 3.0, "{scrape}");
+    // Its age is the kernel's, not the time since the daemon began: over 2 s.
+    let oldest = scraped(&scrape, "dstrace_oldest_wait_seconds", &on_mount);
+    assert!(
+        oldest.iter().all(|s| s.1 >= 2.0 && s.1 <= began.elapsed().as_secs_f64() + 1.0),
+        "{oldest:?} after {:?}",
+        began.elapsed()
+    );
+    // What it cannot give is said where it is missing.
+    assert!(scrape.contains("Empty when sampling (--sample)"), "{scrape}");
+    let line = daemon.wait_stderr(&format!("dstrace: stuck: mount {} (", label(mount.path())));
+    assert!(line.contains("): 3 tasks in D, the oldest for "), "{line}");
+    let holder = line.split("; holder: ").nth(1).and_then(|rest| rest.split("; advice: ").next());
+    assert!(holder.is_some_and(|holder| holder.contains(&pileup.owner.to_string())), "{line}");
+
+    // The recording keeps them, on their mount.
+    let rec = dir.path("daemon.rec");
+    let mount_point = mount.path().as_os_str();
+    eventually(
+        Duration::from_secs(30),
+        || {
+            let recording = dstrace::sinks::recording::read(&std::fs::read(&rec).ok()?).ok()?;
+            let kept = |interval: &dstrace::sinks::recording::IntervalData| {
+                pileup.stuck.iter().all(|pid| {
+                    interval.in_d.iter().any(|wait| {
+                        wait.pid == *pid
+                            && wait
+                                .on
+                                .mount
+                                .as_ref()
+                                .is_some_and(|m| m.mount_point.as_os_str() == mount_point)
+                    })
+                })
+            };
+            recording.intervals.iter().any(kept).then_some(())
+        },
+        || format!("{:?}", dstrace::sinks::recording::read(&std::fs::read(&rec).unwrap_or_default())),
+    );
+
+    // Cleared: the metrics move.
+    drop(pileup);
+    eventually(
+        Duration::from_secs(30),
+        || Some(()).filter(|()| in_d(&daemon.metrics()) == 0.0),
+        || daemon.metrics(),
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit().success(), "{}", daemon.stderr());
 }
 
 /// A mount whose oldest task in D passes `stuck-after` gets one line on standard

@@ -185,6 +185,14 @@ pub struct RecordArgs {
     #[arg(long)]
     pub no_waker: bool,
 
+    /// Sample instead of tracing: no program on the scheduler or anywhere else;
+    /// at the end of each interval the BPF task iterator reads the tasks in D from
+    /// kernel memory (Linux 5.8+) with their mount, lock, holder, chain and exact
+    /// age, and they are recorded as when tracing. Not recorded: completed waits
+    /// (the folded, SVG and pprof reports are empty), wakers.
+    #[arg(long, conflicts_with = "no_waker")]
+    pub sample: bool,
+
     #[command(flatten)]
     pub caps: FileCapArgs,
 }

@@ -141,6 +141,17 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub stuck_repeat: Option<Duration>,
+
+    /// Sample instead of tracing: no program on the scheduler or anywhere else;
+    /// every this long, the BPF task iterator reads the tasks in D from kernel
+    /// memory (Linux 5.8+), with their mount, lock, holder and chain, and their
+    /// exact age (the kernel's time of their last run). The metrics and journal
+    /// lines of the tasks in D are as when tracing, for tasks in D at least this
+    /// long (and min-duration); what it cannot give: shorter waits, the
+    /// histogram of completed waits, wakers [default: none, trace].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub sample: Option<Duration>,
 }
 
 /// A duration in the file: a string such as "10s", as on the command line.
@@ -182,6 +193,8 @@ pub struct Config {
     pub pyroscope_interval: Duration,
     pub stuck_after: Duration,
     pub stuck_repeat: Duration,
+    /// Sample every this long instead of tracing.
+    pub sample: Option<Duration>,
 }
 
 impl Default for Config {
@@ -203,6 +216,7 @@ impl Default for Config {
             pyroscope_interval: Duration::from_secs(60),
             stuck_after: Duration::from_secs(30),
             stuck_repeat: Duration::from_secs(600),
+            sample: None,
         }
     }
 }
@@ -240,6 +254,7 @@ impl Config {
                 .unwrap_or(default.pyroscope_interval),
             stuck_after: flags.stuck_after.or(file.stuck_after).unwrap_or(default.stuck_after),
             stuck_repeat: flags.stuck_repeat.or(file.stuck_repeat).unwrap_or(default.stuck_repeat),
+            sample: flags.sample.or(file.sample),
         };
         config.check()?;
         Ok(config)
@@ -263,6 +278,9 @@ impl Config {
         }
         if self.stuck_repeat.is_zero() {
             anyhow::bail!("stuck-repeat 0: give how often a stuck mount is said again, such as 10m");
+        }
+        if self.sample.is_some_and(|sample| sample < Duration::from_millis(100)) {
+            anyhow::bail!("sample: give at least 100ms, such as 1s");
         }
         if let Some(url) = &self.pyroscope_url {
             crate::sinks::pyroscope::Target::parse(url, "")?;
@@ -299,23 +317,37 @@ impl Config {
         differ(self.max_mounts != new.max_mounts, "max-mounts", false);
         differ(self.max_connections != new.max_connections, "max-connections", false);
         differ(self.request_timeout != new.request_timeout, "request-timeout", false);
+        differ(self.sample != new.sample, "sample", false);
         (now, restart)
     }
 
     /// One line saying what is in force.
     pub fn describe(&self) -> String {
+        let human = |duration: Duration| crate::clock::human_duration(duration_ns(duration));
+        let waits = match self.sample {
+            None => format!("waits of at least {} one by one", human(self.min_duration)),
+            Some(every) => format!(
+                "sampling the tasks in D every {} (no hook: no completed wait is counted)",
+                human(every)
+            ),
+        };
         format!(
             "metrics on http://{}/metrics; recording to {} every {} (max-size {} bytes, rotate {}); \
-             waits of at least {} one by one; a line when a mount's oldest wait passes {} (again every {})",
+             {waits}; a line when a mount's oldest wait passes {} (again every {})",
             self.listen,
             self.recording.display(),
-            crate::clock::human_duration(duration_ns(self.interval)),
+            human(self.interval),
             self.max_size,
             self.rotate,
-            crate::clock::human_duration(duration_ns(self.min_duration)),
-            crate::clock::human_duration(duration_ns(self.stuck_after)),
-            crate::clock::human_duration(duration_ns(self.stuck_repeat)),
+            human(self.stuck_after),
+            human(self.stuck_repeat),
         )
+    }
+
+    /// The least age of a task in D that counts: min-duration, and with
+    /// `sample` at least one sampling interval.
+    pub fn least_age(&self) -> Duration {
+        self.sample.map_or(self.min_duration, |every| every.max(self.min_duration))
     }
 }
 
@@ -546,6 +578,7 @@ stuck-repeat = "1h"
         let file = parsed(&uncommented).unwrap();
         let mut config = Config::resolve(&Settings::default(), &file).unwrap();
         assert_eq!(config.pyroscope_url.take().as_deref(), Some("http://127.0.0.1:4040"));
+        assert_eq!(config.sample.take(), Some(Duration::from_secs(1)));
         assert_eq!(config, Config::default());
         let keys: Vec<&str> =
             uncommented.lines().filter_map(|line| line.split_once(" = ")).map(|(key, _)| key).collect();

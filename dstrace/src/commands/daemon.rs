@@ -119,6 +119,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
         include_idle: config.include_idle,
         // It shows no waker: nothing runs on the machine's wake-ups.
         no_waker: true,
+        sample: config.sample.is_some(),
         ..Options::default()
     };
     let session = Session::start(options, Names::new(), signals, None)?;
@@ -134,7 +135,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
     let pyroscope = config.pyroscope_url.as_deref().map(|url| Target::parse(url, &host)).transpose()?;
     let mut daemon = Daemon {
-        metrics: Metrics::new(config.max_mounts, config.max_functions),
+        metrics: Metrics::new(config.max_mounts, config.max_functions).sampling(config.sample.is_some()),
         session,
         aggregator: Aggregator::default(),
         labels: RowLabels::default(),
@@ -161,7 +162,7 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
     let server = tokio::spawn(endpoint::serve(listener, limits, scrape_send));
     let mut record_ticks = ticks(daemon.config.interval);
     let mut push_ticks = ticks(daemon.config.pyroscope_interval);
-    let mut check_ticks = ticks(daemon.watch.period());
+    let mut check_ticks = ticks(daemon.check_period());
     // Tasks already stuck when the daemon starts are said at once.
     daemon.check_stuck();
     loop {
@@ -180,10 +181,10 @@ async fn serve(args: &DaemonArgs, config: Config) -> Result<()> {
             Wake::Waits => daemon.drain(),
             Wake::Input(Input::Hangup) => {
                 let (interval, push) = (daemon.config.interval, daemon.config.pyroscope_interval);
-                let check = daemon.watch.period();
+                let check = daemon.check_period();
                 daemon.reload(args);
-                if daemon.watch.period() != check {
-                    check_ticks = ticks(daemon.watch.period());
+                if daemon.check_period() != check {
+                    check_ticks = ticks(daemon.check_period());
                 }
                 if daemon.config.interval != interval {
                     record_ticks = ticks(daemon.config.interval);
@@ -274,7 +275,7 @@ impl Daemon {
     /// the rows of their process and stack; a mount whose oldest passed
     /// `stuck-after` (or stopped being so) is said on standard error.
     fn in_d(&mut self) -> Vec<Wait> {
-        let min_ns = duration_ns(self.config.min_duration);
+        let min_ns = duration_ns(self.config.least_age());
         let mut waits = self.session.in_d_now(min_ns);
         for note in self.session.notes() {
             eprintln!("dstrace: {note}");
@@ -290,7 +291,15 @@ impl Daemon {
         waits
     }
 
-    /// A look at the tasks in D for the stuck mounts alone.
+    /// How often the tasks in D are looked at besides scrapes and intervals: for
+    /// the stuck lines, and each sample.
+    fn check_period(&self) -> std::time::Duration {
+        let period = self.watch.period();
+        self.config.sample.map_or(period, |every| every.min(period))
+    }
+
+    /// A look at the tasks in D for the stuck mounts alone (and, sampling, the
+    /// sample: the tasks found keep their first-seen time for their ages).
     fn check_stuck(&mut self) {
         self.in_d();
     }

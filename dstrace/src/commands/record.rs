@@ -26,6 +26,7 @@ pub fn record(args: &RecordArgs) -> Result<()> {
         min_duration: args.min_duration,
         include_idle: args.include_idle,
         no_waker: args.no_waker,
+        sample: args.sample,
         ..Options::default()
     };
     session::runtime()?.block_on(record_loop(args, options))
@@ -41,11 +42,15 @@ async fn record_loop(args: &RecordArgs, options: Options) -> Result<()> {
     for note in session.settle(Needs { write_files: true }).into_iter().chain(session.skipped_notes(true)) {
         eprintln!("dstrace: {note}");
     }
+    let what = if args.sample {
+        "sampling the tasks in D at each: no hook, no completed wait".to_owned()
+    } else {
+        format!("waits of at least {} one by one", human_duration(duration_ns(args.min_duration)))
+    };
     eprintln!(
-        "dstrace: recording to {} every {} (waits of at least {} one by one); Ctrl-C stops",
+        "dstrace: recording to {} every {} ({what}); Ctrl-C stops",
         args.output.display(),
         human_duration(duration_ns(args.interval)),
-        human_duration(duration_ns(args.min_duration))
     );
 
     let min_duration_ns = duration_ns(args.min_duration);

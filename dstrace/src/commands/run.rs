@@ -55,6 +55,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         include_idle: args.view.include_idle,
         user_stacks: args.user_stacks,
         no_waker: args.no_waker,
+        sample: false,
         filters: args.filters()?,
         capacity: args.capacity(),
     };

@@ -38,6 +38,10 @@ pub struct Options {
     /// Leave `sched_waking` unattached: no waker is recorded, and no program runs
     /// on the machine's wake-ups.
     pub no_waker: bool,
+    /// Attach nothing: the tasks in D are only looked at, by the task iterator
+    /// ([`Tracer::look`]), when asked (`--sample`). No wait is seen to begin or
+    /// end, so none is streamed or aggregated.
+    pub sample: bool,
     /// Which tasks to record; empty filters let every task in.
     pub filters: Filters,
     /// Sizes of the kernel side's maps.
@@ -267,7 +271,19 @@ impl Tracer {
                 None
             }
         };
+        if options.sample {
+            // Nothing else is attached: what the hooks would lack does not apply.
+            if iterators.is_none() {
+                anyhow::bail!(
+                    "--sample looks at the tasks in D with the BPF task iterator, which this kernel \
+                     cannot run: {}; trace instead (leave out --sample)",
+                    iterator_skipped.join("; ")
+                );
+            }
+            skipped.clear();
+        }
         skipped.extend(iterator_skipped.iter().cloned());
+        let hooks = !options.sample;
 
         let program = if layout.sched_switch_has_state_arg {
             names::PROG_SCHED_SWITCH
@@ -281,27 +297,29 @@ impl Tracer {
         if floors == Some(FloorOrder::First) {
             attach_floors(&mut ebpf)?;
         }
-        attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
-        if !options.no_waker {
+        if hooks {
+            attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
+        }
+        if hooks && !options.no_waker {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING, "sched_waking")?;
         }
-        if locks {
+        if hooks && locks {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_BEGIN, "contention_begin")?;
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_CONTENTION_END, "contention_end")?;
         }
-        if fuse {
+        if hooks && fuse {
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_SEND, "fuse_request_send")?;
             attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_FUSE_END, "fuse_request_end")?;
         }
         // The refusals last: they are the end of `skipped` (see `Tracer::refused`).
         let mut refused = Vec::new();
-        if rpc {
+        if hooks && rpc {
             if let Err(err) = attach_rpc(&mut ebpf, &btf) {
                 skipped.push(format!("NFS and sunrpc RPCs: {err:#}"));
                 refused.push(refused_line("NFS and sunrpc RPCs", "tracepoint", &err));
             }
         }
-        if lookups {
+        if hooks && lookups {
             if let Err(err) = attach_lookups(&mut ebpf, &btf) {
                 skipped.push(format!("who looks up the name a task waits for in d_alloc_parallel: {err:#}"));
                 refused.push(refused_line("d_alloc_parallel lookups", "fentry", &err));

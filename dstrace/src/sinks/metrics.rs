@@ -112,7 +112,12 @@ pub struct Metrics {
     histograms: BTreeMap<HistKey, Totals>,
     /// Ring buffer records that could not be decoded.
     pub bad_records: u64,
+    /// Sampling (`--sample`): no hook sees a wait begin or end.
+    sampling: bool,
 }
+
+/// What `--sample` cannot give, in the HELP of what it leaves empty.
+const NOT_SAMPLED: &str = " Empty when sampling (--sample): no hook sees a wait begin or end.";
 
 /// What is read afresh at each scrape.
 pub struct Now<'a> {
@@ -133,6 +138,22 @@ impl Metrics {
             max_functions,
             histograms: BTreeMap::new(),
             bad_records: 0,
+            sampling: false,
+        }
+    }
+
+    /// The same, saying in the HELP of the completed waits' metrics whether they
+    /// stay empty because the daemon samples.
+    pub fn sampling(self, sampling: bool) -> Metrics {
+        Metrics { sampling, ..self }
+    }
+
+    /// A HELP text, with what sampling leaves empty.
+    fn help(&self, text: &str) -> String {
+        if self.sampling {
+            format!("{text}{NOT_SAMPLED}")
+        } else {
+            text.to_owned()
         }
     }
 
@@ -173,7 +194,11 @@ impl Metrics {
         }
 
         let name = "dstrace_wait_duration_seconds";
-        out.family(name, "histogram", "Completed D waits by mount, lock kind and blocking function.");
+        out.family(
+            name,
+            "histogram",
+            &self.help("Completed D waits by mount, lock kind and blocking function."),
+        );
         for ((mount, kind, function), totals) in &self.histograms {
             let labels = [("mount", mount.as_str()), ("lock_kind", kind), ("function", function.as_str())];
             let mut below = 0;
@@ -193,7 +218,8 @@ impl Metrics {
 
         let counter =
             |wanted: Counter| now.counters.iter().find(|(c, _)| *c == wanted).map_or(0, |&(_, n)| n);
-        out.family("dstrace_waits_started_total", "counter", "D waits the kernel side began to track.");
+        let help = self.help("D waits the kernel side began to track.");
+        out.family("dstrace_waits_started_total", "counter", &help);
         out.sample("dstrace_waits_started_total", &[], counter(Counter::WaitsStarted));
         out.family(
             "dstrace_drops_total",
