@@ -33,7 +33,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::Iter,
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf,
 };
 use dstrace_common::{
     limits, names, Counter, FuseFileRecord, PeerRecord, TaskRecord, BLOCKER_TYPE_MASK, BLOCKER_TYPE_MUTEX,
@@ -802,14 +802,13 @@ impl Looker {
             );
         }
         preflight::raise_memlock_limit();
-        let (layout, btf) = btf::running_kernel()?;
+        let (layout, btf, mut loader) = btf::running_kernel()?;
         let plan = plan(&layout);
         let mut skipped = plan.skipped.clone();
         let mut config = object::kernel_config(&layout);
         if include_idle {
             config.flags |= CONFIG_INCLUDE_IDLE;
         }
-        let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf)).override_global(names::GLOBAL_CONFIG, &config, true);
         for &(map, entries) in UNUSED_MAPS {
             loader.map_max_entries(map, entries);

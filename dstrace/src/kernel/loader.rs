@@ -177,7 +177,7 @@ impl Tracer {
     /// being called at all), before or after the real ones: programs on one hook run
     /// in the order they were attached, and the first pays for the cold caches.
     pub fn load_with_floors(options: &Options, floors: Option<FloorOrder>) -> Result<Tracer> {
-        let (layout, btf) = btf::running_kernel()?;
+        let (layout, btf, mut loader) = btf::running_kernel()?;
         let mut skipped = Vec::new();
         let mut config = config(&layout, options);
         match (&layout.target_offsets, layout.sched_switch_has_state_arg) {
@@ -253,7 +253,7 @@ impl Tracer {
                     .to_owned(),
             );
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .btf(Some(&btf))
             .override_global(names::GLOBAL_CONFIG, &config, true)
             .map_max_entries(names::MAP_INFLIGHT, options.capacity.tasks)
