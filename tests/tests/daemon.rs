@@ -367,6 +367,27 @@ fn scraped<'a>(scrape: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f64)>
         .collect()
 }
 
+/// Waits (up to `timeout`) until the recording `rec` has an interval whose tasks
+/// in D include every one of `stuck`, each on the mount at `mount_point`.
+fn recording_keeps(rec: &Path, stuck: &[u32], mount_point: &Path, timeout: Duration) {
+    eventually(
+        timeout,
+        || {
+            let recording = dstrace::sinks::recording::read(&std::fs::read(rec).ok()?).ok()?;
+            let kept = |interval: &dstrace::sinks::recording::IntervalData| {
+                stuck.iter().all(|pid| {
+                    interval.in_d.iter().any(|wait| {
+                        wait.pid == *pid
+                            && wait.on.mount.as_ref().is_some_and(|m| m.mount_point.as_path() == mount_point)
+                    })
+                })
+            };
+            recording.intervals.iter().any(kept).then_some(())
+        },
+        || format!("{:?}", dstrace::sinks::recording::read(&std::fs::read(rec).unwrap_or_default())),
+    );
+}
+
 /// Tasks already in D behind a dead FUSE server when the daemon starts (read
 /// from kernel memory by the task iterator, not seen to begin) are counted on
 /// the FUSE mount, not on "none", and promtool accepts the scrape.
@@ -419,29 +440,7 @@ fn tasks_in_d_before_the_daemon_starts_have_their_mount() {
     // And its recording holds them, on their mount: the incident is in the record.
     let rec = dir.path("daemon.rec");
     let mount_point = mount.path().to_str().unwrap();
-    eventually(
-        Duration::from_secs(60),
-        || {
-            let recording = dstrace::sinks::recording::read(&std::fs::read(&rec).ok()?).ok()?;
-            recording
-                .intervals
-                .iter()
-                .any(|interval| {
-                    pileup.stuck.iter().all(|pid| {
-                        interval.in_d.iter().any(|wait| {
-                            wait.pid == *pid
-                                && wait
-                                    .on
-                                    .mount
-                                    .as_ref()
-                                    .is_some_and(|m| m.mount_point.as_os_str() == mount_point)
-                        })
-                    })
-                })
-                .then_some(())
-        },
-        || format!("{:?}", dstrace::sinks::recording::read(&std::fs::read(&rec).unwrap_or_default())),
-    );
+    recording_keeps(&rec, &pileup.stuck, mount.path(), Duration::from_secs(60));
     let out = Command::new(dstrace_bin())
         .args(["report", rec.to_str().unwrap(), "--format", "json", "--mount", mount_point])
         .output()
@@ -500,27 +499,7 @@ fn the_sampling_daemon_attaches_nothing_and_reports_a_pile_up_from_before() {
 
     // The recording keeps them, on their mount.
     let rec = dir.path("daemon.rec");
-    let mount_point = mount.path().as_os_str();
-    eventually(
-        Duration::from_secs(30),
-        || {
-            let recording = dstrace::sinks::recording::read(&std::fs::read(&rec).ok()?).ok()?;
-            let kept = |interval: &dstrace::sinks::recording::IntervalData| {
-                pileup.stuck.iter().all(|pid| {
-                    interval.in_d.iter().any(|wait| {
-                        wait.pid == *pid
-                            && wait
-                                .on
-                                .mount
-                                .as_ref()
-                                .is_some_and(|m| m.mount_point.as_os_str() == mount_point)
-                    })
-                })
-            };
-            recording.intervals.iter().any(kept).then_some(())
-        },
-        || format!("{:?}", dstrace::sinks::recording::read(&std::fs::read(&rec).unwrap_or_default())),
-    );
+    recording_keeps(&rec, &pileup.stuck, mount.path(), Duration::from_secs(30));
 
     // Cleared: the metrics move.
     drop(pileup);
