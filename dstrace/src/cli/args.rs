@@ -37,6 +37,18 @@ pub struct ViewArgs {
     pub verbose: bool,
 }
 
+/// Whether the waker is recorded: the option `run` and `record` share.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct WakerArgs {
+    /// Do not record who woke each wait: leaves the sched_waking tracepoint
+    /// unattached, so that dstrace costs nothing on the machine's wake-ups, only on
+    /// its context switches (BENCHMARKS.md measures both). The waker ("woken by"
+    /// in the output) says who ended a wait: the holder that released a lock, the
+    /// interrupt that completed an I/O. The daemon never records it.
+    #[arg(long)]
+    pub no_waker: bool,
+}
+
 /// Options of `dstrace snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -91,13 +103,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub user_stacks: bool,
 
-    /// Do not record who woke each wait: leaves the sched_waking tracepoint
-    /// unattached, so that dstrace costs nothing on the machine's wake-ups, only on
-    /// its context switches (BENCHMARKS.md measures both). The waker ("woken by"
-    /// in the output) says who ended a wait: the holder that released a lock, the
-    /// interrupt that completed an I/O. The daemon never records it.
-    #[arg(long)]
-    pub no_waker: bool,
+    #[command(flatten)]
+    pub waker: WakerArgs,
 
     /// Tasks the kernel side tracks in D at once; more are counted as drops.
     #[arg(long, value_name = "N", default_value_t = dstrace_common::limits::INFLIGHT_ENTRIES,
@@ -177,13 +184,8 @@ pub struct RecordArgs {
     #[arg(long)]
     pub include_idle: bool,
 
-    /// Do not record who woke each wait: leaves the sched_waking tracepoint
-    /// unattached, so that dstrace costs nothing on the machine's wake-ups, only on
-    /// its context switches (BENCHMARKS.md measures both). The waker ("woken by"
-    /// in the output) says who ended a wait: the holder that released a lock, the
-    /// interrupt that completed an I/O. The daemon never records it.
-    #[arg(long)]
-    pub no_waker: bool,
+    #[command(flatten)]
+    pub waker: WakerArgs,
 
     /// Sample instead of tracing: no program on the scheduler or anywhere else;
     /// at the end of each interval the BPF task iterator reads the tasks in D from

@@ -25,7 +25,7 @@ pub fn record(args: &RecordArgs) -> Result<()> {
     let options = Options {
         min_duration: args.min_duration,
         include_idle: args.include_idle,
-        no_waker: args.no_waker,
+        no_waker: args.waker.no_waker,
         sample: args.sample,
         ..Options::default()
     };

@@ -54,7 +54,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         min_duration: args.min_duration,
         include_idle: args.view.include_idle,
         user_stacks: args.user_stacks,
-        no_waker: args.no_waker,
+        no_waker: args.waker.no_waker,
         sample: false,
         filters: args.filters()?,
         capacity: args.capacity(),

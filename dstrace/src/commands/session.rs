@@ -20,7 +20,13 @@
 //! session.drain(|wait| ...)?;                          // what came before the stop
 //! ```
 
-use std::{collections::HashSet, future::Future, io, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    io,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
@@ -359,7 +365,7 @@ pub fn in_d_now(
             .filter(|seen| seen_task_wanted(filters, seen))
             .map(|seen| {
                 let wait = Wait::from_seen(seen, &context.seen, &now, names);
-                first_seen.bound(wait, seen.task.last_ran_ns, now_ns).with_chain(&context)
+                first_seen.bound(wait, seen.task.last_ran_ns, now_ns, now.wall).with_chain(&context)
             })
             .collect();
         waits.extend(before);
@@ -403,7 +409,7 @@ fn waits_in_proc(
         .filter(|task| proc_task_wanted(filters, task.pid, task.tid, &task.comm))
         .map(|task| {
             let wait = Wait::from_proc(task, &now, names);
-            first_seen.bound(wait, task.last_ran_ns, context.now_ns).with_chain(context)
+            first_seen.bound(wait, task.last_ran_ns, context.now_ns, now.wall).with_chain(context)
         })
         .collect()
 }
@@ -421,9 +427,10 @@ pub struct FirstSeen {
 }
 
 impl FirstSeen {
-    /// `wait`, found now (`now_ns`, monotonic) with last-run stamp `stamp`, its age
-    /// raised to the time since it was first found so, if that is more.
-    fn bound(&mut self, mut wait: Wait, stamp: Option<u64>, now_ns: u64) -> Wait {
+    /// `wait`, found now (`now_ns`, monotonic; `wall`, the look's wall clock) with
+    /// last-run stamp `stamp`, its age raised to the time since it was first found
+    /// so, if that is more.
+    fn bound(&mut self, mut wait: Wait, stamp: Option<u64>, now_ns: u64, wall: SystemTime) -> Wait {
         let first = self.at.entry(wait.tid).or_insert((stamp, now_ns));
         // A stamp that changed to 0 is the scheduler's reset, not a run.
         if first.0 != stamp && stamp.is_some_and(|stamp| stamp != 0) {
@@ -433,7 +440,7 @@ impl FirstSeen {
         let since = now_ns.saturating_sub(first.1);
         if since > wait.duration_ns {
             wait.duration_ns = since;
-            wait.start = std::time::SystemTime::now().checked_sub(Duration::from_nanos(since));
+            wait.start = wall.checked_sub(Duration::from_nanos(since));
         }
         wait
     }
@@ -479,22 +486,23 @@ mod tests {
     fn a_wait_found_before_is_at_least_as_old_as_the_time_since() {
         const S: u64 = 1_000_000_000;
         let mut first = FirstSeen::default();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
         // First found with no age the task clock could give: 0, then 2 s later 2 s.
-        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 10 * S).duration_ns, 0);
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 10 * S, wall).duration_ns, 0);
         first.forget_the_others();
-        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 12 * S).duration_ns, 2 * S);
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(5), 12 * S, wall).duration_ns, 2 * S);
         // The task clock's age stands where it says more.
-        let wait = first.bound(ongoing(7, "", 9 * S), Some(5), 12 * S);
+        let wait = first.bound(ongoing(7, "", 9 * S), Some(5), 12 * S, wall);
         assert_eq!(wait.duration_ns, 9 * S);
         // A stamp the scheduler reset to 0 is the same wait.
-        assert_eq!(first.bound(ongoing(7, "", 0), Some(0), 13 * S).duration_ns, 3 * S);
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(0), 13 * S, wall).duration_ns, 3 * S);
         first.forget_the_others();
         // A task that ran since (another stamp) is in another wait.
-        assert_eq!(first.bound(ongoing(7, "", 0), Some(6), 14 * S).duration_ns, 0);
+        assert_eq!(first.bound(ongoing(7, "", 0), Some(6), 14 * S, wall).duration_ns, 0);
         first.forget_the_others();
         // Not found by a look: forgotten, found again later from nothing.
         first.forget_the_others();
-        let wait = first.bound(ongoing(7, "", 0), Some(6), 20 * S);
+        let wait = first.bound(ongoing(7, "", 0), Some(6), 20 * S, wall);
         assert_eq!(wait.duration_ns, 0);
         assert!(wait.start.is_none());
     }

@@ -167,8 +167,7 @@ impl Tracer {
         let btf = Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
         let mut ebpf =
             EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context("cannot load the eBPF object")?;
-        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
-        attach::<BtfTracePoint>(&mut ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")?;
+        attach_floors(&mut ebpf, &btf)?;
         Ok(ebpf)
     }
 
@@ -290,12 +289,8 @@ impl Tracer {
         } else {
             names::PROG_SCHED_SWITCH_PRE518
         };
-        let attach_floors = |ebpf: &mut Ebpf| -> Result<()> {
-            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
-            attach::<BtfTracePoint>(ebpf, &btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
-        };
         if floors == Some(FloorOrder::First) {
-            attach_floors(&mut ebpf)?;
+            attach_floors(&mut ebpf, &btf)?;
         }
         if hooks {
             attach::<BtfTracePoint>(&mut ebpf, &btf, program, "sched_switch")?;
@@ -326,7 +321,7 @@ impl Tracer {
             }
         }
         if floors == Some(FloorOrder::Last) {
-            attach_floors(&mut ebpf)?;
+            attach_floors(&mut ebpf, &btf)?;
         }
 
         let stacks = StackTraceMap::try_from(take_map(&mut ebpf, names::MAP_STACKS)?)?;
@@ -582,6 +577,13 @@ where
         .try_into()?;
     prog.load_and_attach(target, btf)
         .with_context(|| format!("the kernel refused the program {program} (on {target})"))
+}
+
+/// Attaches the empty `sched_switch` and `sched_waking` programs: the floors the
+/// benchmarks compare with.
+fn attach_floors(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    attach::<BtfTracePoint>(ebpf, btf, names::PROG_SCHED_SWITCH_EMPTY, "sched_switch")?;
+    attach::<BtfTracePoint>(ebpf, btf, names::PROG_SCHED_WAKING_EMPTY, "sched_waking")
 }
 
 /// Unloads (and so detaches) program `program`, if it was loaded.

@@ -170,15 +170,7 @@ pub fn task_clocks_now() -> std::collections::HashMap<u32, u64> {
     let reader = std::thread::spawn(move || {
         let mut clocks = std::collections::HashMap::new();
         for cpu in 0..cpus {
-            // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros
-            // take a valid pointer to it, and sched_setaffinity(0, ...) applies to
-            // this thread only.
-            let moved = unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu as usize, &mut set);
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-            };
-            if moved {
+            if pin_to_cpu(cpu as usize) {
                 if let Some(now) = task_clock_now() {
                     clocks.insert(cpu, now);
                 }
@@ -187,6 +179,18 @@ pub fn task_clocks_now() -> std::collections::HashMap<u32, u64> {
         clocks
     });
     reader.join().unwrap_or_default()
+}
+
+/// Moves the calling thread to CPU `cpu` and keeps it there (the threads it
+/// spawns inherit that); false if it may not run there.
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros take a
+    // valid pointer to it, and sched_setaffinity(0, ...) applies to this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    }
 }
 
 /// The state letter of thread `tid` under an open `task` directory (`tid/stat`,
@@ -568,14 +572,9 @@ mod tests {
         // On one CPU: another CPU's clock may be behind by its stolen time (tens of
         // seconds on a busy virtual machine), and the sleep may wake it there.
         let pinned = std::thread::spawn(|| {
-            // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros
-            // take a valid pointer to it; sched_getcpu and sched_setaffinity(0, ...)
-            // apply to this thread only.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut set);
-                assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-            }
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = unsafe { libc::sched_getcpu() };
+            assert!(pin_to_cpu(cpu.max(0) as usize));
             let first = task_clock_now().expect("/proc/thread-self/sched has se.exec_start");
             let busy = std::time::Instant::now();
             while busy.elapsed() < std::time::Duration::from_millis(30) {}

@@ -44,8 +44,8 @@ impl Tracer {
     pub fn all(bpftrace: Option<&PathBuf>) -> Vec<Tracer> {
         let mut tracers = vec![
             Tracer::Floor,
-            Tracer::Dstrace(&["run", "--json", "--interval", "0"]),
-            Tracer::Dstrace(&["run", "--json", "--interval", "0", "--no-waker"]),
+            Tracer::Dstrace(&["run", "--json"]),
+            Tracer::Dstrace(&["run", "--json", "--no-waker"]),
             Tracer::Dstrace(&["daemon"]),
             Tracer::Dstrace(&["daemon", "--sample", "1s"]),
         ];
@@ -57,11 +57,7 @@ impl Tracer {
     fn name(&self) -> String {
         match self {
             Tracer::Floor => "the floor (empty programs)".to_owned(),
-            Tracer::Dstrace(args) => {
-                let args: Vec<&str> =
-                    args.iter().copied().filter(|arg| *arg != "--interval" && *arg != "0").collect();
-                format!("`dstrace {}`", args.join(" "))
-            }
+            Tracer::Dstrace(args) => format!("`dstrace {}`", args.join(" ")),
             Tracer::Bpftrace(_) => "bpftrace (D-state script)".to_owned(),
         }
     }
@@ -94,6 +90,10 @@ impl Attached {
             Tracer::Dstrace(args) => {
                 let mut command = Command::new(bin);
                 command.args(*args);
+                if args.first() == Some(&"run") {
+                    // No interval lines: only the waits.
+                    command.args(["--interval", "0"]);
+                }
                 let mut endpoint = None;
                 if args.first() == Some(&"daemon") {
                     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -161,14 +161,8 @@ impl Drop for Attached {
 pub fn pipe_ping_pong() -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let pinned = std::thread::spawn(move || -> Result<()> {
-        // SAFETY: `set` is plain data, zero is a valid empty set; the libc macros
-        // take a valid pointer to it, and sched_setaffinity(0, ...) applies to this
-        // thread only (the echo thread it spawns inherits it).
-        let pinned = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpus - 1, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-        };
+        // The echo thread it spawns inherits the CPU.
+        let pinned = dstrace::resolve::procfs::pin_to_cpu(cpus - 1);
         anyhow::ensure!(pinned, "cannot pin the pipe workload to CPU {}", cpus - 1);
         let (to_echo_read, to_echo) = std::io::pipe()?;
         let (back, back_write) = std::io::pipe()?;
